@@ -1,0 +1,51 @@
+# Quorate — one-command setup, build, tests and measurements.
+# `make test` is the project's one test command (CI runs it through .ci/run).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# System packages the build (libtss2-dev, pkg-config) and the tests (swtpm,
+# swtpm-tools, tpm2-tools) need.
+APT_PACKAGES := libtss2-dev swtpm swtpm-tools tpm2-tools pkg-config
+
+.PHONY: all deps build test fmt clippy check bench fuzz soak demo clean
+
+all: build
+
+## deps: install the missing system packages with apt-get (only when missing).
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all present ($(APT_PACKAGES))"; exit 0; fi; \
+	echo "deps: installing:$$missing"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else \
+	  echo "deps: cannot install as $$(id -un) without root. Run this, then retry:" >&2; \
+	  echo "  sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
+	  exit 1; \
+	fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing \
+	  || { echo "deps: apt-get failed; run: sudo apt-get update && sudo apt-get install -y$$missing" >&2; exit 1; }
+
+## build: release build of the `quorate` binary (target/release/quorate).
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy: deps
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## test: the one test command: deps, format, lints with warnings as errors, every test.
+test: deps fmt clippy
+	TSS2_LOG=all+none $(CARGO) test --workspace --locked
+
+## bench: measurements, printed as tables (never timing assertions in tests).
+bench: deps
+	TSS2_LOG=all+none $(CARGO) run --release --locked -p quorate-tests --bin quorate-bench
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,10 @@
+//! # quorate-attestation
+//!
+//! TPM evidence formats and their verification, in pure Rust with ring, so
+//! that an auditor with no TPM and no C library can check what a Quorate
+//! party's TPM produced: TPMT_PUBLIC and object Names, TPM ECDSA signatures,
+//! TPMS_ATTEST (quotes and certifications), PolicyPCR digests, the TCG event
+//! log, reference-value policies and EK certificate chains.
+//!
+//! Nothing here performs I/O: every function takes bytes and returns a typed
+//! result; no input, however malformed, makes it panic.

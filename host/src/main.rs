@@ -1,0 +1,5 @@
+//! The `quorate` command.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

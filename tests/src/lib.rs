@@ -1,0 +1,1 @@
+//! Shared helpers for Quorate's system tests.
