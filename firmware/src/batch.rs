@@ -37,8 +37,11 @@ impl BatchBody {
     /// The exact bytes the author's key signs: postcard of (domain, body).
     pub fn signing_bytes(&self) -> Vec<u8> {
         // Serialising plain data with owned buffers cannot fail.
-        postcard::to_stdvec(&SignedBatchBytes { domain: BATCH_DOMAIN, body: self })
-            .unwrap_or_default()
+        postcard::to_stdvec(&SignedBatchBytes {
+            domain: BATCH_DOMAIN,
+            body: self,
+        })
+        .unwrap_or_default()
     }
 }
 

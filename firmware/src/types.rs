@@ -15,7 +15,9 @@ impl fmt::Display for PartyId {
 }
 
 /// A consensus height: the index of a decided block, starting at 1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Height(pub u64);
 
 impl fmt::Display for Height {
@@ -25,10 +27,14 @@ impl fmt::Display for Height {
 }
 
 /// A membership epoch: the party set and keys are fixed within an epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Epoch(pub u64);
 
 /// A SHA-256 digest. Equality is constant-time.
+// Hash and Ord are derived over the bytes, consistent with the constant-time Eq.
+#[allow(clippy::derived_hash_with_manual_eq)]
 #[derive(Clone, Copy, Default, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Sha256Digest(pub [u8; 32]);
 
