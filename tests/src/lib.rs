@@ -1,1 +1,6 @@
-//! Shared helpers for Quorate's system tests.
+//! Shared helpers for Quorate's system tests and the `make bench` binary.
+//!
+//! Each area of the system contributes a `bench_*` module whose `run`
+//! function appends rows to the table printed by `quorate-bench`.
+
+pub mod bench;
