@@ -6,3 +6,4 @@
 
 pub mod fsutil;
 pub mod net;
+pub mod store;
