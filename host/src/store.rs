@@ -59,6 +59,17 @@ pub enum StoreError {
     },
 }
 
+/// A decided block as stored: its height, encoded block and certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    /// The block's height.
+    pub height: u64,
+    /// The encoded block.
+    pub block: Vec<u8>,
+    /// The encoded commit certificate.
+    pub cert: Vec<u8>,
+}
+
 /// A party's database.
 pub struct Store {
     db: Database,
@@ -199,11 +210,7 @@ impl Store {
     }
 
     /// Decided blocks from `from` (inclusive), at most `limit` of them.
-    pub fn decided_range(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn decided_range(&self, from: u64, limit: usize) -> Result<Vec<StoredBlock>, StoreError> {
         self.read(|tx| {
             let blocks = tx.open_table(BLOCKS)?;
             let certs = tx.open_table(CERTS)?;
@@ -215,7 +222,11 @@ impl Store {
                     .get(h)?
                     .map(|c| c.value().to_vec())
                     .unwrap_or_default();
-                out.push((h, v.value().to_vec(), c));
+                out.push(StoredBlock {
+                    height: h,
+                    block: v.value().to_vec(),
+                    cert: c,
+                });
             }
             Ok(out)
         })
@@ -332,7 +343,14 @@ mod tests {
         );
         assert_eq!(s.decided(3).unwrap(), None);
         let r = s.decided_range(2, 10).unwrap();
-        assert_eq!(r, vec![(2, b"b2".to_vec(), b"c2".to_vec())]);
+        assert_eq!(
+            r,
+            vec![StoredBlock {
+                height: 2,
+                block: b"b2".to_vec(),
+                cert: b"c2".to_vec()
+            }]
+        );
     }
 
     #[test]
