@@ -195,7 +195,7 @@ impl Store {
     }
 
     /// Decided block `height` and its certificate.
-    pub fn decided(&self, height: u64) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn decided(&self, height: u64) -> Result<Option<StoredBlock>, StoreError> {
         self.read(|tx| {
             let b = tx
                 .open_table(BLOCKS)?
@@ -205,7 +205,11 @@ impl Store {
                 .open_table(CERTS)?
                 .get(height)?
                 .map(|v| v.value().to_vec());
-            Ok(b.zip(c))
+            Ok(b.zip(c).map(|(block, cert)| StoredBlock {
+                height,
+                block,
+                cert,
+            }))
         })
     }
 
