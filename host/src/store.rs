@@ -343,7 +343,11 @@ mod tests {
         assert_eq!(s.tip().unwrap(), 2);
         assert_eq!(
             s.decided(1).unwrap(),
-            Some((b"b1".to_vec(), b"c1".to_vec()))
+            Some(StoredBlock {
+                height: 1,
+                block: b"b1".to_vec(),
+                cert: b"c1".to_vec()
+            })
         );
         assert_eq!(s.decided(3).unwrap(), None);
         let r = s.decided_range(2, 10).unwrap();
