@@ -3,3 +3,9 @@
 //! The shell around the firmware: the `quorate` daemon and CLI. It owns the
 //! TPM (one thread holds the `tss_esapi::Context`), storage, sockets and
 //! timers, feeds the firmware its inputs and carries out its outputs.
+//!
+//! - [`tpm`]: the TPM owner thread, key store, swtpm spawner, `--tpm` parsing.
+//! - [`init`]: `quorate init`, provisioning a party's data dir.
+
+pub mod init;
+pub mod tpm;
