@@ -95,6 +95,11 @@ impl TpmHandle {
     /// transient objects a previous process left loaded. Fails within
     /// [`CONNECT_TIMEOUT`] with an error naming the TCTI if nothing answers.
     pub async fn open(tcti: &Tcti) -> Result<TpmHandle, TpmError> {
+        Self::open_with_timeout(tcti, CONNECT_TIMEOUT).await
+    }
+
+    /// As [`TpmHandle::open`], with another connect deadline.
+    pub async fn open_with_timeout(tcti: &Tcti, timeout: Duration) -> Result<TpmHandle, TpmError> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread_tcti = tcti.clone();
@@ -105,7 +110,7 @@ impl TpmHandle {
                 tcti: tcti.to_string(),
                 reason: format!("cannot start the TPM owner thread: {e}"),
             })?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, ready_rx).await {
+        match tokio::time::timeout(timeout, ready_rx).await {
             Ok(Ok(Ok(()))) => Ok(TpmHandle {
                 inner: Arc::new(Inner {
                     tx,
@@ -119,7 +124,7 @@ impl TpmHandle {
             // when the call returns (its job channel is closed by then).
             Err(_) => Err(TpmError::Timeout {
                 tcti: tcti.to_string(),
-                secs: CONNECT_TIMEOUT.as_secs(),
+                secs: timeout.as_secs(),
             }),
         }
     }
