@@ -8,3 +8,12 @@
 //!
 //! Nothing here performs I/O: every function takes bytes and returns a typed
 //! result; no input, however malformed, makes it panic.
+
+pub mod tpm;
+pub mod wire;
+
+pub use tpm::{
+    verify_ecdsa_p256, EccCurve, EccParms, KeyError, ObjectAttributes, PublicKeyParams, RsaParms,
+    Scheme, SignatureError, SymDefObject, TpmName, TpmSignature, TpmtPublic,
+};
+pub use wire::{AlgId, ParseError};

@@ -1,5 +1,105 @@
 //! The `quorate` command.
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use quorate_firmware::types::PartyId;
+use quorate_host::init::{init, InitOptions};
+use quorate_host::tpm::TpmTarget;
+
+/// Quorate: a BFT coordinator for MPC parties, with TPM-held vote keys.
+#[derive(Debug, Parser)]
+#[command(name = "quorate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Provision a party: TPM keys, key blobs and enrollment.json in DATA_DIR.
+    Init {
+        /// The party's data dir (created 0700 if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The party's id, 1..n.
+        #[arg(long)]
+        party_id: u32,
+        /// The TPM: `swtpm:host=127.0.0.1,port=P` (control port P+1),
+        /// `device:/dev/tpmrm0`, or `spawn` (a private swtpm with its state
+        /// in DATA_DIR/swtpm/).
+        #[arg(long)]
+        tpm: TpmTarget,
+        /// Re-provision a data dir that already holds a party (new vote key).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain; no backtrace for operators.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    // libtss2 prints every TPM error to stderr, expected ones too (e.g.
+    // flushing handles a TPM restart already dropped). Quiet it unless the
+    // operator asked for its logs. Set before any thread starts.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+none");
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            data_dir,
+            party_id,
+            tpm,
+            force,
+        } => {
+            let opts = InitOptions {
+                data_dir,
+                party_id: PartyId(party_id),
+                tpm,
+                force,
+            };
+            let report = init(&opts).await?;
+            let e = &report.enrollment;
+            println!(
+                "provisioned party {} in {}",
+                e.party_id,
+                opts.data_dir.display()
+            );
+            println!("  vote key Name  {}", e.vote_key.name);
+            println!("  vote key point {}", e.vote_key.point);
+            println!("  enrollment     {}", report.enrollment_path.display());
+            println!("  key blobs      {} (0600)", report.keys_dir.display());
+            if let Some(d) = &report.swtpm_dir {
+                println!("  swtpm state    {}", d.display());
+            }
+            Ok(())
+        }
+    }
 }

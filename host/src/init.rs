@@ -1,0 +1,345 @@
+//! `quorate init`: provision a party's data dir.
+//!
+//! Creates the storage root key and the vote key in the TPM, saves the key
+//! blobs (0600) under `DIR/keys/`, and writes `DIR/enrollment.json`, the
+//! public record peers enroll: party id, the vote key's TPMT_PUBLIC, its
+//! Name and its P-256 point. A data dir that already holds a party is left
+//! alone unless `--force` is given. With `--tpm spawn` the private swtpm
+//! keeps its state in `DIR/swtpm/`, reused on every later start.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use quorate_firmware::crypto::PublicKey;
+use quorate_firmware::types::PartyId;
+
+use crate::tpm::keys::{write_file_mode, KeyStore};
+use crate::tpm::{KeySpec, Swtpm, SwtpmError, TpmError, TpmHandle, TpmTarget};
+
+/// File format version of `enrollment.json`.
+pub const ENROLLMENT_FORMAT: u32 = 1;
+/// File name of the enrollment record in the data dir.
+pub const ENROLLMENT_FILE: &str = "enrollment.json";
+/// Subdirectory of the data dir holding a spawned swtpm's state.
+pub const SWTPM_DIR: &str = "swtpm";
+
+/// What `quorate init` was asked to do.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The party's data dir (created 0700 if missing).
+    pub data_dir: PathBuf,
+    /// The party's id (P1..Pn; not zero).
+    pub party_id: PartyId,
+    /// Which TPM to use.
+    pub tpm: TpmTarget,
+    /// Re-provision a data dir that already holds a party.
+    pub force: bool,
+}
+
+/// The vote key as peers enroll it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolledKey {
+    /// The marshalled TPMT_PUBLIC, hex.
+    pub tpmt_public: String,
+    /// Its Name (0x000B || SHA-256(TPMT_PUBLIC)), hex.
+    pub name: String,
+    /// The uncompressed P-256 point (0x04 || X || Y), hex.
+    pub point: String,
+}
+
+/// `DIR/enrollment.json`: what a party shares with its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    /// File format version ([`ENROLLMENT_FORMAT`]).
+    pub format: u32,
+    /// The party's id.
+    pub party_id: PartyId,
+    /// Its TPM-resident vote key.
+    pub vote_key: EnrolledKey,
+}
+
+impl Enrollment {
+    /// Reads and checks an enrollment file: the Name and the point must
+    /// match the TPMT_PUBLIC.
+    pub fn load(path: &Path) -> Result<Enrollment, InitError> {
+        let bad = |reason: String| InitError::Enrollment {
+            path: path.to_owned(),
+            reason,
+        };
+        let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let e: Enrollment = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if e.format != ENROLLMENT_FORMAT {
+            return Err(bad(format!(
+                "format {} (this build reads {ENROLLMENT_FORMAT})",
+                e.format
+            )));
+        }
+        let tpmt = hex::decode(&e.vote_key.tpmt_public)
+            .map_err(|err| bad(format!("tpmt_public: {err}")))?;
+        let public = quorate_attestation::tpm::TpmtPublic::parse(&tpmt)
+            .map_err(|err| bad(format!("tpmt_public: {err}")))?;
+        if hex::encode(public.name().as_bytes()) != e.vote_key.name {
+            return Err(bad("name does not match tpmt_public".into()));
+        }
+        let point = public
+            .ecc_p256_point()
+            .map_err(|err| bad(format!("tpmt_public: {err}")))?;
+        if hex::encode(point.0) != e.vote_key.point {
+            return Err(bad("point does not match tpmt_public".into()));
+        }
+        Ok(e)
+    }
+
+    /// The vote key's point.
+    pub fn vote_public_key(&self) -> Result<PublicKey, InitError> {
+        let bytes = hex::decode(&self.vote_key.point).map_err(|e| InitError::Enrollment {
+            path: PathBuf::from(ENROLLMENT_FILE),
+            reason: format!("point: {e}"),
+        })?;
+        let arr: [u8; 65] = bytes.try_into().map_err(|_| InitError::Enrollment {
+            path: PathBuf::from(ENROLLMENT_FILE),
+            reason: "point is not 65 bytes".into(),
+        })?;
+        Ok(PublicKey(arr))
+    }
+}
+
+/// Why `quorate init` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The data dir already holds a provisioned party.
+    #[error("data dir {} is already provisioned ({what}); refusing to replace its keys. \
+             Re-run with --force to re-provision (a new vote key, which peers must enroll again)", dir.display())]
+    AlreadyProvisioned {
+        /// The data dir.
+        dir: PathBuf,
+        /// What was found there (e.g. "party P2, enrollment.json").
+        what: String,
+    },
+    /// Party id zero.
+    #[error("party id must be 1 or more (parties are P1..Pn)")]
+    ZeroPartyId,
+    /// The data dir could not be created or written.
+    #[error("data dir {}: {source}", dir.display())]
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The private swtpm could not be started.
+    #[error("--tpm spawn: {0}")]
+    Swtpm(#[from] SwtpmError),
+    /// A TPM operation failed.
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
+    /// An enrollment file is unreadable or inconsistent.
+    #[error("enrollment file {}: {reason}", path.display())]
+    Enrollment {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The fresh key's signature did not verify (the TPM or our conversion
+    /// is broken): nothing was written.
+    #[error(
+        "self-check failed: a signature from the new vote key does not verify under its public key"
+    )]
+    SelfCheck,
+}
+
+/// What `quorate init` did.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The enrollment written.
+    pub enrollment: Enrollment,
+    /// Where it was written.
+    pub enrollment_path: PathBuf,
+    /// The key store directory.
+    pub keys_dir: PathBuf,
+    /// The swtpm state dir, with `--tpm spawn`.
+    pub swtpm_dir: Option<PathBuf>,
+}
+
+/// What, if anything, makes `dir` a provisioned data dir.
+pub fn provisioned(dir: &Path) -> Option<String> {
+    let enrollment = dir.join(ENROLLMENT_FILE);
+    if enrollment.exists() {
+        return Some(match Enrollment::load(&enrollment) {
+            Ok(e) => format!("party {}, {ENROLLMENT_FILE}", e.party_id),
+            Err(_) => format!("{ENROLLMENT_FILE} present"),
+        });
+    }
+    let store = KeyStore::new(dir);
+    store
+        .exists()
+        .then(|| format!("key store {}", store.manifest_path().display()))
+}
+
+/// Provisions a party: see the module docs.
+pub async fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
+    if opts.party_id.0 == 0 {
+        return Err(InitError::ZeroPartyId);
+    }
+    let dir = &opts.data_dir;
+    if !opts.force {
+        if let Some(what) = provisioned(dir) {
+            return Err(InitError::AlreadyProvisioned {
+                dir: dir.clone(),
+                what,
+            });
+        }
+    }
+    create_private_dir(dir)?;
+
+    let (swtpm, tcti) = match &opts.tpm {
+        TpmTarget::Spawn => {
+            let s = Swtpm::spawn(&dir.join(SWTPM_DIR))?;
+            let t = s.tcti();
+            (Some(s), t)
+        }
+        TpmTarget::Tcti(t) => (None, t.clone()),
+        // TpmTarget is non_exhaustive only for other crates.
+    };
+    let result = provision(opts, &tcti).await;
+    // Stop a spawned swtpm (TPM2_Shutdown first) whatever happened.
+    let swtpm_dir = swtpm.as_ref().map(|s| s.state_dir().to_owned());
+    drop(swtpm);
+    let (enrollment, enrollment_path, keys_dir) = result?;
+    Ok(InitReport {
+        enrollment,
+        enrollment_path,
+        keys_dir,
+        swtpm_dir,
+    })
+}
+
+async fn provision(
+    opts: &InitOptions,
+    tcti: &crate::tpm::Tcti,
+) -> Result<(Enrollment, PathBuf, PathBuf), InitError> {
+    let tpm = TpmHandle::open(tcti).await?;
+    let res = provision_with(opts, &tpm).await;
+    tpm.close().await?;
+    res
+}
+
+async fn provision_with(
+    opts: &InitOptions,
+    tpm: &TpmHandle,
+) -> Result<(Enrollment, PathBuf, PathBuf), InitError> {
+    let created = tpm.create_vote_key(KeySpec::vote_password()).await?;
+    let ours = created.blob.name()?;
+    if ours != created.name {
+        return Err(TpmError::Store {
+            path: PathBuf::from("(new vote key)"),
+            reason: format!(
+                "the TPM reports Name {} but the public area hashes to {}",
+                hex::encode(&created.name),
+                hex::encode(&ours)
+            ),
+        }
+        .into());
+    }
+    let point = created.blob.p256_point()?;
+
+    // Self-check before anything is written: the key loads, signs, and the
+    // signature verifies under the point we are about to publish.
+    tpm.load_vote_key(created.blob.clone(), Some(created.srk_name.clone()))
+        .await?;
+    let probe = b"quorate init self-check".to_vec();
+    let sig = tpm.sign(probe.clone()).await?;
+    point
+        .verify(&probe, &sig)
+        .map_err(|_| InitError::SelfCheck)?;
+
+    let store = KeyStore::new(&opts.data_dir);
+    store.save(&created.srk_name, &[&created.blob])?;
+
+    let enrollment = Enrollment {
+        format: ENROLLMENT_FORMAT,
+        party_id: opts.party_id,
+        vote_key: EnrolledKey {
+            tpmt_public: hex::encode(created.blob.tpmt_public()?),
+            name: hex::encode(&created.name),
+            point: hex::encode(point.0),
+        },
+    };
+    let path = opts.data_dir.join(ENROLLMENT_FILE);
+    let mut json = serde_json::to_vec_pretty(&enrollment).map_err(|e| InitError::Enrollment {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    json.push(b'\n');
+    write_file_mode(&path, &json, 0o644)?;
+    Ok((enrollment, path, store.dir().to_owned()))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), InitError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| InitError::DataDir {
+            dir: dir.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_zero_party_and_reports_provisioned_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(provisioned(dir.path()).is_none());
+        fs::write(dir.path().join(ENROLLMENT_FILE), b"{}").unwrap();
+        assert!(provisioned(dir.path()).unwrap().contains(ENROLLMENT_FILE));
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let opts = InitOptions {
+            data_dir: dir.path().to_owned(),
+            party_id: PartyId(1),
+            tpm: TpmTarget::Spawn,
+            force: false,
+        };
+        let err = rt.block_on(init(&opts)).unwrap_err();
+        assert!(matches!(err, InitError::AlreadyProvisioned { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains("--force") && msg.contains(&dir.path().display().to_string()));
+        let zero = InitOptions {
+            party_id: PartyId(0),
+            ..opts
+        };
+        assert!(matches!(
+            rt.block_on(init(&zero)),
+            Err(InitError::ZeroPartyId)
+        ));
+    }
+
+    #[test]
+    fn enrollment_load_rejects_a_mismatched_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(ENROLLMENT_FILE);
+        let e = Enrollment {
+            format: ENROLLMENT_FORMAT,
+            party_id: PartyId(1),
+            vote_key: EnrolledKey {
+                tpmt_public: "00".into(),
+                name: "00".into(),
+                point: "00".into(),
+            },
+        };
+        fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
+        assert!(Enrollment::load(&p).is_err());
+    }
+}
