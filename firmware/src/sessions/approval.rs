@@ -127,11 +127,20 @@ mod tests {
         let mut d = BTreeMap::new();
         d.insert(PartyId(1), Decision::Approve);
         d.insert(PartyId(2), Decision::Approve);
-        assert_eq!(tally(ApprovalPolicy::Unanimous, FaultModel::Byzantine, &v, &d), Tally::Open);
+        assert_eq!(
+            tally(ApprovalPolicy::Unanimous, FaultModel::Byzantine, &v, &d),
+            Tally::Open
+        );
         d.insert(PartyId(3), Decision::Approve);
-        assert_eq!(tally(ApprovalPolicy::Unanimous, FaultModel::Byzantine, &v, &d), Tally::Approved);
+        assert_eq!(
+            tally(ApprovalPolicy::Unanimous, FaultModel::Byzantine, &v, &d),
+            Tally::Approved
+        );
         d.insert(PartyId(3), reject());
-        assert_eq!(tally(ApprovalPolicy::Unanimous, FaultModel::Byzantine, &v, &d), Tally::Rejected);
+        assert_eq!(
+            tally(ApprovalPolicy::Unanimous, FaultModel::Byzantine, &v, &d),
+            Tally::Rejected
+        );
     }
 
     #[test]
@@ -140,22 +149,37 @@ mod tests {
         let v = voters(4);
         let mut d = BTreeMap::new();
         d.insert(PartyId(1), reject());
-        assert_eq!(tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d), Tally::Open);
+        assert_eq!(
+            tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d),
+            Tally::Open
+        );
         d.insert(PartyId(2), Decision::Approve);
         d.insert(PartyId(3), Decision::Approve);
-        assert_eq!(tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d), Tally::Open);
+        assert_eq!(
+            tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d),
+            Tally::Open
+        );
         d.insert(PartyId(4), Decision::Approve);
-        assert_eq!(tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d), Tally::Approved);
+        assert_eq!(
+            tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d),
+            Tally::Approved
+        );
         let mut d = BTreeMap::new();
         d.insert(PartyId(1), reject());
         d.insert(PartyId(2), reject());
-        assert_eq!(tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d), Tally::Rejected);
+        assert_eq!(
+            tally(ApprovalPolicy::Quorum, FaultModel::Byzantine, &v, &d),
+            Tally::Rejected
+        );
         // Majority quorum of 4 is 3 as well; of 3 it is 2.
         let v3 = voters(3);
         let mut d = BTreeMap::new();
         d.insert(PartyId(1), Decision::Approve);
         d.insert(PartyId(2), Decision::Approve);
-        assert_eq!(tally(ApprovalPolicy::Quorum, FaultModel::Majority, &v3, &d), Tally::Approved);
+        assert_eq!(
+            tally(ApprovalPolicy::Quorum, FaultModel::Majority, &v3, &d),
+            Tally::Approved
+        );
     }
 
     #[test]
@@ -164,13 +188,19 @@ mod tests {
         let mut d = BTreeMap::new();
         d.insert(PartyId(7), Decision::Approve);
         d.insert(PartyId(8), Decision::Approve);
-        assert_eq!(tally(ApprovalPolicy::Quorum, FaultModel::Majority, &v, &d), Tally::Open);
+        assert_eq!(
+            tally(ApprovalPolicy::Quorum, FaultModel::Majority, &v, &d),
+            Tally::Open
+        );
     }
 
     #[test]
     fn default_rules_follow_the_design() {
         let r = ApprovalRules::default();
-        assert_eq!(r.for_session(SessionKind::Keygen), ApprovalPolicy::Unanimous);
+        assert_eq!(
+            r.for_session(SessionKind::Keygen),
+            ApprovalPolicy::Unanimous
+        );
         assert_eq!(r.for_session(SessionKind::Signing), ApprovalPolicy::Quorum);
     }
 }

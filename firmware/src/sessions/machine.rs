@@ -925,7 +925,8 @@ impl SessionMachine {
     /// A machine restored from [`SessionMachine::encode_state`] bytes.
     pub fn restore(config: MachineConfig, state: &[u8]) -> Result<Self, RestoreError> {
         let mut m = SessionMachine::new(config)?;
-        m.state = postcard::from_bytes(state).map_err(|e| RestoreError::Malformed(e.to_string()))?;
+        m.state =
+            postcard::from_bytes(state).map_err(|e| RestoreError::Malformed(e.to_string()))?;
         Ok(m)
     }
 
@@ -985,7 +986,12 @@ impl SessionMachine {
         self.fire_deadlines(&mut cx);
         let mut outcomes = Vec::new();
         for (bi, batch) in batches.iter().enumerate() {
-            self.apply_batch(&mut cx, u32::try_from(bi).unwrap_or(u32::MAX), batch, &mut outcomes);
+            self.apply_batch(
+                &mut cx,
+                u32::try_from(bi).unwrap_or(u32::MAX),
+                batch,
+                &mut outcomes,
+            );
         }
         self.advance_rounds(&mut cx);
         Ok(BlockOutcome {
@@ -1007,15 +1013,22 @@ impl SessionMachine {
         let author = batch.body.author;
         let seq = batch.body.seq;
         // A batch-level fault rejects every operation in it.
-        let batch_fault = match check_batch_envelope(batch, &self.config.cluster, &self.config.members) {
-            Err(super::ops::BatchError::WrongCluster { .. }) => Some(RuleViolation::WrongCluster),
-            Err(super::ops::BatchError::UnknownAuthor(p)) => Some(RuleViolation::UnknownAuthor(p)),
-            Err(_) => Some(RuleViolation::TooManyOps),
-            Ok(()) => match self.state.last_seq.get(&author) {
-                Some(last) if seq <= *last => Some(RuleViolation::Replayed { seq, last: *last }),
-                _ => None,
-            },
-        };
+        let batch_fault =
+            match check_batch_envelope(batch, &self.config.cluster, &self.config.members) {
+                Err(super::ops::BatchError::WrongCluster { .. }) => {
+                    Some(RuleViolation::WrongCluster)
+                }
+                Err(super::ops::BatchError::UnknownAuthor(p)) => {
+                    Some(RuleViolation::UnknownAuthor(p))
+                }
+                Err(_) => Some(RuleViolation::TooManyOps),
+                Ok(()) => match self.state.last_seq.get(&author) {
+                    Some(last) if seq <= *last => {
+                        Some(RuleViolation::Replayed { seq, last: *last })
+                    }
+                    _ => None,
+                },
+            };
         if batch_fault.is_none() {
             self.state.last_seq.insert(author, seq);
         }
@@ -1405,7 +1418,10 @@ impl SessionMachine {
                 st.pending = None;
                 // Only a verdict-rejection excludes; an expiry means the
                 // peers did not judge in time, which is not the subject's fault.
-                if reasons.iter().any(|r| matches!(r, RejectReason::Verdict { .. })) {
+                if reasons
+                    .iter()
+                    .any(|r| matches!(r, RejectReason::Verdict { .. }))
+                {
                     st.excluded = Some((id, cx.height));
                 }
             }
@@ -1416,7 +1432,11 @@ impl SessionMachine {
 
     // -- SessionMessage / SessionResult / AbortSession ------------------------
 
-    fn active_session(&self, sid: SessionId, author: PartyId) -> Result<(&Session, u32), RuleViolation> {
+    fn active_session(
+        &self,
+        sid: SessionId,
+        author: PartyId,
+    ) -> Result<(&Session, u32), RuleViolation> {
         let s = self
             .state
             .sessions
@@ -1556,7 +1576,13 @@ impl SessionMachine {
                     result,
                 });
             }
-            None => self.fail(cx, sid, FailureReason::ResultsDisagree, Vec::new(), Vec::new()),
+            None => self.fail(
+                cx,
+                sid,
+                FailureReason::ResultsDisagree,
+                Vec::new(),
+                Vec::new(),
+            ),
         }
     }
 
@@ -1673,11 +1699,7 @@ impl SessionMachine {
             });
         }
         // A newer record supersedes one still awaiting verdicts.
-        let previous = self
-            .state
-            .attestation
-            .get(&author)
-            .and_then(|s| s.pending);
+        let previous = self.state.attestation.get(&author).and_then(|s| s.pending);
         if let Some(prev) = previous {
             self.reject_pending(
                 cx,
@@ -1698,7 +1720,13 @@ impl SessionMachine {
         let deadline = cx
             .time_ms
             .saturating_add(ms(self.config.rules.attestation_verdict_secs));
-        self.await_verdicts(cx, id, self.config.rules.approval.attestation, voters, deadline);
+        self.await_verdicts(
+            cx,
+            id,
+            self.config.rules.approval.attestation,
+            voters,
+            deadline,
+        );
         Ok(Applied::Pending)
     }
 
@@ -1716,7 +1744,10 @@ impl SessionMachine {
             .map_err(|_| RuleViolation::InvalidProof("a batch signature does not verify".into()))
     }
 
-    fn proven_conflict(&self, proof: &MisbehaviourProof) -> Result<(PartyId, Conflict), RuleViolation> {
+    fn proven_conflict(
+        &self,
+        proof: &MisbehaviourProof,
+    ) -> Result<(PartyId, Conflict), RuleViolation> {
         let bad = |s: &str| RuleViolation::InvalidProof(s.into());
         match proof {
             MisbehaviourProof::ConflictingBatches { first, second } => {
@@ -1728,7 +1759,12 @@ impl SessionMachine {
                 }
                 self.verify_signed(first)?;
                 self.verify_signed(second)?;
-                Ok((first.body.author, Conflict::Batches { seq: first.body.seq }))
+                Ok((
+                    first.body.author,
+                    Conflict::Batches {
+                        seq: first.body.seq,
+                    },
+                ))
             }
             MisbehaviourProof::ConflictingOps {
                 first,
@@ -1746,7 +1782,8 @@ impl SessionMachine {
                         .ops
                         .get(i as usize)
                         .ok_or_else(|| bad("operation index out of range"))?;
-                    let op = Operation::decode(bytes).map_err(|e| RuleViolation::InvalidProof(e.to_string()))?;
+                    let op = Operation::decode(bytes)
+                        .map_err(|e| RuleViolation::InvalidProof(e.to_string()))?;
                     if op.author != party {
                         return Err(bad("operation author differs from batch signer"));
                     }
@@ -1833,9 +1870,19 @@ impl SessionMachine {
                 .filter(|s| s.phase == Phase::AwaitingApproval)
                 .map(|s| s.create_op);
             if let Some(create) = awaiting {
-                self.reject_pending(cx, create, vec![RejectReason::Rule(RuleViolation::Excluded(party))]);
+                self.reject_pending(
+                    cx,
+                    create,
+                    vec![RejectReason::Rule(RuleViolation::Excluded(party))],
+                );
             }
-            self.fail(cx, sid, FailureReason::Misbehaviour, Vec::new(), vec![party]);
+            self.fail(
+                cx,
+                sid,
+                FailureReason::Misbehaviour,
+                Vec::new(),
+                vec![party],
+            );
         }
         Ok(Applied::Executed)
     }
@@ -1883,7 +1930,13 @@ impl SessionMachine {
                     .filter(|p| !s.round_done_by(**p, round))
                     .copied()
                     .collect();
-                self.fail(cx, sid, FailureReason::RoundTimeout { round }, missing, Vec::new());
+                self.fail(
+                    cx,
+                    sid,
+                    FailureReason::RoundTimeout { round },
+                    missing,
+                    Vec::new(),
+                );
             }
         }
     }
@@ -1911,3 +1964,7 @@ impl SessionMachine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+pub(crate) mod tests;

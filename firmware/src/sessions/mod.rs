@@ -29,4 +29,4 @@ pub mod query;
 pub(crate) mod testkit;
 
 pub use machine::{BlockOutcome, MachineConfig, SessionMachine, SessionRules};
-pub use ops::{verify_batch, Operation, OpBody};
+pub use ops::{verify_batch, OpBody, Operation};

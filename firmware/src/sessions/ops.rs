@@ -171,7 +171,13 @@ pub const SESSION_ID_DOMAIN: &[u8] = b"quorate/session-id/v1";
 impl OpId {
     /// The id of the operation at `index` of the batch `(author, seq)`
     /// decided at `height` in `cluster`.
-    pub fn derive(cluster: &ClusterId, height: Height, author: PartyId, seq: u64, index: u32) -> Self {
+    pub fn derive(
+        cluster: &ClusterId,
+        height: Height,
+        author: PartyId,
+        seq: u64,
+        index: u32,
+    ) -> Self {
         OpId(Sha256Digest::of_parts(&[
             OP_ID_DOMAIN,
             cluster.0.as_bytes(),
@@ -186,7 +192,10 @@ impl OpId {
 impl SessionId {
     /// The id of the session opened by the decided operation `op`.
     pub fn from_op(op: &OpId) -> Self {
-        SessionId(Sha256Digest::of_parts(&[SESSION_ID_DOMAIN, op.0.as_bytes()]))
+        SessionId(Sha256Digest::of_parts(&[
+            SESSION_ID_DOMAIN,
+            op.0.as_bytes(),
+        ]))
     }
 }
 
@@ -518,9 +527,9 @@ pub enum MisbehaviourProof {
     /// number (batch equivocation).
     ConflictingBatches {
         /// One batch.
-        first: SignedBatch,
+        first: Box<SignedBatch>,
         /// Another batch, same author and seq, different body.
-        second: SignedBatch,
+        second: Box<SignedBatch>,
     },
     /// Two conflicting operations signed by one party: session messages for
     /// the same (session, round, recipient) with different payloads, results
@@ -528,11 +537,11 @@ pub enum MisbehaviourProof {
     /// that differ.
     ConflictingOps {
         /// The batch carrying the first operation.
-        first: SignedBatch,
+        first: Box<SignedBatch>,
         /// Index of the first operation in `first`.
         first_op: u32,
         /// The batch carrying the second operation.
-        second: SignedBatch,
+        second: Box<SignedBatch>,
         /// Index of the second operation in `second`.
         second_op: u32,
     },
@@ -686,7 +695,8 @@ pub(crate) fn decode_batch_ops(batch: &SignedBatch) -> Result<Vec<Operation>, Ba
         .iter()
         .enumerate()
         .map(|(index, bytes)| {
-            let op = Operation::decode(bytes).map_err(|error| BatchError::Undecodable { index, error })?;
+            let op = Operation::decode(bytes)
+                .map_err(|error| BatchError::Undecodable { index, error })?;
             if op.author != signer {
                 return Err(BatchError::AuthorMismatch {
                     index,
@@ -759,10 +769,16 @@ mod tests {
         assert_eq!(Operation::decode(&[]), Err(DecodeError::Empty));
         let mut v2 = good.clone();
         v2[0] = 2;
-        assert_eq!(Operation::decode(&v2), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(
+            Operation::decode(&v2),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(Operation::decode(&trailing), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            Operation::decode(&trailing),
+            Err(DecodeError::TrailingBytes(1))
+        );
         assert!(matches!(
             Operation::decode(&good[..good.len() - 3]),
             Err(DecodeError::Malformed(_))
@@ -803,10 +819,19 @@ mod tests {
         let verdict = r#"{"type": "verdict", "target": "abababababababababababababababababababababababababababababababab",
             "decision": {"reject": {"code": "operator_rejected", "text": "no"}}}"#;
         let body: OpBody = serde_json::from_str(verdict).unwrap();
-        assert!(matches!(body, OpBody::Verdict(VerdictOp { decision: Decision::Reject(_), .. })));
+        assert!(matches!(
+            body,
+            OpBody::Verdict(VerdictOp {
+                decision: Decision::Reject(_),
+                ..
+            })
+        ));
         assert!(serde_json::from_str::<OpBody>(r#"{"type": "nope"}"#).is_err());
         // JSON round trip of every variant survives postcard too.
-        let op = Operation { author: PartyId(2), body };
+        let op = Operation {
+            author: PartyId(2),
+            body,
+        };
         assert_eq!(Operation::decode(&op.encode()).unwrap(), op);
     }
 
@@ -814,7 +839,10 @@ mod tests {
     fn verify_batch_checks_signature_once_and_every_author() {
         let c = Cluster::new(3);
         let ok = c.batch(1, 1, vec![keygen_op().encode()]);
-        assert_eq!(verify_batch(&ok, &c.id, &c.keys).unwrap(), vec![keygen_op()]);
+        assert_eq!(
+            verify_batch(&ok, &c.id, &c.keys).unwrap(),
+            vec![keygen_op()]
+        );
 
         let mut forged = ok.clone();
         forged.body.seq = 2;
@@ -863,6 +891,9 @@ mod tests {
         assert_ne!(a, OpId::derive(&c, Height(1), PartyId(2), 1, 0));
         assert_ne!(a, OpId::derive(&c, Height(1), PartyId(1), 2, 0));
         assert_ne!(SessionId::from_op(&a).0, a.0);
-        assert_eq!(KeyId::of_session(&SessionId::from_op(&a)).session(), SessionId::from_op(&a));
+        assert_eq!(
+            KeyId::of_session(&SessionId::from_op(&a)).session(),
+            SessionId::from_op(&a)
+        );
     }
 }

@@ -96,7 +96,10 @@ pub fn evaluate(
     let Some(rec) = machine.operation(&target) else {
         return PolicyDecision::Nothing;
     };
-    let votes = rec.approval.as_ref().is_some_and(|a| a.voters.contains(&me));
+    let votes = rec
+        .approval
+        .as_ref()
+        .is_some_and(|a| a.voters.contains(&me));
     if rec.status != OpStatus::Pending || !votes || rec.verdicts.contains_key(&me) {
         return PolicyDecision::Nothing;
     }
@@ -141,7 +144,7 @@ fn session_decision(
     let limit = match spec {
         SessionSpec::Keygen(k) => {
             if let Some(allowed) = &policy.allowed_schemes {
-                if !allowed.iter().any(|s| *s == k.scheme) {
+                if !allowed.contains(&k.scheme) {
                     return reject(
                         ReasonCode::SchemeNotAllowed,
                         format!("{me} does not run scheme {}", k.scheme),
@@ -194,4 +197,242 @@ fn approved_in_hour_before(me: PartyId, machine: &SessionMachine, rec: &OpRecord
         })
         .count();
     u64::try_from(count).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::machine::tests::{approve, keygen, reject as reject_op, signing, Net};
+    use crate::sessions::ops::{AttestationRecord, SessionId};
+
+    fn decision(d: PolicyDecision) -> Decision {
+        match d {
+            PolicyDecision::Post(Operation {
+                body: OpBody::Verdict(v),
+                ..
+            }) => v.decision,
+            other => panic!("expected a verdict, got {other:?}"),
+        }
+    }
+
+    fn code(d: PolicyDecision) -> ReasonCode {
+        match decision(d) {
+            Decision::Reject(r) => r.code,
+            Decision::Approve => panic!("expected a rejection"),
+        }
+    }
+
+    #[test]
+    fn approves_by_default_and_names_itself_as_author() {
+        let mut net = Net::new(3);
+        let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        let d = evaluate(&LocalPolicy::default(), PartyId(2), net.m(), op, None);
+        let PolicyDecision::Post(v) = d else {
+            panic!("no verdict")
+        };
+        assert_eq!(v.author, PartyId(2));
+        assert_eq!(v.body, approve(op));
+    }
+
+    #[test]
+    fn refuses_schemes_initiators_and_keys_it_does_not_allow() {
+        let mut net = Net::new(3);
+        let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        let p = LocalPolicy {
+            allowed_schemes: Some(vec!["frost-ed25519".into()]),
+            ..LocalPolicy::default()
+        };
+        assert_eq!(
+            code(evaluate(&p, PartyId(2), net.m(), op, None)),
+            ReasonCode::SchemeNotAllowed
+        );
+        let p = LocalPolicy {
+            allowed_initiators: Some(vec![PartyId(3)]),
+            ..LocalPolicy::default()
+        };
+        assert_eq!(
+            code(evaluate(&p, PartyId(2), net.m(), op, None)),
+            ReasonCode::InitiatorNotAllowed
+        );
+
+        let key = net.completed_keygen(&[1, 2, 3], 2, b"PK");
+        let (sop, _) = net.one(1, signing(key, &[1, 2]));
+        let other = KeyId(crate::types::Sha256Digest::of(b"other"));
+        let p = LocalPolicy {
+            allowed_keys: Some(vec![other]),
+            ..LocalPolicy::default()
+        };
+        assert_eq!(
+            code(evaluate(&p, PartyId(2), net.m(), sop, None)),
+            ReasonCode::KeyNotAllowed
+        );
+        let p = LocalPolicy {
+            allowed_keys: Some(vec![key]),
+            ..LocalPolicy::default()
+        };
+        assert_eq!(
+            decision(evaluate(&p, PartyId(2), net.m(), sop, None)),
+            Decision::Approve
+        );
+    }
+
+    #[test]
+    fn rate_limits_count_over_block_time_and_decided_order() {
+        let mut net = Net::new(3);
+        let p = LocalPolicy {
+            max_keygens_per_hour: Some(1),
+            ..LocalPolicy::default()
+        };
+        // Two requests in one block: only the first fits the limit.
+        let b = net.batch(1, vec![keygen(&[1, 2, 3], 2), keygen(&[1, 2, 3], 2)]);
+        let out = net.block(vec![b]);
+        let (first, second) = (out.ops[0].op, out.ops[1].op);
+        assert_eq!(
+            decision(evaluate(&p, PartyId(2), net.m(), first, None)),
+            Decision::Approve
+        );
+        assert_eq!(
+            code(evaluate(&p, PartyId(2), net.m(), second, None)),
+            ReasonCode::RateLimited
+        );
+        // The answer does not change with when the host asks (while the
+        // request is still pending).
+        net.block_after(100_000, vec![]);
+        assert_eq!(
+            code(evaluate(&p, PartyId(2), net.m(), second, None)),
+            ReasonCode::RateLimited
+        );
+        // A request decided more than an hour later fits again.
+        net.block_after(HOUR_MS, vec![]);
+        let (late, _) = net.one(3, keygen(&[1, 2, 3], 2));
+        assert_eq!(
+            decision(evaluate(&p, PartyId(2), net.m(), late, None)),
+            Decision::Approve
+        );
+    }
+
+    #[test]
+    fn requests_this_party_rejected_do_not_use_its_quota() {
+        let mut net = Net::new(3);
+        let p = LocalPolicy {
+            max_keygens_per_hour: Some(1),
+            ..LocalPolicy::default()
+        };
+        let (first, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        net.one(2, reject_op(first, "no"));
+        let (second, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        assert_eq!(
+            decision(evaluate(&p, PartyId(2), net.m(), second, None)),
+            Decision::Approve
+        );
+        // P3 did not reject the first one, so for P3 the quota is used.
+        let (third, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        assert_eq!(
+            code(evaluate(&p, PartyId(3), net.m(), third, None)),
+            ReasonCode::RateLimited
+        );
+    }
+
+    #[test]
+    fn manual_approval_holds_what_the_policy_allows_but_rejects_what_it_does_not() {
+        let mut net = Net::new(3);
+        let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        let p = LocalPolicy {
+            manual_approval: true,
+            ..LocalPolicy::default()
+        };
+        assert_eq!(
+            evaluate(&p, PartyId(2), net.m(), op, None),
+            PolicyDecision::Manual { target: op }
+        );
+        let p = LocalPolicy {
+            manual_approval: true,
+            allowed_initiators: Some(vec![PartyId(3)]),
+            ..LocalPolicy::default()
+        };
+        assert_eq!(
+            code(evaluate(&p, PartyId(2), net.m(), op, None)),
+            ReasonCode::InitiatorNotAllowed
+        );
+    }
+
+    #[test]
+    fn nothing_to_do_when_not_pending_not_a_voter_or_already_voted() {
+        let mut net = Net::new(3);
+        let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        net.one(2, approve(op));
+        let p = LocalPolicy::default();
+        assert_eq!(
+            evaluate(&p, PartyId(2), net.m(), op, None),
+            PolicyDecision::Nothing
+        );
+        assert_eq!(
+            evaluate(&p, PartyId(9), net.m(), op, None),
+            PolicyDecision::Nothing
+        );
+        let (vop, _) = net.one(3, approve(op));
+        assert_eq!(
+            evaluate(&p, PartyId(1), net.m(), vop, None),
+            PolicyDecision::Nothing
+        );
+        let unknown = OpId(crate::types::Sha256Digest::of(b"?"));
+        assert_eq!(
+            evaluate(&p, PartyId(1), net.m(), unknown, None),
+            PolicyDecision::Nothing
+        );
+        let _ = SessionId::from_op(&op);
+    }
+
+    #[test]
+    fn attestation_records_go_to_the_verifier() {
+        let mut net = Net::new(3);
+        net.block(vec![]);
+        let body = OpBody::AttestationRecord(AttestationRecord {
+            binds_height: Height(1),
+            evidence: Blob(vec![0xee; 8]),
+        });
+        let (op, _) = net.one(2, body.clone());
+        let seen = Operation {
+            author: PartyId(2),
+            body,
+        };
+        let d = evaluate(
+            &LocalPolicy::default(),
+            PartyId(1),
+            net.m(),
+            op,
+            Some(&seen),
+        );
+        assert_eq!(
+            d,
+            PolicyDecision::VerifyAttestation {
+                target: op,
+                subject: PartyId(2),
+                binds_height: Height(1),
+                evidence: Blob(vec![0xee; 8]),
+            }
+        );
+        // The subject does not judge itself.
+        assert_eq!(
+            evaluate(
+                &LocalPolicy::default(),
+                PartyId(2),
+                net.m(),
+                op,
+                Some(&seen)
+            ),
+            PolicyDecision::Nothing
+        );
+    }
+
+    #[test]
+    fn config_shape_is_strict() {
+        let p: LocalPolicy = serde_json::from_str(
+            r#"{"manual_approval": true, "max_signings_per_hour": 10, "allowed_schemes": ["frost-secp256k1"]}"#,
+        )
+        .unwrap();
+        assert!(p.manual_approval);
+        assert_eq!(p.max_signings_per_hour, Some(10));
+        assert!(serde_json::from_str::<LocalPolicy>(r#"{"manual_aproval": true}"#).is_err());
+    }
 }

@@ -108,7 +108,9 @@ impl SessionMachine {
             .iter()
             .filter_map(|id| self.state().ops.get(id))
             .filter(|r| {
-                r.approval.as_ref().is_some_and(|a| a.voters.contains(&party))
+                r.approval
+                    .as_ref()
+                    .is_some_and(|a| a.voters.contains(&party))
                     && !r.verdicts.contains_key(&party)
             })
             .collect();

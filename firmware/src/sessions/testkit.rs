@@ -1,6 +1,11 @@
 //! Test helpers: a cluster of parties with ring P-256 software keys that
 //! sign batches the way the TPM does in production.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use crate::batch::{BatchBody, SignedBatch};
 use crate::crypto::{PublicKey, Signature};
@@ -31,7 +36,10 @@ impl Cluster {
             let kp =
                 EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
                     .unwrap();
-            keys.insert(PartyId(i), PublicKey(kp.public_key().as_ref().try_into().unwrap()));
+            keys.insert(
+                PartyId(i),
+                PublicKey(kp.public_key().as_ref().try_into().unwrap()),
+            );
             pairs.insert(PartyId(i), kp);
         }
         Cluster {
