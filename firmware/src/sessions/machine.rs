@@ -236,6 +236,11 @@ pub enum RejectReason {
         /// The deadline (block time, ms).
         deadline_ms: u64,
     },
+    /// A newer record of the same kind by the same author replaced it.
+    Superseded {
+        /// The newer operation.
+        by: OpId,
+    },
     /// Its session was aborted before approval.
     Aborted {
         /// Who aborted.
@@ -330,9 +335,9 @@ pub enum RuleViolation {
     /// Verdict on an operation that was never decided.
     #[error("no decided operation {0}")]
     UnknownOperation(OpId),
-    /// Verdict on an operation that is not awaiting verdicts.
-    #[error("operation {0} is not awaiting verdicts")]
-    NotPending(OpId),
+    /// Verdict on an operation that takes no verdicts (it needs no approval).
+    #[error("operation {0} takes no verdicts")]
+    NotVotable(OpId),
     /// Verdict from a party that does not vote on this operation.
     #[error("{0} does not vote on this operation")]
     NotAVoter(PartyId),
@@ -732,7 +737,7 @@ pub struct OpOutcome {
 
 /// Something the host's event stream reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
     /// An operation awaits verdicts; each voter's daemon should judge it.
@@ -1308,15 +1313,28 @@ impl SessionMachine {
             .ops
             .get_mut(&v.target)
             .ok_or(RuleViolation::UnknownOperation(v.target))?;
-        let approval = match (&rec.status, &rec.approval) {
-            (OpStatus::Pending, Some(a)) => a,
-            _ => return Err(RuleViolation::NotPending(v.target)),
+        let Some(approval) = &rec.approval else {
+            return Err(RuleViolation::NotVotable(v.target));
         };
         if !approval.voters.contains(&author) {
             return Err(RuleViolation::NotAVoter(author));
         }
         if rec.verdicts.contains_key(&author) {
             return Err(RuleViolation::AlreadyVoted(author));
+        }
+        if rec.status != OpStatus::Pending {
+            // A late verdict changes nothing, but it is recorded, and a late
+            // rejection's reason joins a rejected operation's reasons.
+            if let (OpStatus::Rejected { reasons, .. }, Decision::Reject(r)) =
+                (&mut rec.status, &v.decision)
+            {
+                reasons.push(RejectReason::Verdict {
+                    party: author,
+                    reason: r.clone(),
+                });
+            }
+            rec.verdicts.insert(author, v.decision);
+            return Ok(Applied::Executed);
         }
         rec.verdicts.insert(author, v.decision);
         self.settle(cx, v.target);
@@ -1701,13 +1719,7 @@ impl SessionMachine {
         // A newer record supersedes one still awaiting verdicts.
         let previous = self.state.attestation.get(&author).and_then(|s| s.pending);
         if let Some(prev) = previous {
-            self.reject_pending(
-                cx,
-                prev,
-                vec![RejectReason::Deadline {
-                    deadline_ms: cx.time_ms,
-                }],
-            );
+            self.reject_pending(cx, prev, vec![RejectReason::Superseded { by: id }]);
         }
         self.state.attestation.entry(author).or_default().pending = Some(id);
         let voters: BTreeSet<PartyId> = self

@@ -289,9 +289,17 @@ fn one_party_rejects_another_partys_request_which_is_recorded_and_not_executed()
     let b = net.batch(1, vec![broadcast(sid, 1, b"x")]);
     let out = net.block(vec![b]);
     assert_eq!(rule(&out.ops[0].status), &RuleViolation::SessionNotActive);
-    // A late approval changes nothing.
+    // A late approval changes nothing but is recorded; a late rejection's
+    // reason joins the others.
+    let before = net.m().operation(&op).unwrap().status.clone();
     let (_, st) = net.one(2, approve(op));
-    assert_eq!(rule(&st), &RuleViolation::NotPending(op));
+    assert!(matches!(st, OpStatus::Executed { .. }));
+    let rec = net.m().operation(&op).unwrap();
+    assert_eq!(rec.status, before);
+    assert!(rec.verdicts[&PartyId(2)].is_approve());
+    assert!(matches!(phase(&net, sid), Phase::NotApproved { .. }));
+    let (_, st) = net.one(2, reject(op, "again"));
+    assert_eq!(rule(&st), &RuleViolation::AlreadyVoted(PartyId(2)));
 }
 
 #[test]
@@ -778,8 +786,19 @@ fn a_pending_operation_is_rejected_at_its_deadline() {
         .events
         .iter()
         .any(|e| matches!(e, Event::Rejected { .. })));
-    let (_, st) = net.one(3, approve(op));
-    assert_eq!(rule(&st), &RuleViolation::NotPending(op));
+    let (_, st) = net.one(3, reject(op, "too late"));
+    assert!(matches!(st, OpStatus::Executed { .. }));
+    let OpStatus::Rejected { reasons, .. } = &net.m().operation(&op).unwrap().status else {
+        panic!("not rejected");
+    };
+    assert_eq!(reasons.len(), 2);
+    assert!(matches!(
+        reasons[1],
+        RejectReason::Verdict {
+            party: PartyId(3),
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -792,10 +811,10 @@ fn verdict_rules() {
     net.one(2, approve(op));
     let (_, st) = net.one(2, reject(op, "changed my mind"));
     assert_eq!(rule(&st), &RuleViolation::AlreadyVoted(PartyId(2)));
-    // Verdicts target pending operations only: a message is never pending.
+    // Only operations that need approval take verdicts.
     let (vop, _) = net.one(1, approve(op));
     let (_, st) = net.one(3, approve(vop));
-    assert_eq!(rule(&st), &RuleViolation::NotPending(vop));
+    assert_eq!(rule(&st), &RuleViolation::NotVotable(vop));
     let (_, st) = net.one(3, reject(op, &"x".repeat(300)));
     assert_eq!(rule(&st), &RuleViolation::TextTooLong);
 }
@@ -948,6 +967,25 @@ fn a_snapshot_restores_to_the_same_root_and_continues_identically() {
         SessionMachine::restore(config, &snap[..snap.len() / 2]),
         Err(RestoreError::Malformed(_))
     ));
+}
+
+#[test]
+fn outcomes_and_state_serialize_for_storage_and_for_json() {
+    let mut net = Net::new(3);
+    let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+    let b: Vec<_> = (1..=3).map(|p| net.batch(p, vec![approve(op)])).collect();
+    let out = net.block(b);
+    let bytes = postcard::to_stdvec(&out).unwrap();
+    assert_eq!(postcard::from_bytes::<BlockOutcome>(&bytes).unwrap(), out);
+    let json = serde_json::to_value(&out).unwrap();
+    assert_eq!(json["ops"][0]["kind"], "verdict");
+    let sid = SessionId::from_op(&op);
+    let session = serde_json::to_value(net.m().session(&sid).unwrap()).unwrap();
+    assert_eq!(session["spec"]["kind"], "keygen");
+    assert_eq!(session["id"], sid.to_string());
+    let rec = serde_json::to_value(net.m().operation(&op).unwrap()).unwrap();
+    assert_eq!(rec["verdicts"]["2"], "approve");
+    assert!(serde_json::to_string(net.m().state()).is_ok());
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! tagged JSON form or the compact postcard form. Byte strings are hex in
 //! JSON and raw in postcard.
 
-use crate::batch::SignedBatch;
+use crate::batch::{BatchBody, SignedBatch};
 use crate::crypto::PublicKey;
 use crate::types::{ClusterId, Height, PartyId, Sha256Digest};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -646,6 +646,17 @@ pub enum BatchError {
         /// The batch signer.
         signer: PartyId,
     },
+}
+
+/// The body of a batch carrying `ops`, all authored by `author`, ready for
+/// the author's TPM to sign ([`BatchBody::signing_bytes`]).
+pub fn batch_body(cluster: ClusterId, author: PartyId, seq: u64, ops: &[Operation]) -> BatchBody {
+    BatchBody {
+        cluster,
+        author,
+        seq,
+        ops: ops.iter().map(Operation::encode).collect(),
+    }
 }
 
 /// Checks a batch: right cluster, known author, the batch signature (once,
