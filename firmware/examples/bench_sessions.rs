@@ -4,7 +4,12 @@
 //!
 //! Batches carry dummy signatures: `apply_block` does not verify them
 //! (consensus did, with `verify_batch`), so this measures the machine alone.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use quorate_firmware::batch::{BatchBody, SignedBatch};
 use quorate_firmware::crypto::{PublicKey, Signature};
@@ -134,8 +139,9 @@ impl Driver {
 }
 
 fn main() {
-    let members: BTreeMap<PartyId, PublicKey> =
-        (1..=3).map(|i| (PartyId(i), PublicKey([i as u8; 65]))).collect();
+    let members: BTreeMap<PartyId, PublicKey> = (1..=3)
+        .map(|i| (PartyId(i), PublicKey([i as u8; 65])))
+        .collect();
     let cluster = ClusterId(Sha256Digest::of(b"bench"));
     let config = MachineConfig {
         cluster,
@@ -163,7 +169,10 @@ fn main() {
         } else {
             format!("{value:.3}")
         };
-        println!("{:<12} {:<44} {:>14} {:<8} {}", "sessions", metric, v, unit, note);
+        println!(
+            "{:<12} {:<44} {:>14} {:<8} {}",
+            "sessions", metric, v, unit, note
+        );
     };
     let mut done = 0usize;
     for target in [100usize, 1_000, 5_000] {

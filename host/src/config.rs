@@ -1,0 +1,519 @@
+//! The party's configuration file (`quorate run --config party.toml`).
+//!
+//! One TOML file with two halves:
+//! - `[party]`: this party's own settings (id, data dir, TPM, listen
+//!   addresses, local approval policy). Differs at every party.
+//! - `[cluster]`: what every party must hold identically (members, their
+//!   addresses and enrollment bundles, fault model, session rules, the
+//!   reference-value policy). Its **canonical form** — the parsed values,
+//!   with every referenced file replaced by the SHA-256 of its contents,
+//!   encoded with postcard — is what measured launch extends into the TPM,
+//!   and its digest is the [`ClusterId`] bound into every signed message.
+//!   Two parties whose `[cluster]` halves differ in any value cannot
+//!   exchange a single valid vote.
+//!
+//! Relative paths are resolved against the directory of the config file.
+//! Unknown keys are errors (a typo must not silently fall back to a
+//! default), and every error names the key and what is wrong with it.
+
+use quorate_firmware::sessions::machine::SessionRules;
+use quorate_firmware::sessions::policy::LocalPolicy;
+use quorate_firmware::types::{ClusterId, Epoch, FaultModel, PartyId, Sha256Digest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::tpm::TpmTarget;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or a value has the wrong type or an unknown key
+    /// (the message names the key, line and column).
+    #[error("config {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config {path}: `{key}` {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The offending key, e.g. `cluster.parties[2].id`.
+        key: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// The whole file as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// This party's own settings.
+    pub party: PartySection,
+    /// What every party must hold identically.
+    pub cluster: ClusterSection,
+}
+
+/// `[party]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartySection {
+    /// This party's id; must be listed in `cluster.parties`.
+    pub id: u32,
+    /// The data dir made by `quorate init`.
+    pub data_dir: PathBuf,
+    /// The TPM: `spawn`, `swtpm:host=H,port=P` or `device:/dev/tpmrm0`.
+    #[serde(default = "default_tpm")]
+    pub tpm: String,
+    /// Where to listen for peers (defaults to this party's `address` in
+    /// `cluster.parties`).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Where the local HTTP API listens (loopback by default).
+    #[serde(default = "default_api")]
+    pub api_listen: SocketAddr,
+    /// Development mode: measurement in PCR 23, which software can reset.
+    /// Never on a production server.
+    #[serde(default)]
+    pub dev: bool,
+    /// This party's own approval rules (allowed keys, rate limits, manual approval).
+    #[serde(default)]
+    pub local_policy: LocalPolicy,
+}
+
+fn default_tpm() -> String {
+    "spawn".into()
+}
+
+fn default_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8700))
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// A human name for the cluster (part of its identity).
+    pub name: String,
+    /// The membership epoch.
+    #[serde(default)]
+    pub epoch: u64,
+    /// `byzantine` (default), `unanimous` or `majority`.
+    #[serde(default)]
+    pub fault_model: FaultModel,
+    /// Each party commits an AttestationRecord every this many heights.
+    #[serde(default = "default_attest_every")]
+    pub attestation_every: u64,
+    /// Largest block, in bytes.
+    #[serde(default = "default_block_bytes")]
+    pub max_block_bytes: u32,
+    /// The reference-value policy peers' evidence is checked against
+    /// (written by `quorate measure`). Optional only in dev mode.
+    #[serde(default)]
+    pub reference_policy: Option<PathBuf>,
+    /// Session rules (approval per kind, size limits, deadlines).
+    #[serde(default)]
+    pub sessions: SessionRules,
+    /// Every party, this one included.
+    pub parties: Vec<PartyEntry>,
+}
+
+fn default_attest_every() -> u64 {
+    100
+}
+
+fn default_block_bytes() -> u32 {
+    1 << 20
+}
+
+/// One `[[cluster.parties]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyEntry {
+    /// The party's id (1..).
+    pub id: u32,
+    /// Where the party listens for peers (host:port).
+    pub address: String,
+    /// Its enrollment bundle (enrollment.json from its `quorate init`).
+    pub enrollment: PathBuf,
+}
+
+/// A validated configuration, paths resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The file's values with paths resolved.
+    pub file: ConfigFile,
+    /// This party.
+    pub me: PartyId,
+    /// The TPM to use.
+    pub tpm: TpmTarget,
+    /// Where to listen for peers.
+    pub listen: SocketAddr,
+    /// The canonical form of `[cluster]`.
+    pub canonical: Vec<u8>,
+    /// SHA-256 of the canonical form: the cluster's identity.
+    pub cluster_id: ClusterId,
+}
+
+/// The canonical, measured form of `[cluster]`: values only, files by digest,
+/// parties sorted by id.
+#[derive(Debug, Serialize)]
+struct Canonical<'a> {
+    domain: &'static str,
+    name: &'a str,
+    epoch: u64,
+    fault_model: FaultModel,
+    attestation_every: u64,
+    max_block_bytes: u32,
+    reference_policy: Option<Sha256Digest>,
+    sessions: &'a SessionRules,
+    parties: Vec<(u32, &'a str, Sha256Digest)>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and
+    /// anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: shown.clone(),
+            key: key.to_string(),
+            reason,
+        };
+        let mut file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: shown.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        if file.party.id == 0 {
+            return Err(invalid(
+                "party.id",
+                "must be 1 or more (parties are numbered from 1)".into(),
+            ));
+        }
+        file.party.data_dir = resolve(&file.party.data_dir);
+        let tpm: TpmTarget = file
+            .party
+            .tpm
+            .parse()
+            .map_err(|e| invalid("party.tpm", format!("is not understood: {e}")))?;
+        if file.cluster.name.trim().is_empty() {
+            return Err(invalid("cluster.name", "must not be empty".into()));
+        }
+        if file.cluster.attestation_every == 0 {
+            return Err(invalid(
+                "cluster.attestation_every",
+                "must be at least 1 (heights)".into(),
+            ));
+        }
+        if file.cluster.max_block_bytes < 4096 {
+            return Err(invalid(
+                "cluster.max_block_bytes",
+                "must be at least 4096".into(),
+            ));
+        }
+        if file.cluster.parties.is_empty() {
+            return Err(invalid(
+                "cluster.parties",
+                "must list every party, this one included".into(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in file.cluster.parties.iter_mut().enumerate() {
+            if p.id == 0 {
+                return Err(invalid(
+                    &format!("cluster.parties[{i}].id"),
+                    "must be 1 or more".into(),
+                ));
+            }
+            if !seen.insert(p.id) {
+                return Err(invalid(
+                    &format!("cluster.parties[{i}].id"),
+                    format!("{} is listed twice", p.id),
+                ));
+            }
+            if p.address
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid(
+                    &format!("cluster.parties[{i}].address"),
+                    format!("`{}` is not host:port", p.address),
+                ));
+            }
+            p.enrollment = resolve(&p.enrollment);
+        }
+        let me = file
+            .cluster
+            .parties
+            .iter()
+            .find(|p| p.id == file.party.id)
+            .ok_or_else(|| {
+                invalid(
+                    "party.id",
+                    format!("{} is not listed in cluster.parties", file.party.id),
+                )
+            })?;
+        let listen = match file.party.listen {
+            Some(a) => a,
+            None => me.address.parse().map_err(|_| {
+                invalid(
+                    "party.listen",
+                    format!("is not set and this party's address `{}` is not an IP:port; set party.listen", me.address),
+                )
+            })?,
+        };
+        if let Some(p) = &file.cluster.reference_policy {
+            file.cluster.reference_policy = Some(resolve(p));
+        } else if !file.party.dev {
+            return Err(invalid(
+                "cluster.reference_policy",
+                "is required outside dev mode: write one with `quorate measure` and list it here"
+                    .into(),
+            ));
+        }
+        let (canonical, cluster_id) = canonical_cluster(&file.cluster, &shown)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            me: PartyId(file.party.id),
+            tpm,
+            listen,
+            canonical,
+            cluster_id,
+            file,
+        })
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.file.cluster.epoch)
+    }
+}
+
+/// Encodes `[cluster]` canonically and returns it with its digest. Files it
+/// references (enrollments, reference policy) are read and hashed here.
+fn canonical_cluster(c: &ClusterSection, shown: &str) -> Result<(Vec<u8>, ClusterId), ConfigError> {
+    let digest_file = |key: String, p: &Path| -> Result<Sha256Digest, ConfigError> {
+        std::fs::read(p)
+            .map(|b| Sha256Digest::of(&b))
+            .map_err(|e| ConfigError::Invalid {
+                path: shown.to_string(),
+                key,
+                reason: format!("cannot read {}: {e}", p.display()),
+            })
+    };
+    let mut parties = Vec::with_capacity(c.parties.len());
+    for (i, p) in c.parties.iter().enumerate() {
+        let d = digest_file(format!("cluster.parties[{i}].enrollment"), &p.enrollment)?;
+        parties.push((p.id, p.address.as_str(), d));
+    }
+    parties.sort_by_key(|p| p.0);
+    let reference_policy = match &c.reference_policy {
+        Some(p) => Some(digest_file("cluster.reference_policy".into(), p)?),
+        None => None,
+    };
+    let canonical = Canonical {
+        domain: "quorate/cluster-config/v1",
+        name: &c.name,
+        epoch: c.epoch,
+        fault_model: c.fault_model,
+        attestation_every: c.attestation_every,
+        max_block_bytes: c.max_block_bytes,
+        reference_policy,
+        sessions: &c.sessions,
+        parties,
+    };
+    let bytes = postcard::to_stdvec(&canonical).map_err(|e| ConfigError::Invalid {
+        path: shown.to_string(),
+        key: "cluster".into(),
+        reason: format!("cannot be encoded: {e}"),
+    })?;
+    let id = ClusterId(Sha256Digest::of(&bytes));
+    Ok((bytes, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    fn sample(dir: &Path, extra_party: &str, extra_cluster: &str) -> String {
+        for i in 1..=3 {
+            write(dir, &format!("e{i}.json"), &format!("{{\"party\": {i}}}"));
+        }
+        write(dir, "policy.toml", "allowed = []\n");
+        format!(
+            r#"
+[party]
+id = 1
+data_dir = "p1"
+tpm = "swtpm:host=127.0.0.1,port=2321"
+{extra_party}
+
+[cluster]
+name = "test"
+reference_policy = "policy.toml"
+{extra_cluster}
+
+[[cluster.parties]]
+id = 1
+address = "127.0.0.1:7001"
+enrollment = "e1.json"
+
+[[cluster.parties]]
+id = 2
+address = "127.0.0.1:7002"
+enrollment = "e2.json"
+
+[[cluster.parties]]
+id = 3
+address = "127.0.0.1:7003"
+enrollment = "e3.json"
+"#
+        )
+    }
+
+    #[test]
+    fn a_valid_file_resolves_paths_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let c = Config::parse(&sample(dir.path(), "", ""), &path).unwrap();
+        assert_eq!(c.me, PartyId(1));
+        assert_eq!(c.listen, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(c.file.party.data_dir, dir.path().join("p1"));
+        assert_eq!(c.file.cluster.fault_model, FaultModel::Byzantine);
+        assert_eq!(
+            c.file.cluster.parties[2].enrollment,
+            dir.path().join("e3.json")
+        );
+    }
+
+    #[test]
+    fn the_cluster_id_ignores_party_settings_and_formatting_but_not_cluster_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let text = sample(dir.path(), "", "");
+        let a = Config::parse(&text, &path).unwrap();
+        let b = Config::parse(
+            &sample(dir.path(), "api_listen = \"127.0.0.1:9999\"", "epoch = 0"),
+            &path,
+        )
+        .unwrap();
+        assert_eq!(a.cluster_id, b.cluster_id);
+        let c =
+            Config::parse(&sample(dir.path(), "", "fault_model = \"majority\""), &path).unwrap();
+        assert_ne!(a.cluster_id, c.cluster_id);
+        // A changed enrollment bundle changes the identity.
+        write(dir.path(), "e2.json", "{\"party\": 2, \"x\": 1}");
+        let d = Config::parse(&text, &path).unwrap();
+        assert_ne!(a.cluster_id, d.cluster_id);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let cases: Vec<(String, &str)> = vec![
+            (sample(dir.path(), "colour = \"red\"", ""), "colour"),
+            (
+                sample(dir.path(), "", "fault_model = \"sometimes\""),
+                "fault_model",
+            ),
+            (
+                sample(dir.path(), "", "attestation_every = 0"),
+                "cluster.attestation_every",
+            ),
+            (
+                sample(dir.path(), "", "").replace("id = 2", "id = 3"),
+                "cluster.parties[2].id",
+            ),
+            (
+                sample(dir.path(), "", "").replace("127.0.0.1:7002", "nowhere"),
+                "cluster.parties[1].address",
+            ),
+            (
+                sample(dir.path(), "", "").replace("e3.json", "missing.json"),
+                "cluster.parties[2].enrollment",
+            ),
+            (
+                sample(dir.path(), "", "").replace(
+                    "tpm = \"swtpm:host=127.0.0.1,port=2321\"",
+                    "tpm = \"tpm-over-carrier-pigeon\"",
+                ),
+                "party.tpm",
+            ),
+            (
+                sample(dir.path(), "", "").replace("[party]\nid = 1", "[party]\nid = 9"),
+                "party.id",
+            ),
+            (
+                sample(dir.path(), "", "").replace("reference_policy = \"policy.toml\"", ""),
+                "cluster.reference_policy",
+            ),
+            (
+                sample(dir.path(), "", "").replace("[party]\nid = 1", "[party]\nid = \"one\""),
+                "id",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text, &path).unwrap_err().to_string();
+            assert!(err.contains(key), "error `{err}` does not name `{key}`");
+        }
+    }
+
+    #[test]
+    fn dev_mode_may_omit_the_reference_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let text =
+            sample(dir.path(), "dev = true", "").replace("reference_policy = \"policy.toml\"", "");
+        assert!(Config::parse(&text, &path).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in ".{0,400}") {
+            let _ = Config::parse(&s, Path::new("/nonexistent/party.toml"));
+        }
+    }
+}
