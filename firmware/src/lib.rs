@@ -16,5 +16,6 @@
 //! Shared vocabulary lives in [`types`] and [`crypto`].
 
 pub mod batch;
+pub mod consensus;
 pub mod crypto;
 pub mod types;
