@@ -18,4 +18,6 @@
 pub mod batch;
 pub mod consensus;
 pub mod crypto;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod types;
