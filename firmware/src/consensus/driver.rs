@@ -337,6 +337,8 @@ struct Io {
     finalized: Option<mc::CommitCertificate<Ctx>>,
     height_in_progress: Height,
     signatures_requested: u64,
+    step_errors: u64,
+    own_proposal: Option<SignedProposalWire>,
 }
 
 /// One party's consensus driver.
@@ -400,6 +402,8 @@ impl ConsensusDriver {
                 finalized: None,
                 height_in_progress: next,
                 signatures_requested: 0,
+                step_errors: 0,
+                own_proposal: None,
             },
             chain: restored.chain,
             started: false,
@@ -502,6 +506,23 @@ impl ConsensusDriver {
     /// Number of signatures requested so far.
     pub fn signatures_requested(&self) -> u64 {
         self.io.signatures_requested
+    }
+
+    /// A one-line summary of the driver's state, for logs and test failures.
+    pub fn debug_summary(&self) -> String {
+        format!(
+            "h={} started={} round={} mempool={} evidence={} want_value={:?} pending_decision={} held={} own_unsigned={} timers={}",
+            self.io.height_in_progress,
+            self.started,
+            self.core.round(),
+            self.mempool.len(),
+            self.evidence_pool.len(),
+            self.io.want_value,
+            self.pending_decision.is_some(),
+            self.io.held.len(),
+            self.io.own.values().filter(|m| m.signature.is_none()).count(),
+            self.io.timers.len(),
+        )
     }
 
     /// Number of batches waiting to be decided.
@@ -621,8 +642,17 @@ impl ConsensusDriver {
                 metrics: &(),
                 with: effect => Ok::<Resume<Ctx>, std::convert::Infallible>(io.on_effect(effect))
             );
-            if let Err(e) = r {
-                return Err(DriverError::Halted(format!("{e}")));
+            match r {
+                Ok(()) => {}
+                Err(e @ mcc::Error::ReplayDivergence(..)) => {
+                    return Err(DriverError::Halted(format!("{e}")));
+                }
+                Err(e) => {
+                    // The core refused this input (e.g. out of order); it
+                    // left its state consistent, so drop the input and go on.
+                    self.io.step_errors += 1;
+                    let _ = e;
+                }
             }
             if let Some(cert) = self.io.finalized.take() {
                 let block = self.core.decided_value().map(|(_, b)| b);
@@ -865,13 +895,13 @@ impl ConsensusDriver {
                 self.on_proposal(from, p)
             }
             PeerMessage::Polka(c) => {
-                if c.height != h {
+                if c.height != h || !self.started {
                     return Ok(());
                 }
                 self.run_core(mcc::Input::PolkaCertificate(polka_to_mc(&c)))
             }
             PeerMessage::RoundCert(c) => {
-                if c.height != h {
+                if c.height != h || !self.started {
                     return Ok(());
                 }
                 self.run_core(mcc::Input::RoundCertificate(round_cert_to_mc(&c)))
@@ -978,7 +1008,19 @@ impl ConsensusDriver {
         if let Some(p) = self.catch_up.a_peer_ahead_of(self.chain.height) {
             self.request_block(p);
         }
-        // Re-send our pending evidence so a proposer can include it.
+        // malachite does not rebroadcast proposals: re-send ours while its
+        // round is still the current one, so a lost proposal costs one tip
+        // interval rather than a round.
+        if let Some(p) = self.io.own_proposal.clone() {
+            if self.started
+                && p.proposal.height == self.io.height_in_progress
+                && p.proposal.round == self.core.round()
+            {
+                self.io.broadcast(&PeerMessage::Proposal(p));
+            } else {
+                self.io.own_proposal = None;
+            }
+        }
         Ok(())
     }
 
@@ -1057,11 +1099,10 @@ impl ConsensusDriver {
         if h.parent != self.chain.hash {
             return Err("parent is not our last decided block".into());
         }
-        if let Some(p) = proposer {
-            if h.proposer != p {
-                return Err("header proposer differs from the proposal's".into());
-            }
-        }
+        // The header names the party that built the block; a later round
+        // may re-propose it (proof-of-lock), so it need not be the proposer
+        // of the proposal that carries it.
+        let _ = proposer;
         if !self.io.cfg.parties.contains(h.proposer) {
             return Err("proposer is not a member".into());
         }
@@ -1213,6 +1254,11 @@ impl Io {
     }
 
     fn broadcast(&mut self, m: &PeerMessage) {
+        if let PeerMessage::Proposal(p) = m {
+            if p.proposal.proposer == self.cfg.me {
+                self.own_proposal = Some(p.clone());
+            }
+        }
         self.step
             .actions
             .push(Action::Broadcast { bytes: m.encode() });

@@ -30,6 +30,7 @@ pub fn peer_id_of(p: PartyId) -> PeerId {
 pub struct CatchUp {
     tips: BTreeMap<PartyId, Height>,
     last_request: Option<(Height, u64)>,
+    rotation: usize,
 }
 
 impl CatchUp {
@@ -49,9 +50,20 @@ impl CatchUp {
         self.tips.values().any(|h| *h > ours)
     }
 
-    /// A peer that decided beyond `ours`.
-    pub fn a_peer_ahead_of(&self, ours: Height) -> Option<PartyId> {
-        self.tips.iter().find(|(_, h)| **h > ours).map(|(p, _)| *p)
+    /// A peer that decided beyond `ours`; successive calls rotate among
+    /// them, so one peer that lies about its tip cannot stall catch-up.
+    pub fn a_peer_ahead_of(&mut self, ours: Height) -> Option<PartyId> {
+        let ahead: Vec<PartyId> = self
+            .tips
+            .iter()
+            .filter(|(_, h)| **h > ours)
+            .map(|(p, _)| *p)
+            .collect();
+        if ahead.is_empty() {
+            return None;
+        }
+        self.rotation = self.rotation.wrapping_add(1);
+        ahead.get(self.rotation % ahead.len()).copied()
     }
 
     /// Whether to send a request for `h` now (at most one per interval).
@@ -77,6 +89,10 @@ mod tests {
         c.note_tip(PartyId(2), Height(5));
         assert!(c.peer_ahead(Height(3)));
         assert_eq!(c.a_peer_ahead_of(Height(3)), Some(PartyId(2)));
+        c.note_tip(PartyId(3), Height(9));
+        let a = c.a_peer_ahead_of(Height(3));
+        let b = c.a_peer_ahead_of(Height(3));
+        assert_ne!(a, b);
         assert!(!c.peer_ahead(Height(5)));
         assert!(c.should_request(Height(4), 0, 1000));
         assert!(!c.should_request(Height(4), 100, 1000));

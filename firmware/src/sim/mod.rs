@@ -655,6 +655,41 @@ impl Sim {
     }
 }
 
+fn trace() -> bool {
+    static T: OnceLock<bool> = OnceLock::new();
+    *T.get_or_init(|| std::env::var("QUORATE_SIM_TRACE").is_ok())
+}
+
+fn summarize(m: &PeerMessage) -> String {
+    match m {
+        PeerMessage::Proposal(p) => format!(
+            "Proposal h={} r={} block={} pol={}",
+            p.proposal.height,
+            p.proposal.round,
+            p.proposal.block.hash(),
+            p.proposal.pol_round
+        ),
+        PeerMessage::Vote(v) => format!(
+            "{:?} h={} r={} {:?} by {}",
+            v.vote.step(),
+            v.vote.height,
+            v.vote.round,
+            v.vote.value_opt().map(|h| h.to_string()),
+            v.vote.voter
+        ),
+        PeerMessage::Polka(c) => format!("Polka h={} r={}", c.height, c.round),
+        PeerMessage::RoundCert(c) => {
+            format!("RoundCert h={} r={} skip={}", c.height, c.round, c.skip)
+        }
+        PeerMessage::Batch(b) => format!("Batch {}#{}", b.body.author, b.body.seq),
+        PeerMessage::Tip { height } => format!("Tip {height}"),
+        PeerMessage::BlockRequest { height } => format!("BlockRequest {height}"),
+        PeerMessage::BlockResponse { block, .. } => {
+            format!("BlockResponse {}", block.header().height)
+        }
+    }
+}
+
 /// Runs one simulation; `Err` describes the violated property.
 pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
     let n = cfg.n;
@@ -734,6 +769,12 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         };
         match ev {
             Ev::Deliver { to, from, bytes } => {
+                if trace() {
+                    let m = PeerMessage::decode(&bytes, usize::MAX)
+                        .map(|m| summarize(&m))
+                        .unwrap_or_else(|_| "garbage".into());
+                    eprintln!("{at:>7} P{}->P{} {m}", from + 1, to + 1);
+                }
                 if sim.nodes[to].driver.is_some() {
                     sim.handle(
                         to,
@@ -806,10 +847,15 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         let progress: Vec<String> = (0..n)
             .map(|i| {
                 format!(
-                    "P{}:{}{}",
+                    "P{}:{}{} [{}]",
                     i + 1,
                     sim.nodes[i].decided.len(),
-                    if sim.honest(i) { "" } else { "(byz)" }
+                    if sim.honest(i) { "" } else { "(byz)" },
+                    sim.nodes[i]
+                        .driver
+                        .as_ref()
+                        .map(|d| d.debug_summary())
+                        .unwrap_or_default()
                 )
             })
             .collect();
