@@ -16,6 +16,9 @@
 //! Shared vocabulary lives in [`types`] and [`crypto`].
 
 pub mod batch;
+pub mod consensus;
 pub mod crypto;
 pub mod sessions;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod types;

@@ -166,11 +166,18 @@ impl Store {
         })
     }
 
-    /// Stores decided block `height` with its certificate and drops the WAL
-    /// entries of that height and below, in one durable transaction.
+    /// Stores decided block `height` with its certificate and the chain state
+    /// after it (meta key `chain`), and drops the WAL entries of that height
+    /// and below, in one durable transaction.
     /// Heights must follow the tip; storing the tip again with the same
     /// bytes is a no-op (a replay after a crash).
-    pub fn put_decided(&self, height: u64, block: &[u8], cert: &[u8]) -> Result<(), StoreError> {
+    pub fn put_decided(
+        &self,
+        height: u64,
+        block: &[u8],
+        cert: &[u8],
+        chain: &[u8],
+    ) -> Result<(), StoreError> {
         let mut out_of_order = None;
         self.write(|tx| {
             let mut blocks = tx.open_table(BLOCKS)?;
@@ -184,6 +191,7 @@ impl Store {
             }
             blocks.insert(height, block)?;
             tx.open_table(CERTS)?.insert(height, cert)?;
+            tx.open_table(META)?.insert("chain", chain)?;
             let mut wal = tx.open_table(WAL)?;
             wal.retain_in((0, 0)..=(height, u64::MAX), |_, _| false)?;
             Ok(())
@@ -247,6 +255,15 @@ impl Store {
                 .map(|(k, _)| k.value().1 + 1)
                 .unwrap_or(0);
             wal.insert((height, next), entry)?;
+            Ok(())
+        })
+    }
+
+    /// Drops every WAL entry of heights below `height`, durably.
+    pub fn wal_reset(&self, height: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut wal = tx.open_table(WAL)?;
+            wal.retain_in((0, 0)..(height, 0), |_, _| false)?;
             Ok(())
         })
     }
@@ -333,11 +350,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), "party 1").unwrap();
         assert_eq!(s.tip().unwrap(), 0);
-        s.put_decided(1, b"b1", b"c1").unwrap();
-        s.put_decided(2, b"b2", b"c2").unwrap();
-        s.put_decided(2, b"b2", b"c2").unwrap(); // replay: no-op
+        s.put_decided(1, b"b1", b"c1", b"chain").unwrap();
+        s.put_decided(2, b"b2", b"c2", b"chain").unwrap();
+        s.put_decided(2, b"b2", b"c2", b"chain").unwrap(); // replay: no-op
         assert!(matches!(
-            s.put_decided(4, b"b4", b"c4"),
+            s.put_decided(4, b"b4", b"c4", b"chain"),
             Err(StoreError::OutOfOrder { height: 4, tip: 2 })
         ));
         assert_eq!(s.tip().unwrap(), 2);
@@ -372,7 +389,7 @@ mod tests {
             s.wal_entries(1).unwrap(),
             vec![b"a".to_vec(), b"b".to_vec()]
         );
-        s.put_decided(1, b"b1", b"c1").unwrap();
+        s.put_decided(1, b"b1", b"c1", b"chain").unwrap();
         assert!(s.wal_entries(1).unwrap().is_empty());
         assert_eq!(s.wal_entries(2).unwrap(), vec![b"x".to_vec()]);
     }
@@ -386,7 +403,7 @@ mod tests {
             assert_eq!(s.outbox_push(b"op-a").unwrap(), 1);
             assert_eq!(s.outbox_push(b"op-b").unwrap(), 2);
             s.outbox_remove(&[1]).unwrap();
-            s.put_decided(1, b"b1", b"c1").unwrap();
+            s.put_decided(1, b"b1", b"c1", b"chain").unwrap();
         }
         let s = Store::open(dir.path(), "party 1").unwrap();
         assert_eq!(s.guard().unwrap(), Some(b"guard-1".to_vec()));

@@ -1,0 +1,1645 @@
+//! The consensus driver: one sans-IO state machine, shared by the host and the
+//! simulator, that runs malachite's core for one party.
+//!
+//! # Inputs and outputs
+//! The host calls [`ConsensusDriver::handle`] with the current time and one
+//! [`Input`] (peer bytes, a fired timeout, a signature from the TPM, a
+//! submitted batch, or a plain tick). It gets back a [`Step`]:
+//!
+//! * `step.persist`: records the host must make **durable, in order, before
+//!   it carries out any of `step.actions`** (WAL records, the sign-guard
+//!   state, decided blocks with their certificate and chain state);
+//! * `step.actions`: sends, broadcasts, timers to (re)arm or cancel, signing
+//!   requests for the TPM, and decided blocks for the application.
+//!
+//! That one barrier is the whole persistence contract: a vote leaves only
+//! after the WAL record that holds it is durable; a signature is requested
+//! only after the sign guard that allowed it is durable; a decided block is
+//! handed to the application only after it is stored with its certificate.
+//!
+//! # Asynchronous signing
+//! malachite's core asks for a signature synchronously (`SignVote`,
+//! `SignProposal`). A TPM takes ~200 ms, and nothing else may wait for it.
+//! So the driver answers the core at once with a *placeholder* signature
+//! (all zero: never a valid ECDSA signature), emits [`Action::Sign`], and
+//! holds back every outgoing message that carries the placeholder. When
+//! [`Input::SignatureReady`] arrives the real signature is logged to the WAL
+//! and substituted into held messages, certificates and rebroadcasts. The
+//! core accepts the placeholder only for messages this driver itself asked
+//! to sign.
+
+use crate::batch::SignedBatch;
+use crate::consensus::certificate::{
+    canonical_equivocation, from_malachite, precommit_bytes, to_malachite_extended,
+    verify_commit_certificate_cached, verify_equivocation, CommitCertificate, VerifyCache,
+};
+use crate::consensus::context::{
+    round_from_i64, round_i64, threshold_params, Block, BlockContents, BlockHash, BlockHeader,
+    Equivocation, PartySet, QuorateContext, SignedBytes, SignedVoteWire, Step as MsgStep,
+    CONSENSUS_DOMAIN,
+};
+use crate::consensus::sign_guard::{GuardDecision, SignGuard};
+use crate::consensus::sync::{peer_id_of, CatchUp};
+use crate::consensus::wire::{
+    input_of_wal_record, polka_from_mc, polka_to_mc, proposal_from_mc, proposal_to_mc,
+    round_cert_from_mc, round_cert_to_mc, vote_from_mc, vote_to_mc, wal_record_of, DecodeError,
+    PeerMessage, SignedProposalWire, WalRecord,
+};
+use crate::crypto::Signature;
+use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
+use malachitebft_core_consensus as mcc;
+use malachitebft_core_consensus::{Effect, Resumable, Resume};
+use malachitebft_core_types as mc;
+use malachitebft_core_types::{NilOrVal, Round, Timeout, Validity, ValueOrigin};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+type Ctx = QuorateContext;
+
+/// The all-zero placeholder the core sees until the TPM's signature arrives.
+/// r = 0 is never a valid ECDSA signature, so it can never verify.
+pub const PLACEHOLDER: Signature = Signature([0u8; 64]);
+
+/// Static configuration of one party's driver.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The membership epoch.
+    pub epoch: Epoch,
+    /// This party.
+    pub me: PartyId,
+    /// The parties and their vote keys.
+    pub parties: PartySet,
+    /// Which quorum.
+    pub fault_model: FaultModel,
+    /// Largest encoded block a proposer builds or a party accepts.
+    pub max_block_bytes: usize,
+    /// Round timeouts.
+    pub timeouts: mc::LinearTimeouts,
+    /// How often to announce our tip and re-gossip our pending batches.
+    pub tip_interval_ms: u64,
+    /// How far in the future a proposed block's time may be, by our clock.
+    pub max_clock_skew_ms: u64,
+    /// How many recent decided blocks to keep in memory to serve catch-up.
+    pub recent_blocks: usize,
+}
+
+impl DriverConfig {
+    /// A configuration with default limits (1 MiB blocks, 1 s base timeouts).
+    pub fn new(
+        cluster: ClusterId,
+        epoch: Epoch,
+        me: PartyId,
+        parties: PartySet,
+        fault_model: FaultModel,
+    ) -> Self {
+        use std::time::Duration;
+        DriverConfig {
+            cluster,
+            epoch,
+            me,
+            parties,
+            fault_model,
+            max_block_bytes: 1 << 20,
+            timeouts: mc::LinearTimeouts {
+                propose: Duration::from_millis(1000),
+                propose_delta: Duration::from_millis(500),
+                prevote: Duration::from_millis(500),
+                prevote_delta: Duration::from_millis(250),
+                precommit: Duration::from_millis(500),
+                precommit_delta: Duration::from_millis(250),
+                rebroadcast: Duration::from_millis(2000),
+                max_timeout: Duration::from_secs(30),
+            },
+            tip_interval_ms: 1000,
+            max_clock_skew_ms: 30_000,
+            recent_blocks: 1024,
+        }
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.max_block_bytes
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
+    }
+}
+
+/// The replicated chain state after the last decided block; persisted with
+/// every decided block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainState {
+    /// Last decided height (0 = none).
+    pub height: Height,
+    /// Its hash (all zero at height 0).
+    pub hash: BlockHash,
+    /// Its time.
+    pub time_ms: u64,
+    /// Highest decided batch sequence number per author.
+    pub last_seq: BTreeMap<PartyId, u64>,
+    /// Equivocations already recorded in the chain.
+    pub evidence: BTreeSet<(PartyId, Height, i64, MsgStep)>,
+}
+
+/// A decided block with the certificate that proves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedBlock {
+    /// The block (height and time in its header, batches in order).
+    pub block: Block,
+    /// The quorum of precommits for it.
+    pub certificate: CommitCertificate,
+}
+
+/// An opaque timer id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerId(pub u64);
+
+/// An opaque signing request id, echoed back in [`Input::SignatureReady`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SignRequestId(pub Sha256Digest);
+
+/// What the driver reacts to.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Bytes from a peer (authenticated transport tells who sent them).
+    Peer {
+        /// The sender.
+        from: PartyId,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// A timer scheduled by [`Action::ScheduleTimeout`] fired.
+    TimeoutFired(TimerId),
+    /// The TPM produced the signature asked for by [`Action::Sign`].
+    SignatureReady {
+        /// The request.
+        request: SignRequestId,
+        /// The signature (r||s).
+        signature: Signature,
+    },
+    /// The local application submits a batch it signed with this party's key.
+    SubmitBatch(SignedBatch),
+    /// Only the time moved.
+    Tick,
+}
+
+/// A record to make durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Append to the write-ahead log of height `height`.
+    WalAppend {
+        /// The height in progress.
+        height: Height,
+        /// The record.
+        record: WalRecord,
+    },
+    /// Discard every WAL record of heights below `height`.
+    WalReset {
+        /// The new height in progress.
+        height: Height,
+    },
+    /// Overwrite the stored sign-guard state.
+    SignGuard(SignGuard),
+    /// Store a decided block, its certificate and the chain state after it.
+    Decided {
+        /// Block and certificate.
+        decided: DecidedBlock,
+        /// Chain state after applying it.
+        chain: ChainState,
+    },
+}
+
+/// Something the host does once `persist` is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send bytes to one peer.
+    Send {
+        /// The peer.
+        to: PartyId,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// Send bytes to every other party.
+    Broadcast {
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// Arm a timer (replaces nothing: ids are unique).
+    ScheduleTimeout {
+        /// Its id.
+        id: TimerId,
+        /// Delay.
+        after_ms: u64,
+    },
+    /// Disarm a timer (it may already have fired: a late fire is ignored).
+    CancelTimeout {
+        /// Its id.
+        id: TimerId,
+    },
+    /// Sign `bytes` with the vote key; answer with [`Input::SignatureReady`].
+    Sign {
+        /// Request id.
+        request: SignRequestId,
+        /// The exact bytes to sign (ECDSA P-256 over SHA-256 of them).
+        bytes: Vec<u8>,
+    },
+    /// A block was decided: apply it (height, time, batches) in order.
+    Decided(DecidedBlock),
+}
+
+/// The outputs of one input. Contract: make every `persist` entry durable
+/// in order, then carry out `actions` in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Records to make durable first.
+    pub persist: Vec<Persist>,
+    /// Actions to carry out after.
+    pub actions: Vec<Action>,
+}
+
+/// What a peer did wrong, or what went wrong locally.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The frame did not decode.
+    #[error("dropping peer frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// The sender is not a member (or is ourselves).
+    #[error("frame from {0}, which is not a peer in this cluster")]
+    UnknownPeer(PartyId),
+    /// A signature in the message does not verify.
+    #[error("message from {0} carries a signature that does not verify")]
+    BadSignature(PartyId),
+    /// A proposed block is invalid.
+    #[error("invalid block from {from}: {reason}")]
+    InvalidBlock {
+        /// The sender.
+        from: PartyId,
+        /// Why.
+        reason: String,
+    },
+    /// A submitted batch was refused.
+    #[error("batch refused: {0}")]
+    BadBatch(String),
+    /// The TPM returned a signature that does not verify under our key, or
+    /// answered a request we did not make.
+    #[error("signature from the TPM refused: {0}")]
+    BadLocalSignature(String),
+    /// The core stopped (e.g. WAL replay diverged). Halt and investigate.
+    #[error("consensus core halted: {0}; do not restart without investigating")]
+    Halted(String),
+    /// Persisted state does not decode.
+    #[error("persisted consensus state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What the host restores on restart (everything it was told to persist).
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    /// The chain state stored with the last decided block.
+    pub chain: ChainState,
+    /// The most recent decided blocks (ascending), to serve catch-up.
+    pub recent: Vec<DecidedBlock>,
+    /// The sign guard.
+    pub sign_guard: SignGuard,
+    /// The WAL records of height `chain.height + 1`, in append order.
+    pub wal: Vec<WalRecord>,
+}
+
+#[derive(Clone, Debug)]
+struct OwnMessage {
+    bytes: Vec<u8>,
+    height: Height,
+    signature: Option<Signature>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerKind {
+    Core(Timeout),
+    Tip,
+}
+
+/// Everything but the core state: the effect handler works on this while
+/// `process!` holds the core.
+struct Io {
+    cfg: DriverConfig,
+    ctx: Ctx,
+    now: u64,
+    step: Step,
+    guard: SignGuard,
+    cache: VerifyCache,
+    own: HashMap<Sha256Digest, OwnMessage>,
+    held: Vec<(Sha256Digest, PeerMessage)>,
+    timers: BTreeMap<TimerId, TimerKind>,
+    next_timer: u64,
+    queue: VecDeque<mcc::Input<Ctx>>,
+    want_value: Option<(Height, Round)>,
+    finalized: Option<mc::CommitCertificate<Ctx>>,
+    height_in_progress: Height,
+    signatures_requested: u64,
+    step_errors: u64,
+    own_proposal: Option<SignedProposalWire>,
+}
+
+/// One party's consensus driver.
+pub struct ConsensusDriver {
+    core: mcc::State<Ctx>,
+    io: Io,
+    chain: ChainState,
+    started: bool,
+    pending_decision: Option<(Block, mc::CommitCertificate<Ctx>)>,
+    mempool: BTreeMap<(PartyId, u64), SignedBatch>,
+    evidence_pool: BTreeMap<(PartyId, Height, i64, MsgStep), Equivocation>,
+    vote_log: HashMap<(PartyId, i64, bool), SignedVoteWire>,
+    recent: VecDeque<DecidedBlock>,
+    future_proposals: Vec<SignedProposalWire>,
+    catch_up: CatchUp,
+    halted: Option<String>,
+}
+
+impl ConsensusDriver {
+    /// A fresh driver (no history). Returns the first step (timers to arm).
+    pub fn new(cfg: DriverConfig, now_ms: u64) -> (Self, Step) {
+        Self::restore(cfg, Restored::default(), now_ms).unwrap_or_else(|_| unreachable_restore())
+    }
+
+    /// Restarts a driver from what the host persisted. Replays the WAL of the
+    /// height in progress (re-using recorded signed messages, never signing
+    /// anew what was signed before).
+    pub fn restore(
+        cfg: DriverConfig,
+        restored: Restored,
+        now_ms: u64,
+    ) -> Result<(Self, Step), DriverError> {
+        let ctx = QuorateContext {
+            cluster: cfg.cluster,
+            epoch: cfg.epoch,
+        };
+        let next = Height(restored.chain.height.0 + 1);
+        let params = mcc::Params {
+            address: cfg.me,
+            threshold_params: threshold_params(cfg.fault_model, cfg.parties.len()),
+            value_payload: mc::ValuePayload::ProposalOnly,
+            enabled: true,
+        };
+        let core = mcc::State::new(ctx.clone(), next, cfg.parties.clone(), params, 4096, 1024);
+        let recent_cap = cfg.recent_blocks;
+        let mut d = ConsensusDriver {
+            core,
+            io: Io {
+                cfg,
+                ctx,
+                now: now_ms,
+                step: Step::default(),
+                guard: restored.sign_guard,
+                cache: VerifyCache::default(),
+                own: HashMap::new(),
+                held: Vec::new(),
+                timers: BTreeMap::new(),
+                next_timer: 1,
+                queue: VecDeque::new(),
+                want_value: None,
+                finalized: None,
+                height_in_progress: next,
+                signatures_requested: 0,
+                step_errors: 0,
+                own_proposal: None,
+            },
+            chain: restored.chain,
+            started: false,
+            pending_decision: None,
+            mempool: BTreeMap::new(),
+            evidence_pool: BTreeMap::new(),
+            vote_log: HashMap::new(),
+            recent: restored.recent.into_iter().collect(),
+            future_proposals: Vec::new(),
+            catch_up: CatchUp::default(),
+            halted: None,
+        };
+        while d.recent.len() > recent_cap {
+            d.recent.pop_front();
+        }
+        d.io.schedule(TimerKind::Tip, d.io.cfg.tip_interval_ms);
+        if !restored.wal.is_empty() {
+            d.replay_wal(&restored.wal)?;
+        }
+        let step = std::mem::take(&mut d.io.step);
+        Ok((d, step))
+    }
+
+    fn replay_wal(&mut self, wal: &[WalRecord]) -> Result<(), DriverError> {
+        let me = self.io.cfg.me;
+        // Our own signatures recorded after the messages they belong to.
+        for r in wal {
+            if let WalRecord::OwnSignature { digest, signature } = r {
+                self.io.own.insert(
+                    *digest,
+                    OwnMessage {
+                        bytes: Vec::new(),
+                        height: self.io.height_in_progress,
+                        signature: Some(*signature),
+                    },
+                );
+            }
+        }
+        // Our own messages recorded with the placeholder: the core will accept
+        // them as ours; any that lack a real signature get signed again (the
+        // sign guard allows re-signing the very same message).
+        let inputs: Vec<mcc::Input<Ctx>> = wal.iter().filter_map(input_of_wal_record).collect();
+        for r in wal {
+            let sb = match r {
+                WalRecord::Vote(v) if v.vote.voter == me => Some(v.vote.signed_bytes(&self.io.ctx)),
+                WalRecord::Proposal(p) if p.proposal.proposer == me => {
+                    Some(p.proposal.signed_bytes(&self.io.ctx))
+                }
+                _ => None,
+            };
+            if let Some(sb) = sb {
+                let bytes = sb.encode();
+                let digest = Sha256Digest::of(&bytes);
+                let e = self.io.own.entry(digest).or_insert(OwnMessage {
+                    bytes: Vec::new(),
+                    height: sb.height,
+                    signature: None,
+                });
+                e.bytes = bytes;
+            }
+        }
+        let pending: Vec<(Sha256Digest, Vec<u8>)> = self
+            .io
+            .own
+            .iter()
+            .filter(|(_, m)| m.signature.is_none() && !m.bytes.is_empty())
+            .map(|(d, m)| (*d, m.bytes.clone()))
+            .collect();
+        for (d, bytes) in pending {
+            self.io.signatures_requested += 1;
+            self.io.step.actions.push(Action::Sign {
+                request: SignRequestId(d),
+                bytes,
+            });
+        }
+        self.start_height_now();
+        self.core.index_wal_entries(inputs.iter());
+        for input in inputs {
+            self.run_core(input)?;
+        }
+        self.core.reset_entries_index();
+        Ok(())
+    }
+
+    /// The last decided height and hash.
+    pub fn chain(&self) -> &ChainState {
+        &self.chain
+    }
+
+    /// The height in progress.
+    pub fn height(&self) -> Height {
+        self.io.height_in_progress
+    }
+
+    /// Number of ECDSA verifications performed so far (cache misses).
+    pub fn verifications(&self) -> u64 {
+        self.io.cache.verifications
+    }
+
+    /// Number of signatures requested so far.
+    pub fn signatures_requested(&self) -> u64 {
+        self.io.signatures_requested
+    }
+
+    /// A one-line summary of the driver's state, for logs and test failures.
+    pub fn debug_summary(&self) -> String {
+        format!(
+            "h={} started={} round={} mempool={} evidence={} want_value={:?} pending_decision={} held={} own_unsigned={} timers={}",
+            self.io.height_in_progress,
+            self.started,
+            self.core.round(),
+            self.mempool.len(),
+            self.evidence_pool.len(),
+            self.io.want_value,
+            self.pending_decision.is_some(),
+            self.io.held.len(),
+            self.io.own.values().filter(|m| m.signature.is_none()).count(),
+            self.io.timers.len(),
+        )
+    }
+
+    /// Number of batches waiting to be decided.
+    pub fn pending_batches(&self) -> usize {
+        self.mempool.len()
+    }
+
+    /// Handles one input at time `now_ms` (milliseconds since the Unix epoch).
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Result<Step, DriverError> {
+        if let Some(h) = &self.halted {
+            return Err(DriverError::Halted(h.clone()));
+        }
+        self.io.now = self.io.now.max(now_ms);
+        let r = self.handle_inner(input);
+        let step = std::mem::take(&mut self.io.step);
+        match r {
+            Ok(()) => Ok(step),
+            Err(e @ DriverError::Halted(_)) => {
+                self.halted = Some(e.to_string());
+                Err(e)
+            }
+            Err(e) => {
+                if step.persist.is_empty() && step.actions.is_empty() {
+                    Err(e)
+                } else {
+                    // Keep what was produced before the error: it must not be lost.
+                    Ok(step)
+                }
+            }
+        }
+    }
+
+    fn handle_inner(&mut self, input: Input) -> Result<(), DriverError> {
+        match input {
+            Input::Tick => {}
+            Input::Peer { from, bytes } => self.on_peer(from, &bytes)?,
+            Input::TimeoutFired(id) => match self.io.timers.remove(&id) {
+                None => {}
+                Some(TimerKind::Tip) => self.on_tip_timer()?,
+                Some(TimerKind::Core(t)) if self.started => {
+                    self.run_core(mcc::Input::TimeoutElapsed(t))?;
+                }
+                Some(TimerKind::Core(_)) => {}
+            },
+            Input::SignatureReady { request, signature } => {
+                self.on_signature(request, signature)?
+            }
+            Input::SubmitBatch(b) => {
+                self.add_batch(b.clone())?;
+                self.io.broadcast(&PeerMessage::Batch(b));
+            }
+        }
+        self.after_input()
+    }
+
+    /// Work common to every input: start a height when there is work, propose
+    /// when asked and able.
+    fn after_input(&mut self) -> Result<(), DriverError> {
+        self.maybe_start_height()?;
+        self.try_propose()?;
+        Ok(())
+    }
+
+    fn has_work(&self) -> bool {
+        !self.evidence_pool.is_empty()
+            || self
+                .mempool
+                .keys()
+                .any(|(a, s)| *s > self.chain.last_seq.get(a).copied().unwrap_or(0))
+    }
+
+    fn maybe_start_height(&mut self) -> Result<(), DriverError> {
+        if self.started || self.pending_decision.is_some() {
+            return Ok(());
+        }
+        if self.has_work() || self.catch_up.peer_ahead(self.chain.height) {
+            self.start_height_now();
+            self.drain_queue()?;
+            // Proposals for this height that arrived early.
+            let h = self.io.height_in_progress;
+            let early: Vec<SignedProposalWire> = std::mem::take(&mut self.future_proposals);
+            for p in early {
+                if p.proposal.height == h {
+                    let _ = self.on_proposal(p.proposal.proposer, p);
+                } else if p.proposal.height > h {
+                    self.future_proposals.push(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_height_now(&mut self) {
+        self.started = true;
+        let h = self.io.height_in_progress;
+        self.io.queue.push_back(mcc::Input::StartHeight(
+            h,
+            self.io.cfg.parties.clone(),
+            false,
+            None,
+            mc::VoteExtensionPolicy::Disabled,
+        ));
+    }
+
+    fn run_core(&mut self, input: mcc::Input<Ctx>) -> Result<(), DriverError> {
+        self.io.queue.push_back(input);
+        self.drain_queue()
+    }
+
+    fn drain_queue(&mut self) -> Result<(), DriverError> {
+        while let Some(input) = self.io.queue.pop_front() {
+            let io = &mut self.io;
+            let core = &mut self.core;
+            let r: Result<(), mcc::Error<Ctx>> = mcc::process!(
+                input: input,
+                state: core,
+                metrics: &(),
+                with: effect => Ok::<Resume<Ctx>, std::convert::Infallible>(io.on_effect(effect))
+            );
+            match r {
+                Ok(()) => {}
+                Err(e @ mcc::Error::ReplayDivergence(..)) => {
+                    return Err(DriverError::Halted(format!("{e}")));
+                }
+                Err(e) => {
+                    // The core refused this input (e.g. out of order); it
+                    // left its state consistent, so drop the input and go on.
+                    self.io.step_errors += 1;
+                    let _ = e;
+                }
+            }
+            if let Some(cert) = self.io.finalized.take() {
+                let block = self.core.decided_value().map(|(_, b)| b);
+                match block {
+                    Some(b) => self.pending_decision = Some((b, cert)),
+                    None => return Err(DriverError::Halted("decided value missing".into())),
+                }
+                self.try_complete_decision()?;
+                // Inputs queued for the finished height are moot.
+                self.io.queue.clear();
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn try_complete_decision(&mut self) -> Result<(), DriverError> {
+        let Some((block, mcert)) = self.pending_decision.take() else {
+            return Ok(());
+        };
+        let mut cert = from_malachite(&mcert);
+        let me = self.io.cfg.me;
+        let mut waiting = false;
+        for (party, sig) in cert.signatures.iter_mut() {
+            if *party == me && *sig == PLACEHOLDER {
+                let bytes = precommit_bytes(
+                    self.io.cfg.cluster,
+                    self.io.cfg.epoch,
+                    cert.height,
+                    cert.round,
+                    cert.block,
+                    me,
+                );
+                match self
+                    .io
+                    .own
+                    .get(&Sha256Digest::of(&bytes))
+                    .and_then(|m| m.signature)
+                {
+                    Some(s) => *sig = s,
+                    None => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            // Our own precommit is still at the TPM: finish when it is back.
+            self.pending_decision = Some((block, mcert));
+            return Ok(());
+        }
+        let decided = DecidedBlock {
+            block,
+            certificate: cert,
+        };
+        self.apply_decided(decided);
+        Ok(())
+    }
+
+    fn apply_decided(&mut self, decided: DecidedBlock) {
+        let header = decided.block.header().clone();
+        let mut chain = self.chain.clone();
+        chain.height = header.height;
+        chain.hash = decided.block.hash();
+        chain.time_ms = header.time_ms;
+        for b in decided.block.batches() {
+            let e = chain.last_seq.entry(b.body.author).or_insert(0);
+            *e = (*e).max(b.body.seq);
+        }
+        for ev in decided.block.evidence() {
+            chain.evidence.insert(ev.key());
+        }
+        self.mempool
+            .retain(|(a, s), _| *s > chain.last_seq.get(a).copied().unwrap_or(0));
+        self.evidence_pool
+            .retain(|k, _| !chain.evidence.contains(k));
+        self.vote_log.clear();
+        self.chain = chain.clone();
+        let next = Height(header.height.0 + 1);
+        self.io.height_in_progress = next;
+        self.io.own.retain(|_, m| m.height >= next);
+        self.io.held.retain(|(d, _)| self.io.own.contains_key(d));
+        self.io.want_value = None;
+        self.io.cancel_core_timers();
+        self.io.step.persist.push(Persist::Decided {
+            decided: decided.clone(),
+            chain,
+        });
+        self.io
+            .step
+            .persist
+            .push(Persist::WalReset { height: next });
+        self.io.step.actions.push(Action::Decided(decided.clone()));
+        self.recent.push_back(decided);
+        while self.recent.len() > self.io.cfg.recent_blocks {
+            self.recent.pop_front();
+        }
+        self.started = false;
+        // A fresh core state for the next height.
+        let params = mcc::Params {
+            address: self.io.cfg.me,
+            threshold_params: threshold_params(self.io.cfg.fault_model, self.io.cfg.parties.len()),
+            value_payload: mc::ValuePayload::ProposalOnly,
+            enabled: true,
+        };
+        let old = std::mem::replace(
+            &mut self.core,
+            mcc::State::new(
+                self.io.ctx.clone(),
+                next,
+                self.io.cfg.parties.clone(),
+                params,
+                4096,
+                1024,
+            ),
+        );
+        // Carry over inputs the old core buffered for the next heights.
+        let _ = old;
+    }
+
+    fn on_signature(&mut self, request: SignRequestId, sig: Signature) -> Result<(), DriverError> {
+        let key = self
+            .io
+            .cfg
+            .parties
+            .key_of(self.io.cfg.me)
+            .copied()
+            .ok_or_else(|| DriverError::BadLocalSignature("we are not a member".into()))?;
+        let Some(m) = self.io.own.get_mut(&request.0) else {
+            // A late answer for a height already decided: harmless.
+            return Ok(());
+        };
+        if m.signature.is_some() {
+            return Ok(());
+        }
+        if !self.io.cache.verify(&key, &m.bytes, &sig) {
+            return Err(DriverError::BadLocalSignature(
+                "does not verify under our vote key".into(),
+            ));
+        }
+        m.signature = Some(sig);
+        let h = m.height;
+        self.io.step.persist.push(Persist::WalAppend {
+            height: h,
+            record: WalRecord::OwnSignature {
+                digest: request.0,
+                signature: sig,
+            },
+        });
+        let held = std::mem::take(&mut self.io.held);
+        for (d, msg) in held {
+            if d == request.0 {
+                if let Some(msg) = self.io.patch(msg) {
+                    self.io.broadcast(&msg);
+                }
+            } else {
+                self.io.held.push((d, msg));
+            }
+        }
+        self.try_complete_decision()
+    }
+
+    fn on_peer(&mut self, from: PartyId, bytes: &[u8]) -> Result<(), DriverError> {
+        if from == self.io.cfg.me || !self.io.cfg.parties.contains(from) {
+            return Err(DriverError::UnknownPeer(from));
+        }
+        let msg = PeerMessage::decode(bytes, self.io.cfg.max_message_bytes())?;
+        let h = self.io.height_in_progress;
+        match msg {
+            PeerMessage::Batch(b) => self.add_batch(b),
+            PeerMessage::Tip { height } => {
+                self.catch_up.note_tip(from, height);
+                if height >= h {
+                    self.request_block(from);
+                }
+                Ok(())
+            }
+            PeerMessage::BlockRequest { height } => {
+                if let Some(d) = self
+                    .recent
+                    .iter()
+                    .find(|d| d.block.header().height == height)
+                {
+                    let m = PeerMessage::BlockResponse {
+                        block: d.block.clone(),
+                        certificate: d.certificate.clone(),
+                    };
+                    self.io.step.actions.push(Action::Send {
+                        to: from,
+                        bytes: m.encode(),
+                    });
+                }
+                Ok(())
+            }
+            PeerMessage::BlockResponse { block, certificate } => {
+                self.on_block_response(from, block, certificate)
+            }
+            PeerMessage::Vote(v) => {
+                let key = self
+                    .io
+                    .cfg
+                    .parties
+                    .key_of(v.vote.voter)
+                    .copied()
+                    .ok_or(DriverError::UnknownPeer(v.vote.voter))?;
+                if v.signature == PLACEHOLDER
+                    || !self.io.cache.verify(
+                        &key,
+                        &v.vote.signed_bytes(&self.io.ctx).encode(),
+                        &v.signature,
+                    )
+                {
+                    return Err(DriverError::BadSignature(from));
+                }
+                if v.vote.height < h {
+                    return Ok(());
+                }
+                if v.vote.height > h {
+                    self.catch_up.note_tip(from, Height(v.vote.height.0 - 1));
+                    self.maybe_start_height()?;
+                    return self.run_core(mcc::Input::Vote(vote_to_mc(&v)));
+                }
+                self.record_vote(&v);
+                self.catch_up.note_active(from, h);
+                self.maybe_start_height()?;
+                self.run_core(mcc::Input::Vote(vote_to_mc(&v)))
+            }
+            PeerMessage::Proposal(p) => {
+                if p.proposal.height < h {
+                    return Ok(());
+                }
+                if p.proposal.height > h {
+                    self.catch_up
+                        .note_tip(from, Height(p.proposal.height.0 - 1));
+                    if self.future_proposals.len() < 64 {
+                        self.future_proposals.push(p);
+                    }
+                    return Ok(());
+                }
+                self.catch_up.note_active(from, h);
+                self.maybe_start_height()?;
+                self.on_proposal(from, p)
+            }
+            PeerMessage::Polka(c) => {
+                if c.height != h || !self.started {
+                    return Ok(());
+                }
+                self.run_core(mcc::Input::PolkaCertificate(polka_to_mc(&c)))
+            }
+            PeerMessage::RoundCert(c) => {
+                if c.height != h || !self.started {
+                    return Ok(());
+                }
+                self.run_core(mcc::Input::RoundCertificate(round_cert_to_mc(&c)))
+            }
+        }
+    }
+
+    fn on_proposal(&mut self, from: PartyId, p: SignedProposalWire) -> Result<(), DriverError> {
+        let key = self
+            .io
+            .cfg
+            .parties
+            .key_of(p.proposal.proposer)
+            .copied()
+            .ok_or(DriverError::UnknownPeer(p.proposal.proposer))?;
+        if p.signature == PLACEHOLDER
+            || !self.io.cache.verify(
+                &key,
+                &p.proposal.signed_bytes(&self.io.ctx).encode(),
+                &p.signature,
+            )
+        {
+            return Err(DriverError::BadSignature(from));
+        }
+        if let Err(reason) = self.validate_block(&p.proposal.block, Some(p.proposal.proposer), true)
+        {
+            return Err(DriverError::InvalidBlock { from, reason });
+        }
+        if !self.started {
+            return Ok(());
+        }
+        self.run_core(mcc::Input::Proposal(proposal_to_mc(&p)))
+    }
+
+    fn on_block_response(
+        &mut self,
+        from: PartyId,
+        block: Block,
+        cert: CommitCertificate,
+    ) -> Result<(), DriverError> {
+        let h = self.io.height_in_progress;
+        if block.header().height != h || self.pending_decision.is_some() {
+            return Ok(());
+        }
+        verify_commit_certificate_cached(
+            &self.io.cfg.parties,
+            self.io.cfg.fault_model,
+            self.io.cfg.cluster,
+            self.io.cfg.epoch,
+            h,
+            block.hash(),
+            &cert,
+            &mut self.io.cache,
+        )
+        .map_err(|e| DriverError::InvalidBlock {
+            from,
+            reason: format!("certificate: {e}"),
+        })?;
+        if let Err(reason) = self.validate_block(&block, None, false) {
+            return Err(DriverError::InvalidBlock { from, reason });
+        }
+        if !self.started {
+            self.start_height_now();
+        }
+        let resp = mc::ValueResponse::new(
+            peer_id_of(from),
+            bytes::Bytes::from(block.to_bytes()),
+            to_malachite_extended(&cert),
+        );
+        self.run_core(mcc::Input::SyncValueResponse(resp))
+    }
+
+    fn request_block(&mut self, to: PartyId) {
+        let h = self.io.height_in_progress;
+        if self
+            .catch_up
+            .should_request(h, self.io.now, self.io.cfg.tip_interval_ms)
+        {
+            self.io.step.actions.push(Action::Send {
+                to,
+                bytes: PeerMessage::BlockRequest { height: h }.encode(),
+            });
+        }
+    }
+
+    fn on_tip_timer(&mut self) -> Result<(), DriverError> {
+        self.io
+            .schedule(TimerKind::Tip, self.io.cfg.tip_interval_ms);
+        self.io.broadcast(&PeerMessage::Tip {
+            height: self.chain.height,
+        });
+        // Re-gossip our own undecided batches: the first broadcast may have been lost.
+        let me = self.io.cfg.me;
+        let mine: Vec<SignedBatch> = self
+            .mempool
+            .iter()
+            .filter(|((a, _), _)| *a == me)
+            .map(|(_, b)| b.clone())
+            .collect();
+        for b in mine {
+            self.io.broadcast(&PeerMessage::Batch(b));
+        }
+        // Ask a peer that is ahead for the block we are missing.
+        if let Some(p) = self.catch_up.a_peer_ahead_of(self.chain.height) {
+            self.request_block(p);
+        }
+        // malachite does not rebroadcast proposals: re-send ours while its
+        // round is still the current one, so a lost proposal costs one tip
+        // interval rather than a round.
+        if let Some(p) = self.io.own_proposal.clone() {
+            if self.started
+                && p.proposal.height == self.io.height_in_progress
+                && p.proposal.round == self.core.round()
+            {
+                self.io.broadcast(&PeerMessage::Proposal(p));
+            } else {
+                self.io.own_proposal = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_batch(&mut self, b: SignedBatch) -> Result<(), DriverError> {
+        if b.body.cluster != self.io.cfg.cluster {
+            return Err(DriverError::BadBatch("batch for another cluster".into()));
+        }
+        let key = self
+            .io
+            .cfg
+            .parties
+            .key_of(b.body.author)
+            .copied()
+            .ok_or_else(|| {
+                DriverError::BadBatch(format!("author {} is not a member", b.body.author))
+            })?;
+        let last = self
+            .chain
+            .last_seq
+            .get(&b.body.author)
+            .copied()
+            .unwrap_or(0);
+        if b.body.seq <= last {
+            return Ok(()); // already decided: a replay or a late gossip
+        }
+        if b.encoded_len() + 256 > self.io.cfg.max_block_bytes {
+            return Err(DriverError::BadBatch("batch larger than a block".into()));
+        }
+        if self.mempool.contains_key(&(b.body.author, b.body.seq)) {
+            return Ok(());
+        }
+        if !self
+            .io
+            .cache
+            .verify(&key, &b.body.signing_bytes(), &b.signature)
+        {
+            return Err(DriverError::BadBatch(
+                "batch signature does not verify".into(),
+            ));
+        }
+        self.mempool.insert((b.body.author, b.body.seq), b);
+        Ok(())
+    }
+
+    fn record_vote(&mut self, v: &SignedVoteWire) {
+        let k = (v.vote.voter, round_i64(v.vote.round), v.vote.precommit);
+        match self.vote_log.get(&k) {
+            None => {
+                self.vote_log.insert(k, v.clone());
+            }
+            Some(prev) if prev.vote.value != v.vote.value => {
+                let ev = canonical_equivocation(prev.clone(), v.clone());
+                let key = ev.key();
+                if !self.chain.evidence.contains(&key) {
+                    self.evidence_pool.entry(key).or_insert(ev);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Checks a block against the chain: header, batches, evidence, size.
+    fn validate_block(
+        &mut self,
+        block: &Block,
+        proposer: Option<PartyId>,
+        check_clock: bool,
+    ) -> Result<(), String> {
+        let h = block.header();
+        if h.height != self.io.height_in_progress {
+            return Err(format!(
+                "height {} is not {}",
+                h.height, self.io.height_in_progress
+            ));
+        }
+        if h.parent != self.chain.hash {
+            return Err("parent is not our last decided block".into());
+        }
+        // The header names the party that built the block; a later round
+        // may re-propose it (proof-of-lock), so it need not be the proposer
+        // of the proposal that carries it.
+        let _ = proposer;
+        if !self.io.cfg.parties.contains(h.proposer) {
+            return Err("proposer is not a member".into());
+        }
+        if h.time_ms <= self.chain.time_ms {
+            return Err("time does not advance".into());
+        }
+        if check_clock && h.time_ms > self.io.now.saturating_add(self.io.cfg.max_clock_skew_ms) {
+            return Err("time too far in the future".into());
+        }
+        if block.encoded_len() > self.io.cfg.max_block_bytes {
+            return Err("block too large".into());
+        }
+        if block.batches().is_empty() && block.evidence().is_empty() {
+            return Err("empty block".into());
+        }
+        let mut seqs: BTreeMap<PartyId, u64> = BTreeMap::new();
+        for b in block.batches() {
+            if b.body.cluster != self.io.cfg.cluster {
+                return Err("batch for another cluster".into());
+            }
+            let key = self
+                .io
+                .cfg
+                .parties
+                .key_of(b.body.author)
+                .copied()
+                .ok_or("batch author is not a member")?;
+            let last = seqs
+                .get(&b.body.author)
+                .copied()
+                .or_else(|| self.chain.last_seq.get(&b.body.author).copied())
+                .unwrap_or(0);
+            if b.body.seq <= last {
+                return Err(format!(
+                    "batch {}#{} replays or reorders",
+                    b.body.author, b.body.seq
+                ));
+            }
+            seqs.insert(b.body.author, b.body.seq);
+            if !self
+                .io
+                .cache
+                .verify(&key, &b.body.signing_bytes(), &b.signature)
+            {
+                return Err("batch signature does not verify".into());
+            }
+        }
+        let mut keys = BTreeSet::new();
+        for ev in block.evidence() {
+            verify_equivocation(&self.io.ctx, &self.io.cfg.parties, ev, &mut self.io.cache)
+                .map_err(|e| e.to_string())?;
+            let k = ev.key();
+            if self.chain.evidence.contains(&k) || !keys.insert(k) {
+                return Err("evidence already recorded".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn try_propose(&mut self) -> Result<(), DriverError> {
+        let Some((h, r)) = self.io.want_value else {
+            return Ok(());
+        };
+        if !self.started || h != self.io.height_in_progress || !self.has_work() {
+            return Ok(());
+        }
+        self.io.want_value = None;
+        let block = self.build_block(h);
+        self.run_core(mcc::Input::Propose(mcc::LocallyProposedValue::new(
+            h, r, block,
+        )))
+    }
+
+    fn build_block(&self, h: Height) -> Block {
+        let budget = self.io.cfg.max_block_bytes.saturating_sub(256);
+        let mut used = 0usize;
+        let mut evidence = Vec::new();
+        for ev in self.evidence_pool.values() {
+            let len = postcard::experimental::serialized_size(ev).unwrap_or(usize::MAX);
+            if used.saturating_add(len) <= budget {
+                used += len;
+                evidence.push(ev.clone());
+            }
+        }
+        let mut batches = Vec::new();
+        let mut next_seq: BTreeMap<PartyId, u64> = BTreeMap::new();
+        for ((author, seq), b) in &self.mempool {
+            let expect = next_seq
+                .get(author)
+                .copied()
+                .unwrap_or_else(|| self.chain.last_seq.get(author).copied().unwrap_or(0) + 1);
+            // Honest proposers include consecutive runs only, so that a
+            // batch delayed in gossip is never overtaken by its successor.
+            if *seq != expect {
+                continue;
+            }
+            let len = b.encoded_len();
+            if used.saturating_add(len) > budget {
+                break;
+            }
+            used += len;
+            next_seq.insert(*author, seq + 1);
+            batches.push(b.clone());
+        }
+        Block::new(BlockContents {
+            header: BlockHeader {
+                height: h,
+                time_ms: self.io.now.max(self.chain.time_ms + 1),
+                parent: self.chain.hash,
+                proposer: self.io.cfg.me,
+            },
+            batches,
+            evidence,
+        })
+    }
+}
+
+fn unreachable_restore() -> (ConsensusDriver, Step) {
+    // `restore` with an empty WAL performs no core step that can fail; this
+    // path is unreachable. Abort loudly rather than run without a core.
+    std::process::abort()
+}
+
+impl Io {
+    fn schedule(&mut self, kind: TimerKind, after_ms: u64) {
+        let id = TimerId(self.next_timer);
+        self.next_timer += 1;
+        self.timers.insert(id, kind);
+        self.step
+            .actions
+            .push(Action::ScheduleTimeout { id, after_ms });
+    }
+
+    fn cancel_where(&mut self, pred: impl Fn(&TimerKind) -> bool) {
+        let ids: Vec<TimerId> = self
+            .timers
+            .iter()
+            .filter(|(_, k)| pred(k))
+            .map(|(i, _)| *i)
+            .collect();
+        for id in ids {
+            self.timers.remove(&id);
+            self.step.actions.push(Action::CancelTimeout { id });
+        }
+    }
+
+    fn cancel_core_timers(&mut self) {
+        self.cancel_where(|k| matches!(k, TimerKind::Core(_)));
+    }
+
+    fn broadcast(&mut self, m: &PeerMessage) {
+        if let PeerMessage::Proposal(p) = m {
+            if p.proposal.proposer == self.cfg.me {
+                self.own_proposal = Some(p.clone());
+            }
+        }
+        self.step
+            .actions
+            .push(Action::Broadcast { bytes: m.encode() });
+    }
+
+    /// Replaces our placeholder signatures in an outgoing message by the real
+    /// ones; `None` if one is not available yet (or was refused).
+    fn patch(&self, msg: PeerMessage) -> Option<PeerMessage> {
+        let me = self.cfg.me;
+        let real = |sb: SignedBytes| -> Option<Signature> {
+            self.own
+                .get(&Sha256Digest::of(&sb.encode()))
+                .and_then(|m| m.signature)
+        };
+        let base = |h: Height, round: i64, step: MsgStep, value: Option<BlockHash>| SignedBytes {
+            domain: CONSENSUS_DOMAIN.to_string(),
+            cluster: self.cfg.cluster,
+            epoch: self.cfg.epoch,
+            height: h,
+            round,
+            step,
+            value,
+            pol_round: -1,
+            signer: me,
+        };
+        match msg {
+            PeerMessage::Vote(mut v) => {
+                if v.signature == PLACEHOLDER {
+                    v.signature = real(v.vote.signed_bytes(&self.ctx))?;
+                }
+                Some(PeerMessage::Vote(v))
+            }
+            PeerMessage::Proposal(mut p) => {
+                if p.signature == PLACEHOLDER {
+                    p.signature = real(p.proposal.signed_bytes(&self.ctx))?;
+                }
+                Some(PeerMessage::Proposal(p))
+            }
+            PeerMessage::Polka(mut c) => {
+                for (party, sig) in c.signatures.iter_mut() {
+                    if *party == me && *sig == PLACEHOLDER {
+                        *sig = real(base(c.height, c.round, MsgStep::Prevote, Some(c.value)))?;
+                    }
+                }
+                Some(PeerMessage::Polka(c))
+            }
+            PeerMessage::RoundCert(mut c) => {
+                for s in c.signatures.iter_mut() {
+                    if s.party == me && s.signature == PLACEHOLDER {
+                        let step = if s.precommit {
+                            MsgStep::Precommit
+                        } else {
+                            MsgStep::Prevote
+                        };
+                        s.signature = real(base(c.height, c.round, step, s.value))?;
+                    }
+                }
+                Some(PeerMessage::RoundCert(c))
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Sends a message of ours now, or holds it until its signature is back.
+    fn publish(&mut self, msg: PeerMessage) {
+        let pending_digest = match &msg {
+            PeerMessage::Vote(v) if v.signature == PLACEHOLDER => {
+                Some(Sha256Digest::of(&v.vote.signed_bytes(&self.ctx).encode()))
+            }
+            PeerMessage::Proposal(p) if p.signature == PLACEHOLDER => Some(Sha256Digest::of(
+                &p.proposal.signed_bytes(&self.ctx).encode(),
+            )),
+            _ => None,
+        };
+        match self.patch(msg.clone()) {
+            Some(m) => self.broadcast(&m),
+            None => {
+                if let Some(d) = pending_digest {
+                    self.held.push((d, msg));
+                }
+                // Certificates carrying a pending signature of ours are
+                // dropped: the core republishes them.
+            }
+        }
+    }
+
+    /// Registers one of our messages for signing: the guard first, then the
+    /// request. Returns the signature the core should see.
+    fn sign(&mut self, sb: SignedBytes) -> Signature {
+        let bytes = sb.encode();
+        let digest = Sha256Digest::of(&bytes);
+        if let Some(m) = self.own.get(&digest) {
+            return m.signature.unwrap_or(PLACEHOLDER);
+        }
+        match self
+            .guard
+            .check_and_record(sb.step, sb.height, sb.round, sb.value)
+        {
+            Ok(decision) => {
+                if decision == GuardDecision::Advanced {
+                    self.step
+                        .persist
+                        .push(Persist::SignGuard(self.guard.clone()));
+                }
+                self.signatures_requested += 1;
+                self.step.actions.push(Action::Sign {
+                    request: SignRequestId(digest),
+                    bytes: bytes.clone(),
+                });
+                self.own.insert(
+                    digest,
+                    OwnMessage {
+                        bytes,
+                        height: sb.height,
+                        signature: None,
+                    },
+                );
+            }
+            Err(_) => {
+                // Refused: the core sees a placeholder that is never
+                // released, so the message never leaves this party.
+            }
+        }
+        PLACEHOLDER
+    }
+
+    fn verify_consensus_sig(&mut self, sb: SignedBytes, sig: &Signature) -> bool {
+        let bytes = sb.encode();
+        if *sig == PLACEHOLDER {
+            return sb.signer == self.cfg.me && self.own.contains_key(&Sha256Digest::of(&bytes));
+        }
+        match self.cfg.parties.key_of(sb.signer).copied() {
+            Some(k) => self.cache.verify(&k, &bytes, sig),
+            None => false,
+        }
+    }
+
+    fn sb(
+        &self,
+        h: Height,
+        round: Round,
+        step: MsgStep,
+        value: NilOrVal<BlockHash>,
+        signer: PartyId,
+    ) -> SignedBytes {
+        SignedBytes {
+            domain: CONSENSUS_DOMAIN.to_string(),
+            cluster: self.cfg.cluster,
+            epoch: self.cfg.epoch,
+            height: h,
+            round: round_i64(round),
+            step,
+            value: match value {
+                NilOrVal::Nil => None,
+                NilOrVal::Val(v) => Some(v),
+            },
+            pol_round: -1,
+            signer,
+        }
+    }
+
+    fn count_cert(
+        &mut self,
+        entries: Vec<(SignedBytes, Signature)>,
+        threshold: mc::ThresholdParam,
+    ) -> Result<(), mc::CertificateError<Ctx>> {
+        let mut seen = BTreeSet::new();
+        for (sb, sig) in entries {
+            let signer = sb.signer;
+            if !self.cfg.parties.contains(signer) {
+                return Err(mc::CertificateError::UnknownValidator(signer));
+            }
+            if !seen.insert(signer) {
+                return Err(mc::CertificateError::DuplicateVote(signer));
+            }
+            if !self.verify_consensus_sig(sb, &sig) {
+                return Err(mc::CertificateError::VerificationError(None));
+            }
+        }
+        let total = self.cfg.parties.len() as u64;
+        let signed = seen.len() as u64;
+        if !threshold.is_met(signed, total) {
+            return Err(mc::CertificateError::NotEnoughVotingPower {
+                signed,
+                total,
+                expected: threshold.min_expected(total),
+            });
+        }
+        Ok(())
+    }
+
+    fn commit_entries(
+        &self,
+        h: Height,
+        round: Round,
+        value: BlockHash,
+        sigs: impl Iterator<Item = (PartyId, Signature)>,
+    ) -> Vec<(SignedBytes, Signature)> {
+        sigs.map(|(p, s)| {
+            (
+                self.sb(h, round, MsgStep::Precommit, NilOrVal::Val(value), p),
+                s,
+            )
+        })
+        .collect()
+    }
+
+    fn on_effect(&mut self, effect: Effect<Ctx>) -> Resume<Ctx> {
+        match effect {
+            Effect::CancelAllTimeouts(r) => {
+                self.cancel_core_timers();
+                r.resume_with(())
+            }
+            Effect::CancelTimeout(t, r) => {
+                self.cancel_where(|k| *k == TimerKind::Core(t));
+                r.resume_with(())
+            }
+            Effect::ScheduleTimeout(t, r) => {
+                self.cancel_where(|k| *k == TimerKind::Core(t));
+                let ms = u64::try_from(self.cfg.timeouts.duration_for(t).as_millis())
+                    .unwrap_or(u64::MAX);
+                self.schedule(TimerKind::Core(t), ms);
+                r.resume_with(())
+            }
+            Effect::StartRound(_, _, _, _, r) => {
+                self.want_value = None;
+                r.resume_with(())
+            }
+            Effect::PublishConsensusMsg(m, r) => {
+                let msg = match m {
+                    mcc::SignedConsensusMsg::Vote(v) => PeerMessage::Vote(vote_from_mc(&v)),
+                    mcc::SignedConsensusMsg::Proposal(p) => {
+                        PeerMessage::Proposal(proposal_from_mc(&p))
+                    }
+                };
+                self.publish(msg);
+                r.resume_with(())
+            }
+            Effect::PublishLivenessMsg(m, r) => {
+                let msg = match m {
+                    mcc::LivenessMsg::Vote(v) => PeerMessage::Vote(vote_from_mc(&v)),
+                    mcc::LivenessMsg::PolkaCertificate(c) => PeerMessage::Polka(polka_from_mc(&c)),
+                    mcc::LivenessMsg::SkipRoundCertificate(c) => {
+                        PeerMessage::RoundCert(round_cert_from_mc(&c))
+                    }
+                };
+                self.publish(msg);
+                r.resume_with(())
+            }
+            Effect::RepublishVote(v, r) => {
+                self.publish(PeerMessage::Vote(vote_from_mc(&v)));
+                r.resume_with(())
+            }
+            Effect::RepublishRoundCertificate(c, r) => {
+                self.publish(PeerMessage::RoundCert(round_cert_from_mc(&c)));
+                r.resume_with(())
+            }
+            Effect::GetValue(h, round, _, r) => {
+                self.want_value = Some((h, round));
+                r.resume_with(())
+            }
+            Effect::RestreamProposal(.., r) => r.resume_with(()),
+            Effect::CertVerifiedSyncValue(resp, proposer, r) => {
+                if let Ok(block) = Block::from_bytes(&resp.value_bytes) {
+                    self.queue.push_back(mcc::Input::ProposedValue(
+                        mcc::ProposedValue {
+                            height: resp.certificate.height,
+                            round: resp.certificate.round,
+                            valid_round: Round::Nil,
+                            proposer,
+                            value: block,
+                            validity: Validity::Valid,
+                        },
+                        ValueOrigin::Sync,
+                    ));
+                }
+                r.resume_with(())
+            }
+            Effect::CertRejectedSyncValue(.., r) => r.resume_with(()),
+            Effect::Decide(_, _, r) => r.resume_with(()),
+            Effect::Finalize(cert, _, _, r) => {
+                self.finalized = Some(cert);
+                r.resume_with(())
+            }
+            Effect::SignVote(vote, r) => {
+                let sb = vote.signed_bytes(&self.ctx);
+                let sig = self.sign(sb);
+                r.resume_with(mc::SignedMessage::new(vote, sig))
+            }
+            Effect::SignProposal(p, r) => {
+                let sb = p.signed_bytes(&self.ctx);
+                let sig = self.sign(sb);
+                r.resume_with(mc::SignedMessage::new(p, sig))
+            }
+            Effect::VerifySignature(m, _pk, r) => {
+                let sb = match &m.message {
+                    mcc::ConsensusMsg::Vote(v) => v.signed_bytes(&self.ctx),
+                    mcc::ConsensusMsg::Proposal(p) => p.signed_bytes(&self.ctx),
+                };
+                let ok = self.verify_consensus_sig(sb, &m.signature);
+                r.resume_with(ok)
+            }
+            Effect::VerifyCommitCertificate(c, _, tp, r) => {
+                let e = self.commit_entries(
+                    c.height,
+                    c.round,
+                    c.value_id,
+                    c.commit_signatures.iter().map(|s| (s.address, s.signature)),
+                );
+                let res = self.count_cert(e, tp.quorum);
+                r.resume_with(res)
+            }
+            Effect::VerifyExtendedCommitCertificate(c, _, tp, _, r) => {
+                let e = self.commit_entries(
+                    c.height,
+                    c.round,
+                    c.value_id,
+                    c.commit_signatures.iter().map(|s| (s.address, s.signature)),
+                );
+                let res = self.count_cert(e, tp.quorum);
+                r.resume_with(res)
+            }
+            Effect::VerifyPolkaCertificate(c, _, tp, r) => {
+                let e = c
+                    .polka_signatures
+                    .iter()
+                    .map(|s| {
+                        (
+                            self.sb(
+                                c.height,
+                                c.round,
+                                MsgStep::Prevote,
+                                NilOrVal::Val(c.value_id),
+                                s.address,
+                            ),
+                            s.signature,
+                        )
+                    })
+                    .collect();
+                let res = self.count_cert(e, tp.quorum);
+                r.resume_with(res)
+            }
+            Effect::VerifyRoundCertificate(c, _, tp, r) => {
+                let e = c
+                    .round_signatures
+                    .iter()
+                    .map(|s| {
+                        let step = if s.vote_type == mc::VoteType::Precommit {
+                            MsgStep::Precommit
+                        } else {
+                            MsgStep::Prevote
+                        };
+                        (
+                            self.sb(c.height, c.round, step, s.value_id, s.address),
+                            s.signature,
+                        )
+                    })
+                    .collect();
+                let th = match c.cert_type {
+                    mc::RoundCertificateType::Skip => tp.honest,
+                    mc::RoundCertificateType::Precommit => tp.quorum,
+                };
+                let res = self.count_cert(e, th);
+                r.resume_with(res)
+            }
+            Effect::WalAppend(h, input, r) => {
+                if let Some(record) = wal_record_of(&input) {
+                    self.step
+                        .persist
+                        .push(Persist::WalAppend { height: h, record });
+                }
+                r.resume_with(())
+            }
+            Effect::ExtendVote(.., r) => r.resume_with(None),
+            Effect::VerifyVoteExtension(.., r) => r.resume_with(Ok(())),
+        }
+    }
+}
+
+/// Unused import guard for `round_from_i64` in some cfgs.
+#[allow(dead_code)]
+fn _keep(r: i64) -> Round {
+    round_from_i64(r)
+}

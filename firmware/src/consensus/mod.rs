@@ -1,0 +1,25 @@
+//! Consensus: malachite's BFT core (Tendermint) driven for Quorate.
+//!
+//! * [`context`]: malachite's `Context` — blocks of signed batches, votes,
+//!   proposals, the party set, signed bytes, quorum thresholds.
+//! * [`driver`]: the sans-IO driver the host and the simulator share.
+//! * [`sign_guard`]: refuses to sign regressions and conflicts.
+//! * [`certificate`]: commit certificates and equivocation evidence.
+//! * [`sync`]: catch-up of parties that fell behind.
+//! * [`wire`]: peer messages and WAL records.
+//!
+//! See `docs/PROTOCOL.md` for the rules and their safety argument.
+
+pub mod certificate;
+pub mod context;
+pub mod driver;
+pub mod sign_guard;
+pub mod sync;
+pub mod wire;
+
+pub use certificate::{verify_commit_certificate, CertificateError, CommitCertificate};
+pub use context::{Block, BlockHash, BlockHeader, Equivocation, Party, PartySet};
+pub use driver::{
+    Action, ChainState, ConsensusDriver, DecidedBlock, DriverConfig, DriverError, Input, Persist,
+    Restored, SignRequestId, Step, TimerId,
+};

@@ -1,0 +1,893 @@
+//! Deterministic simulation of a Quorate cluster's consensus (test code,
+//! compiled only with the `sim` feature; the daemon never calls it).
+//!
+//! n parties run the real [`ConsensusDriver`] in one thread, on a simulated
+//! clock, with every source of nondeterminism drawn from one seeded ChaCha
+//! RNG: message delays, drops, duplicates, reordering, partitions that heal,
+//! crashes and restarts from persisted state, and Byzantine parties that
+//! equivocate, forge signatures or send garbage. The seed also picks n and
+//! the fault model, so a seed alone reproduces a run.
+//!
+//! Signatures are real ECDSA P-256 (ring). ring cannot derive a key from a
+//! seed, so the parties' keys are generated once per process; signature
+//! bytes therefore differ between processes, but no decision depends on
+//! them (block contents, schedules and votes are the same), so a failing
+//! seed reproduces.
+//!
+//! Checked on every run: agreement, validity, no honest party signs twice at
+//! one (height, round, step), every decided block carries a valid commit
+//! certificate, and liveness (every submitted batch is decided by every
+//! honest party within a bound after the last fault ends).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use crate::batch::{BatchBody, SignedBatch};
+use crate::consensus::context::{Party, PartySet, SignedBytes, SignedVoteWire};
+use crate::consensus::driver::{
+    Action, ChainState, ConsensusDriver, DecidedBlock, DriverConfig, Input, Persist, Restored,
+    SignRequestId, Step,
+};
+use crate::consensus::sign_guard::SignGuard;
+use crate::consensus::verify_commit_certificate;
+use crate::consensus::wire::{PeerMessage, WalRecord};
+use crate::crypto::{PublicKey, Signature};
+use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
+use malachitebft_core_types::NilOrVal;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::OnceLock;
+
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// The largest cluster the simulator supports.
+pub const MAX_PARTIES: usize = 7;
+
+fn keys() -> &'static Vec<(EcdsaKeyPair, PublicKey)> {
+    static KEYS: OnceLock<Vec<(EcdsaKeyPair, PublicKey)>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        (0..MAX_PARTIES)
+            .map(|_| {
+                let pkcs8 =
+                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+                let kp = EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    pkcs8.as_ref(),
+                    &rng,
+                )
+                .unwrap();
+                let pk = PublicKey(kp.public_key().as_ref().try_into().unwrap());
+                (kp, pk)
+            })
+            .collect()
+    })
+}
+
+/// Signs with party `p`'s (1-based) simulated vote key.
+pub fn sign_as(p: PartyId, bytes: &[u8]) -> Signature {
+    let rng = ring::rand::SystemRandom::new();
+    let sig = keys()[(p.0 - 1) as usize].0.sign(&rng, bytes).unwrap();
+    Signature(sig.as_ref().try_into().unwrap())
+}
+
+/// The simulated party set of size n (P1..Pn).
+pub fn party_set(n: usize) -> PartySet {
+    PartySet::new(
+        (1..=n)
+            .map(|i| Party {
+                id: PartyId(i as u32),
+                vote_key: keys()[i - 1].1,
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+/// The simulated cluster id.
+pub fn cluster() -> ClusterId {
+    ClusterId(Sha256Digest::of(b"quorate-sim-cluster"))
+}
+
+/// A Byzantine behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Byzantine {
+    /// Sends conflicting signed votes to different peers.
+    Equivocate,
+    /// Sends messages with forged signatures (other parties' names, altered content).
+    Forge,
+    /// Sends random and truncated bytes.
+    Garbage,
+}
+
+/// One run's configuration (all derived from the seed by [`SimConfig::from_seed`]).
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed.
+    pub seed: u64,
+    /// Parties.
+    pub n: usize,
+    /// Fault model.
+    pub model: FaultModel,
+    /// Batches to submit.
+    pub batches: usize,
+    /// Operations per batch.
+    pub ops_per_batch: usize,
+    /// Bytes per operation.
+    pub op_bytes: usize,
+    /// Message drop probability.
+    pub drop: f64,
+    /// Duplicate probability.
+    pub dup: f64,
+    /// Maximum extra delay (reordering), ms.
+    pub max_delay_ms: u64,
+    /// Partition: (start, end, side of each party).
+    pub partition: Option<(u64, u64, Vec<bool>)>,
+    /// Crash: (party index 0-based, at, restart at).
+    pub crash: Option<(usize, u64, u64)>,
+    /// Byzantine parties (index 0-based) and behaviour.
+    pub byzantine: Vec<(usize, Byzantine)>,
+    /// Simulated time allowed after the last fault for everything to decide.
+    pub liveness_bound_ms: u64,
+}
+
+/// How many equivocating parties a model tolerates for safety *and* liveness.
+pub fn equivocators_tolerated(model: FaultModel, n: usize) -> usize {
+    let q = model.quorum(n);
+    (2 * q).saturating_sub(n).saturating_sub(1).min(n - q)
+}
+
+impl SimConfig {
+    /// Everything from the seed: n, fault model and the fault schedule.
+    pub fn from_seed(seed: u64) -> Self {
+        let n = [3usize, 4, 7][(seed % 3) as usize];
+        let model = [
+            FaultModel::Byzantine,
+            FaultModel::Unanimous,
+            FaultModel::Majority,
+        ][((seed / 3) % 3) as usize];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let drop = if rng.random_bool(0.7) {
+            rng.random_range(0.0..0.3)
+        } else {
+            0.0
+        };
+        let dup = if rng.random_bool(0.5) {
+            rng.random_range(0.0..0.1)
+        } else {
+            0.0
+        };
+        let max_delay_ms = rng.random_range(5..300);
+        let partition = if rng.random_bool(0.3) {
+            let start = rng.random_range(0..4000);
+            let end = start + rng.random_range(500..6000);
+            let sides = (0..n).map(|_| rng.random_bool(0.5)).collect();
+            Some((start, end, sides))
+        } else {
+            None
+        };
+        let mut byzantine = Vec::new();
+        let eq = equivocators_tolerated(model, n);
+        if rng.random_bool(0.5) {
+            let kinds = if eq >= 1 {
+                vec![Byzantine::Equivocate, Byzantine::Forge, Byzantine::Garbage]
+            } else {
+                vec![Byzantine::Forge, Byzantine::Garbage]
+            };
+            let count = if eq >= 1 { rng.random_range(1..=eq) } else { 1 };
+            let mut idx: Vec<usize> = (0..n).collect();
+            for _ in 0..count {
+                let i = idx.remove(rng.random_range(0..idx.len()));
+                let k = kinds[rng.random_range(0..kinds.len())];
+                // Only as many equivocators as the model tolerates.
+                let k = if k == Byzantine::Equivocate
+                    && byzantine
+                        .iter()
+                        .filter(|(_, b)| *b == Byzantine::Equivocate)
+                        .count()
+                        >= eq
+                {
+                    Byzantine::Garbage
+                } else {
+                    k
+                };
+                byzantine.push((i, k));
+            }
+        }
+        let crash = if rng.random_bool(0.3) {
+            let honest: Vec<usize> = (0..n)
+                .filter(|i| !byzantine.iter().any(|(b, _)| b == i))
+                .collect();
+            let p = honest[rng.random_range(0..honest.len())];
+            let at = rng.random_range(0..5000);
+            Some((p, at, at + rng.random_range(200..5000)))
+        } else {
+            None
+        };
+        SimConfig {
+            seed,
+            n,
+            model,
+            batches: rng.random_range(1..=4),
+            ops_per_batch: rng.random_range(1..=3),
+            op_bytes: 32,
+            drop,
+            dup,
+            max_delay_ms,
+            partition,
+            crash,
+            byzantine,
+            liveness_bound_ms: 120_000,
+        }
+    }
+
+    /// A fault-free run (for benchmarks).
+    pub fn clean(seed: u64, n: usize, model: FaultModel, batches: usize, ops: usize) -> Self {
+        SimConfig {
+            seed,
+            n,
+            model,
+            batches,
+            ops_per_batch: ops,
+            op_bytes: 32,
+            drop: 0.0,
+            dup: 0.0,
+            max_delay_ms: 5,
+            partition: None,
+            crash: None,
+            byzantine: Vec::new(),
+            liveness_bound_ms: 600_000,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// Highest height decided by every honest party.
+    pub heights: u64,
+    /// Signatures produced by honest parties.
+    pub signatures: u64,
+    /// ECDSA verifications performed (all parties).
+    pub verifications: u64,
+    /// Blocks that recorded equivocation evidence.
+    pub evidence_blocks: u64,
+    /// Peer frames honest drivers refused (garbage, forgeries).
+    pub refused_frames: u64,
+    /// Simulated milliseconds until the run ended.
+    pub sim_ms: u64,
+}
+
+/// The one-line command that reproduces `seed`.
+pub fn repro(seed: u64) -> String {
+    format!(
+        "QUORATE_SIM_SEED={seed} cargo test -p quorate-firmware --features sim --test sim -- one_seed --nocapture"
+    )
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: usize,
+        from: usize,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        node: usize,
+        inc: u64,
+        id: crate::consensus::driver::TimerId,
+    },
+    Sign {
+        node: usize,
+        inc: u64,
+        request: SignRequestId,
+        bytes: Vec<u8>,
+    },
+    Submit {
+        node: usize,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+}
+
+#[derive(Default, Clone)]
+struct Store {
+    chain: ChainState,
+    recent: Vec<DecidedBlock>,
+    guard: SignGuard,
+    wal: Vec<(Height, WalRecord)>,
+    own_batches: Vec<SignedBatch>,
+}
+
+struct Node {
+    driver: Option<ConsensusDriver>,
+    inc: u64,
+    store: Store,
+    byz: Option<Byzantine>,
+    next_seq: u64,
+    decided: Vec<DecidedBlock>,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: HashMap<usize, Ev>,
+    next_ev: usize,
+    nodes: Vec<Node>,
+    parties: PartySet,
+    dcfg: Vec<DriverConfig>,
+    submitted: HashMap<Sha256Digest, SignedBatch>,
+    to_submit: usize,
+    agreed: BTreeMap<Height, crate::consensus::BlockHash>,
+    signed: HashMap<(usize, Height, i64, crate::consensus::context::Step), Sha256Digest>,
+    report: SimReport,
+    last_fault_end: u64,
+}
+
+type Fail = String;
+
+impl Sim {
+    fn push(&mut self, at: u64, ev: Ev) {
+        let id = self.next_ev;
+        self.next_ev += 1;
+        self.seq += 1;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((at, self.seq, id)));
+    }
+
+    fn honest(&self, i: usize) -> bool {
+        self.nodes[i].byz.is_none()
+    }
+
+    fn partitioned(&self, a: usize, b: usize) -> bool {
+        match &self.cfg.partition {
+            Some((s, e, sides)) => self.now >= *s && self.now < *e && sides[a] != sides[b],
+            None => false,
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        if from == to || self.partitioned(from, to) {
+            return;
+        }
+        if self.cfg.drop > 0.0 && self.rng.random_bool(self.cfg.drop) {
+            return;
+        }
+        let copies = if self.cfg.dup > 0.0 && self.rng.random_bool(self.cfg.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = 1 + self.rng.random_range(0..=self.cfg.max_delay_ms);
+            self.push(
+                self.now + d,
+                Ev::Deliver {
+                    to,
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    fn broadcast(&mut self, from: usize, bytes: &[u8]) {
+        for to in 0..self.cfg.n {
+            if to != from {
+                self.byz_send(from, to, bytes.to_vec());
+            }
+        }
+    }
+
+    /// Sends, letting a Byzantine sender misbehave.
+    fn byz_send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        match self.nodes[from].byz {
+            None => self.send(from, to, bytes),
+            Some(Byzantine::Garbage) => {
+                self.send(from, to, bytes.clone());
+                let len = self.rng.random_range(0..200);
+                let mut g = vec![0u8; len];
+                self.rng.fill_bytes(&mut g);
+                self.send(from, to, g);
+                if !bytes.is_empty() {
+                    let cut = self.rng.random_range(0..bytes.len());
+                    self.send(from, to, bytes[..cut].to_vec());
+                }
+            }
+            Some(Byzantine::Forge) => {
+                self.send(from, to, bytes.clone());
+                if let Ok(PeerMessage::Vote(mut v)) = PeerMessage::decode(&bytes, usize::MAX) {
+                    // Claim another party's name, keep our signature.
+                    let other = PartyId(((v.vote.voter.0 as usize) % self.cfg.n) as u32 + 1);
+                    v.vote.voter = other;
+                    self.send(from, to, PeerMessage::Vote(v.clone()).encode());
+                    // Alter the content under a valid-looking signature.
+                    v.vote.value = NilOrVal::Val(crate::consensus::BlockHash(Sha256Digest::of(
+                        &self.now.to_be_bytes(),
+                    )));
+                    v.signature.0[5] ^= 0x55;
+                    self.send(from, to, PeerMessage::Vote(v).encode());
+                } else if let Ok(PeerMessage::Batch(mut b)) =
+                    PeerMessage::decode(&bytes, usize::MAX)
+                {
+                    b.body.ops.push(vec![0xEE]);
+                    self.send(from, to, PeerMessage::Batch(b).encode());
+                }
+            }
+            Some(Byzantine::Equivocate) => {
+                if let Ok(PeerMessage::Vote(v)) = PeerMessage::decode(&bytes, usize::MAX) {
+                    if to % 2 == 0 {
+                        let mut c = v.vote.clone();
+                        c.value = match c.value {
+                            NilOrVal::Nil => NilOrVal::Val(crate::consensus::BlockHash(
+                                Sha256Digest::of(b"other block"),
+                            )),
+                            NilOrVal::Val(_) => NilOrVal::Nil,
+                        };
+                        let ctx = crate::consensus::context::QuorateContext {
+                            cluster: cluster(),
+                            epoch: Epoch(0),
+                        };
+                        let sig = sign_as(c.voter, &c.signed_bytes(&ctx).encode());
+                        self.send(
+                            from,
+                            to,
+                            PeerMessage::Vote(SignedVoteWire {
+                                vote: c,
+                                signature: sig,
+                            })
+                            .encode(),
+                        );
+                        // Some peers see both votes: that is what evidence needs.
+                        if to % 4 != 0 {
+                            return;
+                        }
+                    }
+                }
+                self.send(from, to, bytes);
+            }
+        }
+    }
+
+    fn apply(&mut self, i: usize, step: Step) -> Result<(), Fail> {
+        let inc = self.nodes[i].inc;
+        for p in step.persist {
+            let s = &mut self.nodes[i].store;
+            match p {
+                Persist::WalAppend { height, record } => s.wal.push((height, record)),
+                Persist::WalReset { height } => s.wal.retain(|(h, _)| *h >= height),
+                Persist::SignGuard(g) => s.guard = g,
+                Persist::Decided { decided, chain } => {
+                    s.chain = chain;
+                    s.recent.push(decided);
+                    if s.recent.len() > 64 {
+                        s.recent.remove(0);
+                    }
+                }
+            }
+        }
+        for a in step.actions {
+            match a {
+                Action::Send { to, bytes } => self.byz_send(i, (to.0 - 1) as usize, bytes),
+                Action::Broadcast { bytes } => self.broadcast(i, &bytes),
+                Action::ScheduleTimeout { id, after_ms } => {
+                    self.push(self.now + after_ms, Ev::Timer { node: i, inc, id })
+                }
+                Action::CancelTimeout { .. } => {}
+                Action::Sign { request, bytes } => {
+                    let d = self.rng.random_range(1..40);
+                    self.push(
+                        self.now + d,
+                        Ev::Sign {
+                            node: i,
+                            inc,
+                            request,
+                            bytes,
+                        },
+                    );
+                }
+                Action::Decided(d) => self.on_decided(i, d)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn on_decided(&mut self, i: usize, d: DecidedBlock) -> Result<(), Fail> {
+        let h = d.block.header().height;
+        verify_commit_certificate(
+            &self.parties,
+            self.cfg.model,
+            cluster(),
+            Epoch(0),
+            h,
+            d.block.hash(),
+            &d.certificate,
+        )
+        .map_err(|e| {
+            format!(
+                "P{} decided height {h} with an invalid certificate: {e}",
+                i + 1
+            )
+        })?;
+        if !self.honest(i) {
+            return Ok(());
+        }
+        match self.agreed.get(&h) {
+            Some(x) if *x != d.block.hash() => {
+                return Err(format!(
+                    "agreement violated at height {h}: P{} decided another block",
+                    i + 1
+                ))
+            }
+            _ => {
+                self.agreed.insert(h, d.block.hash());
+            }
+        }
+        let expected = self.nodes[i].decided.len() as u64 + 1;
+        if h.0 != expected {
+            return Err(format!(
+                "P{} decided height {h} out of order (expected {expected})",
+                i + 1
+            ));
+        }
+        for b in d.block.batches() {
+            let ok = self.submitted.contains_key(&b.id())
+                && self
+                    .parties
+                    .key_of(b.body.author)
+                    .map(|k| b.verify(k).is_ok())
+                    .unwrap_or(false);
+            if !ok {
+                return Err(format!("validity violated: P{} decided a batch that was not submitted or is badly signed", i + 1));
+            }
+        }
+        if !d.block.evidence().is_empty() {
+            self.report.evidence_blocks += 1;
+        }
+        self.nodes[i].decided.push(d);
+        Ok(())
+    }
+
+    fn handle(&mut self, i: usize, input: Input) -> Result<(), Fail> {
+        let now = EPOCH_MS + self.now;
+        let Some(d) = self.nodes[i].driver.as_mut() else {
+            return Ok(());
+        };
+        match d.handle(now, input) {
+            Ok(step) => self.apply(i, step),
+            Err(crate::consensus::DriverError::Halted(e)) => Err(format!("P{} halted: {e}", i + 1)),
+            Err(_) => {
+                self.report.refused_frames += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn restore(&mut self, i: usize) -> Result<(), Fail> {
+        let s = self.nodes[i].store.clone();
+        let next = Height(s.chain.height.0 + 1);
+        let restored = Restored {
+            chain: s.chain.clone(),
+            recent: s.recent.clone(),
+            sign_guard: s.guard.clone(),
+            wal: s
+                .wal
+                .iter()
+                .filter(|(h, _)| *h == next)
+                .map(|(_, r)| r.clone())
+                .collect(),
+        };
+        let (d, step) =
+            ConsensusDriver::restore(self.dcfg[i].clone(), restored, EPOCH_MS + self.now)
+                .map_err(|e| format!("P{} failed to restore: {e}", i + 1))?;
+        self.nodes[i].driver = Some(d);
+        self.apply(i, step)?;
+        // The host keeps its own undecided batches and submits them again.
+        let last = s
+            .chain
+            .last_seq
+            .get(&PartyId(i as u32 + 1))
+            .copied()
+            .unwrap_or(0);
+        for b in s.own_batches.iter().filter(|b| b.body.seq > last) {
+            self.handle(i, Input::SubmitBatch(b.clone()))?;
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, i: usize) -> Result<(), Fail> {
+        let author = PartyId(i as u32 + 1);
+        self.nodes[i].next_seq += 1;
+        let seq = self.nodes[i].next_seq;
+        let ops = (0..self.cfg.ops_per_batch)
+            .map(|k| {
+                let mut op = vec![0u8; self.cfg.op_bytes];
+                op[..8].copy_from_slice(&seq.to_be_bytes());
+                op[8] = k as u8;
+                op
+            })
+            .collect();
+        let body = BatchBody {
+            cluster: cluster(),
+            author,
+            seq,
+            ops,
+        };
+        let signature = sign_as(author, &body.signing_bytes());
+        let b = SignedBatch { body, signature };
+        self.submitted.insert(b.id(), b.clone());
+        self.nodes[i].store.own_batches.push(b.clone());
+        self.handle(i, Input::SubmitBatch(b))
+    }
+
+    fn all_decided(&self) -> bool {
+        let total = self.submitted.len();
+        self.to_submit == 0
+            && (0..self.cfg.n).filter(|i| self.honest(*i)).all(|i| {
+                self.nodes[i].driver.is_some()
+                    && self.nodes[i]
+                        .decided
+                        .iter()
+                        .map(|d| {
+                            d.block
+                                .batches()
+                                .iter()
+                                .filter(|b| self.honest((b.body.author.0 - 1) as usize))
+                                .count()
+                        })
+                        .sum::<usize>()
+                        >= total
+            })
+    }
+}
+
+fn trace() -> bool {
+    static T: OnceLock<bool> = OnceLock::new();
+    *T.get_or_init(|| std::env::var("QUORATE_SIM_TRACE").is_ok())
+}
+
+fn summarize(m: &PeerMessage) -> String {
+    match m {
+        PeerMessage::Proposal(p) => format!(
+            "Proposal h={} r={} block={} pol={}",
+            p.proposal.height,
+            p.proposal.round,
+            p.proposal.block.hash(),
+            p.proposal.pol_round
+        ),
+        PeerMessage::Vote(v) => format!(
+            "{:?} h={} r={} {:?} by {}",
+            v.vote.step(),
+            v.vote.height,
+            v.vote.round,
+            v.vote.value_opt().map(|h| h.to_string()),
+            v.vote.voter
+        ),
+        PeerMessage::Polka(c) => format!("Polka h={} r={}", c.height, c.round),
+        PeerMessage::RoundCert(c) => {
+            format!("RoundCert h={} r={} skip={}", c.height, c.round, c.skip)
+        }
+        PeerMessage::Batch(b) => format!("Batch {}#{}", b.body.author, b.body.seq),
+        PeerMessage::Tip { height } => format!("Tip {height}"),
+        PeerMessage::BlockRequest { height } => format!("BlockRequest {height}"),
+        PeerMessage::BlockResponse { block, .. } => {
+            format!("BlockResponse {}", block.header().height)
+        }
+    }
+}
+
+/// Runs one simulation; `Err` describes the violated property.
+pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
+    let n = cfg.n;
+    let parties = party_set(n);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_5eed_5eed_5eed);
+    let dcfg: Vec<DriverConfig> = (0..n)
+        .map(|i| {
+            let mut c = DriverConfig::new(
+                cluster(),
+                Epoch(0),
+                PartyId(i as u32 + 1),
+                parties.clone(),
+                cfg.model,
+            );
+            c.max_block_bytes = 256 * 1024;
+            c
+        })
+        .collect();
+    let nodes = (0..n)
+        .map(|i| Node {
+            driver: None,
+            inc: 0,
+            store: Store::default(),
+            byz: cfg.byzantine.iter().find(|(b, _)| *b == i).map(|(_, k)| *k),
+            next_seq: 0,
+            decided: Vec::new(),
+        })
+        .collect();
+    let mut last_fault_end = 0;
+    if let Some((_, e, _)) = &cfg.partition {
+        last_fault_end = last_fault_end.max(*e);
+    }
+    if let Some((_, _, r)) = &cfg.crash {
+        last_fault_end = last_fault_end.max(*r);
+    }
+    let seed2 = rng.next_u64();
+    let mut sim = Sim {
+        rng: ChaCha8Rng::seed_from_u64(seed2),
+        cfg: cfg.clone(),
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        events: HashMap::new(),
+        next_ev: 0,
+        nodes,
+        parties,
+        dcfg,
+        submitted: HashMap::new(),
+        to_submit: cfg.batches,
+        agreed: BTreeMap::new(),
+        signed: HashMap::new(),
+        report: SimReport::default(),
+        last_fault_end,
+    };
+    for i in 0..n {
+        sim.restore(i)?;
+    }
+    let honest: Vec<usize> = (0..n).filter(|i| sim.honest(*i)).collect();
+    for _ in 0..cfg.batches {
+        let at = rng.random_range(0..3000);
+        let node = honest[rng.random_range(0..honest.len())];
+        sim.last_fault_end = sim.last_fault_end.max(at);
+        sim.push(at, Ev::Submit { node });
+    }
+    if let Some((p, at, back)) = cfg.crash {
+        sim.push(at, Ev::Crash { node: p });
+        sim.push(back, Ev::Restart { node: p });
+    }
+    let deadline = sim.last_fault_end + cfg.liveness_bound_ms;
+    while let Some(Reverse((at, _, id))) = sim.queue.pop() {
+        if at > deadline {
+            break;
+        }
+        sim.now = at;
+        let Some(ev) = sim.events.remove(&id) else {
+            continue;
+        };
+        match ev {
+            Ev::Deliver { to, from, bytes } => {
+                if trace() {
+                    let m = PeerMessage::decode(&bytes, usize::MAX)
+                        .map(|m| summarize(&m))
+                        .unwrap_or_else(|_| "garbage".into());
+                    eprintln!("{at:>7} P{}->P{} {m}", from + 1, to + 1);
+                }
+                if sim.nodes[to].driver.is_some() {
+                    sim.handle(
+                        to,
+                        Input::Peer {
+                            from: PartyId(from as u32 + 1),
+                            bytes,
+                        },
+                    )?;
+                }
+            }
+            Ev::Timer { node, inc, id } => {
+                if sim.nodes[node].inc == inc {
+                    sim.handle(node, Input::TimeoutFired(id))?;
+                }
+            }
+            Ev::Sign {
+                node,
+                inc,
+                request,
+                bytes,
+            } => {
+                if sim.nodes[node].inc == inc && sim.nodes[node].driver.is_some() {
+                    if sim.honest(node) {
+                        let sb: SignedBytes = postcard::from_bytes(&bytes).map_err(|e| {
+                            format!("P{} asked to sign non-consensus bytes: {e}", node + 1)
+                        })?;
+                        let key = (node, sb.height, sb.round, sb.step);
+                        let dg = Sha256Digest::of(&bytes);
+                        match sim.signed.get(&key) {
+                            Some(prev) if *prev != dg => {
+                                return Err(format!(
+                                    "P{} signed two different {:?} at height {} round {}",
+                                    node + 1,
+                                    sb.step,
+                                    sb.height,
+                                    sb.round
+                                ))
+                            }
+                            _ => {
+                                sim.signed.insert(key, dg);
+                            }
+                        }
+                        sim.report.signatures += 1;
+                    }
+                    let signature = sign_as(PartyId(node as u32 + 1), &bytes);
+                    sim.handle(node, Input::SignatureReady { request, signature })?;
+                }
+            }
+            Ev::Submit { node } => {
+                if sim.nodes[node].driver.is_some() {
+                    sim.to_submit -= 1;
+                    sim.submit(node)?;
+                } else {
+                    sim.push(at + 100, Ev::Submit { node });
+                }
+            }
+            Ev::Crash { node } => {
+                sim.nodes[node].driver = None;
+                sim.nodes[node].inc += 1;
+            }
+            Ev::Restart { node } => {
+                sim.restore(node)?;
+            }
+        }
+        if sim.now >= sim.last_fault_end && sim.all_decided() {
+            break;
+        }
+    }
+    if !sim.all_decided() {
+        let progress: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "P{}:{}{} [{}]",
+                    i + 1,
+                    sim.nodes[i].decided.len(),
+                    if sim.honest(i) { "" } else { "(byz)" },
+                    sim.nodes[i]
+                        .driver
+                        .as_ref()
+                        .map(|d| d.debug_summary())
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        return Err(format!(
+            "liveness violated: not every submitted batch was decided by every honest party within {} ms after the last fault (decided heights {})",
+            cfg.liveness_bound_ms,
+            progress.join(" ")
+        ));
+    }
+    sim.report.heights = (0..n)
+        .filter(|i| sim.honest(*i))
+        .map(|i| sim.nodes[i].decided.len() as u64)
+        .min()
+        .unwrap_or(0);
+    sim.report.verifications = sim
+        .nodes
+        .iter()
+        .filter_map(|x| x.driver.as_ref())
+        .map(|d| d.verifications())
+        .sum();
+    sim.report.sim_ms = sim.now;
+    Ok(sim.report)
+}
+
+/// Runs `seed`, turning a failure into a message with its reproduction command.
+pub fn run_seed(seed: u64) -> Result<SimReport, String> {
+    let cfg = SimConfig::from_seed(seed);
+    let desc = format!("{cfg:?}");
+    run(cfg).map_err(|e| {
+        format!(
+            "seed {seed} failed: {e}\n  config: {desc}\n  reproduce: {}",
+            repro(seed)
+        )
+    })
+}
