@@ -58,6 +58,11 @@ pub struct Enrollment {
     pub party_id: PartyId,
     /// Its TPM-resident vote key.
     pub vote_key: EnrolledKey,
+    /// Its TLS certificate (DER, hex): peers accept exactly this one.
+    pub tls_cert: String,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo, hex: the TLS key
+    /// hash bound into the party's attestation evidence.
+    pub tls_key_hash: String,
 }
 
 impl Enrollment {
@@ -260,6 +265,13 @@ async fn provision_with(
 
     let store = KeyStore::new(&opts.data_dir);
     store.save(&created.srk_name, &[&created.blob])?;
+    let tls = crate::net::tls::TlsIdentity::generate(opts.party_id)
+        .and_then(|t| t.save(&opts.data_dir).map(|_| t))
+        .map_err(|e| InitError::Enrollment { path: opts.data_dir.join(crate::net::tls::TLS_CERT_FILE), reason: e.to_string() })?;
+    let tls_key_hash = tls.key_hash().map_err(|e| InitError::Enrollment {
+        path: opts.data_dir.join(crate::net::tls::TLS_CERT_FILE),
+        reason: e.to_string(),
+    })?;
 
     let enrollment = Enrollment {
         format: ENROLLMENT_FORMAT,
@@ -269,6 +281,8 @@ async fn provision_with(
             name: hex::encode(&created.name),
             point: hex::encode(point.0),
         },
+        tls_cert: hex::encode(tls.cert_der()),
+        tls_key_hash: hex::encode(tls_key_hash.as_bytes()),
     };
     let path = opts.data_dir.join(ENROLLMENT_FILE);
     let mut json = serde_json::to_vec_pretty(&enrollment).map_err(|e| InitError::Enrollment {
@@ -338,6 +352,8 @@ mod tests {
                 name: "00".into(),
                 point: "00".into(),
             },
+            tls_cert: String::new(),
+            tls_key_hash: String::new(),
         };
         fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
         assert!(Enrollment::load(&p).is_err());

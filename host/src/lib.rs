@@ -10,6 +10,7 @@
 //! - [`store`]: the redb database of decided blocks, WAL, sign guard, outbox.
 
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod init;
 pub mod net;

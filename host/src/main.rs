@@ -36,6 +36,30 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run the coordinator daemon.
+    Run {
+        /// The party's configuration (party.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format: `text` or `json`.
+        #[arg(long, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Show a party's status: height, peers and their attestation, last decision.
+    Status {
+        /// The party's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,14 +80,18 @@ fn real_main() -> anyhow::Result<()> {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+none");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (default_level, json) = match &cli.command {
+        Command::Run { log_format, .. } => ("info", matches!(log_format, LogFormat::Json)),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,6 +126,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  key blobs      {} (0600)", report.keys_dir.display());
             if let Some(d) = &report.swtpm_dir {
                 println!("  swtpm state    {}", d.display());
+            }
+            Ok(())
+        }
+        Command::Run { config, .. } => {
+            let cfg = quorate_host::config::Config::load(&config)?;
+            let shutdown = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                }
+            };
+            quorate_host::daemon::run(cfg, shutdown, None).await
+        }
+        Command::Status { data_dir, json } => {
+            use quorate_host::daemon::status::StatusView;
+            let s = StatusView::read(&data_dir).with_context(|| {
+                format!(
+                    "no status in {} (has `quorate run` been started with this data dir?)",
+                    data_dir.display()
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", s.render());
+                if !s.daemon_alive() {
+                    println!("daemon     NOT RUNNING (pid {} has exited; this is its last status)", s.pid);
+                }
             }
             Ok(())
         }

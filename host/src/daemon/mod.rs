@@ -1,0 +1,775 @@
+//! `quorate run`: the coordinator daemon.
+//!
+//! One task owns the firmware (the consensus driver and the session
+//! machine) and runs the event loop; everything else talks to it through
+//! channels:
+//!
+//! ```text
+//!  peers (mTLS frames) ──┐                ┌── persist (redb), then:
+//!  timers ───────────────┤                ├── send / broadcast (PeerNet)
+//!  TPM signatures ───────┼─► event loop ──┼── sign requests (TPM owner thread)
+//!  signed batches ───────┤  (driver +     ├── timers
+//!  API commands ─────────┘   machine)     └── decided blocks → session machine
+//! ```
+//!
+//! The persistence contract of the driver is honoured literally: every
+//! `Step::persist` record is committed to redb (fsync) before any of the
+//! step's actions is carried out, so a vote never leaves before the WAL
+//! record that holds it, and the TPM is never asked to sign before the sign
+//! guard that allows it is durable.
+//!
+//! Operations accepted from the API go to a durable outbox first; a batch
+//! of them is assigned a sequence number (recorded durably) before the TPM
+//! signs it, so after a crash the same batch is signed and submitted again
+//! and nothing accepted is lost.
+
+pub mod status;
+
+use crate::config::Config;
+use crate::init::Enrollment;
+use crate::net::tls::TlsIdentity;
+use crate::net::{NetConfig, NetEvent, PeerNet, PeerSpec};
+use crate::store::Store;
+use crate::tpm::{Swtpm, TpmHandle, TpmTarget};
+use anyhow::{anyhow, bail, Context as _};
+use quorate_firmware::batch::SignedBatch;
+use quorate_firmware::consensus::{
+    Action, Block, ChainState, CommitCertificate, ConsensusDriver, DecidedBlock, DriverConfig,
+    DriverError, Input, Party, PartySet, Persist, Restored, SignRequestId, Step, TimerId,
+};
+use quorate_firmware::crypto::Signature;
+use quorate_firmware::sessions::machine::{BlockOutcome, MachineConfig};
+use quorate_firmware::sessions::ops::{batch_body, OpBody, OpId};
+use quorate_firmware::sessions::policy::{self, PolicyDecision};
+use quorate_firmware::sessions::{Operation, SessionMachine};
+use quorate_firmware::types::{Height, PartyId};
+use serde::{Deserialize, Serialize};
+use status::{PeerStatus, StatusView};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+/// How many decided blocks the driver keeps in memory to serve catch-up.
+const RECENT_BLOCKS: u64 = 1024;
+/// Largest batch of own operations, in encoded bytes.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Resubmit an undecided own batch after this long.
+const BATCH_RESUBMIT: Duration = Duration::from_secs(5);
+
+/// A request to the event loop.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Command {
+    /// Accept an operation authored by this party.
+    Submit {
+        /// What it does.
+        body: OpBody,
+        /// Answered with the receipt id once the operation is durable.
+        reply: oneshot::Sender<Result<Receipt, String>>,
+    },
+    /// Read something from the decided state.
+    Query {
+        /// The question.
+        query: Query,
+        /// The answer, as JSON.
+        reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
+}
+
+/// Read-only questions the API asks the event loop.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Query {
+    /// The daemon's status.
+    Status,
+    /// An operation by receipt id or operation id (hex).
+    Operation(String),
+}
+
+/// The answer to an accepted submission.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receipt {
+    /// The receipt id: stable, usable with `GET /v1/operations/{id}`.
+    pub id: String,
+}
+
+/// A handle for the API and the CLI to talk to a running daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl DaemonHandle {
+    /// Submits an operation; returns once it is durable in the outbox.
+    pub async fn submit(&self, body: OpBody) -> Result<Receipt, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit { body, reply })
+            .await
+            .map_err(|_| "the daemon is shutting down".to_string())?;
+        rx.await.map_err(|_| "the daemon is shutting down".to_string())?
+    }
+
+    /// Asks a read-only question.
+    pub async fn query(&self, query: Query) -> Option<serde_json::Value> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Query { query, reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+/// A batch of own operations between "sequence assigned" and "decided".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct InFlight {
+    seq: u64,
+    /// Outbox sequence numbers of its operations, in batch order.
+    outbox: Vec<u64>,
+    /// The encoded operations, in batch order (so the same body is re-signed
+    /// after a crash).
+    ops: Vec<Vec<u8>>,
+}
+
+/// Where an accepted operation ended up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct ReceiptRecord {
+    op: Option<OpId>,
+    height: Option<Height>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn enc<T: Serialize>(v: &T) -> anyhow::Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(|e| anyhow!("encoding failed: {e}"))
+}
+
+fn dec<'a, T: Deserialize<'a>>(what: &str, b: &'a [u8]) -> anyhow::Result<T> {
+    postcard::from_bytes(b).map_err(|e| anyhow!("stored {what} is corrupt: {e}"))
+}
+
+/// Loads every party's enrollment and builds the party set.
+pub fn party_set(cfg: &Config) -> anyhow::Result<(PartySet, BTreeMap<PartyId, Enrollment>)> {
+    let mut parties = Vec::new();
+    let mut enrollments = BTreeMap::new();
+    for (i, p) in cfg.file.cluster.parties.iter().enumerate() {
+        let e = Enrollment::load(&p.enrollment)
+            .with_context(|| format!("cluster.parties[{i}].enrollment"))?;
+        if e.party_id.0 != p.id {
+            bail!(
+                "cluster.parties[{i}].enrollment: {} is the enrollment of {}, not of party {}",
+                p.enrollment.display(),
+                e.party_id,
+                p.id
+            );
+        }
+        parties.push(Party { id: e.party_id, vote_key: e.vote_public_key()? });
+        enrollments.insert(e.party_id, e);
+    }
+    let set = PartySet::new(parties).map_err(|e| anyhow!("cluster.parties: {e}"))?;
+    Ok((set, enrollments))
+}
+
+/// Runs the daemon until `shutdown` resolves. Returns an error if it cannot
+/// start or must halt (the error says why).
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+    handle_out: Option<oneshot::Sender<DaemonHandle>>,
+) -> anyhow::Result<()> {
+    let data_dir = cfg.file.party.data_dir.clone();
+    let me = cfg.me;
+    info!(party = %me, cluster = %cfg.cluster_id.0, data_dir = %data_dir.display(), "starting");
+    let (parties, enrollments) = party_set(&cfg)?;
+    let own = enrollments.get(&me).ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
+    let store = Store::open(&data_dir, &format!("{me} of cluster {}", cfg.cluster_id.0))?;
+
+    // The TPM: a private swtpm (kept for the daemon's life) or a TCTI.
+    let swtpm = match &cfg.tpm {
+        TpmTarget::Spawn => Some(Swtpm::spawn(&data_dir.join(crate::init::SWTPM_DIR))?),
+        _ => None,
+    };
+    let tcti = match (&cfg.tpm, &swtpm) {
+        (_, Some(s)) => s.tcti(),
+        (TpmTarget::Tcti(t), None) => t.clone(),
+        _ => bail!("party.tpm: unsupported TPM target"),
+    };
+    let tpm = TpmHandle::open_party(&data_dir, &tcti).await?;
+    let key = tpm.vote_public_key().await?;
+    if key != own.vote_public_key()? {
+        bail!(
+            "the vote key loaded from {} is not the one in this party's enrollment; \
+             re-run `quorate init` or fix cluster.parties",
+            data_dir.display()
+        );
+    }
+
+    // Peers.
+    let identity = TlsIdentity::load(&data_dir)?;
+    let mut peers = Vec::new();
+    for p in &cfg.file.cluster.parties {
+        if p.id == me.0 {
+            continue;
+        }
+        let e = &enrollments[&PartyId(p.id)];
+        let cert = hex::decode(&e.tls_cert)
+            .map_err(|err| anyhow!("{}: tls_cert is not hex: {err}", p.enrollment.display()))?;
+        peers.push(PeerSpec { party: PartyId(p.id), addr: p.address.clone(), cert_der: cert });
+    }
+    let mut net_cfg = NetConfig::new(me, cfg.listen, peers);
+    net_cfg.max_frame = (cfg.file.cluster.max_block_bytes as usize).saturating_mul(2) + 64 * 1024;
+    let (net, net_rx) = PeerNet::start(net_cfg, identity).await?;
+    info!(listen = %net.local_addr(), "listening for peers");
+
+    let mut dcfg = DriverConfig::new(
+        cfg.cluster_id,
+        cfg.epoch(),
+        me,
+        parties.clone(),
+        cfg.file.cluster.fault_model,
+    );
+    dcfg.max_block_bytes = cfg.file.cluster.max_block_bytes as usize;
+    let mcfg = MachineConfig {
+        cluster: cfg.cluster_id,
+        fault_model: cfg.file.cluster.fault_model,
+        members: parties.parties().iter().map(|p| (p.id, p.vote_key)).collect(),
+        rules: cfg.file.cluster.sessions,
+    };
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let handle = DaemonHandle { tx: cmd_tx };
+    let mut rt = Runtime::start(cfg, store, tpm.clone(), net.clone(), dcfg, mcfg)?;
+    if let Some(out) = handle_out {
+        let _ = out.send(handle);
+    }
+    let result = rt.event_loop(net_rx, cmd_rx, shutdown).await;
+    info!("stopping");
+    net.shutdown();
+    if let Err(e) = tpm.close().await {
+        warn!(error = %e, "closing the TPM failed");
+    }
+    drop(swtpm); // TPM2_Shutdown and stop, for a spawned swtpm
+    result
+}
+
+struct Runtime {
+    cfg: Config,
+    me: PartyId,
+    store: Store,
+    tpm: TpmHandle,
+    net: PeerNet,
+    driver: ConsensusDriver,
+    machine: SessionMachine,
+    timers: BTreeMap<TimerId, Instant>,
+    sign_tx: mpsc::UnboundedSender<(SignRequestId, Vec<u8>, Result<Signature, String>)>,
+    sign_rx: mpsc::UnboundedReceiver<(SignRequestId, Vec<u8>, Result<Signature, String>)>,
+    batch_tx: mpsc::UnboundedSender<(u64, Result<SignedBatch, String>)>,
+    batch_rx: mpsc::UnboundedReceiver<(u64, Result<SignedBatch, String>)>,
+    in_flight: Option<InFlight>,
+    /// The signed in-flight batch and when it was last submitted.
+    in_flight_signed: Option<(SignedBatch, Instant)>,
+    /// A TPM signature over the in-flight batch is under way.
+    signing_batch: bool,
+    /// Verdict targets already queued in the outbox or in flight.
+    verdicts_queued: HashSet<OpId>,
+    peers_up: BTreeSet<PartyId>,
+    last: Option<status::LastDecision>,
+    status_dirty: bool,
+}
+
+impl Runtime {
+    fn start(
+        cfg: Config,
+        store: Store,
+        tpm: TpmHandle,
+        net: PeerNet,
+        dcfg: DriverConfig,
+        mcfg: MachineConfig,
+    ) -> anyhow::Result<Runtime> {
+        let me = cfg.me;
+        // Restore what the driver told us to persist.
+        let chain: ChainState = match store.meta("chain")? {
+            Some(b) => dec("chain state", &b)?,
+            None => ChainState::default(),
+        };
+        let tip = store.tip()?;
+        if tip != chain.height.0 {
+            bail!("the store's last block is {tip} but its chain state is at {}", chain.height.0);
+        }
+        let from = tip.saturating_sub(RECENT_BLOCKS - 1).max(1);
+        let mut recent = Vec::new();
+        for sb in store.decided_range(from, RECENT_BLOCKS as usize)? {
+            recent.push(DecidedBlock {
+                block: Block::from_bytes(&sb.block)
+                    .map_err(|e| anyhow!("stored block {} is corrupt: {e}", sb.height))?,
+                certificate: dec("certificate", &sb.cert)?,
+            });
+        }
+        let sign_guard = match store.guard()? {
+            Some(b) => dec("sign guard", &b)?,
+            None => Default::default(),
+        };
+        let mut wal = Vec::new();
+        for e in store.wal_entries(tip + 1)? {
+            wal.push(dec("WAL record", &e)?);
+        }
+        info!(height = tip, wal = wal.len(), "restoring consensus state");
+        let (driver, first) = ConsensusDriver::restore(
+            dcfg,
+            Restored { chain, recent, sign_guard, wal },
+            now_ms(),
+        )?;
+
+        // Rebuild the session state by replaying every decided block.
+        let machine = SessionMachine::new(mcfg).map_err(|e| anyhow!("cluster: {e}"))?;
+        let in_flight: Option<InFlight> = match store.meta("in_flight")? {
+            Some(b) => Some(dec("in-flight batch", &b)?),
+            None => None,
+        };
+        let (sign_tx, sign_rx) = mpsc::unbounded_channel();
+        let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+        let mut rt = Runtime {
+            cfg,
+            me,
+            store,
+            tpm,
+            net,
+            driver,
+            machine,
+            timers: BTreeMap::new(),
+            sign_tx,
+            sign_rx,
+            batch_tx,
+            batch_rx,
+            in_flight,
+            in_flight_signed: None,
+            signing_batch: false,
+            verdicts_queued: HashSet::new(),
+            peers_up: BTreeSet::new(),
+            last: None,
+            status_dirty: true,
+        };
+        let mut h = 1;
+        while h <= tip {
+            for sb in rt.store.decided_range(h, 256)? {
+                let block = Block::from_bytes(&sb.block)
+                    .map_err(|e| anyhow!("stored block {} is corrupt: {e}", sb.height))?;
+                rt.apply(&block, true)?;
+                h = sb.height + 1;
+            }
+        }
+        // Verdict targets already queued (the outbox survives restarts).
+        for (_, bytes) in rt.store.outbox()? {
+            if let Ok(Operation { body: OpBody::Verdict(v), .. }) = Operation::decode(&bytes) {
+                rt.verdicts_queued.insert(v.target);
+            }
+        }
+        rt.post_verdicts()?;
+        rt.execute(first)?;
+        info!(height = tip, state_root = %rt.machine.state_root(), "state restored");
+        Ok(rt)
+    }
+
+    async fn event_loop(
+        &mut self,
+        mut net_rx: mpsc::Receiver<NetEvent>,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = Instant::now() - Duration::from_secs(10);
+        loop {
+            let next_timer = self.timers.values().min().copied();
+            let timer = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(ev) = net_rx.recv() => match ev {
+                    NetEvent::Frame(from, bytes) => self.input(Input::Peer { from, bytes })?,
+                    NetEvent::Up(p) => { self.peers_up.insert(p); self.status_dirty = true; }
+                    NetEvent::Down(p, why) => {
+                        debug!(peer = %p, reason = %why, "peer down");
+                        self.peers_up.remove(&p);
+                        self.status_dirty = true;
+                    }
+                },
+                Some((req, bytes, res)) = self.sign_rx.recv() => match res {
+                    Ok(signature) => self.input(Input::SignatureReady { request: req, signature })?,
+                    Err(e) => {
+                        warn!(error = %e, "TPM signing failed; retrying in 1 s");
+                        self.spawn_sign(req, bytes, Duration::from_secs(1));
+                    }
+                },
+                Some((seq, res)) = self.batch_rx.recv() => self.batch_signed(seq, res)?,
+                Some(cmd) = cmd_rx.recv() => self.command(cmd)?,
+                _ = timer => {
+                    let now = Instant::now();
+                    let due: Vec<TimerId> = self.timers.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+                    for id in due {
+                        self.timers.remove(&id);
+                        self.input(Input::TimeoutFired(id))?;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.input(Input::Tick)?;
+                    self.maybe_batch()?;
+                    if self.status_dirty || last_status.elapsed() > Duration::from_secs(2) {
+                        self.write_status();
+                        last_status = Instant::now();
+                    }
+                }
+            }
+        }
+        self.write_status();
+        Ok(())
+    }
+
+    fn input(&mut self, input: Input) -> anyhow::Result<()> {
+        let peer = match &input {
+            Input::Peer { from, .. } => Some(*from),
+            _ => None,
+        };
+        match self.driver.handle(now_ms(), input) {
+            Ok(step) => self.execute(step),
+            Err(DriverError::Halted(why)) => {
+                error!(reason = %why, "consensus halted");
+                Err(anyhow!("consensus halted: {why}"))
+            }
+            Err(DriverError::Corrupt(why)) => Err(anyhow!("persisted consensus state is corrupt: {why}")),
+            Err(e) => {
+                // A peer's bad frame (or a refused local input): drop it, stay up.
+                debug!(peer = ?peer, error = %e, "input refused");
+                Ok(())
+            }
+        }
+    }
+
+    /// Carries out a step: persist everything durably, then act.
+    fn execute(&mut self, step: Step) -> anyhow::Result<()> {
+        for p in &step.persist {
+            match p {
+                Persist::WalAppend { height, record } => self.store.wal_append(height.0, &enc(record)?)?,
+                Persist::WalReset { height } => self.store.wal_reset(height.0)?,
+                Persist::SignGuard(g) => self.store.put_guard(&enc(g)?)?,
+                Persist::Decided { decided, chain } => self.store.put_decided(
+                    decided.block.header().height.0,
+                    &decided.block.to_bytes(),
+                    &enc(&decided.certificate)?,
+                    &enc(chain)?,
+                )?,
+            }
+        }
+        for a in step.actions {
+            match a {
+                Action::Send { to, bytes } => {
+                    self.net.send(to, Arc::from(bytes));
+                }
+                Action::Broadcast { bytes } => {
+                    self.net.broadcast(Arc::from(bytes));
+                }
+                Action::ScheduleTimeout { id, after_ms } => {
+                    self.timers.insert(id, Instant::now() + Duration::from_millis(after_ms));
+                }
+                Action::CancelTimeout { id } => {
+                    self.timers.remove(&id);
+                }
+                Action::Sign { request, bytes } => self.spawn_sign(request, bytes, Duration::ZERO),
+                Action::Decided(d) => {
+                    self.decided(&d.block, &d.certificate)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_sign(&self, request: SignRequestId, bytes: Vec<u8>, delay: Duration) {
+        let tpm = self.tpm.clone();
+        let tx = self.sign_tx.clone();
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let res = tpm.sign(bytes.clone()).await.map_err(|e| e.to_string());
+            let _ = tx.send((request, bytes, res));
+        });
+    }
+
+    fn decided(&mut self, block: &Block, cert: &CommitCertificate) -> anyhow::Result<()> {
+        let outcome = self.apply(block, false)?;
+        let h = block.header();
+        self.last = Some(status::LastDecision {
+            height: h.height.0,
+            time_ms: h.time_ms,
+            block_hash: hex::encode(block.hash().0.as_bytes()),
+            operations: outcome.ops.len(),
+            signers: cert.signatures.len(),
+        });
+        self.status_dirty = true;
+        info!(height = h.height.0, ops = outcome.ops.len(), root = %outcome.state_root, "decided");
+        self.post_verdicts()
+    }
+
+    /// Applies a decided block to the session machine and resolves our own
+    /// batches in it. `replay` is true while rebuilding state at start.
+    fn apply(&mut self, block: &Block, replay: bool) -> anyhow::Result<BlockOutcome> {
+        let h = block.header();
+        let outcome = self
+            .machine
+            .apply_block(h.height, h.time_ms, block.batches())
+            .map_err(|e| anyhow!("applying block {}: {e}", h.height.0))?;
+        for b in block.batches() {
+            if b.body.author != self.me {
+                continue;
+            }
+            let Some(fl) = self.in_flight.clone() else { continue };
+            if b.body.seq < fl.seq {
+                continue;
+            }
+            // Our in-flight batch (or, after a crash, the same sequence
+            // number) is decided: record where its operations went.
+            for (i, ob) in fl.outbox.iter().enumerate() {
+                let op = OpId::derive(&self.cfg.cluster_id, h.height, self.me, b.body.seq, i as u32);
+                let rec = ReceiptRecord { op: Some(op), height: Some(h.height) };
+                self.store.set_meta(&format!("receipt/{ob}"), &enc(&rec)?)?;
+                self.store.set_meta(&format!("op/{}", hex::encode(op.0.as_bytes())), &ob.to_be_bytes())?;
+            }
+            self.store.outbox_remove(&fl.outbox)?;
+            self.store.set_meta("in_flight", &[])?;
+            self.in_flight = None;
+            self.in_flight_signed = None;
+            if !replay {
+                debug!(seq = b.body.seq, ops = fl.outbox.len(), "own batch decided");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Queues this party's verdict on every operation awaiting it.
+    fn post_verdicts(&mut self) -> anyhow::Result<()> {
+        let policy = self.cfg.file.party.local_policy.clone();
+        for target in self.machine.awaiting_verdict_from(self.me) {
+            if self.verdicts_queued.contains(&target) {
+                continue;
+            }
+            match policy::evaluate(&policy, self.me, &self.machine, target, None) {
+                PolicyDecision::Post(op) => {
+                    self.store.outbox_push(&op.encode())?;
+                    self.verdicts_queued.insert(target);
+                }
+                PolicyDecision::Manual { target } => {
+                    debug!(op = %hex::encode(target.0.as_bytes()), "awaiting the operator's verdict");
+                }
+                PolicyDecision::VerifyAttestation { .. } | PolicyDecision::Nothing => {}
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts signing a batch of outbox operations if none is in flight, or
+    /// resubmits the in-flight one if it has not been decided for a while.
+    fn maybe_batch(&mut self) -> anyhow::Result<()> {
+        if let Some((batch, at)) = &self.in_flight_signed {
+            if at.elapsed() > BATCH_RESUBMIT {
+                let batch = batch.clone();
+                self.in_flight_signed = Some((batch.clone(), Instant::now()));
+                self.input(Input::SubmitBatch(batch))?;
+            }
+            return Ok(());
+        }
+        if let Some(fl) = &self.in_flight {
+            if fl.seq > 0 && self.in_flight_signed.is_none() && !self.signing_batch {
+                // After a restart: sign the recorded batch again.
+                let fl = fl.clone();
+                self.sign_batch(fl);
+            }
+            return Ok(());
+        }
+        let outbox = self.store.outbox()?;
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let mut fl = InFlight { seq: 0, outbox: Vec::new(), ops: Vec::new() };
+        let mut size = 0;
+        for (seq, bytes) in outbox {
+            if size + bytes.len() > MAX_BATCH_BYTES && !fl.ops.is_empty() {
+                break;
+            }
+            size += bytes.len();
+            fl.outbox.push(seq);
+            fl.ops.push(bytes);
+        }
+        let last = self.machine.last_seq(self.me).unwrap_or(0);
+        let used: u64 = match self.store.meta("last_batch_seq")? {
+            Some(b) => u64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
+            None => 0,
+        };
+        fl.seq = last.max(used) + 1;
+        // Durable before the TPM signs: after a crash the same batch is redone.
+        self.store.set_meta("last_batch_seq", &fl.seq.to_be_bytes())?;
+        self.store.set_meta("in_flight", &enc(&fl)?)?;
+        self.in_flight = Some(fl.clone());
+        self.sign_batch(fl);
+        Ok(())
+    }
+
+    fn sign_batch(&mut self, fl: InFlight) {
+        self.signing_batch = true;
+        let body = quorate_firmware::batch::BatchBody {
+            cluster: self.cfg.cluster_id,
+            author: self.me,
+            seq: fl.seq,
+            ops: fl.ops.clone(),
+        };
+        let tpm = self.tpm.clone();
+        let tx = self.batch_tx.clone();
+        tokio::spawn(async move {
+            let res = tpm
+                .sign(body.signing_bytes())
+                .await
+                .map(|signature| SignedBatch { body, signature })
+                .map_err(|e| e.to_string());
+            let _ = tx.send((fl.seq, res));
+        });
+    }
+
+    fn batch_signed(&mut self, seq: u64, res: Result<SignedBatch, String>) -> anyhow::Result<()> {
+        self.signing_batch = false;
+        match (res, &self.in_flight) {
+            (Ok(batch), Some(fl)) if fl.seq == seq => {
+                self.in_flight_signed = Some((batch.clone(), Instant::now()));
+                self.input(Input::SubmitBatch(batch))
+            }
+            (Ok(_), _) => Ok(()), // decided meanwhile (a resubmission's twin)
+            (Err(e), _) => {
+                warn!(error = %e, "signing a batch failed; will retry");
+                Ok(())
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> anyhow::Result<()> {
+        match cmd {
+            Command::Submit { body, reply } => {
+                let op = Operation { author: self.me, body };
+                let res = self
+                    .store
+                    .outbox_push(&op.encode())
+                    .map(|seq| Receipt { id: format!("r{}-{seq}", self.me.0) })
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(res);
+            }
+            Command::Query { query, reply } => {
+                let _ = reply.send(self.query(query));
+            }
+        }
+        Ok(())
+    }
+
+    fn query(&self, q: Query) -> Option<serde_json::Value> {
+        match q {
+            Query::Status => serde_json::to_value(self.status()).ok(),
+            Query::Operation(id) => self.operation_view(&id),
+        }
+    }
+
+    fn operation_view(&self, id: &str) -> Option<serde_json::Value> {
+        let op = if let Some(rest) = id.strip_prefix(&format!("r{}-", self.me.0)) {
+            let seq: u64 = rest.parse().ok()?;
+            match self.store.meta(&format!("receipt/{seq}")).ok()? {
+                Some(b) => postcard::from_bytes::<ReceiptRecord>(&b).ok()?.op?,
+                None => {
+                    // Accepted, not yet decided (still in the outbox).
+                    let queued = self.store.outbox().ok()?.iter().any(|(s, _)| *s == seq);
+                    return queued.then(|| {
+                        serde_json::json!({"id": id, "status": "pending", "decided": false, "verdicts": []})
+                    });
+                }
+            }
+        } else {
+            let bytes: [u8; 32] = hex::decode(id).ok()?.try_into().ok()?;
+            OpId(quorate_firmware::types::Sha256Digest(bytes))
+        };
+        let rec = self.machine.operation(&op)?;
+        let verdicts: Vec<serde_json::Value> = rec
+            .verdicts
+            .iter()
+            .map(|(p, d)| {
+                let (approve, reason) = match d {
+                    quorate_firmware::sessions::ops::Decision::Approve => (true, serde_json::Value::Null),
+                    quorate_firmware::sessions::ops::Decision::Reject(r) => {
+                        (false, serde_json::to_value(r).unwrap_or_default())
+                    }
+                    _ => (false, serde_json::Value::Null),
+                };
+                serde_json::json!({"party": p.0, "approve": approve, "reason": reason})
+            })
+            .collect();
+        let status = match &rec.status {
+            quorate_firmware::sessions::machine::OpStatus::Executed => "executed",
+            quorate_firmware::sessions::machine::OpStatus::Pending => "pending",
+            _ => "rejected",
+        };
+        Some(serde_json::json!({
+            "id": id,
+            "op_id": hex::encode(op.0.as_bytes()),
+            "status": status,
+            "decided": true,
+            "record": serde_json::to_value(rec).unwrap_or_default(),
+            "verdicts": verdicts,
+        }))
+    }
+
+    fn status(&self) -> StatusView {
+        let peers = self
+            .cfg
+            .file
+            .cluster
+            .parties
+            .iter()
+            .filter(|p| p.id != self.me.0)
+            .map(|p| PeerStatus {
+                party: p.id,
+                address: p.address.clone(),
+                connected: self.peers_up.contains(&PartyId(p.id)),
+                attested: false,
+                attestation: "not checked: peer admission by attestation is not built yet".into(),
+            })
+            .collect::<Vec<_>>();
+        StatusView {
+            party: self.me.0,
+            cluster: self.cfg.cluster_id.0.to_string(),
+            height: self.driver.chain().height.0,
+            state_root: self.machine.state_root().to_string(),
+            peers_connected: peers.iter().filter(|p| p.connected).count(),
+            peers_attested: peers.iter().filter(|p| p.attested).count(),
+            peers,
+            last_decision: self.last.clone(),
+            outbox: self.store.outbox().map(|o| o.len()).unwrap_or(0),
+            pid: std::process::id(),
+            updated_ms: now_ms(),
+        }
+    }
+
+    fn write_status(&mut self) {
+        self.status_dirty = false;
+        let s = self.status();
+        let path = self.cfg.file.party.data_dir.join(status::STATUS_FILE);
+        match serde_json::to_vec_pretty(&s) {
+            Ok(b) => {
+                if let Err(e) = crate::fsutil::write_atomic(&path, &b) {
+                    warn!(error = %e, path = %path.display(), "cannot write status");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot encode status"),
+        }
+    }
+}
