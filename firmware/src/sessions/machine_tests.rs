@@ -92,6 +92,8 @@ impl Net {
         for m in &self.machines {
             assert_eq!(m.state_root(), root);
         }
+        // The incrementally maintained root equals one computed from scratch.
+        assert_eq!(self.m().full_state_root(), root, "incremental root drifted");
         first
     }
 
