@@ -1157,7 +1157,7 @@ impl SessionMachine {
         }
         for (i, bytes) in batch.body.ops.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
-            let id = OpId::derive(&self.config.cluster, cx.height, author, seq, index);
+            let id = OpId::derive(&self.config.cluster, cx.height, bi, author, seq, index);
             let position = OpPosition {
                 height: cx.height,
                 time_ms: cx.time_ms,

@@ -169,11 +169,14 @@ pub const OP_ID_DOMAIN: &[u8] = b"quorate/op-id/v1";
 pub const SESSION_ID_DOMAIN: &[u8] = b"quorate/session-id/v1";
 
 impl OpId {
-    /// The id of the operation at `index` of the batch `(author, seq)`
-    /// decided at `height` in `cluster`.
+    /// The id of the operation at `index` of the batch `(author, seq)`,
+    /// the `batch`-th of the block decided at `height` in `cluster`. The
+    /// position (height, batch, index) alone is unique; author and seq bind
+    /// the id to the batch that carried it.
     pub fn derive(
         cluster: &ClusterId,
         height: Height,
+        batch: u32,
         author: PartyId,
         seq: u64,
         index: u32,
@@ -182,6 +185,7 @@ impl OpId {
             OP_ID_DOMAIN,
             cluster.0.as_bytes(),
             &height.0.to_be_bytes(),
+            &batch.to_be_bytes(),
             &author.0.to_be_bytes(),
             &seq.to_be_bytes(),
             &index.to_be_bytes(),
@@ -896,11 +900,12 @@ mod tests {
     #[test]
     fn ids_are_derived_and_distinct() {
         let c = ClusterId(Sha256Digest::of(b"c"));
-        let a = OpId::derive(&c, Height(1), PartyId(1), 1, 0);
-        assert_ne!(a, OpId::derive(&c, Height(1), PartyId(1), 1, 1));
-        assert_ne!(a, OpId::derive(&c, Height(2), PartyId(1), 1, 0));
-        assert_ne!(a, OpId::derive(&c, Height(1), PartyId(2), 1, 0));
-        assert_ne!(a, OpId::derive(&c, Height(1), PartyId(1), 2, 0));
+        let a = OpId::derive(&c, Height(1), 0, PartyId(1), 1, 0);
+        assert_ne!(a, OpId::derive(&c, Height(1), 0, PartyId(1), 1, 1));
+        assert_ne!(a, OpId::derive(&c, Height(2), 0, PartyId(1), 1, 0));
+        assert_ne!(a, OpId::derive(&c, Height(1), 1, PartyId(1), 1, 0));
+        assert_ne!(a, OpId::derive(&c, Height(1), 0, PartyId(2), 1, 0));
+        assert_ne!(a, OpId::derive(&c, Height(1), 0, PartyId(1), 2, 0));
         assert_ne!(SessionId::from_op(&a).0, a.0);
         assert_eq!(
             KeyId::of_session(&SessionId::from_op(&a)).session(),
