@@ -1009,22 +1009,27 @@ impl SessionMachine {
         &self,
         recs: impl Iterator<Item = &'a OpRecord>,
     ) -> Vec<(usize, Sha256Digest)> {
-        recs.map(|r| {
-            (
-                usize::try_from(r.position.ordinal).unwrap_or(usize::MAX),
-                leaf(r),
-            )
-        })
-        .collect()
+        let mut v: Vec<(usize, Sha256Digest)> = recs
+            .map(|r| {
+                (
+                    usize::try_from(r.position.ordinal).unwrap_or(usize::MAX),
+                    leaf(r),
+                )
+            })
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        v
     }
 
     fn session_leaves<'a>(
         &self,
         sessions: impl Iterator<Item = &'a Session>,
     ) -> Vec<(usize, Sha256Digest)> {
-        sessions
+        let mut v: Vec<(usize, Sha256Digest)> = sessions
             .map(|s| (usize::try_from(s.index).unwrap_or(usize::MAX), leaf(s)))
-            .collect()
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        v
     }
 
     fn combine(&self, ops: &MerkleTree, sessions: &MerkleTree) -> Sha256Digest {
@@ -1064,16 +1069,13 @@ impl SessionMachine {
     fn flush_root(&mut self) {
         let dirty_ops = std::mem::take(&mut self.dirty_ops);
         let changes = self.op_leaves(dirty_ops.iter().filter_map(|id| self.state.ops.get(id)));
-        let mut changes = changes;
-        changes.sort_unstable_by_key(|(i, _)| *i);
         self.ops_tree.update(changes);
         let dirty_sessions = std::mem::take(&mut self.dirty_sessions);
-        let mut changes = self.session_leaves(
+        let changes = self.session_leaves(
             dirty_sessions
                 .iter()
                 .filter_map(|id| self.state.sessions.get(id)),
         );
-        changes.sort_unstable_by_key(|(i, _)| *i);
         self.sessions_tree.update(changes);
         self.root = self.combine(&self.ops_tree, &self.sessions_tree);
     }

@@ -897,6 +897,39 @@ mod tests {
         );
     }
 
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = Operation::decode(&bytes);
+                let mut v = vec![OP_FORMAT_VERSION];
+                v.extend_from_slice(&bytes);
+                if let Ok(op) = Operation::decode(&v) {
+                    // Whatever decodes is canonical: it re-encodes to the same bytes.
+                    prop_assert_eq!(op.encode(), v);
+                }
+            }
+
+            #[test]
+            fn mutated_encodings_decode_canonically_or_not_at_all(
+                at in 0usize..64, xor in 1u8..=255, cut in proptest::option::of(0usize..64)
+            ) {
+                let mut v = keygen_op().encode();
+                let n = v.len();
+                v[at % n] ^= xor;
+                if let Some(c) = cut {
+                    v.truncate(c % n);
+                }
+                if let Ok(op) = Operation::decode(&v) {
+                    prop_assert_eq!(op.encode(), v);
+                }
+            }
+        }
+    }
+
     #[test]
     fn ids_are_derived_and_distinct() {
         let c = ClusterId(Sha256Digest::of(b"c"));

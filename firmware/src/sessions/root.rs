@@ -42,8 +42,11 @@ impl MerkleTree {
         self.levels.first().map_or(0, Vec::len)
     }
 
-    /// Sets the given leaves (growing the tree with zero leaves if an index
-    /// is past the end) and rehashes their ancestors only.
+    /// Sets the given leaves and rehashes their ancestors only. Each change
+    /// replaces an existing leaf or appends one right after the last (give
+    /// new leaves in ascending order); one that would leave a gap is ignored (a
+    /// well-formed state has none, and ignoring it keeps a corrupt snapshot
+    /// from forcing a huge allocation; its root simply differs).
     pub(crate) fn update(&mut self, changes: impl IntoIterator<Item = (usize, Sha256Digest)>) {
         if self.levels.is_empty() {
             self.levels.push(Vec::new());
@@ -51,10 +54,10 @@ impl MerkleTree {
         let mut dirty = BTreeSet::new();
         if let Some(leaves) = self.levels.first_mut() {
             for (i, h) in changes {
-                if i >= leaves.len() {
-                    leaves.resize(i.saturating_add(1), Sha256Digest::default());
-                }
-                if let Some(slot) = leaves.get_mut(i) {
+                if i == leaves.len() {
+                    leaves.push(h);
+                    dirty.insert(i);
+                } else if let Some(slot) = leaves.get_mut(i) {
                     *slot = h;
                     dirty.insert(i);
                 }
