@@ -22,6 +22,7 @@ use super::ops::{
     SessionId, SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp,
     MAX_SCHEME_BYTES, MAX_TEXT_BYTES,
 };
+use super::root::{leaf, MerkleTree};
 use crate::batch::SignedBatch;
 use crate::crypto::PublicKey;
 use crate::types::{ClusterId, FaultModel, Height, PartyId, Sha256Digest};
@@ -559,6 +560,8 @@ pub struct StoredMessage {
 pub struct Session {
     /// Its id (derived from the creating operation).
     pub id: SessionId,
+    /// Its position among all sessions, in decided order (from 0).
+    pub index: u64,
     /// The creating operation.
     pub create_op: OpId,
     /// Who asked for it.
@@ -867,6 +870,31 @@ pub struct SessionMachine {
     config: MachineConfig,
     config_digest: Sha256Digest,
     state: State,
+    /// Merkle tree over operation records, by ordinal.
+    ops_tree: MerkleTree,
+    /// Merkle tree over sessions, by index.
+    sessions_tree: MerkleTree,
+    /// Records changed since the root was last computed.
+    dirty_ops: BTreeSet<OpId>,
+    /// Sessions changed since the root was last computed.
+    dirty_sessions: BTreeSet<SessionId>,
+    /// The state root after the last applied block.
+    root: Sha256Digest,
+}
+
+/// The small part of the state, hashed whole into the root.
+#[derive(Serialize)]
+struct Header<'a> {
+    height: Height,
+    time_ms: u64,
+    op_count: u64,
+    last_seq: &'a BTreeMap<PartyId, u64>,
+    pending: &'a BTreeSet<OpId>,
+    open_sessions: &'a BTreeSet<SessionId>,
+    // `keys` is left out: each group key is a function of its completed
+    // key-generation session, which the sessions tree commits to.
+    misbehaviour: &'a [ProvenMisbehaviour],
+    attestation: &'a BTreeMap<PartyId, AttestationStanding>,
 }
 
 /// How an accepted operation took effect.
@@ -920,11 +948,18 @@ impl SessionMachine {
     /// A machine at genesis.
     pub fn new(config: MachineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(SessionMachine {
+        let mut m = SessionMachine {
             config_digest: config.digest(),
             config,
             state: State::default(),
-        })
+            ops_tree: MerkleTree::default(),
+            sessions_tree: MerkleTree::default(),
+            dirty_ops: BTreeSet::new(),
+            dirty_sessions: BTreeSet::new(),
+            root: Sha256Digest::default(),
+        };
+        m.rebuild_root();
+        Ok(m)
     }
 
     /// A machine restored from [`SessionMachine::encode_state`] bytes.
@@ -932,6 +967,7 @@ impl SessionMachine {
         let mut m = SessionMachine::new(config)?;
         m.state =
             postcard::from_bytes(state).map_err(|e| RestoreError::Malformed(e.to_string()))?;
+        m.rebuild_root();
         Ok(m)
     }
 
@@ -950,15 +986,98 @@ impl SessionMachine {
         postcard::to_stdvec(&self.state).unwrap_or_default()
     }
 
-    /// The state root: SHA-256 over a domain tag, the configuration's digest
-    /// and the state's canonical encoding. Equal roots mean equal state
-    /// under equal rules.
+    /// The state root after the last applied block: SHA-256 over a domain
+    /// tag, the configuration's digest, the digest of the state's header and
+    /// the roots of the Merkle trees over operation records and sessions (see
+    /// the `root` module). Equal roots mean equal state under equal rules.
     pub fn state_root(&self) -> Sha256Digest {
+        self.root
+    }
+
+    /// The state root computed from scratch over the whole state, without
+    /// the incremental trees: what an auditor recomputes from a snapshot.
+    /// Always equal to [`SessionMachine::state_root`].
+    pub fn full_state_root(&self) -> Sha256Digest {
+        let mut ops = MerkleTree::default();
+        ops.update(self.op_leaves(self.state.ops.values()));
+        let mut sessions = MerkleTree::default();
+        sessions.update(self.session_leaves(self.state.sessions.values()));
+        self.combine(&ops, &sessions)
+    }
+
+    fn op_leaves<'a>(
+        &self,
+        recs: impl Iterator<Item = &'a OpRecord>,
+    ) -> Vec<(usize, Sha256Digest)> {
+        let mut v: Vec<(usize, Sha256Digest)> = recs
+            .map(|r| {
+                (
+                    usize::try_from(r.position.ordinal).unwrap_or(usize::MAX),
+                    leaf(r),
+                )
+            })
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        v
+    }
+
+    fn session_leaves<'a>(
+        &self,
+        sessions: impl Iterator<Item = &'a Session>,
+    ) -> Vec<(usize, Sha256Digest)> {
+        let mut v: Vec<(usize, Sha256Digest)> = sessions
+            .map(|s| (usize::try_from(s.index).unwrap_or(usize::MAX), leaf(s)))
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        v
+    }
+
+    fn combine(&self, ops: &MerkleTree, sessions: &MerkleTree) -> Sha256Digest {
+        let st = &self.state;
+        let header = Header {
+            height: st.height,
+            time_ms: st.time_ms,
+            op_count: st.op_count,
+            last_seq: &st.last_seq,
+            pending: &st.pending,
+            open_sessions: &st.open_sessions,
+            misbehaviour: &st.misbehaviour,
+            attestation: &st.attestation,
+        };
         Sha256Digest::of_parts(&[
             STATE_ROOT_DOMAIN,
             self.config_digest.as_bytes(),
-            &self.encode_state(),
+            leaf(&header).as_bytes(),
+            ops.root().as_bytes(),
+            sessions.root().as_bytes(),
         ])
+    }
+
+    fn rebuild_root(&mut self) {
+        self.ops_tree = MerkleTree::default();
+        self.ops_tree
+            .update(self.op_leaves(self.state.ops.values()));
+        self.sessions_tree = MerkleTree::default();
+        self.sessions_tree
+            .update(self.session_leaves(self.state.sessions.values()));
+        self.dirty_ops.clear();
+        self.dirty_sessions.clear();
+        self.root = self.combine(&self.ops_tree, &self.sessions_tree);
+    }
+
+    /// Rehashes what the block changed and recomputes the root.
+    fn flush_root(&mut self) {
+        let dirty_ops = std::mem::take(&mut self.dirty_ops);
+        let changes = self.op_leaves(dirty_ops.iter().filter_map(|id| self.state.ops.get(id)));
+        self.ops_tree.update(changes);
+        let dirty_sessions = std::mem::take(&mut self.dirty_sessions);
+        let changes = self.session_leaves(
+            dirty_sessions
+                .iter()
+                .filter_map(|id| self.state.sessions.get(id)),
+        );
+        self.sessions_tree.update(changes);
+        self.root = self.combine(&self.ops_tree, &self.sessions_tree);
     }
 
     /// Applies one decided block. `time_ms` is the block's consensus time.
@@ -999,6 +1118,7 @@ impl SessionMachine {
             );
         }
         self.advance_rounds(&mut cx);
+        self.flush_root();
         Ok(BlockOutcome {
             height,
             time_ms,
@@ -1039,7 +1159,7 @@ impl SessionMachine {
         }
         for (i, bytes) in batch.body.ops.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
-            let id = OpId::derive(&self.config.cluster, cx.height, author, seq, index);
+            let id = OpId::derive(&self.config.cluster, cx.height, bi, author, seq, index);
             let position = OpPosition {
                 height: cx.height,
                 time_ms: cx.time_ms,
@@ -1069,6 +1189,7 @@ impl SessionMachine {
                         height: cx.height,
                         reasons: vec![RejectReason::Rule(v)],
                     };
+                    self.dirty_ops.insert(id);
                     self.state.ops.insert(
                         id,
                         OpRecord {
@@ -1095,6 +1216,7 @@ impl SessionMachine {
                     };
                     // Recorded before it is applied, so that approval logic
                     // finds the record.
+                    self.dirty_ops.insert(id);
                     self.state.ops.insert(
                         id,
                         OpRecord {
@@ -1109,6 +1231,7 @@ impl SessionMachine {
                         },
                     );
                     let result = self.apply_op(cx, id, author, op.body);
+                    self.dirty_ops.insert(id);
                     let status = match self.state.ops.get_mut(&id) {
                         Some(rec) => {
                             match result {
@@ -1248,10 +1371,12 @@ impl SessionMachine {
         let deadline_ms = cx.time_ms.saturating_add(ms(c.session.deadline_secs()));
         let policy = rules.approval.for_session(c.session.kind());
         let voters: BTreeSet<PartyId> = self.config.members.keys().copied().collect();
+        self.dirty_sessions.insert(sid);
         self.state.sessions.insert(
             sid,
             Session {
                 id: sid,
+                index: u64::try_from(self.state.sessions.len()).unwrap_or(u64::MAX),
                 create_op: id,
                 initiator: author,
                 spec: c.session,
@@ -1280,6 +1405,7 @@ impl SessionMachine {
         deadline_ms: u64,
     ) {
         let needed = super::approval::needed(policy, self.config.fault_model, voters.len());
+        self.dirty_ops.insert(id);
         if let Some(rec) = self.state.ops.get_mut(&id) {
             cx.events.push(Event::AwaitingVerdicts {
                 op: id,
@@ -1308,6 +1434,7 @@ impl SessionMachine {
         if let Decision::Reject(r) = &v.decision {
             check_text(r)?;
         }
+        self.dirty_ops.insert(v.target);
         let rec = self
             .state
             .ops
@@ -1388,6 +1515,7 @@ impl SessionMachine {
                     self.reject_pending(cx, id, vec![RejectReason::Rule(v)]);
                     return;
                 }
+                self.dirty_sessions.insert(sid);
                 if let Some(s) = self.state.sessions.get_mut(&sid) {
                     s.phase = Phase::Active {
                         round: 1,
@@ -1405,6 +1533,7 @@ impl SessionMachine {
             _ => {}
         }
         self.state.pending.remove(&id);
+        self.dirty_ops.insert(id);
         if let Some(rec) = self.state.ops.get_mut(&id) {
             rec.status = OpStatus::Executed { height: cx.height };
         }
@@ -1412,6 +1541,7 @@ impl SessionMachine {
     }
 
     fn reject_pending(&mut self, cx: &mut BlockCtx, id: OpId, reasons: Vec<RejectReason>) {
+        self.dirty_ops.insert(id);
         let Some(rec) = self.state.ops.get_mut(&id) else {
             return;
         };
@@ -1424,6 +1554,7 @@ impl SessionMachine {
         match kind {
             OpKind::CreateKeygen | OpKind::CreateSigning => {
                 let sid = SessionId::from_op(&id);
+                self.dirty_sessions.insert(sid);
                 if let Some(s) = self.state.sessions.get_mut(&sid) {
                     if s.phase == Phase::AwaitingApproval {
                         s.phase = Phase::NotApproved { height: cx.height };
@@ -1502,6 +1633,7 @@ impl SessionMachine {
         if s.has_message(round, author, m.to) {
             return Err(RuleViolation::DuplicateMessage);
         }
+        self.dirty_sessions.insert(m.session);
         if let Some(s) = self.state.sessions.get_mut(&m.session) {
             s.messages.push(StoredMessage {
                 op: id,
@@ -1544,6 +1676,7 @@ impl SessionMachine {
             return Err(RuleViolation::DuplicateResult(author));
         }
         let sid = r.session;
+        self.dirty_sessions.insert(sid);
         let Some(s) = self.state.sessions.get_mut(&sid) else {
             return Err(RuleViolation::UnknownSession(sid));
         };
@@ -1582,6 +1715,7 @@ impl SessionMachine {
                     };
                     self.state.keys.insert(key.id, key);
                 }
+                self.dirty_sessions.insert(sid);
                 if let Some(s) = self.state.sessions.get_mut(&sid) {
                     s.phase = Phase::Completed {
                         result: result.clone(),
@@ -1612,6 +1746,7 @@ impl SessionMachine {
         omission_suspects: Vec<PartyId>,
         proven_misbehaviour: Vec<PartyId>,
     ) {
+        self.dirty_sessions.insert(sid);
         let Some(s) = self.state.sessions.get_mut(&sid) else {
             return;
         };
@@ -1963,6 +2098,7 @@ impl SessionMachine {
                 continue;
             };
             if s.participants.iter().all(|p| s.round_done_by(*p, round)) {
+                self.dirty_sessions.insert(sid);
                 let next = round.saturating_add(1);
                 s.phase = Phase::Active {
                     round: next,

@@ -92,6 +92,8 @@ impl Net {
         for m in &self.machines {
             assert_eq!(m.state_root(), root);
         }
+        // The incrementally maintained root equals one computed from scratch.
+        assert_eq!(self.m().full_state_root(), root, "incremental root drifted");
         first
     }
 
@@ -743,7 +745,10 @@ fn a_session_id_derives_from_the_decided_operation() {
     let out = net.block(vec![b]);
     let h = net.m().height();
     for (i, o) in out.ops.iter().enumerate() {
-        assert_eq!(o.op, OpId::derive(&net.c.id, h, PartyId(1), seq, i as u32));
+        assert_eq!(
+            o.op,
+            OpId::derive(&net.c.id, h, 0, PartyId(1), seq, i as u32)
+        );
         assert!(net.m().session(&SessionId::from_op(&o.op)).is_some());
     }
     assert_ne!(
@@ -927,6 +932,38 @@ fn garbage_and_replays_are_rejected_not_fatal() {
 }
 
 #[test]
+fn a_batch_twice_in_one_block_applies_once_and_overwrites_nothing() {
+    let mut net = Net::new(3);
+    let b = net.batch(1, vec![keygen(&[1, 2, 3], 2)]);
+    let twin = net.c.batch(
+        1,
+        b.body.seq,
+        vec![Operation {
+            author: PartyId(1),
+            body: keygen(&[1, 2, 3], 1),
+        }
+        .encode()],
+    );
+    let out = net.block(vec![b.clone(), b, twin]);
+    assert_eq!(out.ops[0].status, OpStatus::Pending);
+    assert!(matches!(
+        rule(&out.ops[1].status),
+        RuleViolation::Replayed { .. }
+    ));
+    assert!(matches!(
+        rule(&out.ops[2].status),
+        RuleViolation::Replayed { .. }
+    ));
+    let ids: BTreeSet<OpId> = out.ops.iter().map(|o| o.op).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        net.m().operation(&out.ops[0].op).unwrap().status,
+        OpStatus::Pending
+    );
+    assert_eq!(net.m().sessions().count(), 1);
+}
+
+#[test]
 fn blocks_out_of_order_are_refused_and_change_nothing() {
     let mut net = Net::new(3);
     net.block(vec![]);
@@ -1086,6 +1123,8 @@ mod prop {
             author: u32,
             session: usize,
         },
+        /// The block carries its first batch twice.
+        Duplicate,
         /// Everyone does the next step an honest run of a session needs.
         Drive {
             session: usize,
@@ -1115,6 +1154,7 @@ mod prop {
             1 => p.clone().prop_map(|author| Action::Attest { author }),
             1 => (p.clone(), proptest::collection::vec(any::<u8>(), 0..12))
                 .prop_map(|(author, bytes)| Action::Garbage { author, bytes }),
+            1 => Just(Action::Duplicate),
             1 => (0usize..8).prop_map(|batch| Action::Replay { batch }),
             1 => (p, 0usize..4).prop_map(|(author, session)| Action::Equivocate { author, session }),
         ]
@@ -1286,6 +1326,7 @@ mod prop {
                         }
                     }
                 }
+                Action::Duplicate => {}
                 Action::Garbage { author, bytes } => raw.push(net.raw(author, vec![bytes])),
                 Action::Replay { batch } => {
                     if let Some(b) = pick(history, batch) {
@@ -1325,6 +1366,11 @@ mod prop {
         for (author, bodies) in out {
             let b = net.batch(author, bodies);
             batches.push(b);
+        }
+        if actions.iter().any(|a| matches!(a, Action::Duplicate)) {
+            if let Some(first) = batches.first().cloned() {
+                batches.push(first);
+            }
         }
         batches
     }

@@ -24,6 +24,7 @@ pub mod machine;
 pub mod ops;
 pub mod policy;
 pub mod query;
+mod root;
 
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -169,11 +169,14 @@ pub const OP_ID_DOMAIN: &[u8] = b"quorate/op-id/v1";
 pub const SESSION_ID_DOMAIN: &[u8] = b"quorate/session-id/v1";
 
 impl OpId {
-    /// The id of the operation at `index` of the batch `(author, seq)`
-    /// decided at `height` in `cluster`.
+    /// The id of the operation at `index` of the batch `(author, seq)`,
+    /// the `batch`-th of the block decided at `height` in `cluster`. The
+    /// position (height, batch, index) alone is unique; author and seq bind
+    /// the id to the batch that carried it.
     pub fn derive(
         cluster: &ClusterId,
         height: Height,
+        batch: u32,
         author: PartyId,
         seq: u64,
         index: u32,
@@ -182,6 +185,7 @@ impl OpId {
             OP_ID_DOMAIN,
             cluster.0.as_bytes(),
             &height.0.to_be_bytes(),
+            &batch.to_be_bytes(),
             &author.0.to_be_bytes(),
             &seq.to_be_bytes(),
             &index.to_be_bytes(),
@@ -893,14 +897,48 @@ mod tests {
         );
     }
 
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = Operation::decode(&bytes);
+                let mut v = vec![OP_FORMAT_VERSION];
+                v.extend_from_slice(&bytes);
+                if let Ok(op) = Operation::decode(&v) {
+                    // Whatever decodes is canonical: it re-encodes to the same bytes.
+                    prop_assert_eq!(op.encode(), v);
+                }
+            }
+
+            #[test]
+            fn mutated_encodings_decode_canonically_or_not_at_all(
+                at in 0usize..64, xor in 1u8..=255, cut in proptest::option::of(0usize..64)
+            ) {
+                let mut v = keygen_op().encode();
+                let n = v.len();
+                v[at % n] ^= xor;
+                if let Some(c) = cut {
+                    v.truncate(c % n);
+                }
+                if let Ok(op) = Operation::decode(&v) {
+                    prop_assert_eq!(op.encode(), v);
+                }
+            }
+        }
+    }
+
     #[test]
     fn ids_are_derived_and_distinct() {
         let c = ClusterId(Sha256Digest::of(b"c"));
-        let a = OpId::derive(&c, Height(1), PartyId(1), 1, 0);
-        assert_ne!(a, OpId::derive(&c, Height(1), PartyId(1), 1, 1));
-        assert_ne!(a, OpId::derive(&c, Height(2), PartyId(1), 1, 0));
-        assert_ne!(a, OpId::derive(&c, Height(1), PartyId(2), 1, 0));
-        assert_ne!(a, OpId::derive(&c, Height(1), PartyId(1), 2, 0));
+        let a = OpId::derive(&c, Height(1), 0, PartyId(1), 1, 0);
+        assert_ne!(a, OpId::derive(&c, Height(1), 0, PartyId(1), 1, 1));
+        assert_ne!(a, OpId::derive(&c, Height(2), 0, PartyId(1), 1, 0));
+        assert_ne!(a, OpId::derive(&c, Height(1), 1, PartyId(1), 1, 0));
+        assert_ne!(a, OpId::derive(&c, Height(1), 0, PartyId(2), 1, 0));
+        assert_ne!(a, OpId::derive(&c, Height(1), 0, PartyId(1), 2, 0));
         assert_ne!(SessionId::from_op(&a).0, a.0);
         assert_eq!(
             KeyId::of_session(&SessionId::from_op(&a)).session(),

@@ -425,6 +425,66 @@ mod tests {
         );
     }
 
+    /// Each party's host runs its policy on what awaits its verdict and
+    /// posts the verdicts in the next block, as the daemon will.
+    fn drive_verdicts(net: &mut Net, policies: &[LocalPolicy]) {
+        let mut batches = Vec::new();
+        for (i, policy) in policies.iter().enumerate() {
+            let me = PartyId(i as u32 + 1);
+            let ops: Vec<OpBody> = net
+                .m()
+                .awaiting_verdict_from(me)
+                .into_iter()
+                .filter_map(|t| match evaluate(policy, me, net.m(), t, None) {
+                    PolicyDecision::Post(op) => Some(op.body),
+                    _ => None,
+                })
+                .collect();
+            if !ops.is_empty() {
+                batches.push(net.batch(me.0, ops));
+            }
+        }
+        net.block(batches);
+    }
+
+    #[test]
+    fn hosts_running_their_policies_approve_or_reject_with_the_reason() {
+        let mut net = Net::new(3);
+        let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        drive_verdicts(
+            &mut net,
+            &[
+                LocalPolicy::default(),
+                LocalPolicy::default(),
+                LocalPolicy::default(),
+            ],
+        );
+        assert!(matches!(
+            net.m().operation(&op).unwrap().status,
+            OpStatus::Executed { .. }
+        ));
+        assert_eq!(net.m().last_seq(PartyId(3)), Some(1));
+
+        let strict = LocalPolicy {
+            allowed_schemes: Some(vec!["frost-ed25519".into()]),
+            ..LocalPolicy::default()
+        };
+        let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+        drive_verdicts(
+            &mut net,
+            &[LocalPolicy::default(), LocalPolicy::default(), strict],
+        );
+        let rec = net.m().operation(&op).unwrap();
+        let OpStatus::Rejected { reasons, .. } = &rec.status else {
+            panic!("not rejected: {:?}", rec.status);
+        };
+        assert!(matches!(
+            &reasons[..],
+            [crate::sessions::machine::RejectReason::Verdict { party: PartyId(3), reason }]
+                if reason.code == ReasonCode::SchemeNotAllowed
+        ));
+    }
+
     #[test]
     fn config_shape_is_strict() {
         let p: LocalPolicy = serde_json::from_str(

@@ -118,6 +118,13 @@ impl SessionMachine {
         v.into_iter().map(|r| r.id).collect()
     }
 
+    /// The last decided batch seq of `party` (a proposer should not include
+    /// a batch of that party with a seq at or below it: it would be rejected
+    /// as a replay).
+    pub fn last_seq(&self, party: PartyId) -> Option<u64> {
+        self.state().last_seq.get(&party).copied()
+    }
+
     /// Proven misbehaviour, in decided order.
     pub fn misbehaviour(&self) -> &[ProvenMisbehaviour] {
         &self.state().misbehaviour
