@@ -267,7 +267,10 @@ async fn provision_with(
     store.save(&created.srk_name, &[&created.blob])?;
     let tls = crate::net::tls::TlsIdentity::generate(opts.party_id)
         .and_then(|t| t.save(&opts.data_dir).map(|_| t))
-        .map_err(|e| InitError::Enrollment { path: opts.data_dir.join(crate::net::tls::TLS_CERT_FILE), reason: e.to_string() })?;
+        .map_err(|e| InitError::Enrollment {
+            path: opts.data_dir.join(crate::net::tls::TLS_CERT_FILE),
+            reason: e.to_string(),
+        })?;
     let tls_key_hash = tls.key_hash().map_err(|e| InitError::Enrollment {
         path: opts.data_dir.join(crate::net::tls::TLS_CERT_FILE),
         reason: e.to_string(),

@@ -9,6 +9,7 @@
 //! - [`net`]: peer transport, mutual TLS pinned to enrollment bundles.
 //! - [`store`]: the redb database of decided blocks, WAL, sign guard, outbox.
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

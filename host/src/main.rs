@@ -88,9 +88,20 @@ fn real_main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        {
+            use std::io::IsTerminal;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init();
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,7 +143,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, .. } => {
             let cfg = quorate_host::config::Config::load(&config)?;
             let shutdown = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
@@ -153,7 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", s.render());
                 if !s.daemon_alive() {
-                    println!("daemon     NOT RUNNING (pid {} has exited; this is its last status)", s.pid);
+                    println!(
+                        "daemon     NOT RUNNING (pid {} has exited; this is its last status)",
+                        s.pid
+                    );
                 }
             }
             Ok(())

@@ -302,9 +302,20 @@ impl Store {
     /// Records an accepted operation durably and returns its local sequence number.
     pub fn outbox_push(&self, op: &[u8]) -> Result<u64, StoreError> {
         self.write(|tx| {
-            let mut t = tx.open_table(OUTBOX)?;
-            let next = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-            t.insert(next, op)?;
+            // A counter that never goes back, so a sequence number (and the
+            // receipt id made from it) is never reused, even once the
+            // outbox has drained.
+            let mut meta = tx.open_table(META)?;
+            let next = meta
+                .get("outbox_next")?
+                .and_then(|v| v.value().try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(1);
+            meta.insert(
+                "outbox_next",
+                next.saturating_add(1).to_be_bytes().as_slice(),
+            )?;
+            tx.open_table(OUTBOX)?.insert(next, op)?;
             Ok(next)
         })
     }
@@ -402,12 +413,14 @@ mod tests {
             s.put_guard(b"guard-1").unwrap();
             assert_eq!(s.outbox_push(b"op-a").unwrap(), 1);
             assert_eq!(s.outbox_push(b"op-b").unwrap(), 2);
-            s.outbox_remove(&[1]).unwrap();
+            s.outbox_remove(&[1, 2]).unwrap();
+            // Sequence numbers are never reused once the outbox drains.
+            assert_eq!(s.outbox_push(b"op-b").unwrap(), 3);
             s.put_decided(1, b"b1", b"c1", b"chain").unwrap();
         }
         let s = Store::open(dir.path(), "party 1").unwrap();
         assert_eq!(s.guard().unwrap(), Some(b"guard-1".to_vec()));
-        assert_eq!(s.outbox().unwrap(), vec![(2, b"op-b".to_vec())]);
+        assert_eq!(s.outbox().unwrap(), vec![(3, b"op-b".to_vec())]);
         assert_eq!(s.tip().unwrap(), 1);
         drop(s);
         let err = Store::open(dir.path(), "party 2").unwrap_err();

@@ -39,7 +39,7 @@ use quorate_firmware::consensus::{
 };
 use quorate_firmware::crypto::Signature;
 use quorate_firmware::sessions::machine::{BlockOutcome, MachineConfig};
-use quorate_firmware::sessions::ops::{batch_body, OpBody, OpId};
+use quorate_firmware::sessions::ops::{OpBody, OpId};
 use quorate_firmware::sessions::policy::{self, PolicyDecision};
 use quorate_firmware::sessions::{Operation, SessionMachine};
 use quorate_firmware::types::{Height, PartyId};
@@ -109,7 +109,8 @@ impl DaemonHandle {
             .send(Command::Submit { body, reply })
             .await
             .map_err(|_| "the daemon is shutting down".to_string())?;
-        rx.await.map_err(|_| "the daemon is shutting down".to_string())?
+        rx.await
+            .map_err(|_| "the daemon is shutting down".to_string())?
     }
 
     /// Asks a read-only question.
@@ -139,7 +140,10 @@ struct ReceiptRecord {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn enc<T: Serialize>(v: &T) -> anyhow::Result<Vec<u8>> {
@@ -165,7 +169,10 @@ pub fn party_set(cfg: &Config) -> anyhow::Result<(PartySet, BTreeMap<PartyId, En
                 p.id
             );
         }
-        parties.push(Party { id: e.party_id, vote_key: e.vote_public_key()? });
+        parties.push(Party {
+            id: e.party_id,
+            vote_key: e.vote_public_key()?,
+        });
         enrollments.insert(e.party_id, e);
     }
     let set = PartySet::new(parties).map_err(|e| anyhow!("cluster.parties: {e}"))?;
@@ -183,7 +190,9 @@ pub async fn run(
     let me = cfg.me;
     info!(party = %me, cluster = %cfg.cluster_id.0, data_dir = %data_dir.display(), "starting");
     let (parties, enrollments) = party_set(&cfg)?;
-    let own = enrollments.get(&me).ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
+    let own = enrollments
+        .get(&me)
+        .ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
     let store = Store::open(&data_dir, &format!("{me} of cluster {}", cfg.cluster_id.0))?;
 
     // The TPM: a private swtpm (kept for the daemon's life) or a TCTI.
@@ -213,10 +222,16 @@ pub async fn run(
         if p.id == me.0 {
             continue;
         }
-        let e = &enrollments[&PartyId(p.id)];
+        let e = enrollments
+            .get(&PartyId(p.id))
+            .ok_or_else(|| anyhow!("cluster.parties: party {} has no enrollment", p.id))?;
         let cert = hex::decode(&e.tls_cert)
             .map_err(|err| anyhow!("{}: tls_cert is not hex: {err}", p.enrollment.display()))?;
-        peers.push(PeerSpec { party: PartyId(p.id), addr: p.address.clone(), cert_der: cert });
+        peers.push(PeerSpec {
+            party: PartyId(p.id),
+            addr: p.address.clone(),
+            cert_der: cert,
+        });
     }
     let mut net_cfg = NetConfig::new(me, cfg.listen, peers);
     net_cfg.max_frame = (cfg.file.cluster.max_block_bytes as usize).saturating_mul(2) + 64 * 1024;
@@ -234,18 +249,31 @@ pub async fn run(
     let mcfg = MachineConfig {
         cluster: cfg.cluster_id,
         fault_model: cfg.file.cluster.fault_model,
-        members: parties.parties().iter().map(|p| (p.id, p.vote_key)).collect(),
+        members: parties
+            .parties()
+            .iter()
+            .map(|p| (p.id, p.vote_key))
+            .collect(),
         rules: cfg.file.cluster.sessions,
     };
 
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let handle = DaemonHandle { tx: cmd_tx };
+    let api_addr = cfg.file.party.api_listen;
     let mut rt = Runtime::start(cfg, store, tpm.clone(), net.clone(), dcfg, mcfg)?;
+    let token = crate::api::load_or_create_token(&data_dir)
+        .with_context(|| format!("{}", data_dir.join(crate::api::TOKEN_FILE).display()))?;
+    let api_listener = crate::api::bind(api_addr)
+        .await
+        .with_context(|| format!("party.api_listen: cannot listen on {api_addr}"))?;
+    info!(api = %api_addr, "API listening");
+    let api = tokio::spawn(crate::api::serve(api_listener, handle.clone(), token));
     if let Some(out) = handle_out {
         let _ = out.send(handle);
     }
     let result = rt.event_loop(net_rx, cmd_rx, shutdown).await;
     info!("stopping");
+    api.abort();
     net.shutdown();
     if let Err(e) = tpm.close().await {
         warn!(error = %e, "closing the TPM failed");
@@ -296,7 +324,10 @@ impl Runtime {
         };
         let tip = store.tip()?;
         if tip != chain.height.0 {
-            bail!("the store's last block is {tip} but its chain state is at {}", chain.height.0);
+            bail!(
+                "the store's last block is {tip} but its chain state is at {}",
+                chain.height.0
+            );
         }
         let from = tip.saturating_sub(RECENT_BLOCKS - 1).max(1);
         let mut recent = Vec::new();
@@ -318,15 +349,21 @@ impl Runtime {
         info!(height = tip, wal = wal.len(), "restoring consensus state");
         let (driver, first) = ConsensusDriver::restore(
             dcfg,
-            Restored { chain, recent, sign_guard, wal },
+            Restored {
+                chain,
+                recent,
+                sign_guard,
+                wal,
+            },
             now_ms(),
         )?;
 
         // Rebuild the session state by replaying every decided block.
         let machine = SessionMachine::new(mcfg).map_err(|e| anyhow!("cluster: {e}"))?;
+        // An empty value means "none in flight" (cleared when decided).
         let in_flight: Option<InFlight> = match store.meta("in_flight")? {
-            Some(b) => Some(dec("in-flight batch", &b)?),
-            None => None,
+            Some(b) if !b.is_empty() => Some(dec("in-flight batch", &b)?),
+            _ => None,
         };
         let (sign_tx, sign_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
@@ -362,7 +399,11 @@ impl Runtime {
         }
         // Verdict targets already queued (the outbox survives restarts).
         for (_, bytes) in rt.store.outbox()? {
-            if let Ok(Operation { body: OpBody::Verdict(v), .. }) = Operation::decode(&bytes) {
+            if let Ok(Operation {
+                body: OpBody::Verdict(v),
+                ..
+            }) = Operation::decode(&bytes)
+            {
                 rt.verdicts_queued.insert(v.target);
             }
         }
@@ -443,7 +484,9 @@ impl Runtime {
                 error!(reason = %why, "consensus halted");
                 Err(anyhow!("consensus halted: {why}"))
             }
-            Err(DriverError::Corrupt(why)) => Err(anyhow!("persisted consensus state is corrupt: {why}")),
+            Err(DriverError::Corrupt(why)) => {
+                Err(anyhow!("persisted consensus state is corrupt: {why}"))
+            }
             Err(e) => {
                 // A peer's bad frame (or a refused local input): drop it, stay up.
                 debug!(peer = ?peer, error = %e, "input refused");
@@ -456,7 +499,9 @@ impl Runtime {
     fn execute(&mut self, step: Step) -> anyhow::Result<()> {
         for p in &step.persist {
             match p {
-                Persist::WalAppend { height, record } => self.store.wal_append(height.0, &enc(record)?)?,
+                Persist::WalAppend { height, record } => {
+                    self.store.wal_append(height.0, &enc(record)?)?
+                }
                 Persist::WalReset { height } => self.store.wal_reset(height.0)?,
                 Persist::SignGuard(g) => self.store.put_guard(&enc(g)?)?,
                 Persist::Decided { decided, chain } => self.store.put_decided(
@@ -476,7 +521,8 @@ impl Runtime {
                     self.net.broadcast(Arc::from(bytes));
                 }
                 Action::ScheduleTimeout { id, after_ms } => {
-                    self.timers.insert(id, Instant::now() + Duration::from_millis(after_ms));
+                    self.timers
+                        .insert(id, Instant::now() + Duration::from_millis(after_ms));
                 }
                 Action::CancelTimeout { id } => {
                     self.timers.remove(&id);
@@ -525,21 +571,36 @@ impl Runtime {
             .machine
             .apply_block(h.height, h.time_ms, block.batches())
             .map_err(|e| anyhow!("applying block {}: {e}", h.height.0))?;
-        for b in block.batches() {
+        for (bi, b) in block.batches().iter().enumerate() {
             if b.body.author != self.me {
                 continue;
             }
-            let Some(fl) = self.in_flight.clone() else { continue };
+            let Some(fl) = self.in_flight.clone() else {
+                continue;
+            };
             if b.body.seq < fl.seq {
                 continue;
             }
             // Our in-flight batch (or, after a crash, the same sequence
             // number) is decided: record where its operations went.
             for (i, ob) in fl.outbox.iter().enumerate() {
-                let op = OpId::derive(&self.cfg.cluster_id, h.height, self.me, b.body.seq, i as u32);
-                let rec = ReceiptRecord { op: Some(op), height: Some(h.height) };
+                let op = OpId::derive(
+                    &self.cfg.cluster_id,
+                    h.height,
+                    bi as u32,
+                    self.me,
+                    b.body.seq,
+                    i as u32,
+                );
+                let rec = ReceiptRecord {
+                    op: Some(op),
+                    height: Some(h.height),
+                };
                 self.store.set_meta(&format!("receipt/{ob}"), &enc(&rec)?)?;
-                self.store.set_meta(&format!("op/{}", hex::encode(op.0.as_bytes())), &ob.to_be_bytes())?;
+                self.store.set_meta(
+                    &format!("op/{}", hex::encode(op.0.as_bytes())),
+                    &ob.to_be_bytes(),
+                )?;
             }
             self.store.outbox_remove(&fl.outbox)?;
             self.store.set_meta("in_flight", &[])?;
@@ -568,7 +629,6 @@ impl Runtime {
                     debug!(op = %hex::encode(target.0.as_bytes()), "awaiting the operator's verdict");
                 }
                 PolicyDecision::VerifyAttestation { .. } | PolicyDecision::Nothing => {}
-                _ => {}
             }
         }
         Ok(())
@@ -597,7 +657,11 @@ impl Runtime {
         if outbox.is_empty() {
             return Ok(());
         }
-        let mut fl = InFlight { seq: 0, outbox: Vec::new(), ops: Vec::new() };
+        let mut fl = InFlight {
+            seq: 0,
+            outbox: Vec::new(),
+            ops: Vec::new(),
+        };
         let mut size = 0;
         for (seq, bytes) in outbox {
             if size + bytes.len() > MAX_BATCH_BYTES && !fl.ops.is_empty() {
@@ -614,7 +678,8 @@ impl Runtime {
         };
         fl.seq = last.max(used) + 1;
         // Durable before the TPM signs: after a crash the same batch is redone.
-        self.store.set_meta("last_batch_seq", &fl.seq.to_be_bytes())?;
+        self.store
+            .set_meta("last_batch_seq", &fl.seq.to_be_bytes())?;
         self.store.set_meta("in_flight", &enc(&fl)?)?;
         self.in_flight = Some(fl.clone());
         self.sign_batch(fl);
@@ -659,11 +724,16 @@ impl Runtime {
     fn command(&mut self, cmd: Command) -> anyhow::Result<()> {
         match cmd {
             Command::Submit { body, reply } => {
-                let op = Operation { author: self.me, body };
+                let op = Operation {
+                    author: self.me,
+                    body,
+                };
                 let res = self
                     .store
                     .outbox_push(&op.encode())
-                    .map(|seq| Receipt { id: format!("r{}-{seq}", self.me.0) })
+                    .map(|seq| Receipt {
+                        id: format!("r{}-{seq}", self.me.0),
+                    })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(res);
             }
@@ -704,17 +774,18 @@ impl Runtime {
             .iter()
             .map(|(p, d)| {
                 let (approve, reason) = match d {
-                    quorate_firmware::sessions::ops::Decision::Approve => (true, serde_json::Value::Null),
+                    quorate_firmware::sessions::ops::Decision::Approve => {
+                        (true, serde_json::Value::Null)
+                    }
                     quorate_firmware::sessions::ops::Decision::Reject(r) => {
                         (false, serde_json::to_value(r).unwrap_or_default())
                     }
-                    _ => (false, serde_json::Value::Null),
                 };
                 serde_json::json!({"party": p.0, "approve": approve, "reason": reason})
             })
             .collect();
         let status = match &rec.status {
-            quorate_firmware::sessions::machine::OpStatus::Executed => "executed",
+            quorate_firmware::sessions::machine::OpStatus::Executed { .. } => "executed",
             quorate_firmware::sessions::machine::OpStatus::Pending => "pending",
             _ => "rejected",
         };

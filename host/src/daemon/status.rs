@@ -72,7 +72,8 @@ impl StatusView {
     /// Reads the snapshot from a data dir.
     pub fn read(data_dir: &Path) -> std::io::Result<StatusView> {
         let b = std::fs::read(data_dir.join(STATUS_FILE))?;
-        serde_json::from_slice(&b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        serde_json::from_slice(&b)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// Whether the process that wrote it is still alive.
@@ -96,7 +97,10 @@ impl StatusView {
             )),
             None => out.push_str("last block none since start\n"),
         }
-        out.push_str(&format!("peers      {} connected, {} attested\n", self.peers_connected, self.peers_attested));
+        out.push_str(&format!(
+            "peers      {} connected, {} attested\n",
+            self.peers_connected, self.peers_attested
+        ));
         for p in &self.peers {
             out.push_str(&format!(
                 "  P{:<3} {:<22} {:<12} {}\n",
