@@ -10,6 +10,7 @@
 //! - [`store`]: the redb database of decided blocks, WAL, sign guard, outbox.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

@@ -1,0 +1,294 @@
+//! A local cluster of real `quorate` daemons for system tests: each party
+//! provisioned with `quorate init --tpm spawn` (its own swtpm), its own
+//! config, data dir and free ports, in one temporary directory that is
+//! removed — processes and swtpm instances included — when the cluster is
+//! dropped, also when a test fails.
+
+use anyhow::{anyhow, bail, Context as _};
+use quorate_host::client::Client;
+use quorate_host::daemon::status::StatusView;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `quorate` binary: `$QUORATE_BIN`, or `quorate` beside the test
+/// executable's profile directory (cargo builds it for `cargo test --workspace`).
+pub fn quorate_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("QUORATE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/quorate
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let bin = profile_dir.join("quorate");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run `cargo build -p quorate-host --bin quorate` (or `cargo test --workspace`) first, or set QUORATE_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A loopback address on a free port.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// One party of a test cluster.
+#[derive(Debug)]
+pub struct TestParty {
+    /// Its id.
+    pub id: u32,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Its party.toml.
+    pub config: PathBuf,
+    /// Its API address.
+    pub api: SocketAddr,
+    /// Its peer address.
+    pub peer: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// A cluster of daemons in a temporary directory.
+#[derive(Debug)]
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    /// The parties, in id order (index 0 is party 1).
+    pub parties: Vec<TestParty>,
+    bin: PathBuf,
+}
+
+impl TestCluster {
+    /// Provisions `n` parties (each with its own spawned swtpm) and writes
+    /// their configs with `fault_model`. Nothing is started yet.
+    pub fn provision(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
+        let bin = quorate_bin()?;
+        let dir = tempfile::Builder::new().prefix("quorate-cluster-").tempdir()?;
+        let mut parties = Vec::new();
+        for id in 1..=n {
+            let data_dir = dir.path().join(format!("p{id}"));
+            let out = Command::new(&bin)
+                .args(["init", "--party-id", &id.to_string(), "--tpm", "spawn", "--data-dir"])
+                .arg(&data_dir)
+                .env("TSS2_LOG", "all+none")
+                .output()?;
+            if !out.status.success() {
+                bail!("quorate init for party {id} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            parties.push(TestParty {
+                id,
+                config: dir.path().join(format!("party{id}.toml")),
+                log: dir.path().join(format!("party{id}.log")),
+                data_dir,
+                api: free_addr(),
+                peer: free_addr(),
+                child: None,
+            });
+        }
+        let mut members = String::new();
+        for p in &parties {
+            members.push_str(&format!(
+                "\n[[cluster.parties]]\nid = {}\naddress = \"{}\"\nenrollment = \"p{}/enrollment.json\"\n",
+                p.id, p.peer, p.id
+            ));
+        }
+        for p in &parties {
+            let text = format!(
+                "[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n\n[cluster]\nname = \"system-test\"\nfault_model = \"{fault_model}\"\n{members}",
+                p.id, p.id, p.api
+            );
+            std::fs::write(&p.config, text)?;
+        }
+        Ok(TestCluster { dir, parties, bin })
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn party(&mut self, id: u32) -> anyhow::Result<&mut TestParty> {
+        self.parties.get_mut(id as usize - 1).ok_or_else(|| anyhow!("no party {id}"))
+    }
+
+    /// Starts party `id`'s daemon (stopping an orphaned swtpm of an earlier
+    /// SIGKILLed run first).
+    pub fn start(&mut self, id: u32) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        let p = self.party(id)?;
+        if p.child.is_some() {
+            return Ok(());
+        }
+        kill_orphans(&p.data_dir.join("swtpm"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&p.log)?;
+        let child = Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&p.config)
+            .env("TSS2_LOG", "all+none")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting quorate run")?;
+        p.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts every party.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        for id in 1..=self.parties.len() as u32 {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// Kills party `id`'s daemon with SIGKILL (its swtpm survives, orphaned,
+    /// as it would after a crash).
+    pub fn kill9(&mut self, id: u32) -> anyhow::Result<()> {
+        let p = self.party(id)?;
+        if let Some(mut c) = p.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops party `id`'s daemon with SIGTERM and waits for it.
+    pub fn stop(&mut self, id: u32) -> anyhow::Result<()> {
+        let p = self.party(id)?;
+        if let Some(c) = p.child.take() {
+            stop_child(c);
+        }
+        Ok(())
+    }
+
+    /// Whether party `id`'s daemon process is still running.
+    pub fn running(&mut self, id: u32) -> bool {
+        match self.party(id).ok().and_then(|p| p.child.as_mut()) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Party `id`'s log so far.
+    pub fn log(&self, id: u32) -> String {
+        self.parties
+            .get(id as usize - 1)
+            .and_then(|p| std::fs::read_to_string(&p.log).ok())
+            .unwrap_or_default()
+    }
+
+    /// An API client for party `id`.
+    pub fn client(&self, id: u32) -> anyhow::Result<Client> {
+        let p = self.parties.get(id as usize - 1).ok_or_else(|| anyhow!("no party {id}"))?;
+        Ok(Client::from_data_dir(p.api, &p.data_dir)?)
+    }
+
+    /// Waits until party `id`'s API answers.
+    pub async fn wait_api(&self, id: u32, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(c) = self.client(id) {
+                if c.status().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("party {id}'s API did not come up; log:\n{}", self.log(id));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The statuses of the given parties.
+    pub async fn statuses(&self, ids: &[u32]) -> anyhow::Result<Vec<StatusView>> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(self.client(*id)?.status().await?);
+        }
+        Ok(out)
+    }
+
+    /// Waits until the given parties have empty outboxes and agree on
+    /// height, state root and last block hash, and returns that status.
+    pub async fn wait_quiescent(&self, ids: &[u32], timeout: Duration) -> anyhow::Result<Vec<StatusView>> {
+        let deadline = Instant::now() + timeout;
+        let mut stable = 0;
+        loop {
+            if let Ok(s) = self.statuses(ids).await {
+                let agree = s.windows(2).all(|w| {
+                    w[0].height == w[1].height
+                        && w[0].state_root == w[1].state_root
+                        && w[0].last_decision.as_ref().map(|d| &d.block_hash)
+                            == w[1].last_decision.as_ref().map(|d| &d.block_hash)
+                });
+                if agree && s.iter().all(|x| x.outbox == 0) {
+                    stable += 1;
+                    // Quiet for a few polls: nothing more in flight.
+                    if stable >= 5 {
+                        return Ok(s);
+                    }
+                } else {
+                    stable = 0;
+                }
+                if Instant::now() > deadline {
+                    bail!("parties {ids:?} did not settle: {s:#?}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("parties {ids:?} did not answer");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn stop_child(mut c: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Kills every process whose command line mentions `path` (orphaned swtpm
+/// instances of a SIGKILLed daemon).
+fn kill_orphans(path: &Path) {
+    let needle = path.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("swtpm") && cmd.contains(&needle) {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for p in &mut self.parties {
+            if let Some(c) = p.child.take() {
+                stop_child(c);
+            }
+        }
+        kill_orphans(self.dir.path());
+    }
+}
