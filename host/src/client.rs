@@ -55,7 +55,11 @@ pub struct Accepted {
 impl Client {
     /// A client for the API at `addr` with bearer `token`.
     pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
-        Client { addr, token: token.into(), timeout: Duration::from_secs(10) }
+        Client {
+            addr,
+            token: token.into(),
+            timeout: Duration::from_secs(10),
+        }
     }
 
     /// A client reading the token from `DATA_DIR/api.token`.
@@ -65,10 +69,20 @@ impl Client {
     }
 
     /// Sends one request and returns the status and body.
-    pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ClientError> {
-        let connect_err = |reason: String| ClientError::Connect { addr: self.addr, reason };
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: self.addr,
+            reason,
+        };
         let fut = async {
-            let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| connect_err(e.to_string()))?;
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
@@ -77,22 +91,43 @@ impl Client {
                 .method(method)
                 .uri(path)
                 .header(hyper::header::HOST, self.addr.to_string())
-                .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .header(
+                    hyper::header::AUTHORIZATION,
+                    format!("Bearer {}", self.token),
+                )
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))
                 .map_err(|e| connect_err(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| connect_err(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| connect_err(e.to_string()))?.to_bytes();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| connect_err(e.to_string()))?
+                .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| connect_err("timed out".into()))?
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
         let (status, bytes) = self.raw(method, path, body).await?;
         if !status.is_success() {
-            return Err(ClientError::Status { status, body: String::from_utf8_lossy(&bytes).into_owned() });
+            return Err(ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -111,7 +146,8 @@ impl Client {
 
     /// An operation's status and verdicts, by receipt or operation id.
     pub async fn operation(&self, id: &str) -> Result<serde_json::Value, ClientError> {
-        self.json(Method::GET, &format!("/v1/operations/{id}"), None).await
+        self.json(Method::GET, &format!("/v1/operations/{id}"), None)
+            .await
     }
 
     /// The daemon's status.

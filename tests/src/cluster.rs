@@ -72,17 +72,29 @@ impl TestCluster {
     /// their configs with `fault_model`. Nothing is started yet.
     pub fn provision(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
         let bin = quorate_bin()?;
-        let dir = tempfile::Builder::new().prefix("quorate-cluster-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("quorate-cluster-")
+            .tempdir()?;
         let mut parties = Vec::new();
         for id in 1..=n {
             let data_dir = dir.path().join(format!("p{id}"));
             let out = Command::new(&bin)
-                .args(["init", "--party-id", &id.to_string(), "--tpm", "spawn", "--data-dir"])
+                .args([
+                    "init",
+                    "--party-id",
+                    &id.to_string(),
+                    "--tpm",
+                    "spawn",
+                    "--data-dir",
+                ])
                 .arg(&data_dir)
                 .env("TSS2_LOG", "all+none")
                 .output()?;
             if !out.status.success() {
-                bail!("quorate init for party {id} failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "quorate init for party {id} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             parties.push(TestParty {
                 id,
@@ -117,7 +129,9 @@ impl TestCluster {
     }
 
     fn party(&mut self, id: u32) -> anyhow::Result<&mut TestParty> {
-        self.parties.get_mut(id as usize - 1).ok_or_else(|| anyhow!("no party {id}"))
+        self.parties
+            .get_mut(id as usize - 1)
+            .ok_or_else(|| anyhow!("no party {id}"))
     }
 
     /// Starts party `id`'s daemon (stopping an orphaned swtpm of an earlier
@@ -129,7 +143,10 @@ impl TestCluster {
             return Ok(());
         }
         kill_orphans(&p.data_dir.join("swtpm"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&p.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)?;
         let child = Command::new(&bin)
             .args(["run", "--config"])
             .arg(&p.config)
@@ -189,7 +206,10 @@ impl TestCluster {
 
     /// An API client for party `id`.
     pub fn client(&self, id: u32) -> anyhow::Result<Client> {
-        let p = self.parties.get(id as usize - 1).ok_or_else(|| anyhow!("no party {id}"))?;
+        let p = self
+            .parties
+            .get(id as usize - 1)
+            .ok_or_else(|| anyhow!("no party {id}"))?;
         Ok(Client::from_data_dir(p.api, &p.data_dir)?)
     }
 
@@ -220,7 +240,11 @@ impl TestCluster {
 
     /// Waits until the given parties have empty outboxes and agree on
     /// height, state root and last block hash, and returns that status.
-    pub async fn wait_quiescent(&self, ids: &[u32], timeout: Duration) -> anyhow::Result<Vec<StatusView>> {
+    pub async fn wait_quiescent(
+        &self,
+        ids: &[u32],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<StatusView>> {
         let deadline = Instant::now() + timeout;
         let mut stable = 0;
         loop {
@@ -252,7 +276,10 @@ impl TestCluster {
 }
 
 fn stop_child(mut c: Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = c.try_wait() {
@@ -268,16 +295,25 @@ fn stop_child(mut c: Child) {
 /// instances of a SIGKILLed daemon).
 fn kill_orphans(path: &Path) {
     let needle = path.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains("swtpm") && cmd.contains(&needle) {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
         }
     }
 }

@@ -1,5 +1,10 @@
 //! System tests: real `quorate` daemons, each with its own swtpm, on loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use quorate_tests::cluster::TestCluster;
 use serde_json::json;
@@ -27,7 +32,11 @@ async fn assert_all_executed(c: &TestCluster, receipts: &[(u32, String)]) {
     for (id, r) in receipts {
         let v = c.client(*id).unwrap().operation(r).await.unwrap();
         assert_eq!(v["status"], "executed", "operation {r} at party {id}: {v}");
-        assert_eq!(v["verdicts"].as_array().unwrap().len(), c.parties.len(), "{v}");
+        assert_eq!(
+            v["verdicts"].as_array().unwrap().len(),
+            c.parties.len(),
+            "{v}"
+        );
     }
 }
 
@@ -41,7 +50,10 @@ async fn three_parties_agree_on_hundreds_of_operations() {
     // 300 key generations, each approved by all three parties: 1,200
     // decided operations in all.
     let receipts = submit_many(&c, &[1, 2, 3], 100).await;
-    let s = c.wait_quiescent(&[1, 2, 3], Duration::from_secs(240)).await.unwrap();
+    let s = c
+        .wait_quiescent(&[1, 2, 3], Duration::from_secs(240))
+        .await
+        .unwrap();
     assert!(s[0].height > 0);
     assert_all_executed(&c, &receipts).await;
 }
@@ -58,13 +70,134 @@ async fn four_parties_lose_nothing_when_one_is_killed_mid_load() {
     c.kill9(4).unwrap();
     // ...and the other three (a quorum of 3 of 4) keep deciding.
     receipts.extend(submit_many(&c, &[1, 2, 3], 25).await);
-    let before = c.wait_quiescent(&[1, 2, 3], Duration::from_secs(240)).await.unwrap();
+    let before = c
+        .wait_quiescent(&[1, 2, 3], Duration::from_secs(240))
+        .await
+        .unwrap();
     // Party 4 restarts from its data dir, replays, and catches up.
     c.start(4).unwrap();
     c.wait_api(4, Duration::from_secs(30)).await.unwrap();
-    let after = c.wait_quiescent(&[1, 2, 3, 4], Duration::from_secs(240)).await.unwrap();
+    let after = c
+        .wait_quiescent(&[1, 2, 3, 4], Duration::from_secs(240))
+        .await
+        .unwrap();
     assert!(after[3].height >= before[0].height);
     // Nothing any party accepted was lost, party 4's included.
     assert_all_executed(&c, &receipts).await;
     assert!(!c.log(4).contains("consensus halted"), "{}", c.log(4));
+}
+
+fn peer_specs(c: &TestCluster, except: u32) -> Vec<quorate_host::net::PeerSpec> {
+    c.parties
+        .iter()
+        .filter(|p| p.id != except)
+        .map(|p| {
+            let e =
+                quorate_host::init::Enrollment::load(&p.data_dir.join("enrollment.json")).unwrap();
+            quorate_host::net::PeerSpec {
+                party: quorate_firmware::types::PartyId(p.id),
+                addr: p.peer.to_string(),
+                cert_der: hex::decode(e.tls_cert).unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_from_a_connected_peer_leave_every_daemon_running() {
+    use quorate_firmware::types::PartyId;
+    use quorate_host::net::{tls::TlsIdentity, NetConfig, PeerNet};
+    use std::sync::Arc;
+
+    let mut c = TestCluster::provision(3, "byzantine").unwrap();
+    c.start_all().unwrap();
+    for id in 1..=3 {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let first = submit_many(&c, &[1], 3).await;
+    c.wait_quiescent(&[1, 2, 3], Duration::from_secs(120))
+        .await
+        .unwrap();
+    // Party 3's daemon stops; something holding party 3's TLS key takes its
+    // place and, once the others connect, sends them garbage.
+    c.stop(3).unwrap();
+    let p3 = &c.parties[2];
+    let identity = TlsIdentity::load(&p3.data_dir).unwrap();
+    let cfg = NetConfig::new(PartyId(3), p3.peer, peer_specs(&c, 3));
+    let (rogue, _rx) = PeerNet::start(cfg, identity).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rogue.connected().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the others did not connect to party 3's address"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sent = 0;
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..(i % 97) + 1).map(|k| (k * 31 + i) as u8).collect();
+        sent += rogue.broadcast(Arc::from(junk));
+    }
+    // One frame far over the limit (the daemons close that connection).
+    sent += rogue.broadcast(Arc::from(vec![0xabu8; 8 << 20]));
+    assert!(sent > 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rogue.shutdown();
+    assert!(
+        c.running(1) && c.running(2),
+        "a daemon died:\n{}\n{}",
+        c.log(1),
+        c.log(2)
+    );
+    // Party 3 comes back and the cluster decides again.
+    c.start(3).unwrap();
+    c.wait_api(3, Duration::from_secs(30)).await.unwrap();
+    let second = submit_many(&c, &[2], 3).await;
+    c.wait_quiescent(&[1, 2, 3], Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_all_executed(&c, &first).await;
+    assert_all_executed(&c, &second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_presenting_a_tls_key_not_in_its_enrollment_is_refused() {
+    use quorate_firmware::types::PartyId;
+    use quorate_host::net::tls::TlsIdentity;
+
+    let mut c = TestCluster::provision(4, "byzantine").unwrap();
+    // Party 4 gets a fresh TLS key that its enrollment does not list.
+    TlsIdentity::generate(PartyId(4))
+        .unwrap()
+        .save(&c.parties[3].data_dir)
+        .unwrap();
+    c.start_all().unwrap();
+    for id in 1..=4 {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let receipts = submit_many(&c, &[1], 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in c.statuses(&[1, 2, 3]).await.unwrap() {
+        let p4 = s.peers.iter().find(|p| p.party == 4).unwrap();
+        assert!(
+            !p4.connected,
+            "party {} accepted party 4's unenrolled key",
+            s.party
+        );
+        assert_eq!(s.peers_connected, 2);
+    }
+    let s4 = c.client(4).unwrap().status().await.unwrap();
+    assert_eq!(s4.peers_connected, 0);
+    assert_eq!(s4.height, 0, "party 4 took part in consensus");
+    // The other three still decide (unanimous keygen stays pending without
+    // party 4's verdict, but the blocks are decided).
+    let s = c
+        .wait_quiescent(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(s[0].height > 0);
+    for (id, r) in &receipts {
+        let v = c.client(*id).unwrap().operation(r).await.unwrap();
+        assert_eq!(v["decided"], true, "{v}");
+    }
 }
