@@ -249,11 +249,14 @@ impl TestCluster {
         let mut stable = 0;
         loop {
             if let Ok(s) = self.statuses(ids).await {
-                let agree = s.windows(2).all(|w| {
-                    w[0].height == w[1].height
-                        && w[0].state_root == w[1].state_root
-                        && w[0].last_decision.as_ref().map(|d| &d.block_hash)
-                            == w[1].last_decision.as_ref().map(|d| &d.block_hash)
+                let agree = s.windows(2).all(|w| match w {
+                    [a, b] => {
+                        a.height == b.height
+                            && a.state_root == b.state_root
+                            && a.last_decision.as_ref().map(|d| &d.block_hash)
+                                == b.last_decision.as_ref().map(|d| &d.block_hash)
+                    }
+                    _ => true,
                 });
                 if agree && s.iter().all(|x| x.outbox == 0) {
                     stable += 1;
