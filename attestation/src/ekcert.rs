@@ -276,3 +276,174 @@ pub fn certificates_from_text(text: &str) -> Result<Vec<Vec<u8>>, String> {
             .map_err(|e| format!("neither PEM nor hex DER: {e}"))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    fn ca_params(cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p
+    }
+
+    /// A root (P-384, ECDSA-SHA384), an intermediate (P-256, signed with
+    /// SHA-384 by the root) and an EK certificate (P-384 key, signed with
+    /// ECDSA-SHA256 by the intermediate), as DER.
+    pub(crate) fn ecdsa_chain_named(ca: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let root_params = ca_params(&format!("{ca} EK root"));
+        let root = root_params.self_signed(&root_key).unwrap();
+        let inter_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let inter_params = ca_params(&format!("{ca} EK intermediate"));
+        let inter = inter_params
+            .signed_by(&inter_key, &Issuer::from_params(&root_params, &root_key))
+            .unwrap();
+        let ek_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut ek_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ek_params.distinguished_name.push(DnType::CommonName, "EK");
+        let ek = ek_params
+            .signed_by(&ek_key, &Issuer::from_params(&inter_params, &inter_key))
+            .unwrap();
+        (root.der().to_vec(), inter.der().to_vec(), ek.der().to_vec())
+    }
+
+    /// [`ecdsa_chain_named`] with the CA named "test".
+    pub(crate) fn ecdsa_chain() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        ecdsa_chain_named("test")
+    }
+
+    #[test]
+    fn ecdsa_chain_verifies_through_the_intermediate() {
+        let (root, inter, leaf) = ecdsa_chain();
+        let info = verify_ek_chain(
+            &leaf,
+            std::slice::from_ref(&inter),
+            std::slice::from_ref(&root),
+            None,
+        )
+        .unwrap();
+        assert_eq!(info.depth, 3);
+        assert!(info.root.contains("test EK root"));
+        // Intermediate as a trusted root directly: depth 2.
+        assert_eq!(
+            verify_ek_chain(&leaf, &[], std::slice::from_ref(&inter), None)
+                .unwrap()
+                .depth,
+            2
+        );
+        // Missing intermediate.
+        assert!(matches!(
+            verify_ek_chain(&leaf, &[], std::slice::from_ref(&root), None),
+            Err(EkError::UnknownIssuer { .. })
+        ));
+    }
+
+    #[test]
+    fn tampered_or_garbage_certificates_are_rejected() {
+        let (root, inter, leaf) = ecdsa_chain();
+        // Flip a bit inside the TBS (the subject CN "EK" sits near the end of TBS).
+        let pos = leaf.windows(2).rposition(|w| w == b"EK").unwrap();
+        let mut bad = leaf.clone();
+        bad[pos] ^= 0x01;
+        assert!(matches!(
+            verify_ek_chain(
+                &bad,
+                std::slice::from_ref(&inter),
+                std::slice::from_ref(&root),
+                None
+            ),
+            Err(EkError::BadSignature { .. })
+        ));
+        assert!(matches!(
+            verify_ek_chain(
+                &leaf[..leaf.len() - 3],
+                std::slice::from_ref(&inter),
+                std::slice::from_ref(&root),
+                None
+            ),
+            Err(EkError::Malformed { .. })
+        ));
+        assert!(matches!(
+            verify_ek_chain(&leaf, &[vec![1, 2, 3]], std::slice::from_ref(&root), None),
+            Err(EkError::Malformed { .. })
+        ));
+        // A CA with the same names but another key: the signature check fails.
+        let (_, twin_inter, twin_leaf) = ecdsa_chain();
+        assert!(matches!(
+            verify_ek_chain(&twin_leaf, &[twin_inter], &[root], None),
+            Err(EkError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn an_intermediate_that_is_not_a_ca_is_refused() {
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let root_params = ca_params("root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let mid_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut mid_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        mid_params
+            .distinguished_name
+            .push(DnType::CommonName, "not a ca");
+        let mid = mid_params
+            .signed_by(&mid_key, &Issuer::from_params(&root_params, &root_key))
+            .unwrap();
+        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&leaf_key, &Issuer::from_params(&mid_params, &mid_key))
+            .unwrap();
+        assert!(matches!(
+            verify_ek_chain(
+                leaf.der(),
+                &[mid.der().to_vec()],
+                &[root.der().to_vec()],
+                None
+            ),
+            Err(EkError::NotACa { .. })
+        ));
+    }
+
+    #[test]
+    fn pem_and_hex_roots_decode() {
+        let (root, _, _) = ecdsa_chain();
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64_lines(&root)
+        );
+        assert_eq!(certificates_from_text(&pem).unwrap(), vec![root.clone()]);
+        assert_eq!(
+            certificates_from_text(&hex::encode(&root)).unwrap(),
+            vec![root]
+        );
+        assert!(certificates_from_text("zz").is_err());
+    }
+
+    fn base64_lines(data: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut s = String::new();
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        s.as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

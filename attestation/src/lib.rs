@@ -15,6 +15,8 @@ pub mod eventlog;
 pub mod evidence;
 pub mod pcr;
 pub mod policy;
+#[cfg(any(test, feature = "soft-tpm"))]
+pub mod soft;
 pub mod tpm;
 pub mod verify;
 pub mod wire;

@@ -916,3 +916,714 @@ fn check_clock(last: Option<&ClockInfo>, now: &ClockInfo) -> Result<(), Attestat
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::{ClockInfo, TpmsAttest};
+    use crate::eventlog::LogEvent;
+    use crate::evidence::SignedAttest;
+    use crate::pcr::PcrValue;
+    use crate::policy::{HexDigest, RequiredPcr};
+    use crate::soft::{SoftTpm, SOFT_AK_ATTRIBUTES, SOFT_VOTE_ATTRIBUTES};
+    use crate::wire::AlgId;
+    use quorate_firmware::types::Epoch;
+    use ring::rand::SystemRandom;
+
+    const PCR: PcrIndex = PcrIndex::DEFAULT_MEASUREMENT;
+    const EXE: Sha256Digest = Sha256Digest([1; 32]);
+    const CONFIG: Sha256Digest = Sha256Digest([2; 32]);
+    const TLS: Sha256Digest = Sha256Digest([3; 32]);
+
+    struct Fx {
+        rng: SystemRandom,
+        tpm: SoftTpm,
+        policy: Policy,
+        fresh: Freshness,
+    }
+
+    impl Fx {
+        fn new() -> Fx {
+            Fx::launch(&EXE, &CONFIG, 3)
+        }
+        fn launch(exe: &Sha256Digest, config: &Sha256Digest, reset: u32) -> Fx {
+            let rng = SystemRandom::new();
+            let tpm = SoftTpm::launch(&rng, PCR, exe, config, reset).unwrap();
+            Fx {
+                rng,
+                tpm,
+                policy: Policy::new(vec![EXE], CONFIG),
+                fresh: Freshness::Nonce(vec![0xAB; 16]),
+            }
+        }
+        fn evidence(&mut self) -> Evidence {
+            self.tpm
+                .evidence(&self.rng, &self.fresh, &TLS, &self.policy.quoted_pcrs())
+                .unwrap()
+        }
+        fn verify(&self, ev: &Evidence) -> Result<AttestationResult, AttestationError> {
+            verify(ev, &self.fresh, &self.policy, &mut VerifierState::default())
+        }
+        fn reject(&self, ev: &Evidence) -> AttestationError {
+            self.verify(ev).unwrap_err()
+        }
+        /// Rebuilds the log from events and the PCR from their replay.
+        fn relaunch_with(&mut self, events: Vec<LogEvent>) {
+            self.tpm.log.events = events;
+            for (pcr, v) in self.tpm.log.replay_sha256().unwrap() {
+                self.tpm.pcrs.insert(pcr, v);
+            }
+        }
+        fn resign(&self, attest: &TpmsAttest) -> SignedAttest {
+            self.tpm.sign_attest(&self.rng, attest).unwrap()
+        }
+    }
+
+    #[test]
+    fn valid_evidence_verifies_and_reports_the_measurement() {
+        let mut fx = Fx::new();
+        let ev = fx.evidence();
+        let mut state = VerifierState {
+            enrolled_ak: Some(fx.tpm.ak_public.name().clone()),
+            enrolled_vote_key: Some(fx.tpm.vote_public.name().clone()),
+            last_clock: None,
+        };
+        let r = verify(&ev, &fx.fresh, &fx.policy, &mut state).unwrap();
+        assert_eq!(r.executable, EXE);
+        assert_eq!(r.config, CONFIG);
+        assert_eq!(r.measurement, fx.tpm.pcrs[&PCR]);
+        assert_eq!(r.event_log_digest, Sha256Digest::of(&ev.event_log));
+        assert_eq!(r.vote_key, fx.tpm.vote_public.ecc_p256_point().unwrap());
+        assert_eq!(&r.ak_name, fx.tpm.ak_public.name());
+        assert_eq!(state.last_clock, Some(r.clock_info));
+        // A later quote from the same TPM passes against the updated state.
+        let ev2 = fx.evidence();
+        verify(&ev2, &fx.fresh, &fx.policy, &mut state).unwrap();
+        // Through the encoding too.
+        let ev3 = Evidence::from_bytes(&fx.evidence().to_bytes()).unwrap();
+        verify(&ev3, &fx.fresh, &fx.policy, &mut state).unwrap();
+    }
+
+    #[test]
+    fn epoch_freshness_verifies_and_binds_the_epoch() {
+        let mut fx = Fx::new();
+        fx.fresh = Freshness::Epoch {
+            epoch: Epoch(7),
+            block_hash: Sha256Digest([9; 32]),
+        };
+        let ev = fx.evidence();
+        fx.verify(&ev).unwrap();
+        fx.fresh = Freshness::Epoch {
+            epoch: Epoch(8),
+            block_hash: Sha256Digest([9; 32]),
+        };
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::QualifyingDataMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn changed_executable_is_not_allowed() {
+        let mut exe = EXE;
+        exe.0[31] ^= 1;
+        let mut fx = Fx::launch(&exe, &CONFIG, 3);
+        let ev = fx.evidence();
+        assert!(
+            matches!(fx.reject(&ev), AttestationError::ExecutableNotAllowed { found, .. } if found == exe)
+        );
+    }
+
+    #[test]
+    fn another_config_is_rejected() {
+        let mut fx = Fx::launch(&EXE, &Sha256Digest([4; 32]), 3);
+        let ev = fx.evidence();
+        let e = fx.reject(&ev);
+        assert!(matches!(e, AttestationError::ConfigMismatch { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&CONFIG.to_string()) && e.to_string().contains(&"04".repeat(32))
+        );
+    }
+
+    #[test]
+    fn stale_nonce_and_foreign_tls_key_are_rejected() {
+        let mut fx = Fx::new();
+        let ev = fx.evidence();
+        fx.fresh = Freshness::Nonce(vec![0xAC; 16]);
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::QualifyingDataMismatch { .. }
+        ));
+        fx.fresh = Freshness::Nonce(vec![0xAB; 16]);
+        let mut other_tls = ev.clone();
+        other_tls.tls_key_hash = Sha256Digest([5; 32]);
+        assert!(matches!(
+            fx.reject(&other_tls),
+            AttestationError::QualifyingDataMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn replayed_quote_is_rejected() {
+        let mut fx = Fx::new();
+        let ev = fx.evidence();
+        let mut state = VerifierState::default();
+        verify(&ev, &fx.fresh, &fx.policy, &mut state).unwrap();
+        let e = verify(&ev, &fx.fresh, &fx.policy, &mut state).unwrap_err();
+        assert!(matches!(e, AttestationError::QuoteReplayed { .. }), "{e}");
+    }
+
+    #[test]
+    fn clock_and_counter_rollbacks_are_rejected() {
+        let mut fx = Fx::new();
+        let ev = fx.evidence();
+        let now = TpmsAttest::parse(&ev.quote.attest).unwrap().clock_info;
+        let run = |last: ClockInfo| {
+            let mut state = VerifierState {
+                last_clock: Some(last),
+                ..Default::default()
+            };
+            let r = verify(&ev, &fx.fresh, &fx.policy, &mut state);
+            (r, state)
+        };
+        let (r, state) = run(ClockInfo {
+            clock: now.clock + 1,
+            ..now
+        });
+        assert!(matches!(r, Err(AttestationError::ClockRolledBack { .. })));
+        assert_eq!(
+            state.last_clock.unwrap().clock,
+            now.clock + 1,
+            "state unchanged on failure"
+        );
+        let (r, _) = run(ClockInfo {
+            reset_count: now.reset_count + 1,
+            clock: 0,
+            ..now
+        });
+        assert!(matches!(
+            r,
+            Err(AttestationError::ResetCountRolledBack { .. })
+        ));
+        let (r, _) = run(ClockInfo {
+            restart_count: now.restart_count + 1,
+            clock: 0,
+            ..now
+        });
+        assert!(matches!(
+            r,
+            Err(AttestationError::RestartCountRolledBack { .. })
+        ));
+        // A reboot (higher resetCount) may reset the clock.
+        let (r, _) = run(ClockInfo {
+            reset_count: now.reset_count - 1,
+            clock: now.clock + 1000,
+            ..now
+        });
+        assert!(r.is_ok());
+    }
+
+    #[test]
+    fn quote_by_another_tpms_ak_is_rejected() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        let other = Fx::new();
+        let enrolled = fx.tpm.ak_public.name().clone();
+        ev.ak_public = other.tpm.ak_public.as_bytes().to_vec();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::BadSignature {
+                which: Structure::Quote,
+                error: SignatureError::Invalid,
+                ..
+            }
+        ));
+        let mut state = VerifierState {
+            enrolled_ak: Some(enrolled),
+            ..Default::default()
+        };
+        let e = verify(&ev, &fx.fresh, &fx.policy, &mut state).unwrap_err();
+        assert!(matches!(e, AttestationError::AkNotEnrolled { .. }), "{e}");
+    }
+
+    #[test]
+    fn ak_without_the_required_attributes_is_rejected() {
+        for (drop, add) in [
+            (ObjectAttributes::RESTRICTED, ObjectAttributes(0)),
+            (ObjectAttributes::FIXED_TPM, ObjectAttributes(0)),
+            (ObjectAttributes::FIXED_PARENT, ObjectAttributes(0)),
+            (ObjectAttributes::SENSITIVE_DATA_ORIGIN, ObjectAttributes(0)),
+            (ObjectAttributes(0), ObjectAttributes::DECRYPT),
+        ] {
+            let mut fx = Fx::new();
+            fx.tpm
+                .replace_ak(
+                    &fx.rng,
+                    ObjectAttributes((SOFT_AK_ATTRIBUTES.0 & !drop.0) | add.0),
+                )
+                .unwrap();
+            let ev = fx.evidence();
+            let e = fx.reject(&ev);
+            assert!(matches!(e, AttestationError::AkAttributes { .. }), "{e}");
+        }
+        let mut fx = Fx::new();
+        fx.policy.require_ak_no_da = true;
+        fx.tpm
+            .replace_ak(
+                &fx.rng,
+                ObjectAttributes(SOFT_AK_ATTRIBUTES.0 & !ObjectAttributes::NO_DA.0),
+            )
+            .unwrap();
+        let ev = fx.evidence();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::AkAttributes { .. }
+        ));
+    }
+
+    #[test]
+    fn vote_key_with_no_or_another_policy_is_rejected() {
+        for policy in [
+            vec![],
+            vec![7u8; 32],
+            measurement_policy(PcrIndex::new(16).unwrap(), &Sha256Digest([0; 32]))
+                .0
+                .to_vec(),
+        ] {
+            let mut fx = Fx::new();
+            fx.tpm
+                .replace_vote_key(&fx.rng, SOFT_VOTE_ATTRIBUTES, &policy)
+                .unwrap();
+            let ev = fx.evidence();
+            let e = fx.reject(&ev);
+            assert!(
+                matches!(e, AttestationError::VoteKeyPolicyMismatch { .. }),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn vote_key_usable_without_its_policy_is_rejected() {
+        let mut fx = Fx::new();
+        let policy = fx.tpm.vote_public.auth_policy().to_vec();
+        let attrs = SOFT_VOTE_ATTRIBUTES | ObjectAttributes::USER_WITH_AUTH;
+        fx.tpm.replace_vote_key(&fx.rng, attrs, &policy).unwrap();
+        let ev = fx.evidence();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::VoteKeyAttributes { .. }
+        ));
+        let mut fx = Fx::new();
+        let attrs = ObjectAttributes(SOFT_VOTE_ATTRIBUTES.0 & !ObjectAttributes::FIXED_TPM.0);
+        fx.tpm.replace_vote_key(&fx.rng, attrs, &policy).unwrap();
+        let ev = fx.evidence();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::VoteKeyAttributes { .. }
+        ));
+    }
+
+    #[test]
+    fn removed_event_breaks_the_replay() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        let mut log = EventLog::parse(&ev.event_log).unwrap();
+        log.events.pop();
+        ev.event_log = log.to_bytes();
+        let e = fx.reject(&ev);
+        assert!(
+            matches!(e, AttestationError::PcrReplayMismatch { pcr: PCR, .. }),
+            "{e}"
+        );
+        // Removed from the log and the PCR alike: the config is missing.
+        let mut fx = Fx::new();
+        let events = fx.tpm.log.events[..2].to_vec();
+        fx.relaunch_with(events);
+        let ev = fx.evidence();
+        assert_eq!(
+            fx.reject(&ev),
+            AttestationError::MissingEvent {
+                what: "configuration measurement"
+            }
+        );
+    }
+
+    #[test]
+    fn reordered_events_are_rejected() {
+        let mut fx = Fx::new();
+        let mut events = fx.tpm.log.events.clone();
+        events.swap(1, 2);
+        fx.relaunch_with(events);
+        let ev = fx.evidence();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::UnexpectedEvent { index: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn altered_event_data_or_digest_is_rejected() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        let mut log = EventLog::parse(&ev.event_log).unwrap();
+        let last = log.events[1].data.len() - 1;
+        log.events[1].data[last] ^= 1;
+        ev.event_log = log.to_bytes();
+        let e = fx.reject(&ev);
+        assert!(
+            matches!(e, AttestationError::EventDigestMismatch { index: 1, .. }),
+            "{e}"
+        );
+
+        let mut log = EventLog::parse(&fx.evidence().event_log).unwrap();
+        log.events[2].digests[0].1[0] ^= 1;
+        let mut ev = fx.evidence();
+        ev.event_log = log.to_bytes();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::PcrReplayMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn foreign_event_in_the_measurement_pcr_is_rejected() {
+        let mut fx = Fx::new();
+        let mut events = fx.tpm.log.events.clone();
+        events.push(LogEvent {
+            pcr_index: 15,
+            event_type: EventType::IPL,
+            digests: vec![(AlgId::SHA256, vec![8; 32])],
+            data: b"something else".to_vec(),
+        });
+        fx.relaunch_with(events);
+        let ev = fx.evidence();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::UnexpectedEvent { index: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn log_from_another_boot_or_without_boot_record_is_rejected() {
+        let mut fx = Fx::new();
+        let mut events = fx.tpm.log.events.clone();
+        events[0] = LogEvent::boot(2);
+        fx.relaunch_with(events.clone());
+        let ev = fx.evidence();
+        assert_eq!(
+            fx.reject(&ev),
+            AttestationError::LogFromAnotherBoot { log: 2, quote: 3 }
+        );
+        events.remove(0);
+        fx.relaunch_with(events);
+        let ev = fx.evidence();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::MissingEvent { .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_pcr_bank_or_selection_is_rejected() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        let mut q = TpmsAttest::parse(&ev.quote.attest).unwrap();
+        if let Attested::Quote { pcr_select, .. } = &mut q.attested {
+            pcr_select.banks[0].hash = AlgId::SHA1;
+        }
+        ev.quote = fx.resign(&q);
+        let e = fx.reject(&ev);
+        assert!(
+            matches!(e, AttestationError::PcrSelectionMismatch { .. }),
+            "{e}"
+        );
+        // Quoting only PCR 16 (not the measurement PCR).
+        let mut ev = fx.evidence();
+        let qd = qualifying_data(&fx.fresh, &TLS, fx.tpm.vote_public.name());
+        let (quote, values) = fx
+            .tpm
+            .quote(&fx.rng, &[PcrIndex::new(16).unwrap()], qd.as_bytes())
+            .unwrap();
+        ev.quote = quote;
+        ev.pcr_values = values;
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::PcrSelectionMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn pcr_values_that_do_not_match_the_quote_are_rejected() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        ev.pcr_values[0].value.0[0] ^= 1;
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::PcrDigestMismatch { .. }
+        ));
+        let mut ev = fx.evidence();
+        ev.pcr_values.push(PcrValue {
+            index: PcrIndex::new(0).unwrap(),
+            value: Sha256Digest([0; 32]),
+        });
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::PcrValuesMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn required_platform_pcr_is_checked() {
+        let mut fx = Fx::new();
+        let pcr0 = PcrIndex::new(0).unwrap();
+        fx.tpm.pcrs.insert(pcr0, Sha256Digest([6; 32]));
+        fx.policy.required_pcrs.push(RequiredPcr {
+            index: pcr0,
+            value: HexDigest(Sha256Digest([6; 32])),
+        });
+        let ev = fx.evidence();
+        fx.verify(&ev).unwrap();
+        fx.tpm.pcrs.insert(pcr0, Sha256Digest([7; 32]));
+        let ev = fx.evidence();
+        assert!(
+            matches!(fx.reject(&ev), AttestationError::RequiredPcrMismatch { pcr, .. } if pcr == pcr0)
+        );
+    }
+
+    #[test]
+    fn bad_magic_and_wrong_types_are_rejected() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        let mut q = TpmsAttest::parse(&ev.quote.attest).unwrap();
+        q.magic = 0xff54_4348;
+        ev.quote = fx.resign(&q);
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::BadMagic {
+                which: Structure::Quote,
+                ..
+            }
+        ));
+        let mut ev = fx.evidence();
+        ev.quote = ev.vote_key_certify.clone();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::WrongAttestType {
+                which: Structure::Quote,
+                ..
+            }
+        ));
+        let mut ev = fx.evidence();
+        ev.vote_key_certify = ev.quote.clone();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::WrongAttestType {
+                which: Structure::Certify,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn flipped_signature_bits_are_rejected() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        let n = ev.quote.signature.len();
+        ev.quote.signature[n - 1] ^= 1;
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::BadSignature {
+                which: Structure::Quote,
+                ..
+            }
+        ));
+        let mut ev = fx.evidence();
+        ev.quote.attest[20] ^= 1;
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::BadSignature {
+                which: Structure::Quote,
+                ..
+            }
+        ));
+        let mut ev = fx.evidence();
+        let n = ev.vote_key_certify.signature.len();
+        ev.vote_key_certify.signature[n - 1] ^= 1;
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::BadSignature {
+                which: Structure::Certify,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn certification_of_another_key_or_by_another_ak_is_rejected() {
+        let mut fx = Fx::new();
+        let mut ev = fx.evidence();
+        let other = fx.tpm.ak_public.clone();
+        ev.vote_key_certify = fx.tpm.certify(&fx.rng, &other).unwrap();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::CertifiedNameMismatch { .. }
+        ));
+        let mut ev = fx.evidence();
+        let mut foreign = Fx::new();
+        let vote = fx.tpm.vote_public.clone();
+        ev.vote_key_certify = foreign.tpm.certify(&foreign.rng, &vote).unwrap();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::BadSignature {
+                which: Structure::Certify,
+                ..
+            }
+        ));
+        // Signed by our AK but claiming another signer.
+        let mut ev = fx.evidence();
+        let mut c = TpmsAttest::parse(&ev.vote_key_certify.attest).unwrap();
+        c.qualified_signer = TpmName(vec![0, 0x0b, 1, 2]);
+        ev.vote_key_certify = fx.resign(&c);
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::CertifySignerMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn pinned_vote_key_is_enforced() {
+        let mut fx = Fx::new();
+        let ev = fx.evidence();
+        let mut state = VerifierState {
+            enrolled_vote_key: Some(TpmName(vec![0, 0x0b, 0])),
+            ..Default::default()
+        };
+        let e = verify(&ev, &fx.fresh, &fx.policy, &mut state).unwrap_err();
+        assert!(matches!(e, AttestationError::VoteKeyNotEnrolled { .. }));
+    }
+
+    #[test]
+    fn truncated_or_garbage_fields_are_rejected() {
+        let mut fx = Fx::new();
+        let good = fx.evidence();
+        type Mutation = Box<dyn Fn(&mut Evidence)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|e| e.quote.attest.truncate(10)), "quote attest"),
+            (
+                Box::new(|e| e.quote.signature = vec![0xde, 0xad]),
+                "quote signature",
+            ),
+            (Box::new(|e| e.ak_public.truncate(30)), "ak public"),
+            (
+                Box::new(|e| e.vote_key_public = vec![1, 2, 3]),
+                "vote public",
+            ),
+            (Box::new(|e| e.event_log = b"garbage".to_vec()), "event log"),
+            (
+                Box::new(|e| e.vote_key_certify.attest.push(0)),
+                "certify attest",
+            ),
+            (
+                Box::new(|e| e.vote_key_certify.signature.clear()),
+                "certify signature",
+            ),
+        ];
+        for (mutate, what) in cases {
+            let mut ev = good.clone();
+            mutate(&mut ev);
+            let e = fx.reject(&ev);
+            let ok = match what {
+                "quote attest" => matches!(
+                    e,
+                    AttestationError::MalformedAttest {
+                        which: Structure::Quote,
+                        ..
+                    }
+                ),
+                "quote signature" => matches!(
+                    e,
+                    AttestationError::MalformedSignature {
+                        which: Structure::Quote,
+                        ..
+                    }
+                ),
+                "ak public" => matches!(e, AttestationError::MalformedAkPublic(_)),
+                "vote public" => matches!(e, AttestationError::MalformedVoteKeyPublic(_)),
+                "event log" => matches!(e, AttestationError::MalformedEventLog(_)),
+                "certify attest" => matches!(
+                    e,
+                    AttestationError::MalformedAttest {
+                        which: Structure::Certify,
+                        ..
+                    }
+                ),
+                "certify signature" => {
+                    matches!(
+                        e,
+                        AttestationError::MalformedSignature {
+                            which: Structure::Certify,
+                            ..
+                        }
+                    )
+                }
+                _ => false,
+            };
+            assert!(ok, "{what}: {e}");
+        }
+        let bytes = good.to_bytes();
+        assert!(Evidence::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn ek_certificate_requirements_are_enforced() {
+        let mut fx = Fx::new();
+        let (root, inter, leaf) = crate::ekcert::tests::ecdsa_chain();
+        fx.policy.ek_roots = vec![hex::encode(&root)];
+        fx.policy.require_ek_certificate = true;
+        let mut ev = fx.evidence();
+        assert_eq!(fx.reject(&ev), AttestationError::EkCertificateMissing);
+        ev.ek_certificate = Some(serde_bytes::ByteBuf::from(leaf.clone()));
+        ev.ek_chain = vec![serde_bytes::ByteBuf::from(inter.clone())];
+        let r = fx.verify(&ev).unwrap();
+        assert_eq!(r.ek_chain.unwrap().depth, 3);
+        // A certificate from a CA the policy does not know.
+        let (_, other_inter, other_leaf) = crate::ekcert::tests::ecdsa_chain_named("rogue");
+        ev.ek_certificate = Some(serde_bytes::ByteBuf::from(other_leaf));
+        ev.ek_chain = vec![serde_bytes::ByteBuf::from(other_inter)];
+        let e = fx.reject(&ev);
+        assert!(
+            matches!(
+                e,
+                AttestationError::EkCertificate(EkError::UnknownIssuer { .. })
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn resettable_measurement_pcr_needs_dev_mode() {
+        let mut fx = Fx::new();
+        fx.policy.measurement_pcr = PcrIndex::DEV_MEASUREMENT;
+        let ev = fx.evidence();
+        assert!(matches!(
+            fx.reject(&ev),
+            AttestationError::Policy(PolicyError::ResettablePcr { .. })
+        ));
+    }
+
+    #[test]
+    fn dev_mode_pcr_23_verifies() {
+        let rng = SystemRandom::new();
+        let mut tpm = SoftTpm::launch(&rng, PcrIndex::DEV_MEASUREMENT, &EXE, &CONFIG, 1).unwrap();
+        let mut policy = Policy::new(vec![EXE], CONFIG);
+        policy.measurement_pcr = PcrIndex::DEV_MEASUREMENT;
+        policy.dev = true;
+        let fresh = Freshness::Nonce(vec![1]);
+        let ev = tpm
+            .evidence(&rng, &fresh, &TLS, &policy.quoted_pcrs())
+            .unwrap();
+        let r = verify(&ev, &fresh, &policy, &mut VerifierState::default()).unwrap();
+        assert_eq!(r.measurement_pcr, PcrIndex::DEV_MEASUREMENT);
+    }
+}
