@@ -92,9 +92,12 @@ pub enum TpmError {
     /// Signing was asked for before a vote key was loaded.
     #[error("no vote key is loaded (provision the party with `quorate init`)")]
     NoVoteKey,
-    /// The key needs a policy session this signer does not run.
-    #[error("the vote key is bound to a policy; sign it through the measured-launch signer")]
-    PolicyKey,
+    /// No attestation key was set (provision with `quorate init`).
+    #[error("no attestation key is set (provision the party with `quorate init`)")]
+    NoAk,
+    /// A PCR index outside 0..=23.
+    #[error("PCR {0} does not exist (0..=23)")]
+    BadPcr(u8),
     /// The owner thread is gone (closed, or it panicked).
     #[error("the TPM owner thread has stopped")]
     OwnerGone,

@@ -1,0 +1,154 @@
+//! The AK, quotes, certification and the PolicyPCR-bound vote key against
+//! a real swtpm, checked with the attestation crate.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use quorate_attestation::attest::{Attested, TpmsAttest};
+use quorate_attestation::pcr::{extend_sha256, measurement_policy, pcr_composite_digest, PcrIndex};
+use quorate_attestation::tpm::{verify_ecdsa_p256, TpmSignature, TpmtPublic};
+use quorate_firmware::types::Sha256Digest;
+use quorate_host::tpm::{KeySpec, Swtpm, TpmError, TpmHandle};
+
+const DEV_PCR: u8 = 23;
+
+async fn open() -> (tempfile::TempDir, Swtpm, TpmHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::spawn(&dir.path().join("tpm")).unwrap();
+    let tpm = TpmHandle::open(&swtpm.tcti()).await.unwrap();
+    (dir, swtpm, tpm)
+}
+
+#[tokio::test]
+async fn ak_quotes_and_certifies_and_reports_reset_count() {
+    let (_dir, mut swtpm, tpm) = open().await;
+    let ak = tpm.create_ak().await.unwrap();
+    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+        .await
+        .unwrap();
+    let ak_public = TpmtPublic::parse(&ak.blob.tpmt_public().unwrap()).unwrap();
+    let a = ak_public.object_attributes();
+    assert!(a.restricted() && a.sign() && a.fixed_tpm() && a.fixed_parent());
+    assert!(a.sensitive_data_origin() && a.no_da() && !a.decrypt());
+
+    tpm.pcr_extend(DEV_PCR, [9; 32]).await.unwrap();
+    let pcr = tpm.pcr_read(DEV_PCR).await.unwrap();
+    assert_eq!(
+        Sha256Digest(pcr),
+        extend_sha256(&Sha256Digest([0; 32]), &Sha256Digest([9; 32]))
+    );
+
+    let q = tpm.quote(vec![DEV_PCR], vec![7; 32]).await.unwrap();
+    verify_ecdsa_p256(
+        &ak_public,
+        &q.attest,
+        &TpmSignature::parse(&q.signature).unwrap(),
+    )
+    .unwrap();
+    let parsed = TpmsAttest::parse(&q.attest).unwrap();
+    assert_eq!(parsed.extra_data, vec![7; 32]);
+    assert_eq!(parsed.clock_info.reset_count, q.reset_count);
+    match &parsed.attested {
+        Attested::Quote { pcr_digest, .. } => {
+            assert_eq!(
+                pcr_digest.as_slice(),
+                pcr_composite_digest(&[Sha256Digest(pcr)]).as_bytes()
+            );
+        }
+        other => panic!("not a quote: {other:?}"),
+    }
+
+    // Certify the vote key.
+    let vote = tpm.create_vote_key(KeySpec::vote_password()).await.unwrap();
+    tpm.load_vote_key(vote.blob.clone(), Some(vote.srk_name.clone()))
+        .await
+        .unwrap();
+    let c = tpm.certify_vote_key(vec![1, 2, 3]).await.unwrap();
+    verify_ecdsa_p256(
+        &ak_public,
+        &c.attest,
+        &TpmSignature::parse(&c.signature).unwrap(),
+    )
+    .unwrap();
+    match TpmsAttest::parse(&c.attest).unwrap().attested {
+        Attested::Certify { name, .. } => assert_eq!(name.as_bytes(), vote.name.as_slice()),
+        other => panic!("not a certification: {other:?}"),
+    }
+
+    // A TPM reset (swtpm restart with startup-clear) increments resetCount.
+    let before = tpm.reset_count().await.unwrap();
+    swtpm.stop().unwrap();
+    swtpm.restart().unwrap();
+    // The same owner recovers (reconnect, EK re-created, AK reloaded).
+    let after = tpm.reset_count().await.unwrap();
+    assert!(after > before, "resetCount {before} -> {after}");
+}
+
+#[tokio::test]
+async fn trial_session_matches_the_software_policy_digest() {
+    let (_dir, _swtpm, tpm) = open().await;
+    for step in 0..3u8 {
+        let value = Sha256Digest(tpm.pcr_read(DEV_PCR).await.unwrap());
+        let trial = tpm.run(|o| o.trial_policy_pcr(DEV_PCR)).await.unwrap();
+        let ours = measurement_policy(PcrIndex::new(DEV_PCR).unwrap(), &value);
+        assert_eq!(trial, ours.0, "step {step}");
+        tpm.pcr_extend(DEV_PCR, [step; 32]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn policy_bound_vote_key_signs_only_with_the_expected_pcr() {
+    let (_dir, mut swtpm, tpm) = open().await;
+    let pcr = PcrIndex::new(DEV_PCR).unwrap();
+    let measurement = Sha256Digest([0x5a; 32]);
+    let expected = extend_sha256(&Sha256Digest([0; 32]), &measurement);
+    let spec = KeySpec::vote_policy_pcr(pcr, &expected);
+    let vote = tpm.create_vote_key(spec).await.unwrap();
+    let public = TpmtPublic::parse(&vote.blob.tpmt_public().unwrap()).unwrap();
+    assert_eq!(
+        public.auth_policy(),
+        measurement_policy(pcr, &expected).as_bytes()
+    );
+    assert!(!public.object_attributes().user_with_auth());
+    tpm.load_vote_key(vote.blob.clone(), Some(vote.srk_name.clone()))
+        .await
+        .unwrap();
+
+    // PCR at its reset value: refused.
+    let err = tpm.sign(b"too early".to_vec()).await.unwrap_err();
+    assert!(matches!(err, TpmError::Tss { .. }), "{err}");
+
+    // Measured: signs, many times on the one policy session.
+    tpm.pcr_extend(DEV_PCR, measurement.0).await.unwrap();
+    for i in 0..20u8 {
+        let m = vec![i; 10];
+        let s = tpm.sign_tpmt(m.clone()).await.unwrap();
+        verify_ecdsa_p256(
+            &public,
+            &m,
+            &TpmSignature::parse(&s.tpmt_signature).unwrap(),
+        )
+        .unwrap();
+    }
+
+    // Something else extended the PCR: refused again.
+    tpm.pcr_extend(DEV_PCR, [1; 32]).await.unwrap();
+    assert!(tpm.sign(b"tampered".to_vec()).await.is_err());
+
+    // Reboot (PCRs reset) and measure again: the same key signs again,
+    // after the owner recovers its lost session and key.
+    swtpm.kill_hard().unwrap();
+    swtpm.restart().unwrap();
+    assert!(tpm.sign(b"unmeasured boot".to_vec()).await.is_err());
+    tpm.pcr_extend(DEV_PCR, measurement.0).await.unwrap();
+    let s = tpm.sign_tpmt(b"after reboot".to_vec()).await.unwrap();
+    verify_ecdsa_p256(
+        &public,
+        b"after reboot",
+        &TpmSignature::parse(&s.tpmt_signature).unwrap(),
+    )
+    .unwrap();
+}
