@@ -6,6 +6,8 @@
 //!
 //! - [`tpm`]: the TPM owner thread, key store, swtpm spawner, `--tpm` parsing.
 //! - [`init`]: `quorate init`, provisioning a party's data dir.
+//! - [`launch`]: the measured launch (PCR extends and the TCG event log).
 
 pub mod init;
+pub mod launch;
 pub mod tpm;

@@ -162,8 +162,9 @@ impl TpmHandle {
         }
     }
 
-    /// Opens the TPM and loads the vote key of the party whose data dir is
-    /// `data_dir`, checking that this is the TPM it was provisioned on.
+    /// Opens the TPM and loads the vote key (and sets the AK, if the party
+    /// has one) of the party whose data dir is `data_dir`, checking that
+    /// this is the TPM it was provisioned on.
     pub async fn open_party(data_dir: &Path, tcti: &Tcti) -> Result<TpmHandle, TpmError> {
         let store = KeyStore::new(data_dir);
         let manifest = store.manifest()?;
@@ -172,8 +173,23 @@ impl TpmHandle {
             reason: format!("srk_name is not hex: {e}"),
         })?;
         let blob = store.load(KeyRole::Vote)?;
+        let ak = if manifest.keys.iter().any(|k| k.spec.role == KeyRole::Ak) {
+            let ek_name = match &manifest.ek_name {
+                Some(n) => Some(hex::decode(n).map_err(|e| TpmError::Store {
+                    path: store.manifest_path(),
+                    reason: format!("ek_name is not hex: {e}"),
+                })?),
+                None => None,
+            };
+            Some((store.load(KeyRole::Ak)?, ek_name))
+        } else {
+            None
+        };
         let tpm = TpmHandle::open(tcti).await?;
         tpm.load_vote_key(blob, Some(srk_name)).await?;
+        if let Some((blob, ek_name)) = ak {
+            tpm.set_ak(blob, ek_name).await?;
+        }
         Ok(tpm)
     }
 
