@@ -6,8 +6,10 @@
 //!
 //! - [`tpm`]: the TPM owner thread, key store, swtpm spawner, `--tpm` parsing.
 //! - [`init`]: `quorate init`, provisioning a party's data dir.
+//! - [`evidence`]: attestation evidence from the TPM (quote, certification, log).
 //! - [`launch`]: the measured launch (PCR extends and the TCG event log).
 
+pub mod evidence;
 pub mod init;
 pub mod launch;
 pub mod tpm;

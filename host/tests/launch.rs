@@ -195,3 +195,37 @@ async fn interrupted_launch_is_resumed_and_foreign_extends_refused() {
     assert!(matches!(err, LaunchError::NeedsDev { .. }), "{err}");
     tpm.close().await.unwrap();
 }
+
+/// Evidence from the real TPM passes the attestation crate's verifier;
+/// another nonce does not.
+#[tokio::test]
+async fn evidence_from_the_tpm_verifies() {
+    use quorate_attestation::evidence::{Evidence, Freshness};
+    use quorate_attestation::policy::Policy;
+    use quorate_attestation::verify::{verify, VerifierState};
+
+    let f = provisioned().await;
+    let m = measurement();
+    let tpm = f.open().await;
+    measured_launch(&tpm, &f.data(), &m, false).await.unwrap();
+    let nonce = Freshness::Nonce(vec![0xab; 32]);
+    let tls = Sha256Digest::of(b"tls key");
+    let ev = quorate_host::evidence::produce_evidence(&tpm, &f.data(), m.pcr, &[], &nonce, &tls)
+        .await
+        .unwrap();
+    let ev = Evidence::from_bytes(&ev.to_bytes()).unwrap();
+    let mut policy = Policy::new(vec![m.executable], m.config);
+    policy.require_ak_no_da = true;
+    let mut state = VerifierState::default();
+    let result = verify(&ev, &nonce, &policy, &mut state).unwrap();
+    assert_eq!(result.measurement, m.expected_pcr());
+    assert_eq!(result.executable, m.executable);
+    let e = Enrollment::load(&f.data().join(ENROLLMENT_FILE)).unwrap();
+    assert_eq!(result.vote_key, e.vote_public_key().unwrap());
+
+    let mut fresh = VerifierState::default();
+    assert!(verify(&ev, &Freshness::Nonce(vec![0xac; 32]), &policy, &mut fresh).is_err());
+    let other = Policy::new(vec![Sha256Digest::of(b"other exe")], m.config);
+    assert!(verify(&ev, &nonce, &other, &mut VerifierState::default()).is_err());
+    tpm.close().await.unwrap();
+}
