@@ -113,6 +113,10 @@ pub struct Owner {
     ctx: Option<Context>,
     vote: Option<VoteSlot>,
     ak: Option<(KeyBlob, Option<Vec<u8>>)>,
+    /// The AK while loaded: kept after first use (loading it costs an EK
+    /// CreatePrimary and a policy session), flushed before any operation
+    /// that needs two more transient slots.
+    ak_handle: Option<KeyHandle>,
     policy_session: Option<PolicySession>,
     closing: bool,
 }
@@ -220,6 +224,7 @@ impl TpmHandle {
     /// Creates a vote key from `spec` under the SRK (nothing stays loaded).
     pub async fn create_vote_key(&self, spec: KeySpec) -> Result<CreatedKey, TpmError> {
         self.run(move |o| {
+            o.unload_ak();
             let ctx = o.ctx()?;
             let (blob, srk_name) = keys::create_key(ctx, &spec)?;
             // Ask the TPM for the Name (load under the SRK, read, flush) so a
@@ -246,6 +251,7 @@ impl TpmHandle {
     ) -> Result<(), TpmError> {
         self.run(move |o| {
             o.unload_vote();
+            o.unload_ak();
             let handle = keys::load_key(o.ctx()?, &blob, srk_name.as_deref())?;
             o.vote = Some(VoteSlot {
                 blob,
@@ -260,6 +266,7 @@ impl TpmHandle {
     /// Creates an attestation key under the EK (nothing stays loaded).
     pub async fn create_ak(&self) -> Result<CreatedAk, TpmError> {
         self.run(|o| {
+            o.unload_ak();
             let (blob, ek_name) = keys::create_ak(o.ctx()?)?;
             Ok(CreatedAk { blob, ek_name })
         })
@@ -271,6 +278,7 @@ impl TpmHandle {
     /// `ek_name`, refuses a TPM whose EK differs.
     pub async fn set_ak(&self, blob: KeyBlob, ek_name: Option<Vec<u8>>) -> Result<(), TpmError> {
         self.run(move |o| {
+            o.unload_ak();
             o.ak = Some((blob, ek_name));
             Ok(())
         })
@@ -384,6 +392,7 @@ fn owner_main(
         ctx: None,
         vote: None,
         ak: None,
+        ak_handle: None,
         policy_session: None,
         closing: false,
     };
@@ -425,6 +434,7 @@ impl Owner {
             slot.handle = None;
         }
         self.policy_session = None;
+        self.ak_handle = None;
         // Dropping the old Context flushes the objects it tracks; on a
         // restarted TPM they are gone and those flushes fail harmlessly.
         self.ctx = None;
@@ -591,26 +601,39 @@ impl Owner {
         })
     }
 
-    /// Flushes the vote key and the policy session and closes the Context.
+    /// Flushes the vote key, the AK and the policy session and closes the
+    /// Context.
     fn release(&mut self) {
         self.unload_vote();
+        self.unload_ak();
         if let (Some(ps), Some(ctx)) = (self.policy_session.take(), self.ctx.as_mut()) {
             keys::flush(ctx, SessionHandle::from(ps).into());
         }
         self.ctx = None;
     }
 
-    /// Runs `f` with the AK loaded, then flushes it.
+    /// Flushes the AK if it is loaded.
+    fn unload_ak(&mut self) {
+        if let (Some(h), Some(ctx)) = (self.ak_handle.take(), self.ctx.as_mut()) {
+            keys::flush(ctx, h.into());
+        }
+    }
+
+    /// Runs `f` with the AK loaded (loading it on first use).
     fn with_ak<T>(
         &mut self,
         f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
     ) -> Result<T, TpmError> {
-        let (blob, ek_name) = self.ak.clone().ok_or(TpmError::NoAk)?;
-        let ctx = self.ctx()?;
-        let ak = keys::load_ak(ctx, &blob, ek_name.as_deref())?;
-        let res = f(ctx, ak);
-        keys::flush(ctx, ak.into());
-        res
+        let ak = match self.ak_handle {
+            Some(h) => h,
+            None => {
+                let (blob, ek_name) = self.ak.clone().ok_or(TpmError::NoAk)?;
+                let h = keys::load_ak(self.ctx()?, &blob, ek_name.as_deref())?;
+                self.ak_handle = Some(h);
+                h
+            }
+        };
+        f(self.ctx()?, ak)
     }
 
     /// TPM2_Quote of the SHA-256 bank of `pcrs` by the AK.
