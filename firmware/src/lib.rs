@@ -17,4 +17,5 @@
 
 pub mod batch;
 pub mod crypto;
+pub mod sessions;
 pub mod types;

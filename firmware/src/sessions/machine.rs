@@ -1,0 +1,2118 @@
+//! The session state machine: applies each decided block, in order, and
+//! returns what happened to every operation in it.
+//!
+//! Everything here is a function of the configuration and the decided blocks
+//! alone: time is the block's consensus time (`time_ms`), never a local
+//! clock; maps are ordered; nothing panics on what a peer sent. Two parties
+//! that apply the same blocks hold byte-identical state and the same
+//! [`SessionMachine::state_root`] after every block.
+//!
+//! Per block: (1) deadlines that the block's time has passed fire (pending
+//! operations expire, sessions that missed their overall or round deadline
+//! fail, naming the participants that had not done their part); (2) each
+//! batch is checked (cluster, member, strictly increasing seq) and each of
+//! its operations decoded, checked against the rules and applied; (3)
+//! sessions whose current round every participant has completed move to the
+//! next round, whose deadline starts at this block's time.
+
+use super::approval::{tally, ApprovalPolicy, ApprovalRules, Tally};
+use super::ops::{
+    check_batch_envelope, AbortSession, AttestationRecord, Blob, CreateSession, Decision,
+    DecodeError, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason, Recipient,
+    SessionId, SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp,
+    MAX_SCHEME_BYTES, MAX_TEXT_BYTES,
+};
+use super::root::{leaf, MerkleTree};
+use crate::batch::SignedBatch;
+use crate::crypto::PublicKey;
+use crate::types::{ClusterId, FaultModel, Height, PartyId, Sha256Digest};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Domain tag of the state root.
+pub const STATE_ROOT_DOMAIN: &[u8] = b"quorate/sessions/state-root/v1";
+
+/// Longest message digest a signing session accepts, in bytes.
+pub const MAX_DIGEST_BYTES: usize = 64;
+
+// ---------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------
+
+/// Cluster-wide session rules. Part of the canonical cluster configuration
+/// (every party must use the same, or their state roots differ); the host
+/// embeds it in its TOML config under `[sessions]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionRules {
+    /// Approval policy per operation kind.
+    pub approval: ApprovalRules,
+    /// Largest session-message payload, in bytes.
+    pub max_payload_bytes: u32,
+    /// Largest session result, in bytes.
+    pub max_result_bytes: u32,
+    /// Largest attestation evidence, in bytes.
+    pub max_evidence_bytes: u32,
+    /// Round deadline when a session does not set one, in seconds.
+    pub default_round_secs: u32,
+    /// Longest overall session deadline (and round deadline) accepted, in seconds.
+    pub max_deadline_secs: u32,
+    /// Highest round number a session may reach.
+    pub max_rounds: u32,
+    /// How long an attestation record waits for verdicts, in seconds.
+    pub attestation_verdict_secs: u32,
+}
+
+impl Default for SessionRules {
+    fn default() -> Self {
+        SessionRules {
+            approval: ApprovalRules::default(),
+            max_payload_bytes: 64 * 1024,
+            max_result_bytes: 4 * 1024,
+            max_evidence_bytes: 64 * 1024,
+            default_round_secs: 60,
+            max_deadline_secs: 24 * 3600,
+            max_rounds: 16,
+            attestation_verdict_secs: 300,
+        }
+    }
+}
+
+/// Everything the machine needs besides the blocks: fixed per epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    /// The cluster's identity.
+    pub cluster: ClusterId,
+    /// The fault model, which fixes quorum sizes.
+    pub fault_model: FaultModel,
+    /// The members and their vote keys.
+    pub members: BTreeMap<PartyId, PublicKey>,
+    /// The session rules.
+    pub rules: SessionRules,
+}
+
+/// A configuration the machine refuses to start with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No members.
+    #[error("the cluster has no members; list every party and its vote key")]
+    NoMembers,
+    /// Party id 0 is reserved.
+    #[error("party id 0 is not allowed; number parties from 1")]
+    ZeroPartyId,
+    /// A rule is zero where it must be positive.
+    #[error("session rule `{0}` must be greater than zero")]
+    ZeroRule(&'static str),
+}
+
+impl MachineConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.members.is_empty() {
+            return Err(ConfigError::NoMembers);
+        }
+        if self.members.contains_key(&PartyId(0)) {
+            return Err(ConfigError::ZeroPartyId);
+        }
+        let r = &self.rules;
+        for (name, v) in [
+            ("max_payload_bytes", r.max_payload_bytes),
+            ("max_result_bytes", r.max_result_bytes),
+            ("max_evidence_bytes", r.max_evidence_bytes),
+            ("default_round_secs", r.default_round_secs),
+            ("max_deadline_secs", r.max_deadline_secs),
+            ("max_rounds", r.max_rounds),
+            ("attestation_verdict_secs", r.attestation_verdict_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroRule(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Digest of the canonical encoding of this configuration.
+    pub fn digest(&self) -> Sha256Digest {
+        Sha256Digest::of(&postcard::to_stdvec(self).unwrap_or_default())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------
+
+/// Where consensus placed an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpPosition {
+    /// Block height.
+    pub height: Height,
+    /// Block time (consensus time, ms since the Unix epoch).
+    pub time_ms: u64,
+    /// Index of the batch in the block.
+    pub batch: u32,
+    /// Index of the operation in the batch.
+    pub index: u32,
+    /// Global order of the operation since genesis.
+    pub ordinal: u64,
+}
+
+/// The kind of a decided operation, as recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OpKind {
+    /// `CreateSession` for a key generation.
+    CreateKeygen,
+    /// `CreateSession` for a signing.
+    CreateSigning,
+    /// `Verdict`.
+    Verdict,
+    /// `SessionMessage`.
+    SessionMessage,
+    /// `SessionResult`.
+    SessionResult,
+    /// `AbortSession`.
+    AbortSession,
+    /// `AttestationRecord`.
+    AttestationRecord,
+    /// `Evidence`.
+    Evidence,
+    /// Bytes that did not decode into an operation.
+    Undecodable,
+}
+
+impl OpKind {
+    fn of(body: &OpBody) -> Self {
+        match body {
+            OpBody::CreateSession(c) => match c.session.kind() {
+                SessionKind::Keygen => OpKind::CreateKeygen,
+                SessionKind::Signing => OpKind::CreateSigning,
+            },
+            OpBody::Verdict(_) => OpKind::Verdict,
+            OpBody::SessionMessage(_) => OpKind::SessionMessage,
+            OpBody::SessionResult(_) => OpKind::SessionResult,
+            OpBody::AbortSession(_) => OpKind::AbortSession,
+            OpBody::AttestationRecord(_) => OpKind::AttestationRecord,
+            OpBody::Evidence(_) => OpKind::Evidence,
+        }
+    }
+}
+
+/// Where an operation stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    /// Waiting for verdicts.
+    Pending,
+    /// Took effect at `height`.
+    Executed {
+        /// When.
+        height: Height,
+    },
+    /// Refused at `height`, with every reason.
+    Rejected {
+        /// When.
+        height: Height,
+        /// Why (every rule broken, every rejecting verdict).
+        reasons: Vec<RejectReason>,
+    },
+}
+
+/// One reason an operation was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// It broke a deterministic rule.
+    Rule(RuleViolation),
+    /// A voter rejected it.
+    Verdict {
+        /// The voter.
+        party: PartyId,
+        /// The voter's reason.
+        reason: Reason,
+    },
+    /// Its deadline passed before enough approvals arrived.
+    Deadline {
+        /// The deadline (block time, ms).
+        deadline_ms: u64,
+    },
+    /// A newer record of the same kind by the same author replaced it.
+    Superseded {
+        /// The newer operation.
+        by: OpId,
+    },
+    /// Its session was aborted before approval.
+    Aborted {
+        /// Who aborted.
+        by: PartyId,
+        /// Why.
+        reason: Reason,
+    },
+}
+
+/// A deterministic rule an operation broke. Every party reaches the same
+/// verdict from the same decided state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RuleViolation {
+    /// The batch is for another cluster.
+    #[error("batch signed for another cluster")]
+    WrongCluster,
+    /// The batch author is not a member.
+    #[error("batch author {0} is not a member")]
+    UnknownAuthor(PartyId),
+    /// The batch has too many operations.
+    #[error("batch carries too many operations")]
+    TooManyOps,
+    /// The batch's seq does not exceed the author's last decided seq.
+    #[error("batch seq {seq} replays or reorders (last decided seq of its author: {last})")]
+    Replayed {
+        /// The batch's seq.
+        seq: u64,
+        /// The author's last decided seq.
+        last: u64,
+    },
+    /// The bytes do not decode.
+    #[error("operation does not decode: {0}")]
+    Undecodable(String),
+    /// The operation names another author than the batch signer.
+    #[error("operation claims author {claimed}, batch signed by {signer}")]
+    AuthorMismatch {
+        /// Claimed author.
+        claimed: PartyId,
+        /// Batch signer.
+        signer: PartyId,
+    },
+    /// A listed party is not a member.
+    #[error("{0} is not a member of the cluster")]
+    NotAMember(PartyId),
+    /// A party is listed twice.
+    #[error("{0} is listed twice")]
+    DuplicateParty(PartyId),
+    /// Threshold out of range.
+    #[error("threshold {threshold} is not within 1..={parties}")]
+    BadThreshold {
+        /// Requested threshold.
+        threshold: u16,
+        /// Number of participants.
+        parties: usize,
+    },
+    /// Scheme label empty, too long or with characters outside `[a-z0-9-]`.
+    #[error("scheme label must be 1..=64 characters of [a-z0-9-]")]
+    BadScheme,
+    /// Deadline zero or beyond the cluster maximum.
+    #[error("deadline of {secs} s is not within 1..={max} s")]
+    BadDeadline {
+        /// Requested.
+        secs: u32,
+        /// Cluster maximum.
+        max: u32,
+    },
+    /// A party is excluded (proven misbehaviour or rejected attestation).
+    #[error("{0} is excluded from new sessions")]
+    Excluded(PartyId),
+    /// No completed key generation produced this key.
+    #[error("no completed key generation produced key {0}")]
+    UnknownKey(KeyId),
+    /// A signer does not hold a share of the key.
+    #[error("{0} does not hold a share of the key")]
+    NotAKeyHolder(PartyId),
+    /// Fewer signers than the key's threshold.
+    #[error("{signers} signers is fewer than the key's threshold {threshold}")]
+    TooFewSigners {
+        /// Signers listed.
+        signers: usize,
+        /// The key's threshold.
+        threshold: u16,
+    },
+    /// Message digest empty or too long.
+    #[error("message digest of {0} bytes is not within 1..=64")]
+    BadDigest(usize),
+    /// Free text too long.
+    #[error("reason text exceeds {MAX_TEXT_BYTES} bytes")]
+    TextTooLong,
+    /// Verdict on an operation that was never decided.
+    #[error("no decided operation {0}")]
+    UnknownOperation(OpId),
+    /// Verdict on an operation that takes no verdicts (it needs no approval).
+    #[error("operation {0} takes no verdicts")]
+    NotVotable(OpId),
+    /// Verdict from a party that does not vote on this operation.
+    #[error("{0} does not vote on this operation")]
+    NotAVoter(PartyId),
+    /// A party's second verdict on the same operation.
+    #[error("{0} already posted its verdict on this operation")]
+    AlreadyVoted(PartyId),
+    /// No such session.
+    #[error("no session {0}")]
+    UnknownSession(SessionId),
+    /// The session is not running.
+    #[error("session is not active")]
+    SessionNotActive,
+    /// The author does not take part in the session.
+    #[error("{0} is not a participant of the session")]
+    NotAParticipant(PartyId),
+    /// The message is not for the session's current round.
+    #[error("message for round {got}, the session is in round {current}")]
+    WrongRound {
+        /// The message's round.
+        got: u32,
+        /// The current round.
+        current: u32,
+    },
+    /// The session would exceed the cluster's round limit.
+    #[error("round {0} exceeds the cluster's round limit")]
+    RoundLimit(u32),
+    /// Addressed to a party that is not another participant.
+    #[error("recipient {0} is not another participant")]
+    BadRecipient(PartyId),
+    /// The party already sent this message.
+    #[error("already sent a message for this round and recipient")]
+    DuplicateMessage,
+    /// Payload, result or evidence too large.
+    #[error("{len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Size.
+        len: usize,
+        /// Limit.
+        max: u32,
+    },
+    /// An empty result or evidence.
+    #[error("empty content")]
+    Empty,
+    /// The party already posted its result.
+    #[error("{0} already posted its result")]
+    DuplicateResult(PartyId),
+    /// Only the initiator and participants may abort.
+    #[error("{0} may not abort this session")]
+    MayNotAbort(PartyId),
+    /// Attestation binds a height not yet decided.
+    #[error("attestation binds height {binds}, only {decided} is decided")]
+    FutureHeight {
+        /// The bound height.
+        binds: Height,
+        /// The block being applied.
+        decided: Height,
+    },
+    /// The misbehaviour proof does not hold.
+    #[error("invalid misbehaviour proof: {0}")]
+    InvalidProof(String),
+    /// This misbehaviour is already recorded.
+    #[error("this misbehaviour is already recorded")]
+    AlreadyProven,
+}
+
+/// The record of every decided operation (payloads live with their session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpRecord {
+    /// Its id.
+    pub id: OpId,
+    /// Where consensus placed it.
+    pub position: OpPosition,
+    /// The batch signer.
+    pub author: PartyId,
+    /// What it was.
+    pub kind: OpKind,
+    /// The session it concerns, if any.
+    pub session: Option<SessionId>,
+    /// Where it stands.
+    pub status: OpStatus,
+    /// Verdicts posted on it, by voter.
+    pub verdicts: BTreeMap<PartyId, Decision>,
+    /// Its approval requirement, if it needs verdicts.
+    pub approval: Option<Approval>,
+}
+
+/// What an operation needs to execute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The policy.
+    pub policy: ApprovalPolicy,
+    /// Who votes.
+    pub voters: BTreeSet<PartyId>,
+    /// Approvals needed.
+    pub needed: usize,
+    /// When it expires (block time, ms): rejected if still pending after.
+    pub deadline_ms: u64,
+}
+
+/// A session's life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Created; waiting for the approvals its policy needs.
+    AwaitingApproval,
+    /// Running; messages for `round` are accepted.
+    Active {
+        /// The current round, from 1.
+        round: u32,
+        /// When it started (block time, ms).
+        round_started_ms: u64,
+    },
+    /// Every participant posted the same result.
+    Completed {
+        /// The agreed result.
+        result: Blob,
+        /// When.
+        height: Height,
+    },
+    /// The approvals never came (see the creating operation's reasons).
+    NotApproved {
+        /// When.
+        height: Height,
+    },
+    /// Started but did not complete.
+    Failed(Failure),
+}
+
+impl Phase {
+    /// A short label (`awaiting_approval`, `active`, ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::Active { .. } => "active",
+            Phase::Completed { .. } => "completed",
+            Phase::NotApproved { .. } => "not_approved",
+            Phase::Failed(_) => "failed",
+        }
+    }
+    fn is_open(&self) -> bool {
+        matches!(self, Phase::AwaitingApproval | Phase::Active { .. })
+    }
+}
+
+/// Why and how a session failed. Omission (did not act in time) and proven
+/// misbehaviour (signed two conflicting statements) are kept apart: the
+/// first is a suspicion, the second a proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Why.
+    pub reason: FailureReason,
+    /// When.
+    pub height: Height,
+    /// Block time of the failure (ms).
+    pub time_ms: u64,
+    /// Participants that had not done their part when a deadline passed.
+    pub omission_suspects: Vec<PartyId>,
+    /// Participants proven to have equivocated.
+    pub proven_misbehaviour: Vec<PartyId>,
+    /// Each result posted, when results disagree (or at a deadline).
+    pub results: Vec<ResultClaim>,
+    /// Participants whose result differs from the largest agreeing group
+    /// (empty when no group is strictly largest).
+    pub dissenters: Vec<PartyId>,
+}
+
+/// Why a session failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The overall deadline passed.
+    DeadlinePassed,
+    /// A round's deadline passed with participants still missing.
+    RoundTimeout {
+        /// The round.
+        round: u32,
+    },
+    /// The participants posted different results.
+    ResultsDisagree,
+    /// A party aborted it.
+    Aborted {
+        /// Who.
+        by: PartyId,
+        /// Why.
+        reason: Reason,
+    },
+    /// A participant was proven to misbehave.
+    Misbehaviour,
+}
+
+/// One participant's posted result, by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultClaim {
+    /// The participant.
+    pub party: PartyId,
+    /// SHA-256 of its result.
+    pub digest: Sha256Digest,
+}
+
+/// A decided session message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The operation that carried it.
+    pub op: OpId,
+    /// When it was decided.
+    pub height: Height,
+    /// The sender.
+    pub from: PartyId,
+    /// The round.
+    pub round: u32,
+    /// The recipient(s).
+    pub to: Recipient,
+    /// The payload.
+    pub payload: Blob,
+}
+
+/// A session, with its parameters recorded once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Its id (derived from the creating operation).
+    pub id: SessionId,
+    /// Its position among all sessions, in decided order (from 0).
+    pub index: u64,
+    /// The creating operation.
+    pub create_op: OpId,
+    /// Who asked for it.
+    pub initiator: PartyId,
+    /// The parameters, as decided.
+    pub spec: SessionSpec,
+    /// Who takes part (key-generation participants or signers), ascending.
+    pub participants: Vec<PartyId>,
+    /// The threshold (the key's, for signing).
+    pub threshold: u16,
+    /// The scheme label (the key's, for signing).
+    pub scheme: String,
+    /// When it was created.
+    pub created: Height,
+    /// Overall deadline (block time, ms).
+    pub deadline_ms: u64,
+    /// Each round's length (ms).
+    pub round_ms: u64,
+    /// Where it stands.
+    pub phase: Phase,
+    /// Every message, in decided order.
+    pub messages: Vec<StoredMessage>,
+    /// Every result, by participant.
+    pub results: BTreeMap<PartyId, Blob>,
+}
+
+impl Session {
+    fn has_message(&self, round: u32, from: PartyId, to: Recipient) -> bool {
+        self.messages
+            .iter()
+            .any(|m| m.round == round && m.from == from && m.to == to)
+    }
+
+    /// True when `p` has done its part of `round`: posted its result, or a
+    /// broadcast, or a message to every other participant.
+    pub fn round_done_by(&self, p: PartyId, round: u32) -> bool {
+        if self.results.contains_key(&p) || self.has_message(round, p, Recipient::All) {
+            return true;
+        }
+        let mut others = self.participants.iter().filter(|q| **q != p).peekable();
+        others.peek().is_some() && others.all(|q| self.has_message(round, p, Recipient::Party(*q)))
+    }
+
+    fn claims(&self) -> Vec<ResultClaim> {
+        self.results
+            .iter()
+            .map(|(p, r)| ResultClaim {
+                party: *p,
+                digest: Sha256Digest::of(r.as_slice()),
+            })
+            .collect()
+    }
+}
+
+/// A group key from a completed key generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupKey {
+    /// Its id (the key generation's session id).
+    pub id: KeyId,
+    /// The scheme.
+    pub scheme: String,
+    /// Who holds shares, ascending.
+    pub participants: Vec<PartyId>,
+    /// How many are needed to sign.
+    pub threshold: u16,
+    /// The group public key, as every participant reported it.
+    pub public_key: Blob,
+    /// When the key generation completed.
+    pub height: Height,
+}
+
+/// What a party was proven to have signed twice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conflict {
+    /// Two batches with one seq.
+    Batches {
+        /// The seq.
+        seq: u64,
+    },
+    /// Two messages for one slot.
+    Messages {
+        /// Session.
+        session: SessionId,
+        /// Round.
+        round: u32,
+        /// Recipient.
+        to: Recipient,
+    },
+    /// Two results for one session.
+    Results {
+        /// Session.
+        session: SessionId,
+    },
+    /// Two verdicts on one operation.
+    Verdicts {
+        /// The operation judged.
+        target: OpId,
+    },
+}
+
+/// A recorded, proven misbehaviour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenMisbehaviour {
+    /// Who misbehaved.
+    pub party: PartyId,
+    /// What it signed twice.
+    pub conflict: Conflict,
+    /// Who reported it.
+    pub reported_by: PartyId,
+    /// The `Evidence` operation.
+    pub op: OpId,
+    /// When.
+    pub height: Height,
+}
+
+/// A party's attestation standing, from decided attestation records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationStanding {
+    /// The record awaiting verdicts, if any.
+    pub pending: Option<OpId>,
+    /// The last accepted record and when.
+    pub accepted: Option<(OpId, Height)>,
+    /// Set when the last decided record was rejected: the party is excluded
+    /// from new sessions until a later record is accepted.
+    pub excluded: Option<(OpId, Height)>,
+}
+
+/// The machine's whole state: what the state root commits to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Last applied height (0 at genesis).
+    pub height: Height,
+    /// Last applied block time (ms).
+    pub time_ms: u64,
+    /// Operations decided so far.
+    pub op_count: u64,
+    /// Each author's last decided batch seq.
+    pub last_seq: BTreeMap<PartyId, u64>,
+    /// Every decided operation.
+    pub ops: BTreeMap<OpId, OpRecord>,
+    /// Operations awaiting verdicts.
+    pub pending: BTreeSet<OpId>,
+    /// Every session.
+    pub sessions: BTreeMap<SessionId, Session>,
+    /// Sessions awaiting approval or active.
+    pub open_sessions: BTreeSet<SessionId>,
+    /// Group keys from completed key generations.
+    pub keys: BTreeMap<KeyId, GroupKey>,
+    /// Proven misbehaviour, in decided order.
+    pub misbehaviour: Vec<ProvenMisbehaviour>,
+    /// Attestation standing by party.
+    pub attestation: BTreeMap<PartyId, AttestationStanding>,
+}
+
+// ---------------------------------------------------------------------------
+// Outcomes and events
+// ---------------------------------------------------------------------------
+
+/// What happened to one operation of the block when it was applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpOutcome {
+    /// Its id.
+    pub op: OpId,
+    /// Index of its batch in the block.
+    pub batch: u32,
+    /// Index in the batch.
+    pub index: u32,
+    /// The batch signer.
+    pub author: PartyId,
+    /// Its kind.
+    pub kind: OpKind,
+    /// Executed, pending verdicts, or rejected with reasons.
+    pub status: OpStatus,
+}
+
+/// Something the host's event stream reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// An operation awaits verdicts; each voter's daemon should judge it.
+    AwaitingVerdicts {
+        /// The operation.
+        op: OpId,
+        /// Its kind.
+        kind: OpKind,
+        /// Who votes.
+        voters: BTreeSet<PartyId>,
+    },
+    /// A pending operation executed.
+    Executed {
+        /// The operation.
+        op: OpId,
+    },
+    /// A pending operation was rejected.
+    Rejected {
+        /// The operation.
+        op: OpId,
+        /// Why.
+        reasons: Vec<RejectReason>,
+    },
+    /// A session started (round 1).
+    SessionStarted {
+        /// The session.
+        session: SessionId,
+    },
+    /// A message was decided.
+    Message {
+        /// The session.
+        session: SessionId,
+        /// Round.
+        round: u32,
+        /// Sender.
+        from: PartyId,
+        /// Recipient(s).
+        to: Recipient,
+        /// The carrying operation.
+        op: OpId,
+    },
+    /// Every participant completed the previous round.
+    RoundAdvanced {
+        /// The session.
+        session: SessionId,
+        /// The new round.
+        round: u32,
+    },
+    /// The session completed.
+    SessionCompleted {
+        /// The session.
+        session: SessionId,
+        /// The agreed result.
+        result: Blob,
+    },
+    /// The session failed.
+    SessionFailed {
+        /// The session.
+        session: SessionId,
+        /// How.
+        failure: Failure,
+    },
+    /// A party was proven to misbehave.
+    MisbehaviourProven {
+        /// The record.
+        record: ProvenMisbehaviour,
+    },
+}
+
+/// The result of applying one block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockOutcome {
+    /// The block's height.
+    pub height: Height,
+    /// The block's time (ms).
+    pub time_ms: u64,
+    /// Every operation of the block, in order.
+    pub ops: Vec<OpOutcome>,
+    /// Events, in the order they happened.
+    pub events: Vec<Event>,
+    /// The state root after the block.
+    pub state_root: Sha256Digest,
+}
+
+/// A block the machine cannot apply: a fault of the local driver or of
+/// consensus, never of an operation (those are rejected individually).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// Heights must be applied one after another.
+    #[error("block height {got} applied after {last}: apply decided blocks in order, from genesis or a snapshot")]
+    HeightOutOfOrder {
+        /// The block's height.
+        got: Height,
+        /// The last applied height.
+        last: Height,
+    },
+    /// Consensus time must strictly increase.
+    #[error("block time {got} ms does not exceed the previous block's {last} ms: consensus time must strictly increase")]
+    TimeNotIncreasing {
+        /// The block's time.
+        got: u64,
+        /// The previous block's time.
+        last: u64,
+    },
+}
+
+/// A snapshot that cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The bytes do not decode.
+    #[error("state snapshot does not decode: {0}; it is corrupt or from another version")]
+    Malformed(String),
+}
+
+// ---------------------------------------------------------------------------
+// The machine
+// ---------------------------------------------------------------------------
+
+/// The deterministic session state machine of one party.
+#[derive(Clone, Debug)]
+pub struct SessionMachine {
+    config: MachineConfig,
+    config_digest: Sha256Digest,
+    state: State,
+    /// Merkle tree over operation records, by ordinal.
+    ops_tree: MerkleTree,
+    /// Merkle tree over sessions, by index.
+    sessions_tree: MerkleTree,
+    /// Records changed since the root was last computed.
+    dirty_ops: BTreeSet<OpId>,
+    /// Sessions changed since the root was last computed.
+    dirty_sessions: BTreeSet<SessionId>,
+    /// The state root after the last applied block.
+    root: Sha256Digest,
+}
+
+/// The small part of the state, hashed whole into the root.
+#[derive(Serialize)]
+struct Header<'a> {
+    height: Height,
+    time_ms: u64,
+    op_count: u64,
+    last_seq: &'a BTreeMap<PartyId, u64>,
+    pending: &'a BTreeSet<OpId>,
+    open_sessions: &'a BTreeSet<SessionId>,
+    // `keys` is left out: each group key is a function of its completed
+    // key-generation session, which the sessions tree commits to.
+    misbehaviour: &'a [ProvenMisbehaviour],
+    attestation: &'a BTreeMap<PartyId, AttestationStanding>,
+}
+
+/// How an accepted operation took effect.
+enum Applied {
+    Executed,
+    Pending,
+}
+
+/// Scratch of one block being applied.
+struct BlockCtx {
+    height: Height,
+    time_ms: u64,
+    events: Vec<Event>,
+    touched: BTreeSet<SessionId>,
+}
+
+fn ms(secs: u32) -> u64 {
+    u64::from(secs).saturating_mul(1000)
+}
+
+fn check_text(r: &Reason) -> Result<(), RuleViolation> {
+    if r.text.len() > MAX_TEXT_BYTES {
+        return Err(RuleViolation::TextTooLong);
+    }
+    Ok(())
+}
+
+fn check_scheme(s: &str) -> Result<(), RuleViolation> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_SCHEME_BYTES
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleViolation::BadScheme)
+    }
+}
+
+fn sorted_distinct(parties: &[PartyId]) -> Result<Vec<PartyId>, RuleViolation> {
+    let mut seen = BTreeSet::new();
+    for p in parties {
+        if !seen.insert(*p) {
+            return Err(RuleViolation::DuplicateParty(*p));
+        }
+    }
+    Ok(seen.into_iter().collect())
+}
+
+impl SessionMachine {
+    /// A machine at genesis.
+    pub fn new(config: MachineConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut m = SessionMachine {
+            config_digest: config.digest(),
+            config,
+            state: State::default(),
+            ops_tree: MerkleTree::default(),
+            sessions_tree: MerkleTree::default(),
+            dirty_ops: BTreeSet::new(),
+            dirty_sessions: BTreeSet::new(),
+            root: Sha256Digest::default(),
+        };
+        m.rebuild_root();
+        Ok(m)
+    }
+
+    /// A machine restored from [`SessionMachine::encode_state`] bytes.
+    pub fn restore(config: MachineConfig, state: &[u8]) -> Result<Self, RestoreError> {
+        let mut m = SessionMachine::new(config)?;
+        m.state =
+            postcard::from_bytes(state).map_err(|e| RestoreError::Malformed(e.to_string()))?;
+        m.rebuild_root();
+        Ok(m)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// The whole state (read-only).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The canonical encoding of the state (for snapshots and comparison).
+    pub fn encode_state(&self) -> Vec<u8> {
+        postcard::to_stdvec(&self.state).unwrap_or_default()
+    }
+
+    /// The state root after the last applied block: SHA-256 over a domain
+    /// tag, the configuration's digest, the digest of the state's header and
+    /// the roots of the Merkle trees over operation records and sessions (see
+    /// the `root` module). Equal roots mean equal state under equal rules.
+    pub fn state_root(&self) -> Sha256Digest {
+        self.root
+    }
+
+    /// The state root computed from scratch over the whole state, without
+    /// the incremental trees: what an auditor recomputes from a snapshot.
+    /// Always equal to [`SessionMachine::state_root`].
+    pub fn full_state_root(&self) -> Sha256Digest {
+        let mut ops = MerkleTree::default();
+        ops.update(self.op_leaves(self.state.ops.values()));
+        let mut sessions = MerkleTree::default();
+        sessions.update(self.session_leaves(self.state.sessions.values()));
+        self.combine(&ops, &sessions)
+    }
+
+    fn op_leaves<'a>(
+        &self,
+        recs: impl Iterator<Item = &'a OpRecord>,
+    ) -> Vec<(usize, Sha256Digest)> {
+        let mut v: Vec<(usize, Sha256Digest)> = recs
+            .map(|r| {
+                (
+                    usize::try_from(r.position.ordinal).unwrap_or(usize::MAX),
+                    leaf(r),
+                )
+            })
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        v
+    }
+
+    fn session_leaves<'a>(
+        &self,
+        sessions: impl Iterator<Item = &'a Session>,
+    ) -> Vec<(usize, Sha256Digest)> {
+        let mut v: Vec<(usize, Sha256Digest)> = sessions
+            .map(|s| (usize::try_from(s.index).unwrap_or(usize::MAX), leaf(s)))
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        v
+    }
+
+    fn combine(&self, ops: &MerkleTree, sessions: &MerkleTree) -> Sha256Digest {
+        let st = &self.state;
+        let header = Header {
+            height: st.height,
+            time_ms: st.time_ms,
+            op_count: st.op_count,
+            last_seq: &st.last_seq,
+            pending: &st.pending,
+            open_sessions: &st.open_sessions,
+            misbehaviour: &st.misbehaviour,
+            attestation: &st.attestation,
+        };
+        Sha256Digest::of_parts(&[
+            STATE_ROOT_DOMAIN,
+            self.config_digest.as_bytes(),
+            leaf(&header).as_bytes(),
+            ops.root().as_bytes(),
+            sessions.root().as_bytes(),
+        ])
+    }
+
+    fn rebuild_root(&mut self) {
+        self.ops_tree = MerkleTree::default();
+        self.ops_tree
+            .update(self.op_leaves(self.state.ops.values()));
+        self.sessions_tree = MerkleTree::default();
+        self.sessions_tree
+            .update(self.session_leaves(self.state.sessions.values()));
+        self.dirty_ops.clear();
+        self.dirty_sessions.clear();
+        self.root = self.combine(&self.ops_tree, &self.sessions_tree);
+    }
+
+    /// Rehashes what the block changed and recomputes the root.
+    fn flush_root(&mut self) {
+        let dirty_ops = std::mem::take(&mut self.dirty_ops);
+        let changes = self.op_leaves(dirty_ops.iter().filter_map(|id| self.state.ops.get(id)));
+        self.ops_tree.update(changes);
+        let dirty_sessions = std::mem::take(&mut self.dirty_sessions);
+        let changes = self.session_leaves(
+            dirty_sessions
+                .iter()
+                .filter_map(|id| self.state.sessions.get(id)),
+        );
+        self.sessions_tree.update(changes);
+        self.root = self.combine(&self.ops_tree, &self.sessions_tree);
+    }
+
+    /// Applies one decided block. `time_ms` is the block's consensus time.
+    /// Every operation is executed, left pending or rejected with reasons;
+    /// only a block out of order is refused, leaving the state unchanged.
+    pub fn apply_block(
+        &mut self,
+        height: Height,
+        time_ms: u64,
+        batches: &[SignedBatch],
+    ) -> Result<BlockOutcome, ApplyError> {
+        let last = self.state.height;
+        if height.0 != last.0.saturating_add(1) || last.0 == u64::MAX {
+            return Err(ApplyError::HeightOutOfOrder { got: height, last });
+        }
+        if last.0 > 0 && time_ms <= self.state.time_ms {
+            return Err(ApplyError::TimeNotIncreasing {
+                got: time_ms,
+                last: self.state.time_ms,
+            });
+        }
+        self.state.height = height;
+        self.state.time_ms = time_ms;
+        let mut cx = BlockCtx {
+            height,
+            time_ms,
+            events: Vec::new(),
+            touched: BTreeSet::new(),
+        };
+        self.fire_deadlines(&mut cx);
+        let mut outcomes = Vec::new();
+        for (bi, batch) in batches.iter().enumerate() {
+            self.apply_batch(
+                &mut cx,
+                u32::try_from(bi).unwrap_or(u32::MAX),
+                batch,
+                &mut outcomes,
+            );
+        }
+        self.advance_rounds(&mut cx);
+        self.flush_root();
+        Ok(BlockOutcome {
+            height,
+            time_ms,
+            ops: outcomes,
+            events: cx.events,
+            state_root: self.state_root(),
+        })
+    }
+
+    fn apply_batch(
+        &mut self,
+        cx: &mut BlockCtx,
+        bi: u32,
+        batch: &SignedBatch,
+        outcomes: &mut Vec<OpOutcome>,
+    ) {
+        let author = batch.body.author;
+        let seq = batch.body.seq;
+        // A batch-level fault rejects every operation in it.
+        let batch_fault =
+            match check_batch_envelope(batch, &self.config.cluster, &self.config.members) {
+                Err(super::ops::BatchError::WrongCluster { .. }) => {
+                    Some(RuleViolation::WrongCluster)
+                }
+                Err(super::ops::BatchError::UnknownAuthor(p)) => {
+                    Some(RuleViolation::UnknownAuthor(p))
+                }
+                Err(_) => Some(RuleViolation::TooManyOps),
+                Ok(()) => match self.state.last_seq.get(&author) {
+                    Some(last) if seq <= *last => {
+                        Some(RuleViolation::Replayed { seq, last: *last })
+                    }
+                    _ => None,
+                },
+            };
+        if batch_fault.is_none() {
+            self.state.last_seq.insert(author, seq);
+        }
+        for (i, bytes) in batch.body.ops.iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let id = OpId::derive(&self.config.cluster, cx.height, bi, author, seq, index);
+            let position = OpPosition {
+                height: cx.height,
+                time_ms: cx.time_ms,
+                batch: bi,
+                index,
+                ordinal: self.state.op_count,
+            };
+            self.state.op_count = self.state.op_count.saturating_add(1);
+            let decoded = match &batch_fault {
+                Some(v) => Err(v.clone()),
+                None => Operation::decode(bytes)
+                    .map_err(|e: DecodeError| RuleViolation::Undecodable(e.to_string()))
+                    .and_then(|op| {
+                        if op.author == author {
+                            Ok(op)
+                        } else {
+                            Err(RuleViolation::AuthorMismatch {
+                                claimed: op.author,
+                                signer: author,
+                            })
+                        }
+                    }),
+            };
+            let (kind, status) = match decoded {
+                Err(v) => {
+                    let status = OpStatus::Rejected {
+                        height: cx.height,
+                        reasons: vec![RejectReason::Rule(v)],
+                    };
+                    self.dirty_ops.insert(id);
+                    self.state.ops.insert(
+                        id,
+                        OpRecord {
+                            id,
+                            position,
+                            author,
+                            kind: OpKind::Undecodable,
+                            session: None,
+                            status: status.clone(),
+                            verdicts: BTreeMap::new(),
+                            approval: None,
+                        },
+                    );
+                    (OpKind::Undecodable, status)
+                }
+                Ok(op) => {
+                    let kind = OpKind::of(&op.body);
+                    let session = match &op.body {
+                        OpBody::CreateSession(_) => Some(SessionId::from_op(&id)),
+                        OpBody::SessionMessage(m) => Some(m.session),
+                        OpBody::SessionResult(r) => Some(r.session),
+                        OpBody::AbortSession(a) => Some(a.session),
+                        _ => None,
+                    };
+                    // Recorded before it is applied, so that approval logic
+                    // finds the record.
+                    self.dirty_ops.insert(id);
+                    self.state.ops.insert(
+                        id,
+                        OpRecord {
+                            id,
+                            position,
+                            author,
+                            kind,
+                            session,
+                            status: OpStatus::Pending,
+                            verdicts: BTreeMap::new(),
+                            approval: None,
+                        },
+                    );
+                    let result = self.apply_op(cx, id, author, op.body);
+                    self.dirty_ops.insert(id);
+                    let status = match self.state.ops.get_mut(&id) {
+                        Some(rec) => {
+                            match result {
+                                Ok(Applied::Executed) => {
+                                    rec.status = OpStatus::Executed { height: cx.height }
+                                }
+                                // Already settled if its approvals were complete at once.
+                                Ok(Applied::Pending) => {}
+                                Err(v) => {
+                                    rec.status = OpStatus::Rejected {
+                                        height: cx.height,
+                                        reasons: vec![RejectReason::Rule(v)],
+                                    }
+                                }
+                            }
+                            rec.status.clone()
+                        }
+                        None => OpStatus::Pending,
+                    };
+                    (kind, status)
+                }
+            };
+            outcomes.push(OpOutcome {
+                op: id,
+                batch: bi,
+                index,
+                author,
+                kind,
+                status,
+            });
+        }
+    }
+
+    fn apply_op(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        body: OpBody,
+    ) -> Result<Applied, RuleViolation> {
+        match body {
+            OpBody::CreateSession(c) => self.create_session(cx, id, author, c),
+            OpBody::Verdict(v) => self.verdict(cx, author, v),
+            OpBody::SessionMessage(m) => self.message(cx, id, author, m),
+            OpBody::SessionResult(r) => self.result(cx, author, r),
+            OpBody::AbortSession(a) => self.abort(cx, author, a),
+            OpBody::AttestationRecord(a) => self.attestation_record(cx, id, author, a),
+            OpBody::Evidence(e) => self.evidence(cx, id, author, e),
+        }
+    }
+
+    // -- exclusion ----------------------------------------------------------
+
+    /// True when `p` may not join new sessions: proven misbehaviour, or its
+    /// last decided attestation record was rejected.
+    pub fn is_excluded(&self, p: PartyId) -> bool {
+        self.state.misbehaviour.iter().any(|m| m.party == p)
+            || self
+                .state
+                .attestation
+                .get(&p)
+                .is_some_and(|a| a.excluded.is_some())
+    }
+
+    fn check_parties(&self, parties: &[PartyId]) -> Result<(), RuleViolation> {
+        for p in parties {
+            if !self.config.members.contains_key(p) {
+                return Err(RuleViolation::NotAMember(*p));
+            }
+            if self.is_excluded(*p) {
+                return Err(RuleViolation::Excluded(*p));
+            }
+        }
+        Ok(())
+    }
+
+    // -- CreateSession ------------------------------------------------------
+
+    fn create_session(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        c: CreateSession,
+    ) -> Result<Applied, RuleViolation> {
+        let rules = self.config.rules;
+        let check_deadline = |secs: u32| {
+            if secs == 0 || secs > rules.max_deadline_secs {
+                Err(RuleViolation::BadDeadline {
+                    secs,
+                    max: rules.max_deadline_secs,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check_deadline(c.session.deadline_secs())?;
+        let round_secs = c.session.round_secs().unwrap_or(rules.default_round_secs);
+        check_deadline(round_secs)?;
+        let (participants, threshold, scheme) = match &c.session {
+            SessionSpec::Keygen(k) => {
+                let ps = sorted_distinct(&k.participants)?;
+                self.check_parties(&ps)?;
+                if k.threshold == 0 || usize::from(k.threshold) > ps.len() {
+                    return Err(RuleViolation::BadThreshold {
+                        threshold: k.threshold,
+                        parties: ps.len(),
+                    });
+                }
+                check_scheme(&k.scheme)?;
+                (ps, k.threshold, k.scheme.clone())
+            }
+            SessionSpec::Signing(s) => {
+                let key = self
+                    .state
+                    .keys
+                    .get(&s.key)
+                    .ok_or(RuleViolation::UnknownKey(s.key))?;
+                let ps = sorted_distinct(&s.signers)?;
+                if let Some(p) = ps.iter().find(|p| !key.participants.contains(p)) {
+                    return Err(RuleViolation::NotAKeyHolder(*p));
+                }
+                self.check_parties(&ps)?;
+                if ps.len() < usize::from(key.threshold) {
+                    return Err(RuleViolation::TooFewSigners {
+                        signers: ps.len(),
+                        threshold: key.threshold,
+                    });
+                }
+                if s.message_digest.is_empty() || s.message_digest.len() > MAX_DIGEST_BYTES {
+                    return Err(RuleViolation::BadDigest(s.message_digest.len()));
+                }
+                (ps, key.threshold, key.scheme.clone())
+            }
+        };
+        let sid = SessionId::from_op(&id);
+        let deadline_ms = cx.time_ms.saturating_add(ms(c.session.deadline_secs()));
+        let policy = rules.approval.for_session(c.session.kind());
+        let voters: BTreeSet<PartyId> = self.config.members.keys().copied().collect();
+        self.dirty_sessions.insert(sid);
+        self.state.sessions.insert(
+            sid,
+            Session {
+                id: sid,
+                index: u64::try_from(self.state.sessions.len()).unwrap_or(u64::MAX),
+                create_op: id,
+                initiator: author,
+                spec: c.session,
+                participants,
+                threshold,
+                scheme,
+                created: cx.height,
+                deadline_ms,
+                round_ms: ms(round_secs),
+                phase: Phase::AwaitingApproval,
+                messages: Vec::new(),
+                results: BTreeMap::new(),
+            },
+        );
+        self.state.open_sessions.insert(sid);
+        self.await_verdicts(cx, id, policy, voters, deadline_ms);
+        Ok(Applied::Pending)
+    }
+
+    fn await_verdicts(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        policy: ApprovalPolicy,
+        voters: BTreeSet<PartyId>,
+        deadline_ms: u64,
+    ) {
+        let needed = super::approval::needed(policy, self.config.fault_model, voters.len());
+        self.dirty_ops.insert(id);
+        if let Some(rec) = self.state.ops.get_mut(&id) {
+            cx.events.push(Event::AwaitingVerdicts {
+                op: id,
+                kind: rec.kind,
+                voters: voters.clone(),
+            });
+            rec.approval = Some(Approval {
+                policy,
+                voters,
+                needed,
+                deadline_ms,
+            });
+            self.state.pending.insert(id);
+        }
+        self.settle(cx, id);
+    }
+
+    // -- Verdict ------------------------------------------------------------
+
+    fn verdict(
+        &mut self,
+        cx: &mut BlockCtx,
+        author: PartyId,
+        v: VerdictOp,
+    ) -> Result<Applied, RuleViolation> {
+        if let Decision::Reject(r) = &v.decision {
+            check_text(r)?;
+        }
+        self.dirty_ops.insert(v.target);
+        let rec = self
+            .state
+            .ops
+            .get_mut(&v.target)
+            .ok_or(RuleViolation::UnknownOperation(v.target))?;
+        let Some(approval) = &rec.approval else {
+            return Err(RuleViolation::NotVotable(v.target));
+        };
+        if !approval.voters.contains(&author) {
+            return Err(RuleViolation::NotAVoter(author));
+        }
+        if rec.verdicts.contains_key(&author) {
+            return Err(RuleViolation::AlreadyVoted(author));
+        }
+        if rec.status != OpStatus::Pending {
+            // A late verdict changes nothing, but it is recorded, and a late
+            // rejection's reason joins a rejected operation's reasons.
+            if let (OpStatus::Rejected { reasons, .. }, Decision::Reject(r)) =
+                (&mut rec.status, &v.decision)
+            {
+                reasons.push(RejectReason::Verdict {
+                    party: author,
+                    reason: r.clone(),
+                });
+            }
+            rec.verdicts.insert(author, v.decision);
+            return Ok(Applied::Executed);
+        }
+        rec.verdicts.insert(author, v.decision);
+        self.settle(cx, v.target);
+        Ok(Applied::Executed)
+    }
+
+    /// Executes or rejects a pending operation once its tally is decided.
+    fn settle(&mut self, cx: &mut BlockCtx, id: OpId) {
+        let Some(rec) = self.state.ops.get(&id) else {
+            return;
+        };
+        let Some(a) = &rec.approval else { return };
+        if rec.status != OpStatus::Pending {
+            return;
+        }
+        match tally(a.policy, self.config.fault_model, &a.voters, &rec.verdicts) {
+            Tally::Open => {}
+            Tally::Approved => self.execute_approved(cx, id),
+            Tally::Rejected => {
+                let reasons = rec
+                    .verdicts
+                    .iter()
+                    .filter_map(|(p, d)| match d {
+                        Decision::Reject(r) => Some(RejectReason::Verdict {
+                            party: *p,
+                            reason: r.clone(),
+                        }),
+                        Decision::Approve => None,
+                    })
+                    .collect();
+                self.reject_pending(cx, id, reasons);
+            }
+        }
+    }
+
+    fn execute_approved(&mut self, cx: &mut BlockCtx, id: OpId) {
+        let Some(rec) = self.state.ops.get(&id) else {
+            return;
+        };
+        match rec.kind {
+            OpKind::CreateKeygen | OpKind::CreateSigning => {
+                let sid = SessionId::from_op(&id);
+                // Exclusions may have changed since the request was decided.
+                let participants = self
+                    .state
+                    .sessions
+                    .get(&sid)
+                    .map(|s| s.participants.clone())
+                    .unwrap_or_default();
+                if let Err(v) = self.check_parties(&participants) {
+                    self.reject_pending(cx, id, vec![RejectReason::Rule(v)]);
+                    return;
+                }
+                self.dirty_sessions.insert(sid);
+                if let Some(s) = self.state.sessions.get_mut(&sid) {
+                    s.phase = Phase::Active {
+                        round: 1,
+                        round_started_ms: cx.time_ms,
+                    };
+                    cx.events.push(Event::SessionStarted { session: sid });
+                }
+            }
+            OpKind::AttestationRecord => {
+                let st = self.state.attestation.entry(rec.author).or_default();
+                st.pending = None;
+                st.accepted = Some((id, cx.height));
+                st.excluded = None;
+            }
+            _ => {}
+        }
+        self.state.pending.remove(&id);
+        self.dirty_ops.insert(id);
+        if let Some(rec) = self.state.ops.get_mut(&id) {
+            rec.status = OpStatus::Executed { height: cx.height };
+        }
+        cx.events.push(Event::Executed { op: id });
+    }
+
+    fn reject_pending(&mut self, cx: &mut BlockCtx, id: OpId, reasons: Vec<RejectReason>) {
+        self.dirty_ops.insert(id);
+        let Some(rec) = self.state.ops.get_mut(&id) else {
+            return;
+        };
+        rec.status = OpStatus::Rejected {
+            height: cx.height,
+            reasons: reasons.clone(),
+        };
+        let (kind, author) = (rec.kind, rec.author);
+        self.state.pending.remove(&id);
+        match kind {
+            OpKind::CreateKeygen | OpKind::CreateSigning => {
+                let sid = SessionId::from_op(&id);
+                self.dirty_sessions.insert(sid);
+                if let Some(s) = self.state.sessions.get_mut(&sid) {
+                    if s.phase == Phase::AwaitingApproval {
+                        s.phase = Phase::NotApproved { height: cx.height };
+                    }
+                }
+                self.state.open_sessions.remove(&sid);
+            }
+            OpKind::AttestationRecord => {
+                let st = self.state.attestation.entry(author).or_default();
+                st.pending = None;
+                // Only a verdict-rejection excludes; an expiry means the
+                // peers did not judge in time, which is not the subject's fault.
+                if reasons
+                    .iter()
+                    .any(|r| matches!(r, RejectReason::Verdict { .. }))
+                {
+                    st.excluded = Some((id, cx.height));
+                }
+            }
+            _ => {}
+        }
+        cx.events.push(Event::Rejected { op: id, reasons });
+    }
+
+    // -- SessionMessage / SessionResult / AbortSession ------------------------
+
+    fn active_session(
+        &self,
+        sid: SessionId,
+        author: PartyId,
+    ) -> Result<(&Session, u32), RuleViolation> {
+        let s = self
+            .state
+            .sessions
+            .get(&sid)
+            .ok_or(RuleViolation::UnknownSession(sid))?;
+        let Phase::Active { round, .. } = s.phase else {
+            return Err(RuleViolation::SessionNotActive);
+        };
+        if !s.participants.contains(&author) {
+            return Err(RuleViolation::NotAParticipant(author));
+        }
+        Ok((s, round))
+    }
+
+    fn message(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        m: SessionMessage,
+    ) -> Result<Applied, RuleViolation> {
+        let max_rounds = self.config.rules.max_rounds;
+        let max_payload = self.config.rules.max_payload_bytes;
+        let (s, round) = self.active_session(m.session, author)?;
+        if m.round != round {
+            return Err(RuleViolation::WrongRound {
+                got: m.round,
+                current: round,
+            });
+        }
+        if round > max_rounds {
+            return Err(RuleViolation::RoundLimit(round));
+        }
+        if let Recipient::Party(q) = m.to {
+            if q == author || !s.participants.contains(&q) {
+                return Err(RuleViolation::BadRecipient(q));
+            }
+        }
+        if m.payload.len() > max_payload as usize {
+            return Err(RuleViolation::TooLarge {
+                len: m.payload.len(),
+                max: max_payload,
+            });
+        }
+        if s.has_message(round, author, m.to) {
+            return Err(RuleViolation::DuplicateMessage);
+        }
+        self.dirty_sessions.insert(m.session);
+        if let Some(s) = self.state.sessions.get_mut(&m.session) {
+            s.messages.push(StoredMessage {
+                op: id,
+                height: cx.height,
+                from: author,
+                round,
+                to: m.to,
+                payload: m.payload,
+            });
+        }
+        cx.touched.insert(m.session);
+        cx.events.push(Event::Message {
+            session: m.session,
+            round,
+            from: author,
+            to: m.to,
+            op: id,
+        });
+        Ok(Applied::Executed)
+    }
+
+    fn result(
+        &mut self,
+        cx: &mut BlockCtx,
+        author: PartyId,
+        r: SessionResult,
+    ) -> Result<Applied, RuleViolation> {
+        let max = self.config.rules.max_result_bytes;
+        let (s, _) = self.active_session(r.session, author)?;
+        if r.result.is_empty() {
+            return Err(RuleViolation::Empty);
+        }
+        if r.result.len() > max as usize {
+            return Err(RuleViolation::TooLarge {
+                len: r.result.len(),
+                max,
+            });
+        }
+        if s.results.contains_key(&author) {
+            return Err(RuleViolation::DuplicateResult(author));
+        }
+        let sid = r.session;
+        self.dirty_sessions.insert(sid);
+        let Some(s) = self.state.sessions.get_mut(&sid) else {
+            return Err(RuleViolation::UnknownSession(sid));
+        };
+        s.results.insert(author, r.result);
+        cx.touched.insert(sid);
+        if s.results.len() == s.participants.len() {
+            self.conclude(cx, sid);
+        }
+        Ok(Applied::Executed)
+    }
+
+    /// Every participant posted a result: complete if they agree, else fail
+    /// naming who disagrees.
+    fn conclude(&mut self, cx: &mut BlockCtx, sid: SessionId) {
+        let Some(s) = self.state.sessions.get(&sid) else {
+            return;
+        };
+        let mut distinct: BTreeSet<&Blob> = BTreeSet::new();
+        for r in s.results.values() {
+            distinct.insert(r);
+        }
+        let agreed = match (distinct.len(), distinct.first()) {
+            (1, Some(r)) => Some((*r).clone()),
+            _ => None,
+        };
+        match agreed {
+            Some(result) => {
+                if let SessionSpec::Keygen(_) = s.spec {
+                    let key = GroupKey {
+                        id: KeyId::of_session(&sid),
+                        scheme: s.scheme.clone(),
+                        participants: s.participants.clone(),
+                        threshold: s.threshold,
+                        public_key: result.clone(),
+                        height: cx.height,
+                    };
+                    self.state.keys.insert(key.id, key);
+                }
+                self.dirty_sessions.insert(sid);
+                if let Some(s) = self.state.sessions.get_mut(&sid) {
+                    s.phase = Phase::Completed {
+                        result: result.clone(),
+                        height: cx.height,
+                    };
+                }
+                self.state.open_sessions.remove(&sid);
+                cx.events.push(Event::SessionCompleted {
+                    session: sid,
+                    result,
+                });
+            }
+            None => self.fail(
+                cx,
+                sid,
+                FailureReason::ResultsDisagree,
+                Vec::new(),
+                Vec::new(),
+            ),
+        }
+    }
+
+    fn fail(
+        &mut self,
+        cx: &mut BlockCtx,
+        sid: SessionId,
+        reason: FailureReason,
+        omission_suspects: Vec<PartyId>,
+        proven_misbehaviour: Vec<PartyId>,
+    ) {
+        self.dirty_sessions.insert(sid);
+        let Some(s) = self.state.sessions.get_mut(&sid) else {
+            return;
+        };
+        let results = s.claims();
+        // Dissenters: everyone outside the strictly largest agreeing group.
+        let mut groups: BTreeMap<&Blob, Vec<PartyId>> = BTreeMap::new();
+        for (p, r) in &s.results {
+            groups.entry(r).or_default().push(*p);
+        }
+        let mut sizes: Vec<usize> = groups.values().map(Vec::len).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let dissenters = match (sizes.first(), sizes.get(1)) {
+            (Some(a), Some(b)) if a > b => groups
+                .values()
+                .filter(|g| g.len() < *a)
+                .flatten()
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let failure = Failure {
+            reason,
+            height: cx.height,
+            time_ms: cx.time_ms,
+            omission_suspects,
+            proven_misbehaviour,
+            results,
+            dissenters,
+        };
+        s.phase = Phase::Failed(failure.clone());
+        self.state.open_sessions.remove(&sid);
+        cx.events.push(Event::SessionFailed {
+            session: sid,
+            failure,
+        });
+    }
+
+    fn abort(
+        &mut self,
+        cx: &mut BlockCtx,
+        author: PartyId,
+        a: AbortSession,
+    ) -> Result<Applied, RuleViolation> {
+        check_text(&a.reason)?;
+        let s = self
+            .state
+            .sessions
+            .get(&a.session)
+            .ok_or(RuleViolation::UnknownSession(a.session))?;
+        if !s.phase.is_open() {
+            return Err(RuleViolation::SessionNotActive);
+        }
+        if s.initiator != author && !s.participants.contains(&author) {
+            return Err(RuleViolation::MayNotAbort(author));
+        }
+        if s.phase == Phase::AwaitingApproval {
+            let create = s.create_op;
+            self.reject_pending(
+                cx,
+                create,
+                vec![RejectReason::Aborted {
+                    by: author,
+                    reason: a.reason.clone(),
+                }],
+            );
+        }
+        self.fail(
+            cx,
+            a.session,
+            FailureReason::Aborted {
+                by: author,
+                reason: a.reason,
+            },
+            Vec::new(),
+            Vec::new(),
+        );
+        Ok(Applied::Executed)
+    }
+
+    // -- AttestationRecord ----------------------------------------------------
+
+    fn attestation_record(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        a: AttestationRecord,
+    ) -> Result<Applied, RuleViolation> {
+        let max = self.config.rules.max_evidence_bytes;
+        if a.binds_height > cx.height {
+            return Err(RuleViolation::FutureHeight {
+                binds: a.binds_height,
+                decided: cx.height,
+            });
+        }
+        if a.evidence.is_empty() {
+            return Err(RuleViolation::Empty);
+        }
+        if a.evidence.len() > max as usize {
+            return Err(RuleViolation::TooLarge {
+                len: a.evidence.len(),
+                max,
+            });
+        }
+        // A newer record supersedes one still awaiting verdicts.
+        let previous = self.state.attestation.get(&author).and_then(|s| s.pending);
+        if let Some(prev) = previous {
+            self.reject_pending(cx, prev, vec![RejectReason::Superseded { by: id }]);
+        }
+        self.state.attestation.entry(author).or_default().pending = Some(id);
+        let voters: BTreeSet<PartyId> = self
+            .config
+            .members
+            .keys()
+            .copied()
+            .filter(|p| *p != author)
+            .collect();
+        let deadline = cx
+            .time_ms
+            .saturating_add(ms(self.config.rules.attestation_verdict_secs));
+        self.await_verdicts(
+            cx,
+            id,
+            self.config.rules.approval.attestation,
+            voters,
+            deadline,
+        );
+        Ok(Applied::Pending)
+    }
+
+    // -- Evidence ---------------------------------------------------------------
+
+    fn verify_signed(&self, b: &SignedBatch) -> Result<(), RuleViolation> {
+        check_batch_envelope(b, &self.config.cluster, &self.config.members)
+            .map_err(|e| RuleViolation::InvalidProof(e.to_string()))?;
+        let key = self
+            .config
+            .members
+            .get(&b.body.author)
+            .ok_or(RuleViolation::UnknownAuthor(b.body.author))?;
+        b.verify(key)
+            .map_err(|_| RuleViolation::InvalidProof("a batch signature does not verify".into()))
+    }
+
+    fn proven_conflict(
+        &self,
+        proof: &MisbehaviourProof,
+    ) -> Result<(PartyId, Conflict), RuleViolation> {
+        let bad = |s: &str| RuleViolation::InvalidProof(s.into());
+        match proof {
+            MisbehaviourProof::ConflictingBatches { first, second } => {
+                if first.body.author != second.body.author || first.body.seq != second.body.seq {
+                    return Err(bad("the batches differ in author or seq"));
+                }
+                if first.body == second.body {
+                    return Err(bad("the batches have the same content"));
+                }
+                self.verify_signed(first)?;
+                self.verify_signed(second)?;
+                Ok((
+                    first.body.author,
+                    Conflict::Batches {
+                        seq: first.body.seq,
+                    },
+                ))
+            }
+            MisbehaviourProof::ConflictingOps {
+                first,
+                first_op,
+                second,
+                second_op,
+            } => {
+                if first.body.author != second.body.author {
+                    return Err(bad("the batches have different authors"));
+                }
+                let party = first.body.author;
+                let op_at = |b: &SignedBatch, i: u32| -> Result<Operation, RuleViolation> {
+                    let bytes = b
+                        .body
+                        .ops
+                        .get(i as usize)
+                        .ok_or_else(|| bad("operation index out of range"))?;
+                    let op = Operation::decode(bytes)
+                        .map_err(|e| RuleViolation::InvalidProof(e.to_string()))?;
+                    if op.author != party {
+                        return Err(bad("operation author differs from batch signer"));
+                    }
+                    Ok(op)
+                };
+                let a = op_at(first, *first_op)?;
+                let b = op_at(second, *second_op)?;
+                let conflict = match (&a.body, &b.body) {
+                    (OpBody::SessionMessage(x), OpBody::SessionMessage(y))
+                        if x.session == y.session
+                            && x.round == y.round
+                            && x.to == y.to
+                            && x.payload != y.payload =>
+                    {
+                        Conflict::Messages {
+                            session: x.session,
+                            round: x.round,
+                            to: x.to,
+                        }
+                    }
+                    (OpBody::SessionResult(x), OpBody::SessionResult(y))
+                        if x.session == y.session && x.result != y.result =>
+                    {
+                        Conflict::Results { session: x.session }
+                    }
+                    (OpBody::Verdict(x), OpBody::Verdict(y))
+                        if x.target == y.target && x.decision != y.decision =>
+                    {
+                        Conflict::Verdicts { target: x.target }
+                    }
+                    _ => return Err(bad("the two operations do not conflict")),
+                };
+                self.verify_signed(first)?;
+                self.verify_signed(second)?;
+                Ok((party, conflict))
+            }
+        }
+    }
+
+    fn evidence(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        e: Evidence,
+    ) -> Result<Applied, RuleViolation> {
+        let (party, conflict) = self.proven_conflict(&e.proof)?;
+        if self
+            .state
+            .misbehaviour
+            .iter()
+            .any(|m| m.party == party && m.conflict == conflict)
+        {
+            return Err(RuleViolation::AlreadyProven);
+        }
+        let record = ProvenMisbehaviour {
+            party,
+            conflict,
+            reported_by: author,
+            op: id,
+            height: cx.height,
+        };
+        self.state.misbehaviour.push(record.clone());
+        cx.events.push(Event::MisbehaviourProven { record });
+        // Every unfinished session the party takes part in fails, naming it
+        // as proven (not merely suspected).
+        let hit: Vec<SessionId> = self
+            .state
+            .open_sessions
+            .iter()
+            .filter(|sid| {
+                self.state
+                    .sessions
+                    .get(sid)
+                    .is_some_and(|s| s.participants.contains(&party))
+            })
+            .copied()
+            .collect();
+        for sid in hit {
+            let awaiting = self
+                .state
+                .sessions
+                .get(&sid)
+                .filter(|s| s.phase == Phase::AwaitingApproval)
+                .map(|s| s.create_op);
+            if let Some(create) = awaiting {
+                self.reject_pending(
+                    cx,
+                    create,
+                    vec![RejectReason::Rule(RuleViolation::Excluded(party))],
+                );
+            }
+            self.fail(
+                cx,
+                sid,
+                FailureReason::Misbehaviour,
+                Vec::new(),
+                vec![party],
+            );
+        }
+        Ok(Applied::Executed)
+    }
+
+    // -- Time -------------------------------------------------------------------
+
+    fn fire_deadlines(&mut self, cx: &mut BlockCtx) {
+        let now = cx.time_ms;
+        let expired: Vec<(OpId, u64)> = self
+            .state
+            .pending
+            .iter()
+            .filter_map(|id| {
+                let a = self.state.ops.get(id)?.approval.as_ref()?;
+                (now > a.deadline_ms).then_some((*id, a.deadline_ms))
+            })
+            .collect();
+        for (id, deadline_ms) in expired {
+            self.reject_pending(cx, id, vec![RejectReason::Deadline { deadline_ms }]);
+        }
+        let open: Vec<SessionId> = self.state.open_sessions.iter().copied().collect();
+        for sid in open {
+            let Some(s) = self.state.sessions.get(&sid) else {
+                continue;
+            };
+            let Phase::Active {
+                round,
+                round_started_ms,
+            } = s.phase
+            else {
+                continue;
+            };
+            if now > s.deadline_ms {
+                let missing: Vec<PartyId> = s
+                    .participants
+                    .iter()
+                    .filter(|p| !s.results.contains_key(p))
+                    .copied()
+                    .collect();
+                self.fail(cx, sid, FailureReason::DeadlinePassed, missing, Vec::new());
+            } else if now > round_started_ms.saturating_add(s.round_ms) {
+                let missing: Vec<PartyId> = s
+                    .participants
+                    .iter()
+                    .filter(|p| !s.round_done_by(**p, round))
+                    .copied()
+                    .collect();
+                self.fail(
+                    cx,
+                    sid,
+                    FailureReason::RoundTimeout { round },
+                    missing,
+                    Vec::new(),
+                );
+            }
+        }
+    }
+
+    fn advance_rounds(&mut self, cx: &mut BlockCtx) {
+        let touched = std::mem::take(&mut cx.touched);
+        for sid in touched {
+            let Some(s) = self.state.sessions.get_mut(&sid) else {
+                continue;
+            };
+            let Phase::Active { round, .. } = s.phase else {
+                continue;
+            };
+            if s.participants.iter().all(|p| s.round_done_by(*p, round)) {
+                self.dirty_sessions.insert(sid);
+                let next = round.saturating_add(1);
+                s.phase = Phase::Active {
+                    round: next,
+                    round_started_ms: cx.time_ms,
+                };
+                cx.events.push(Event::RoundAdvanced {
+                    session: sid,
+                    round: next,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+pub(crate) mod tests;

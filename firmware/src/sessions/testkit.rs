@@ -1,0 +1,69 @@
+//! Test helpers: a cluster of parties with ring P-256 software keys that
+//! sign batches the way the TPM does in production.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use crate::batch::{BatchBody, SignedBatch};
+use crate::crypto::{PublicKey, Signature};
+use crate::types::{ClusterId, PartyId, Sha256Digest};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use std::collections::BTreeMap;
+
+/// A test cluster: parties P1..Pn with software keys.
+pub struct Cluster {
+    /// The cluster id.
+    pub id: ClusterId,
+    /// Public keys by party.
+    pub keys: BTreeMap<PartyId, PublicKey>,
+    pairs: BTreeMap<PartyId, EcdsaKeyPair>,
+    rng: SystemRandom,
+}
+
+impl Cluster {
+    /// A cluster of `n` parties with fresh keys.
+    pub fn new(n: u32) -> Self {
+        let rng = SystemRandom::new();
+        let mut keys = BTreeMap::new();
+        let mut pairs = BTreeMap::new();
+        for i in 1..=n {
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            let kp =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .unwrap();
+            keys.insert(
+                PartyId(i),
+                PublicKey(kp.public_key().as_ref().try_into().unwrap()),
+            );
+            pairs.insert(PartyId(i), kp);
+        }
+        Cluster {
+            id: ClusterId(Sha256Digest::of(format!("test cluster of {n}").as_bytes())),
+            keys,
+            pairs,
+            rng,
+        }
+    }
+
+    /// A batch of encoded operations signed by `author`.
+    pub fn batch(&self, author: u32, seq: u64, ops: Vec<Vec<u8>>) -> SignedBatch {
+        let body = BatchBody {
+            cluster: self.id,
+            author: PartyId(author),
+            seq,
+            ops,
+        };
+        let sig = self.pairs[&PartyId(author)]
+            .sign(&self.rng, &body.signing_bytes())
+            .unwrap();
+        SignedBatch {
+            body,
+            signature: Signature(sig.as_ref().try_into().unwrap()),
+        }
+    }
+}
