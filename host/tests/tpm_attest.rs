@@ -152,3 +152,43 @@ async fn policy_bound_vote_key_signs_only_with_the_expected_pcr() {
     )
     .unwrap();
 }
+
+/// tpm2-tools accepts our quote: `tpm2_checkquote` verifies the AK's
+/// signature over the exact TPMS_ATTEST bytes and the qualifying data.
+#[tokio::test]
+async fn tpm2_checkquote_accepts_our_quote() {
+    let (dir, _swtpm, tpm) = open().await;
+    let ak = tpm.create_ak().await.unwrap();
+    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+        .await
+        .unwrap();
+    tpm.pcr_extend(DEV_PCR, [3; 32]).await.unwrap();
+    let qd = Sha256Digest::of(b"nonce").0.to_vec();
+    let q = tpm.quote(vec![DEV_PCR], qd.clone()).await.unwrap();
+
+    let p = |n: &str| dir.path().join(n);
+    let tpmt = ak.blob.tpmt_public().unwrap();
+    let mut tpm2b = (tpmt.len() as u16).to_be_bytes().to_vec();
+    tpm2b.extend_from_slice(&tpmt);
+    std::fs::write(p("ak.pub"), &tpm2b).unwrap();
+    std::fs::write(p("quote.msg"), &q.attest).unwrap();
+    std::fs::write(p("quote.sig"), &q.signature).unwrap();
+    let check = |qd_hex: &str| {
+        std::process::Command::new("tpm2_checkquote")
+            .args(["-u", p("ak.pub").to_str().unwrap()])
+            .args(["-m", p("quote.msg").to_str().unwrap()])
+            .args(["-s", p("quote.sig").to_str().unwrap()])
+            .args(["-g", "sha256", "-q", qd_hex])
+            .env("TSS2_LOG", "all+none")
+            .output()
+            .unwrap()
+    };
+    let ok = check(&hex::encode(&qd));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let wrong = check(&hex::encode(Sha256Digest::of(b"other").0));
+    assert!(!wrong.status.success());
+}
