@@ -17,14 +17,14 @@ use quorate_firmware::types::PartyId;
 
 use crate::launch::{measured_launch, LaunchError, Measurement};
 use crate::tpm::keys::{write_file_mode, KeyStore};
-use crate::tpm::{KeySpec, Swtpm, SwtpmError, TpmError, TpmHandle, TpmTarget};
+use crate::tpm::{KeySpec, SwtpmError, TpmError, TpmHandle, TpmTarget};
 
 /// File format version of `enrollment.json`.
 pub const ENROLLMENT_FORMAT: u32 = 1;
 /// File name of the enrollment record in the data dir.
 pub const ENROLLMENT_FILE: &str = "enrollment.json";
 /// Subdirectory of the data dir holding a spawned swtpm's state.
-pub const SWTPM_DIR: &str = "swtpm";
+pub const SWTPM_DIR: &str = crate::tpm::SPAWNED_SWTPM_DIR;
 
 /// What `quorate init` was asked to do.
 #[derive(Debug, Clone)]
@@ -234,15 +234,7 @@ pub async fn init_with(
     }
     create_private_dir(dir)?;
 
-    let (swtpm, tcti) = match &opts.tpm {
-        TpmTarget::Spawn => {
-            let s = Swtpm::spawn(&dir.join(SWTPM_DIR))?;
-            let t = s.tcti();
-            (Some(s), t)
-        }
-        TpmTarget::Tcti(t) => (None, t.clone()),
-        // TpmTarget is non_exhaustive only for other crates.
-    };
+    let (swtpm, tcti) = crate::tpm::resolve_target(&opts.tpm, dir)?;
     let result = provision(opts, &tcti, measured).await;
     // Stop a spawned swtpm (TPM2_Shutdown first) whatever happened.
     let swtpm_dir = swtpm.as_ref().map(|s| s.state_dir().to_owned());

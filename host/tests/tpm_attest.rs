@@ -192,3 +192,47 @@ async fn tpm2_checkquote_accepts_our_quote() {
     let wrong = check(&hex::encode(Sha256Digest::of(b"other").0));
     assert!(!wrong.status.success());
 }
+
+/// Credential activation binds the AK to the EK: a credential made for the
+/// AK's Name under this TPM's EK is recovered; one made for another Name,
+/// or by another TPM's EK, is refused.
+#[tokio::test]
+async fn credential_activation_recovers_the_secret_only_for_our_ak() {
+    let (_dir, _swtpm, tpm) = open().await;
+    let ak = tpm.create_ak().await.unwrap();
+    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+        .await
+        .unwrap();
+    let ak_name = ak.blob.name().unwrap();
+    let secret = Sha256Digest::of(b"challenge").0.to_vec();
+    // With the vote key loaded too, as in a running daemon (3 slots: vote
+    // key, AK, EK).
+    let vote = tpm.create_vote_key(KeySpec::vote_password()).await.unwrap();
+    tpm.load_vote_key(vote.blob, Some(vote.srk_name))
+        .await
+        .unwrap();
+    tpm.quote(vec![DEV_PCR], vec![]).await.unwrap(); // AK now loaded
+
+    let (id, enc) = tpm
+        .make_credential(secret.clone(), ak_name.clone())
+        .await
+        .unwrap();
+    assert_eq!(tpm.activate_credential(id, enc).await.unwrap(), secret);
+
+    // Made for another object's Name: the TPM refuses (integrity check).
+    let mut other_name = ak_name.clone();
+    other_name[5] ^= 1;
+    let (id, enc) = tpm
+        .make_credential(secret.clone(), other_name)
+        .await
+        .unwrap();
+    assert!(tpm.activate_credential(id, enc).await.is_err());
+
+    // Made by another TPM for our AK's Name: our EK cannot decrypt it.
+    let (_dir2, _swtpm2, other) = open().await;
+    let (id, enc) = other.make_credential(secret, ak_name).await.unwrap();
+    assert!(tpm.activate_credential(id, enc).await.is_err());
+    assert!(tpm.sign(b"still signs".to_vec()).await.is_ok());
+    other.close().await.unwrap();
+    tpm.close().await.unwrap();
+}

@@ -25,6 +25,27 @@ pub use tcti::{Tcti, TctiParseError, TpmTarget};
 
 use std::path::{Path, PathBuf};
 
+/// Resolves `--tpm` for the party whose data dir is `data_dir`: a TCTI as
+/// given, or for `spawn` a private swtpm with its state in
+/// `DATA_DIR/swtpm/` (started here; keep the returned [`Swtpm`] alive as long
+/// as the TPM is used, and drop it after closing the [`TpmHandle`]).
+pub fn resolve_target(
+    target: &TpmTarget,
+    data_dir: &Path,
+) -> Result<(Option<Swtpm>, Tcti), SwtpmError> {
+    match target {
+        TpmTarget::Tcti(t) => Ok((None, t.clone())),
+        TpmTarget::Spawn => {
+            let s = Swtpm::spawn(&data_dir.join(SPAWNED_SWTPM_DIR))?;
+            let t = s.tcti();
+            Ok((Some(s), t))
+        }
+    }
+}
+
+/// Subdirectory of the data dir holding a spawned swtpm's state.
+pub const SPAWNED_SWTPM_DIR: &str = "swtpm";
+
 /// A failure of the TPM layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

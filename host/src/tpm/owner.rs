@@ -305,6 +305,31 @@ impl TpmHandle {
             .await
     }
 
+    /// TPM2_ActivateCredential with the AK and the EK: returns the
+    /// credential a verifier encrypted to this TPM's EK for the AK's Name
+    /// (see [`Owner`]'s docs on the byte forms). Proves to the verifier that
+    /// the AK lives in the same TPM as the EK.
+    pub async fn activate_credential(
+        &self,
+        id_object: Vec<u8>,
+        secret: Vec<u8>,
+    ) -> Result<Vec<u8>, TpmError> {
+        self.run(move |o| o.activate_credential(&id_object, &secret))
+            .await
+    }
+
+    /// TPM2_MakeCredential by this TPM for its own EK and `object_name`:
+    /// returns (credential blob, encrypted secret), the contents of
+    /// TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET. For tests and tooling.
+    pub async fn make_credential(
+        &self,
+        credential: Vec<u8>,
+        object_name: Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        self.run(move |o| o.make_credential(&credential, &object_name))
+            .await
+    }
+
     /// The TPM's resetCount (from a quote by the AK: TPM2_ReadClock is not
     /// in tss-esapi 7.7).
     pub async fn reset_count(&self) -> Result<u32, TpmError> {
@@ -670,6 +695,105 @@ impl Owner {
             attest_output(&attest, &sig)
         })
     }
+}
+
+impl Owner {
+    /// TPM2_ActivateCredential: the EK decrypts `secret`, checks that the
+    /// credential was made for the AK's Name, and returns the credential.
+    /// `id_object` and `secret` are the contents of TPM2B_ID_OBJECT and
+    /// TPM2B_ENCRYPTED_SECRET (without their size fields).
+    fn activate_credential(
+        &mut self,
+        id_object: &[u8],
+        secret: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
+        let ek_expected = self.ak.as_ref().ok_or(TpmError::NoAk)?.1.clone();
+        let id = tss_esapi::structures::IdObject::try_from(id_object.to_vec())
+            .map_err(TpmError::tss("credential blob (TPM2B_ID_OBJECT)"))?;
+        let secret = tss_esapi::structures::EncryptedSecret::try_from(secret.to_vec())
+            .map_err(TpmError::tss("encrypted secret (TPM2B_ENCRYPTED_SECRET)"))?;
+        self.with_ak(|ctx, ak| {
+            let (ek, ek_name) = keys::create_ek(ctx)?;
+            if let Some(expected) = &ek_expected {
+                if expected != &ek_name {
+                    keys::flush(ctx, ek.into());
+                    return Err(TpmError::WrongTpm {
+                        expected: hex::encode(expected),
+                        found: hex::encode(&ek_name),
+                    });
+                }
+            }
+            let res = endorsement_policy_session(ctx).and_then(|ps| {
+                let r = ctx
+                    .execute_with_sessions(
+                        (
+                            Some(AuthSession::Password),
+                            Some(AuthSession::from(ps)),
+                            None,
+                        ),
+                        |c| c.activate_credential(ak, ek, id, secret),
+                    )
+                    .map_err(TpmError::tss("TPM2_ActivateCredential"));
+                keys::flush(ctx, SessionHandle::from(ps).into());
+                r
+            });
+            keys::flush(ctx, ek.into());
+            Ok(res?.value().to_vec())
+        })
+    }
+
+    /// TPM2_MakeCredential with this TPM's EK for an object Name: the
+    /// verifier's half of credential activation, done by the TPM (for tests
+    /// and tooling; verifiers use the attestation crate).
+    fn make_credential(
+        &mut self,
+        credential: &[u8],
+        object_name: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let credential = Digest::try_from(credential.to_vec())
+            .map_err(TpmError::tss("credential (at most 64 bytes)"))?;
+        let name = tss_esapi::structures::Name::try_from(object_name.to_vec())
+            .map_err(TpmError::tss("object Name"))?;
+        let ctx = self.ctx()?;
+        let (ek, _) = keys::create_ek(ctx)?;
+        let res = ctx
+            .execute_without_session(|c| c.make_credential(ek, credential, name))
+            .map_err(TpmError::tss("TPM2_MakeCredential"));
+        keys::flush(ctx, ek.into());
+        let (id, secret) = res?;
+        Ok((id.value().to_vec(), secret.value().to_vec()))
+    }
+}
+
+/// A policy session satisfying the EK's policy: PolicySecret(endorsement).
+fn endorsement_policy_session(ctx: &mut Context) -> Result<PolicySession, TpmError> {
+    let s = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(TpmError::tss("start a policy session for the EK"))?
+        .ok_or(TpmError::OwnerGone)?;
+    let ps = PolicySession::try_from(s).map_err(TpmError::tss("policy session handle"))?;
+    let res = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.policy_secret(
+            ps,
+            tss_esapi::handles::AuthHandle::Endorsement,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            None,
+        )
+    });
+    if let Err(e) = res {
+        keys::flush(ctx, SessionHandle::from(ps).into());
+        return Err(TpmError::tss("TPM2_PolicySecret(endorsement)")(e));
+    }
+    Ok(ps)
 }
 
 fn attest_output(
