@@ -205,6 +205,10 @@ async fn credential_activation_recovers_the_secret_only_for_our_ak() {
         .unwrap();
     let ak_name = ak.blob.name().unwrap();
     let secret = Sha256Digest::of(b"challenge").0.to_vec();
+    // The EK public a verifier would encrypt to: its Name is the AK's parent.
+    let ek = TpmtPublic::parse(&tpm.ek_public().await.unwrap()).unwrap();
+    assert_eq!(ek.name().as_bytes(), ak.ek_name.as_slice());
+    assert!(ek.object_attributes().restricted() && ek.object_attributes().decrypt());
     // With the vote key loaded too, as in a running daemon (3 slots: vote
     // key, AK, EK).
     let vote = tpm.create_vote_key(KeySpec::vote_password()).await.unwrap();

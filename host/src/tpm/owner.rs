@@ -318,6 +318,24 @@ impl TpmHandle {
             .await
     }
 
+    /// The EK's public area (marshalled TPMT_PUBLIC): what a verifier
+    /// encrypts a credential-activation challenge to. Its Name is the one
+    /// recorded as the AK's parent.
+    pub async fn ek_public(&self) -> Result<Vec<u8>, TpmError> {
+        self.run(|o| {
+            o.unload_ak();
+            let ctx = o.ctx()?;
+            let (ek, _) = keys::create_ek(ctx)?;
+            let read = ctx.read_public(ek);
+            keys::flush(ctx, ek.into());
+            let (public, _, _) = read.map_err(TpmError::tss("read the EK's public area"))?;
+            public
+                .marshall()
+                .map_err(TpmError::tss("marshal the EK's TPMT_PUBLIC"))
+        })
+        .await
+    }
+
     /// TPM2_MakeCredential by this TPM for its own EK and `object_name`:
     /// returns (credential blob, encrypted secret), the contents of
     /// TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET. For tests and tooling.
