@@ -9,11 +9,27 @@
 //! Nothing here performs I/O: every function takes bytes and returns a typed
 //! result; no input, however malformed, makes it panic.
 
+pub mod attest;
+pub mod ekcert;
+pub mod eventlog;
+pub mod evidence;
+pub mod pcr;
+pub mod policy;
+#[cfg(any(test, feature = "soft-tpm"))]
+pub mod soft;
 pub mod tpm;
+pub mod verify;
 pub mod wire;
 
+pub use attest::{Attested, ClockInfo, TpmsAttest};
+pub use ekcert::{verify_ek_chain, EkChainInfo, EkError};
+pub use eventlog::{EventLog, EventType, LogEvent, QuorateEvent, ReplayError, SpecIdEvent};
+pub use evidence::{qualifying_data, DecodeError, Evidence, Freshness, SignedAttest};
+pub use pcr::{measurement_policy, policy_pcr_digest, PcrIndex, PcrSelection, PcrValue};
+pub use policy::{HexDigest, Policy, PolicyError, RequiredPcr};
 pub use tpm::{
     verify_ecdsa_p256, EccCurve, EccParms, KeyError, ObjectAttributes, PublicKeyParams, RsaParms,
     Scheme, SignatureError, SymDefObject, TpmName, TpmSignature, TpmtPublic,
 };
+pub use verify::{verify, verify_at, AttestationError, AttestationResult, VerifierState};
 pub use wire::{AlgId, ParseError};

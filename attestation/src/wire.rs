@@ -220,7 +220,6 @@ pub(crate) struct Reader<'a> {
     pos: usize,
 }
 
-#[allow(dead_code)] // some readers serve only the attest and event-log parsers
 impl<'a> Reader<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
@@ -228,10 +227,6 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
-    }
-
-    pub(crate) fn position(&self) -> usize {
-        self.pos
     }
 
     pub(crate) fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ParseError> {
@@ -311,7 +306,6 @@ pub(crate) struct Writer {
     pub(crate) buf: Vec<u8>,
 }
 
-#[allow(dead_code)] // some writers serve only the attest and event-log writers
 impl Writer {
     pub(crate) fn new() -> Self {
         Writer::default()

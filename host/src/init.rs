@@ -15,15 +15,16 @@ use serde::{Deserialize, Serialize};
 use quorate_firmware::crypto::PublicKey;
 use quorate_firmware::types::PartyId;
 
+use crate::launch::{measured_launch, LaunchError, Measurement};
 use crate::tpm::keys::{write_file_mode, KeyStore};
-use crate::tpm::{KeySpec, Swtpm, SwtpmError, TpmError, TpmHandle, TpmTarget};
+use crate::tpm::{KeySpec, SwtpmError, TpmError, TpmHandle, TpmTarget};
 
 /// File format version of `enrollment.json`.
 pub const ENROLLMENT_FORMAT: u32 = 1;
 /// File name of the enrollment record in the data dir.
 pub const ENROLLMENT_FILE: &str = "enrollment.json";
 /// Subdirectory of the data dir holding a spawned swtpm's state.
-pub const SWTPM_DIR: &str = "swtpm";
+pub const SWTPM_DIR: &str = crate::tpm::SPAWNED_SWTPM_DIR;
 
 /// What `quorate init` was asked to do.
 #[derive(Debug, Clone)]
@@ -63,6 +64,21 @@ pub struct Enrollment {
     /// SHA-256 of the certificate's SubjectPublicKeyInfo, hex: the TLS key
     /// hash bound into the party's attestation evidence.
     pub tls_key_hash: String,
+    /// Its attestation key (restricted, under the EK), when provisioned
+    /// for measured launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ak: Option<EnrolledKey>,
+}
+
+/// Provisioning for measured launch: an AK, a vote key bound by PolicyPCR
+/// to the PCR value this executable and configuration produce, and the
+/// launch itself (so the new key can be checked by signing).
+#[derive(Debug, Clone, Copy)]
+pub struct MeasuredInit {
+    /// What is measured, and into which PCR.
+    pub measurement: Measurement,
+    /// Dev mode (allows PCR 23).
+    pub dev: bool,
 }
 
 impl Enrollment {
@@ -93,6 +109,15 @@ impl Enrollment {
             .map_err(|err| bad(format!("tpmt_public: {err}")))?;
         if hex::encode(point.0) != e.vote_key.point {
             return Err(bad("point does not match tpmt_public".into()));
+        }
+        if let Some(ak) = &e.ak {
+            let tpmt = hex::decode(&ak.tpmt_public)
+                .map_err(|err| bad(format!("ak.tpmt_public: {err}")))?;
+            let public = quorate_attestation::tpm::TpmtPublic::parse(&tpmt)
+                .map_err(|err| bad(format!("ak.tpmt_public: {err}")))?;
+            if hex::encode(public.name().as_bytes()) != ak.name {
+                return Err(bad("ak.name does not match ak.tpmt_public".into()));
+            }
         }
         Ok(e)
     }
@@ -137,11 +162,14 @@ pub enum InitError {
         source: std::io::Error,
     },
     /// The private swtpm could not be started.
-    #[error("--tpm spawn: {0}")]
+    #[error("--tpm spawn failed")]
     Swtpm(#[from] SwtpmError),
     /// A TPM operation failed.
     #[error(transparent)]
     Tpm(#[from] TpmError),
+    /// The measured launch refused.
+    #[error("measured launch refused")]
+    Launch(#[from] LaunchError),
     /// An enrollment file is unreadable or inconsistent.
     #[error("enrollment file {}: {reason}", path.display())]
     Enrollment {
@@ -186,8 +214,17 @@ pub fn provisioned(dir: &Path) -> Option<String> {
         .then(|| format!("key store {}", store.manifest_path().display()))
 }
 
-/// Provisions a party: see the module docs.
+/// Provisions a party with a password-authorised vote key and no AK.
 pub async fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
+    init_with(opts, None).await
+}
+
+/// Provisions a party: see the module docs. With `measured`, also an AK,
+/// a PolicyPCR-bound vote key, and the measured launch of this TPM boot.
+pub async fn init_with(
+    opts: &InitOptions,
+    measured: Option<MeasuredInit>,
+) -> Result<InitReport, InitError> {
     if opts.party_id.0 == 0 {
         return Err(InitError::ZeroPartyId);
     }
@@ -202,16 +239,8 @@ pub async fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     }
     create_private_dir(dir)?;
 
-    let (swtpm, tcti) = match &opts.tpm {
-        TpmTarget::Spawn => {
-            let s = Swtpm::spawn(&dir.join(SWTPM_DIR))?;
-            let t = s.tcti();
-            (Some(s), t)
-        }
-        TpmTarget::Tcti(t) => (None, t.clone()),
-        // TpmTarget is non_exhaustive only for other crates.
-    };
-    let result = provision(opts, &tcti).await;
+    let (swtpm, tcti) = crate::tpm::resolve_target(&opts.tpm, dir)?;
+    let result = provision(opts, &tcti, measured).await;
     // Stop a spawned swtpm (TPM2_Shutdown first) whatever happened.
     let swtpm_dir = swtpm.as_ref().map(|s| s.state_dir().to_owned());
     drop(swtpm);
@@ -227,9 +256,10 @@ pub async fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
 async fn provision(
     opts: &InitOptions,
     tcti: &crate::tpm::Tcti,
+    measured: Option<MeasuredInit>,
 ) -> Result<(Enrollment, PathBuf, PathBuf), InitError> {
     let tpm = TpmHandle::open(tcti).await?;
-    let res = provision_with(opts, &tpm).await;
+    let res = provision_with(opts, &tpm, measured).await;
     tpm.close().await?;
     res
 }
@@ -237,8 +267,19 @@ async fn provision(
 async fn provision_with(
     opts: &InitOptions,
     tpm: &TpmHandle,
+    measured: Option<MeasuredInit>,
 ) -> Result<(Enrollment, PathBuf, PathBuf), InitError> {
-    let created = tpm.create_vote_key(KeySpec::vote_password()).await?;
+    let (spec, ak) = match &measured {
+        None => (KeySpec::vote_password(), None),
+        Some(mi) => {
+            let m = &mi.measurement;
+            let ak = tpm.create_ak().await?;
+            tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+                .await?;
+            (KeySpec::vote_policy_pcr(m.pcr, &m.expected_pcr()), Some(ak))
+        }
+    };
+    let created = tpm.create_vote_key(spec).await?;
     let ours = created.blob.name()?;
     if ours != created.name {
         return Err(TpmError::Store {
@@ -254,9 +295,26 @@ async fn provision_with(
     let point = created.blob.p256_point()?;
 
     // Self-check before anything is written: the key loads, signs, and the
-    // signature verifies under the point we are about to publish.
+    // signature verifies under the point we are about to publish. A
+    // PolicyPCR-bound key signs only after the measured launch.
     tpm.load_vote_key(created.blob.clone(), Some(created.srk_name.clone()))
         .await?;
+    if let Some(mi) = &measured {
+        measured_launch(tpm, &opts.data_dir, &mi.measurement, mi.dev).await?;
+        // The AK certifies the new key (checked by name).
+        let cert = tpm.certify_vote_key(Vec::new()).await?;
+        let attest = quorate_attestation::attest::TpmsAttest::parse(&cert.attest).map_err(|e| {
+            TpmError::Store {
+                path: PathBuf::from("(vote key certification)"),
+                reason: e.to_string(),
+            }
+        })?;
+        if !matches!(&attest.attested,
+            quorate_attestation::attest::Attested::Certify { name, .. } if name.as_bytes() == created.name.as_slice())
+        {
+            return Err(InitError::SelfCheck);
+        }
+    }
     let probe = b"quorate init self-check".to_vec();
     let sig = tpm.sign(probe.clone()).await?;
     point
@@ -264,7 +322,6 @@ async fn provision_with(
         .map_err(|_| InitError::SelfCheck)?;
 
     let store = KeyStore::new(&opts.data_dir);
-    store.save(&created.srk_name, &[&created.blob])?;
     let tls = crate::net::tls::TlsIdentity::generate(opts.party_id)
         .and_then(|t| t.save(&opts.data_dir).map(|_| t))
         .map_err(|e| InitError::Enrollment {
@@ -275,6 +332,19 @@ async fn provision_with(
         path: opts.data_dir.join(crate::net::tls::TLS_CERT_FILE),
         reason: e.to_string(),
     })?;
+    store.save_with_ak(
+        &created.srk_name,
+        &[&created.blob],
+        ak.as_ref().map(|a| (&a.blob, a.ek_name.as_slice())),
+    )?;
+    let enrolled_ak = match &ak {
+        Some(a) => Some(EnrolledKey {
+            tpmt_public: hex::encode(a.blob.tpmt_public()?),
+            name: hex::encode(a.blob.name()?),
+            point: hex::encode(a.blob.p256_point()?.0),
+        }),
+        None => None,
+    };
 
     let enrollment = Enrollment {
         format: ENROLLMENT_FORMAT,
@@ -286,6 +356,7 @@ async fn provision_with(
         },
         tls_cert: hex::encode(tls.cert_der()),
         tls_key_hash: hex::encode(tls_key_hash.as_bytes()),
+        ak: enrolled_ak,
     };
     let path = opts.data_dir.join(ENROLLMENT_FILE);
     let mut json = serde_json::to_vec_pretty(&enrollment).map_err(|e| InitError::Enrollment {
@@ -357,6 +428,7 @@ mod tests {
             },
             tls_cert: String::new(),
             tls_key_hash: String::new(),
+            ak: None,
         };
         fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
         assert!(Enrollment::load(&p).is_err());

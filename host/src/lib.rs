@@ -6,15 +6,22 @@
 //!
 //! - [`tpm`]: the TPM owner thread, key store, swtpm spawner, `--tpm` parsing.
 //! - [`init`]: `quorate init`, provisioning a party's data dir.
+//! - [`launch`]: the measured launch (PCR extends and the TCG event log).
+//! - [`evidence`]: attestation evidence from the TPM (quote, certification, log).
+//! - [`config`]: the party's configuration file and the cluster's identity.
 //! - [`net`]: peer transport, mutual TLS pinned to enrollment bundles.
 //! - [`store`]: the redb database of decided blocks, WAL, sign guard, outbox.
+//! - [`daemon`]: `quorate run`, the event loop driving the firmware.
+//! - [`api`], [`client`]: the party's local HTTP API and its client.
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod evidence;
 pub mod fsutil;
 pub mod init;
+pub mod launch;
 pub mod net;
 pub mod store;
 pub mod tpm;

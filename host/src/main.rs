@@ -6,7 +6,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use quorate_firmware::types::PartyId;
-use quorate_host::init::{init, InitOptions};
+use std::path::Path;
+
+use quorate_attestation::pcr::PcrIndex;
+use quorate_host::init::{init_with, InitOptions, MeasuredInit};
+use quorate_host::launch::{file_digest, Measurement};
 use quorate_host::tpm::TpmTarget;
 
 /// Quorate: a BFT coordinator for MPC parties, with TPM-held vote keys.
@@ -35,6 +39,18 @@ enum Command {
         /// Re-provision a data dir that already holds a party (new vote key).
         #[arg(long)]
         force: bool,
+        /// The cluster configuration file. With it, `init` also makes an
+        /// attestation key and binds the vote key (PolicyPCR) to the
+        /// measurement of this executable and this configuration, and
+        /// performs the measured launch of this TPM boot.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The measurement PCR (15; 23 only with --dev).
+        #[arg(long, default_value_t = 15)]
+        pcr: u8,
+        /// Dev mode: allows the resettable PCR 23 (attestation then proves nothing).
+        #[arg(long)]
+        dev: bool,
     },
     /// Run the coordinator daemon.
     Run {
@@ -117,6 +133,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             party_id,
             tpm,
             force,
+            config,
+            pcr,
+            dev,
         } => {
             let opts = InitOptions {
                 data_dir,
@@ -124,7 +143,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tpm,
                 force,
             };
-            let report = init(&opts).await?;
+            let measured = match config {
+                None => None,
+                Some(config) => {
+                    let pcr = PcrIndex::new(pcr)
+                        .with_context(|| format!("--pcr {pcr}: PCRs are 0..=23"))?;
+                    let exe = Path::new("/proc/self/exe");
+                    let executable = file_digest(exe).with_context(|| {
+                        format!("hashing the running executable {}", exe.display())
+                    })?;
+                    // The configuration's canonical form is its bytes until
+                    // the daemon's config format defines one.
+                    let config = file_digest(&config)
+                        .with_context(|| format!("reading --config {}", config.display()))?;
+                    Some(MeasuredInit {
+                        measurement: Measurement {
+                            pcr,
+                            executable,
+                            config,
+                        },
+                        dev,
+                    })
+                }
+            };
+            let report = init_with(&opts, measured).await?;
             let e = &report.enrollment;
             println!(
                 "provisioned party {} in {}",
@@ -135,6 +177,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  vote key point {}", e.vote_key.point);
             println!("  enrollment     {}", report.enrollment_path.display());
             println!("  key blobs      {} (0600)", report.keys_dir.display());
+            if let Some(ak) = &e.ak {
+                println!("  AK Name        {}", ak.name);
+            }
             if let Some(d) = &report.swtpm_dir {
                 println!("  swtpm state    {}", d.display());
             }

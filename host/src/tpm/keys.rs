@@ -16,7 +16,7 @@
 //!
 //! A key's template is a [`KeySpec`]: the role and how its use is
 //! authorised. Today the vote key uses an empty password (userWithAuth);
-//! binding it to the measured PCR is [`KeyAuth::Policy`] (a PolicyPCR
+//! binding it to the measured PCR is [`KeyAuth::PolicyPcr`] (a PolicyPCR
 //! digest as `authPolicy`, userWithAuth clear), and the attestation key is
 //! another [`KeyRole`]. Both are additions to this module, not rewrites.
 
@@ -58,6 +58,9 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub enum KeyRole {
     /// The ECDSA P-256 key that signs votes, proposals and operation batches.
     Vote,
+    /// The attestation key: restricted ECDSA P-256 signing key under the
+    /// EK; quotes PCRs and certifies the vote key.
+    Ak,
 }
 
 impl KeyRole {
@@ -65,6 +68,7 @@ impl KeyRole {
     pub fn file_stem(self) -> &'static str {
         match self {
             KeyRole::Vote => "vote",
+            KeyRole::Ak => "ak",
         }
     }
 }
@@ -77,10 +81,13 @@ pub enum KeyAuth {
     /// Empty password (userWithAuth set): anyone who can reach the TPM and
     /// holds the blobs can use the key.
     Password,
-    /// A policy session must satisfy this `authPolicy` digest (SHA-256),
-    /// e.g. a PolicyPCR over the measurement PCR; userWithAuth is clear.
-    Policy {
-        /// The policy digest, hex.
+    /// `authPolicy` = TPM2_PolicyPCR over the SHA-256 bank of one PCR
+    /// holding an expected value; userWithAuth is clear, so the TPM signs
+    /// only while the PCR holds that value.
+    PolicyPcr {
+        /// The PCR (the measurement PCR, 15 by default).
+        pcr: u8,
+        /// The policy digest (from `quorate_attestation::pcr::measurement_policy`), hex.
         #[serde(with = "hex::serde")]
         digest: [u8; 32],
     },
@@ -104,10 +111,37 @@ impl KeySpec {
         }
     }
 
+    /// The vote key bound by PolicyPCR to `pcr` holding `value` (SHA-256 bank).
+    pub fn vote_policy_pcr(
+        pcr: quorate_attestation::pcr::PcrIndex,
+        value: &quorate_firmware::types::Sha256Digest,
+    ) -> Self {
+        let digest = quorate_attestation::pcr::measurement_policy(pcr, value);
+        KeySpec {
+            role: KeyRole::Vote,
+            auth: KeyAuth::PolicyPcr {
+                pcr: pcr.get(),
+                digest: digest.0,
+            },
+        }
+    }
+
+    /// The attestation key.
+    pub fn ak() -> Self {
+        KeySpec {
+            role: KeyRole::Ak,
+            auth: KeyAuth::Password,
+        }
+    }
+
     /// The TPMT_PUBLIC template for this key.
     pub fn template(&self) -> Result<Public, TpmError> {
         match self.role {
             KeyRole::Vote => vote_key_template(&self.auth),
+            KeyRole::Ak => Err(TpmError::Store {
+                path: PathBuf::from("(AK template)"),
+                reason: "the AK is made by create_ak under the EK".into(),
+            }),
         }
     }
 }
@@ -172,7 +206,7 @@ fn vote_key_template(auth: &KeyAuth) -> Result<Public, TpmError> {
             .map_err(TpmError::tss("build the vote key parameters"))?,
         )
         .with_ecc_unique_identifier(EccPoint::default());
-    if let KeyAuth::Policy { digest } = auth {
+    if let KeyAuth::PolicyPcr { digest, .. } = auth {
         builder = builder.with_auth_policy(
             Digest::try_from(digest.to_vec())
                 .map_err(TpmError::tss("set the vote key's authPolicy"))?,
@@ -248,6 +282,16 @@ pub struct ManifestKey {
     pub name: String,
 }
 
+/// The hierarchy key a key's private blob is wrapped under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parent {
+    /// The storage root key (owner hierarchy).
+    Srk,
+    /// The endorsement key (endorsement hierarchy; the AK).
+    Ek,
+}
+
 /// `keys/manifest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -256,7 +300,10 @@ pub struct Manifest {
     /// Name (hex) of the SRK the blobs are wrapped under: identifies the TPM
     /// and its owner seed.
     pub srk_name: String,
-    /// The keys.
+    /// Name (hex) of the EK the AK is wrapped under, once there is an AK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_name: Option<String>,
+    /// The keys (the AK's parent is the EK, every other key's the SRK).
     pub keys: Vec<ManifestKey>,
 }
 
@@ -292,6 +339,17 @@ impl KeyStore {
     /// Writes the blobs (0600) and then the manifest (atomically), replacing
     /// whatever was there.
     pub fn save(&self, srk_name: &[u8], keys: &[&KeyBlob]) -> Result<(), TpmError> {
+        self.save_with_ak(srk_name, keys, None)
+    }
+
+    /// As [`KeyStore::save`], with the AK (and the Name of its parent EK).
+    pub fn save_with_ak(
+        &self,
+        srk_name: &[u8],
+        keys: &[&KeyBlob],
+        ak: Option<(&KeyBlob, &[u8])>,
+    ) -> Result<(), TpmError> {
+        let keys: Vec<&KeyBlob> = keys.iter().copied().chain(ak.map(|(b, _)| b)).collect();
         fs::DirBuilder::new()
             .recursive(true)
             .create(&self.dir)
@@ -299,7 +357,7 @@ impl KeyStore {
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
             .map_err(TpmError::io(&self.dir))?;
         let mut entries = Vec::new();
-        for key in keys {
+        for key in &keys {
             let stem = key.spec.role.file_stem();
             let public = format!("{stem}.pub");
             let private = format!("{stem}.priv");
@@ -315,6 +373,7 @@ impl KeyStore {
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             srk_name: hex::encode(srk_name),
+            ek_name: ak.map(|(_, ek)| hex::encode(ek)),
             keys: entries,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| TpmError::Store {
@@ -529,6 +588,89 @@ pub(crate) fn load_key(
     res.map_err(TpmError::tss("load the key blob under the SRK"))
 }
 
+/// Makes the AK's customisation: noDA on top of tss-esapi's AK template
+/// (restricted, sign, fixedTPM, fixedParent, sensitiveDataOrigin,
+/// userWithAuth; ECDSA/SHA-256, P-256).
+struct NoDa;
+
+impl tss_esapi::abstraction::KeyCustomization for NoDa {
+    fn attributes(&self, b: ObjectAttributesBuilder) -> ObjectAttributesBuilder {
+        b.with_no_da(true)
+    }
+}
+
+/// Creates the ECC P-256 EK (TCG default template, transient; the caller
+/// flushes it) and returns its handle and Name.
+pub(crate) fn create_ek(ctx: &mut Context) -> Result<(KeyHandle, Vec<u8>), TpmError> {
+    let ek = tss_esapi::abstraction::ek::create_ek_object(
+        ctx,
+        tss_esapi::interface_types::algorithm::AsymmetricAlgorithm::Ecc,
+        None,
+    )
+    .map_err(TpmError::tss(
+        "create the endorsement key (ECC P-256 template)",
+    ))?;
+    match ctx.tr_get_name(ek.into()) {
+        Ok(n) => Ok((ek, n.value().to_vec())),
+        Err(e) => {
+            flush(ctx, ek.into());
+            Err(TpmError::tss("read the EK's Name")(e))
+        }
+    }
+}
+
+/// Creates an AK under the EK; nothing stays loaded. Returns the blob and
+/// the EK's Name.
+pub(crate) fn create_ak(ctx: &mut Context) -> Result<(KeyBlob, Vec<u8>), TpmError> {
+    let (ek, ek_name) = create_ek(ctx)?;
+    let res = tss_esapi::abstraction::ak::create_ak(
+        ctx,
+        ek,
+        HashingAlgorithm::Sha256,
+        tss_esapi::interface_types::algorithm::SignatureSchemeAlgorithm::EcDsa,
+        None,
+        NoDa,
+    );
+    flush(ctx, ek.into());
+    let res = res.map_err(TpmError::tss("create the attestation key under the EK"))?;
+    Ok((
+        KeyBlob {
+            spec: KeySpec::ak(),
+            public: res.out_public,
+            private: res.out_private,
+        },
+        ek_name,
+    ))
+}
+
+/// Re-creates the EK, checks its Name (if given), loads the AK under it
+/// (PolicySecret(endorsement)) and flushes the EK. The caller flushes the AK.
+pub(crate) fn load_ak(
+    ctx: &mut Context,
+    blob: &KeyBlob,
+    expected_ek_name: Option<&[u8]>,
+) -> Result<KeyHandle, TpmError> {
+    let (ek, ek_name) = create_ek(ctx)?;
+    if let Some(expected) = expected_ek_name {
+        if expected != ek_name.as_slice() {
+            flush(ctx, ek.into());
+            return Err(TpmError::WrongTpm {
+                expected: hex::encode(expected),
+                found: hex::encode(&ek_name),
+            });
+        }
+    }
+    let res = tss_esapi::abstraction::ak::load_ak(
+        ctx,
+        ek,
+        None,
+        blob.private.clone(),
+        blob.public.clone(),
+    );
+    flush(ctx, ek.into());
+    res.map_err(TpmError::tss("load the AK under the EK"))
+}
+
 /// Flushes a transient object, logging (not failing) if the TPM refuses:
 /// used on cleanup paths where the object may already be gone.
 pub(crate) fn flush(ctx: &mut Context, handle: ObjectHandle) {
@@ -552,7 +694,10 @@ mod tests {
 
         let policy = KeySpec {
             role: KeyRole::Vote,
-            auth: KeyAuth::Policy { digest: [7; 32] },
+            auth: KeyAuth::PolicyPcr {
+                pcr: 15,
+                digest: [7; 32],
+            },
         }
         .template()
         .unwrap();
@@ -585,7 +730,10 @@ mod tests {
     fn key_auth_serialises_readably() {
         let s = serde_json::to_string(&KeyAuth::Password).unwrap();
         assert_eq!(s, r#"{"kind":"password"}"#);
-        let p = KeyAuth::Policy { digest: [1; 32] };
+        let p = KeyAuth::PolicyPcr {
+            pcr: 23,
+            digest: [1; 32],
+        };
         let back: KeyAuth = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
     }

@@ -25,6 +25,27 @@ pub use tcti::{Tcti, TctiParseError, TpmTarget};
 
 use std::path::{Path, PathBuf};
 
+/// Resolves `--tpm` for the party whose data dir is `data_dir`: a TCTI as
+/// given, or for `spawn` a private swtpm with its state in
+/// `DATA_DIR/swtpm/` (started here; keep the returned [`Swtpm`] alive as long
+/// as the TPM is used, and drop it after closing the [`TpmHandle`]).
+pub fn resolve_target(
+    target: &TpmTarget,
+    data_dir: &Path,
+) -> Result<(Option<Swtpm>, Tcti), SwtpmError> {
+    match target {
+        TpmTarget::Tcti(t) => Ok((None, t.clone())),
+        TpmTarget::Spawn => {
+            let s = Swtpm::spawn(&data_dir.join(SPAWNED_SWTPM_DIR))?;
+            let t = s.tcti();
+            Ok((Some(s), t))
+        }
+    }
+}
+
+/// Subdirectory of the data dir holding a spawned swtpm's state.
+pub const SPAWNED_SWTPM_DIR: &str = "swtpm";
+
 /// A failure of the TPM layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -92,9 +113,12 @@ pub enum TpmError {
     /// Signing was asked for before a vote key was loaded.
     #[error("no vote key is loaded (provision the party with `quorate init`)")]
     NoVoteKey,
-    /// The key needs a policy session this signer does not run.
-    #[error("the vote key is bound to a policy; sign it through the measured-launch signer")]
-    PolicyKey,
+    /// No attestation key was set (provision with `quorate init`).
+    #[error("no attestation key is set (provision the party with `quorate init`)")]
+    NoAk,
+    /// A PCR index outside 0..=23.
+    #[error("PCR {0} does not exist (0..=23)")]
+    BadPcr(u8),
     /// The owner thread is gone (closed, or it panicked).
     #[error("the TPM owner thread has stopped")]
     OwnerGone,

@@ -16,10 +16,20 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tss_esapi::{
-    constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
-    handles::KeyHandle,
-    interface_types::{algorithm::HashingAlgorithm, session_handles::AuthSession},
-    structures::{Digest, HashScheme, HashcheckTicket, SignatureScheme},
+    attributes::SessionAttributesBuilder,
+    constants::{
+        tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
+        SessionType,
+    },
+    handles::{KeyHandle, PcrHandle, SessionHandle},
+    interface_types::{
+        algorithm::HashingAlgorithm,
+        session_handles::{AuthSession, PolicySession},
+    },
+    structures::{
+        Data, Digest, DigestValues, HashScheme, HashcheckTicket, PcrSelectionList, PcrSlot,
+        SignatureScheme, SymmetricDefinition,
+    },
     traits::Marshall,
     tss2_esys::TPMT_TK_HASHCHECK,
     Context,
@@ -61,6 +71,27 @@ pub struct CreatedKey {
     pub name: Vec<u8>,
 }
 
+/// What [`TpmHandle::create_ak`] made.
+#[derive(Debug, Clone)]
+pub struct CreatedAk {
+    /// The AK's blobs (wrapped under the EK).
+    pub blob: KeyBlob,
+    /// The Name of the EK it was created under.
+    pub ek_name: Vec<u8>,
+}
+
+/// A TPM2_Quote or TPM2_Certify: the exact signed bytes and the signature.
+#[derive(Debug, Clone)]
+pub struct AttestOutput {
+    /// The marshalled TPMS_ATTEST the TPM signed.
+    pub attest: Vec<u8>,
+    /// The marshalled TPMT_SIGNATURE.
+    pub signature: Vec<u8>,
+    /// clockInfo.resetCount (not obfuscated: the AK is in the endorsement
+    /// hierarchy): how many times the TPM was reset (booted).
+    pub reset_count: u32,
+}
+
 /// The async, cloneable front of the TPM owner thread. All clones talk to
 /// the same thread; it stops when the last clone is dropped or on
 /// [`TpmHandle::close`].
@@ -81,6 +112,12 @@ pub struct Owner {
     tcti: Tcti,
     ctx: Option<Context>,
     vote: Option<VoteSlot>,
+    ak: Option<(KeyBlob, Option<Vec<u8>>)>,
+    /// The AK while loaded: kept after first use (loading it costs an EK
+    /// CreatePrimary and a policy session), flushed before any operation
+    /// that needs two more transient slots.
+    ak_handle: Option<KeyHandle>,
+    policy_session: Option<PolicySession>,
     closing: bool,
 }
 
@@ -129,8 +166,9 @@ impl TpmHandle {
         }
     }
 
-    /// Opens the TPM and loads the vote key of the party whose data dir is
-    /// `data_dir`, checking that this is the TPM it was provisioned on.
+    /// Opens the TPM and loads the vote key (and sets the AK, if the party
+    /// has one) of the party whose data dir is `data_dir`, checking that
+    /// this is the TPM it was provisioned on.
     pub async fn open_party(data_dir: &Path, tcti: &Tcti) -> Result<TpmHandle, TpmError> {
         let store = KeyStore::new(data_dir);
         let manifest = store.manifest()?;
@@ -139,8 +177,23 @@ impl TpmHandle {
             reason: format!("srk_name is not hex: {e}"),
         })?;
         let blob = store.load(KeyRole::Vote)?;
+        let ak = if manifest.keys.iter().any(|k| k.spec.role == KeyRole::Ak) {
+            let ek_name = match &manifest.ek_name {
+                Some(n) => Some(hex::decode(n).map_err(|e| TpmError::Store {
+                    path: store.manifest_path(),
+                    reason: format!("ek_name is not hex: {e}"),
+                })?),
+                None => None,
+            };
+            Some((store.load(KeyRole::Ak)?, ek_name))
+        } else {
+            None
+        };
         let tpm = TpmHandle::open(tcti).await?;
         tpm.load_vote_key(blob, Some(srk_name)).await?;
+        if let Some((blob, ek_name)) = ak {
+            tpm.set_ak(blob, ek_name).await?;
+        }
         Ok(tpm)
     }
 
@@ -171,6 +224,7 @@ impl TpmHandle {
     /// Creates a vote key from `spec` under the SRK (nothing stays loaded).
     pub async fn create_vote_key(&self, spec: KeySpec) -> Result<CreatedKey, TpmError> {
         self.run(move |o| {
+            o.unload_ak();
             let ctx = o.ctx()?;
             let (blob, srk_name) = keys::create_key(ctx, &spec)?;
             // Ask the TPM for the Name (load under the SRK, read, flush) so a
@@ -197,6 +251,7 @@ impl TpmHandle {
     ) -> Result<(), TpmError> {
         self.run(move |o| {
             o.unload_vote();
+            o.unload_ak();
             let handle = keys::load_key(o.ctx()?, &blob, srk_name.as_deref())?;
             o.vote = Some(VoteSlot {
                 blob,
@@ -206,6 +261,108 @@ impl TpmHandle {
             Ok(())
         })
         .await
+    }
+
+    /// Creates an attestation key under the EK (nothing stays loaded).
+    pub async fn create_ak(&self) -> Result<CreatedAk, TpmError> {
+        self.run(|o| {
+            o.unload_ak();
+            let (blob, ek_name) = keys::create_ak(o.ctx()?)?;
+            Ok(CreatedAk { blob, ek_name })
+        })
+        .await
+    }
+
+    /// Sets the AK used by [`TpmHandle::quote`] and
+    /// [`TpmHandle::certify_vote_key`]; it is loaded per use. With
+    /// `ek_name`, refuses a TPM whose EK differs.
+    pub async fn set_ak(&self, blob: KeyBlob, ek_name: Option<Vec<u8>>) -> Result<(), TpmError> {
+        self.run(move |o| {
+            o.unload_ak();
+            o.ak = Some((blob, ek_name));
+            Ok(())
+        })
+        .await
+    }
+
+    /// TPM2_Quote by the AK over the SHA-256 bank of `pcrs`, with
+    /// `qualifying_data` (at most 64 bytes) as extraData.
+    pub async fn quote(
+        &self,
+        pcrs: Vec<u8>,
+        qualifying_data: Vec<u8>,
+    ) -> Result<AttestOutput, TpmError> {
+        self.run(move |o| o.with_recovery("quote", |o| o.quote(&pcrs, &qualifying_data)))
+            .await
+    }
+
+    /// TPM2_Certify of the loaded vote key by the AK.
+    pub async fn certify_vote_key(
+        &self,
+        qualifying_data: Vec<u8>,
+    ) -> Result<AttestOutput, TpmError> {
+        self.run(move |o| o.with_recovery("certify", |o| o.certify_vote(&qualifying_data)))
+            .await
+    }
+
+    /// TPM2_ActivateCredential with the AK and the EK: returns the
+    /// credential a verifier encrypted to this TPM's EK for the AK's Name
+    /// (see [`Owner`]'s docs on the byte forms). Proves to the verifier that
+    /// the AK lives in the same TPM as the EK.
+    pub async fn activate_credential(
+        &self,
+        id_object: Vec<u8>,
+        secret: Vec<u8>,
+    ) -> Result<Vec<u8>, TpmError> {
+        self.run(move |o| o.activate_credential(&id_object, &secret))
+            .await
+    }
+
+    /// The EK's public area (marshalled TPMT_PUBLIC): what a verifier
+    /// encrypts a credential-activation challenge to. Its Name is the one
+    /// recorded as the AK's parent.
+    pub async fn ek_public(&self) -> Result<Vec<u8>, TpmError> {
+        self.run(|o| {
+            o.unload_ak();
+            let ctx = o.ctx()?;
+            let (ek, _) = keys::create_ek(ctx)?;
+            let read = ctx.read_public(ek);
+            keys::flush(ctx, ek.into());
+            let (public, _, _) = read.map_err(TpmError::tss("read the EK's public area"))?;
+            public
+                .marshall()
+                .map_err(TpmError::tss("marshal the EK's TPMT_PUBLIC"))
+        })
+        .await
+    }
+
+    /// TPM2_MakeCredential by this TPM for its own EK and `object_name`:
+    /// returns (credential blob, encrypted secret), the contents of
+    /// TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET. For tests and tooling.
+    pub async fn make_credential(
+        &self,
+        credential: Vec<u8>,
+        object_name: Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        self.run(move |o| o.make_credential(&credential, &object_name))
+            .await
+    }
+
+    /// The TPM's resetCount (from a quote by the AK: TPM2_ReadClock is not
+    /// in tss-esapi 7.7).
+    pub async fn reset_count(&self) -> Result<u32, TpmError> {
+        Ok(self.quote(vec![0], Vec::new()).await?.reset_count)
+    }
+
+    /// Reads the SHA-256 bank value of `pcr`.
+    pub async fn pcr_read(&self, pcr: u8) -> Result<[u8; 32], TpmError> {
+        self.run(move |o| o.with_recovery("PCR read", |o| o.pcr_read(pcr)))
+            .await
+    }
+
+    /// Extends the SHA-256 bank of `pcr` with `digest`.
+    pub async fn pcr_extend(&self, pcr: u8, digest: [u8; 32]) -> Result<(), TpmError> {
+        self.run(move |o| o.pcr_extend(pcr, &digest)).await
     }
 
     /// The loaded vote key's public point.
@@ -277,6 +434,9 @@ fn owner_main(
         tcti,
         ctx: None,
         vote: None,
+        ak: None,
+        ak_handle: None,
+        policy_session: None,
         closing: false,
     };
     if let Err(e) = owner.reconnect() {
@@ -316,6 +476,8 @@ impl Owner {
         if let Some(slot) = self.vote.as_mut() {
             slot.handle = None;
         }
+        self.policy_session = None;
+        self.ak_handle = None;
         // Dropping the old Context flushes the objects it tracks; on a
         // restarted TPM they are gone and those flushes fail harmlessly.
         self.ctx = None;
@@ -354,23 +516,100 @@ impl Owner {
     }
 
     fn sign_digest(&mut self, digest: &[u8; 32]) -> Result<TpmSigned, TpmError> {
-        if let Some(slot) = &self.vote {
-            if !matches!(slot.blob.spec.auth, KeyAuth::Password) {
-                return Err(TpmError::PolicyKey);
-            }
-        }
-        match self.try_sign(digest) {
+        self.with_recovery("signing", |o| o.try_sign_fresh_on_error(digest))
+    }
+
+    /// Runs an idempotent operation; if it fails because the connection
+    /// broke or the TPM restarted, reconnects (objects are reloaded from
+    /// their blobs on demand) and runs it once more. Never used for PCR
+    /// extends: a lost reply does not prove the extend did not happen.
+    pub fn with_recovery<T>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&mut Owner) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        match f(self) {
             Err(e) if e.is_recoverable() => {
-                tracing::warn!(tcti = %self.tcti, "TPM signing failed ({e}); reconnecting and reloading the vote key");
+                tracing::warn!(tcti = %self.tcti, "TPM {what} failed ({e}); reconnecting and reloading keys");
                 self.reconnect()?;
-                self.try_sign(digest)
+                f(self)
             }
             other => other,
         }
     }
 
+    /// Signs; if that fails, drops the policy session: a failed
+    /// authorisation leaves its policy digest extended, so reusing it would
+    /// fail again even once the PCR is right.
+    fn try_sign_fresh_on_error(&mut self, digest: &[u8; 32]) -> Result<TpmSigned, TpmError> {
+        let res = self.try_sign(digest);
+        if res.is_err() {
+            if let Some(ps) = self.policy_session.take() {
+                if let Some(ctx) = self.ctx.as_mut() {
+                    keys::flush(ctx, SessionHandle::from(ps).into());
+                }
+            }
+        }
+        res
+    }
+
+    /// The policy session used for PolicyPCR-bound keys, started once and
+    /// kept (continueSession) across signatures.
+    fn policy_session(&mut self) -> Result<PolicySession, TpmError> {
+        if let Some(s) = self.policy_session {
+            return Ok(s);
+        }
+        let ctx = self.ctx()?;
+        let s = ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(TpmError::tss("start a policy session"))?
+            .ok_or(TpmError::OwnerGone)?;
+        let (attrs, mask) = SessionAttributesBuilder::new()
+            .with_continue_session(true)
+            .build();
+        ctx.tr_sess_set_attributes(s, attrs, mask)
+            .map_err(TpmError::tss("set the policy session's attributes"))?;
+        let ps = PolicySession::try_from(s).map_err(TpmError::tss("policy session handle"))?;
+        self.policy_session = Some(ps);
+        Ok(ps)
+    }
+
+    /// The session that authorises use of the vote key: a password, or the
+    /// policy session after TPM2_PolicyPCR with the PCR's current value.
+    fn vote_auth(&mut self) -> Result<AuthSession, TpmError> {
+        let auth = self
+            .vote
+            .as_ref()
+            .ok_or(TpmError::NoVoteKey)?
+            .blob
+            .spec
+            .auth
+            .clone();
+        match auth {
+            KeyAuth::Password => Ok(AuthSession::Password),
+            KeyAuth::PolicyPcr { pcr, .. } => {
+                let ps = self.policy_session()?;
+                let sel = sha256_selection(pcr)?;
+                self.ctx()?
+                    .policy_pcr(ps, Digest::default(), sel)
+                    .map_err(TpmError::tss(
+                        "TPM2_PolicyPCR on the vote key's policy session",
+                    ))?;
+                Ok(AuthSession::from(ps))
+            }
+        }
+    }
+
     fn try_sign(&mut self, digest: &[u8; 32]) -> Result<TpmSigned, TpmError> {
         let key = self.vote_handle()?;
+        let auth = self.vote_auth()?;
         let ctx = self.ctx()?;
         let validation = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
             tag: TPM2_ST_HASHCHECK,
@@ -380,7 +619,7 @@ impl Owner {
         .map_err(TpmError::tss("build the null hashcheck ticket"))?;
         let digest = Digest::try_from(digest.to_vec()).map_err(TpmError::tss("wrap the digest"))?;
         let sig = ctx
-            .execute_with_session(Some(AuthSession::Password), |c| {
+            .execute_with_session(Some(auth), |c| {
                 c.sign(
                     key,
                     digest,
@@ -405,10 +644,271 @@ impl Owner {
         })
     }
 
-    /// Flushes the vote key and closes the Context.
+    /// Flushes the vote key, the AK and the policy session and closes the
+    /// Context.
     fn release(&mut self) {
         self.unload_vote();
+        self.unload_ak();
+        if let (Some(ps), Some(ctx)) = (self.policy_session.take(), self.ctx.as_mut()) {
+            keys::flush(ctx, SessionHandle::from(ps).into());
+        }
         self.ctx = None;
+    }
+
+    /// Flushes the AK if it is loaded.
+    fn unload_ak(&mut self) {
+        if let (Some(h), Some(ctx)) = (self.ak_handle.take(), self.ctx.as_mut()) {
+            keys::flush(ctx, h.into());
+        }
+    }
+
+    /// Runs `f` with the AK loaded (loading it on first use).
+    fn with_ak<T>(
+        &mut self,
+        f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let ak = match self.ak_handle {
+            Some(h) => h,
+            None => {
+                let (blob, ek_name) = self.ak.clone().ok_or(TpmError::NoAk)?;
+                let h = keys::load_ak(self.ctx()?, &blob, ek_name.as_deref())?;
+                self.ak_handle = Some(h);
+                h
+            }
+        };
+        f(self.ctx()?, ak)
+    }
+
+    /// TPM2_Quote of the SHA-256 bank of `pcrs` by the AK.
+    fn quote(&mut self, pcrs: &[u8], qualifying_data: &[u8]) -> Result<AttestOutput, TpmError> {
+        let sel = sha256_selection_of(pcrs)?;
+        let qd = Data::try_from(qualifying_data.to_vec())
+            .map_err(TpmError::tss("qualifying data (at most 64 bytes)"))?;
+        self.with_ak(|ctx, ak| {
+            let (attest, sig) = ctx
+                .execute_with_session(Some(AuthSession::Password), |c| {
+                    c.quote(ak, qd, SignatureScheme::Null, sel)
+                })
+                .map_err(TpmError::tss("TPM2_Quote with the AK"))?;
+            attest_output(&attest, &sig)
+        })
+    }
+
+    /// TPM2_Certify of the vote key by the AK.
+    fn certify_vote(&mut self, qualifying_data: &[u8]) -> Result<AttestOutput, TpmError> {
+        let vote = self.vote_handle()?;
+        let qd = Data::try_from(qualifying_data.to_vec())
+            .map_err(TpmError::tss("qualifying data (at most 64 bytes)"))?;
+        self.with_ak(|ctx, ak| {
+            let (attest, sig) = ctx
+                .execute_with_sessions(
+                    (
+                        Some(AuthSession::Password),
+                        Some(AuthSession::Password),
+                        None,
+                    ),
+                    |c| c.certify(vote.into(), ak, qd, SignatureScheme::Null),
+                )
+                .map_err(TpmError::tss("TPM2_Certify of the vote key by the AK"))?;
+            attest_output(&attest, &sig)
+        })
+    }
+}
+
+impl Owner {
+    /// TPM2_ActivateCredential: the EK decrypts `secret`, checks that the
+    /// credential was made for the AK's Name, and returns the credential.
+    /// `id_object` and `secret` are the contents of TPM2B_ID_OBJECT and
+    /// TPM2B_ENCRYPTED_SECRET (without their size fields).
+    fn activate_credential(
+        &mut self,
+        id_object: &[u8],
+        secret: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
+        let ek_expected = self.ak.as_ref().ok_or(TpmError::NoAk)?.1.clone();
+        let id = tss_esapi::structures::IdObject::try_from(id_object.to_vec())
+            .map_err(TpmError::tss("credential blob (TPM2B_ID_OBJECT)"))?;
+        let secret = tss_esapi::structures::EncryptedSecret::try_from(secret.to_vec())
+            .map_err(TpmError::tss("encrypted secret (TPM2B_ENCRYPTED_SECRET)"))?;
+        self.with_ak(|ctx, ak| {
+            let (ek, ek_name) = keys::create_ek(ctx)?;
+            if let Some(expected) = &ek_expected {
+                if expected != &ek_name {
+                    keys::flush(ctx, ek.into());
+                    return Err(TpmError::WrongTpm {
+                        expected: hex::encode(expected),
+                        found: hex::encode(&ek_name),
+                    });
+                }
+            }
+            let res = endorsement_policy_session(ctx).and_then(|ps| {
+                let r = ctx
+                    .execute_with_sessions(
+                        (
+                            Some(AuthSession::Password),
+                            Some(AuthSession::from(ps)),
+                            None,
+                        ),
+                        |c| c.activate_credential(ak, ek, id, secret),
+                    )
+                    .map_err(TpmError::tss("TPM2_ActivateCredential"));
+                keys::flush(ctx, SessionHandle::from(ps).into());
+                r
+            });
+            keys::flush(ctx, ek.into());
+            Ok(res?.value().to_vec())
+        })
+    }
+
+    /// TPM2_MakeCredential with this TPM's EK for an object Name: the
+    /// verifier's half of credential activation, done by the TPM (for tests
+    /// and tooling; verifiers use the attestation crate).
+    fn make_credential(
+        &mut self,
+        credential: &[u8],
+        object_name: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let credential = Digest::try_from(credential.to_vec())
+            .map_err(TpmError::tss("credential (at most 64 bytes)"))?;
+        let name = tss_esapi::structures::Name::try_from(object_name.to_vec())
+            .map_err(TpmError::tss("object Name"))?;
+        let ctx = self.ctx()?;
+        let (ek, _) = keys::create_ek(ctx)?;
+        let res = ctx
+            .execute_without_session(|c| c.make_credential(ek, credential, name))
+            .map_err(TpmError::tss("TPM2_MakeCredential"));
+        keys::flush(ctx, ek.into());
+        let (id, secret) = res?;
+        Ok((id.value().to_vec(), secret.value().to_vec()))
+    }
+}
+
+/// A policy session satisfying the EK's policy: PolicySecret(endorsement).
+fn endorsement_policy_session(ctx: &mut Context) -> Result<PolicySession, TpmError> {
+    let s = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(TpmError::tss("start a policy session for the EK"))?
+        .ok_or(TpmError::OwnerGone)?;
+    let ps = PolicySession::try_from(s).map_err(TpmError::tss("policy session handle"))?;
+    let res = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.policy_secret(
+            ps,
+            tss_esapi::handles::AuthHandle::Endorsement,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            None,
+        )
+    });
+    if let Err(e) = res {
+        keys::flush(ctx, SessionHandle::from(ps).into());
+        return Err(TpmError::tss("TPM2_PolicySecret(endorsement)")(e));
+    }
+    Ok(ps)
+}
+
+fn attest_output(
+    attest: &tss_esapi::structures::Attest,
+    sig: &tss_esapi::structures::Signature,
+) -> Result<AttestOutput, TpmError> {
+    Ok(AttestOutput {
+        attest: attest
+            .marshall()
+            .map_err(TpmError::tss("marshal the TPMS_ATTEST"))?,
+        signature: sig
+            .marshall()
+            .map_err(TpmError::tss("marshal the TPMT_SIGNATURE"))?,
+        reset_count: attest.clock_info().reset_count(),
+    })
+}
+
+fn pcr_slot(pcr: u8) -> Result<PcrSlot, TpmError> {
+    1u32.checked_shl(u32::from(pcr))
+        .filter(|_| pcr < 24)
+        .ok_or(TpmError::BadPcr(pcr))
+        .and_then(|bit| PcrSlot::try_from(bit).map_err(|_| TpmError::BadPcr(pcr)))
+}
+
+fn sha256_selection_of(pcrs: &[u8]) -> Result<PcrSelectionList, TpmError> {
+    let slots = pcrs
+        .iter()
+        .map(|p| pcr_slot(*p))
+        .collect::<Result<Vec<_>, _>>()?;
+    PcrSelectionList::builder()
+        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
+        .map_err(TpmError::tss("build a PCR selection"))
+}
+
+fn sha256_selection(pcr: u8) -> Result<PcrSelectionList, TpmError> {
+    sha256_selection_of(&[pcr])
+}
+
+fn pcr_handle(pcr: u8) -> Result<PcrHandle, TpmError> {
+    if pcr >= 24 {
+        return Err(TpmError::BadPcr(pcr));
+    }
+    PcrHandle::try_from(u32::from(pcr)).map_err(|_| TpmError::BadPcr(pcr))
+}
+
+impl Owner {
+    /// Reads the SHA-256 bank value of `pcr`.
+    pub fn pcr_read(&mut self, pcr: u8) -> Result<[u8; 32], TpmError> {
+        let sel = sha256_selection(pcr)?;
+        let (_, _, digests) = self
+            .ctx()?
+            .pcr_read(sel)
+            .map_err(TpmError::tss("TPM2_PCR_Read"))?;
+        let d = digests.value().first().ok_or(TpmError::BadPcr(pcr))?;
+        <[u8; 32]>::try_from(d.value()).map_err(|_| TpmError::BadPcr(pcr))
+    }
+
+    /// Extends the SHA-256 bank of `pcr` with `digest` (the other banks are
+    /// left alone: verifiers pin SHA-256).
+    pub fn pcr_extend(&mut self, pcr: u8, digest: &[u8; 32]) -> Result<(), TpmError> {
+        let handle = pcr_handle(pcr)?;
+        let mut values = DigestValues::new();
+        values.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(digest.to_vec()).map_err(TpmError::tss("wrap the digest"))?,
+        );
+        self.ctx()?
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.pcr_extend(handle, values)
+            })
+            .map_err(TpmError::tss("TPM2_PCR_Extend"))
+    }
+
+    /// The policy digest a trial session computes for TPM2_PolicyPCR over
+    /// the current value of `pcr` (to check software computations).
+    pub fn trial_policy_pcr(&mut self, pcr: u8) -> Result<[u8; 32], TpmError> {
+        let sel = sha256_selection(pcr)?;
+        let ctx = self.ctx()?;
+        let s = ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Trial,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(TpmError::tss("start a trial session"))?
+            .ok_or(TpmError::OwnerGone)?;
+        let ps = PolicySession::try_from(s).map_err(TpmError::tss("trial session handle"))?;
+        let res = ctx
+            .policy_pcr(ps, Digest::default(), sel)
+            .and_then(|()| ctx.policy_get_digest(ps));
+        keys::flush(ctx, SessionHandle::from(ps).into());
+        let d = res.map_err(TpmError::tss("TPM2_PolicyPCR in a trial session"))?;
+        <[u8; 32]>::try_from(d.value()).map_err(|_| TpmError::BadPcr(pcr))
     }
 }
 

@@ -30,6 +30,10 @@ const PORT_ATTEMPTS: usize = 20;
 const TPM2_SHUTDOWN_CLEAR: [u8; 12] = [
     0x80, 0x01, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x00, 0x01, 0x45, 0x00, 0x00,
 ];
+/// `TPM2_GetRandom(8)`: a harmless command proving the TPM answers.
+const TPM2_GET_RANDOM_8: [u8; 12] = [
+    0x80, 0x01, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x00, 0x01, 0x7b, 0x00, 0x08,
+];
 /// swtpm control command CMD_SHUTDOWN: ends the swtpm process cleanly.
 const CMD_SHUTDOWN: [u8; 4] = [0, 0, 0, 3];
 
@@ -186,6 +190,7 @@ impl Swtpm {
                 tracing::warn!(port, "swtpm CMD_SHUTDOWN failed: {e}");
             }
         }
+        let _ = fs::remove_file(self.state_dir.join("swtpm.pid"));
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {
@@ -232,8 +237,6 @@ impl Swtpm {
             .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
             .arg("--flags")
             .arg("not-need-init,startup-clear")
-            .arg("--pid")
-            .arg(format!("file={}", state_dir.join("swtpm.pid").display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -243,9 +246,26 @@ impl Swtpm {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 let said = fs::read_to_string(&log).unwrap_or_default();
-                return Err(fail(format!("exited with {status}: {}", said.trim())));
+                let mut reason = format!("exited with {status}: {}", said.trim());
+                if said.contains("lock") {
+                    let pid = fs::read_to_string(state_dir.join("swtpm.pid")).unwrap_or_default();
+                    reason.push_str(&format!(
+                        " (another swtpm holds this state dir; the last one started here had pid {}: stop it first)",
+                        pid.trim()
+                    ));
+                }
+                return Err(fail(reason));
             }
-            if connects(port) && connects(ctrl) {
+            // swtpm opens its ports before it initialises (and locks) its
+            // state, so only an answered TPM command proves it is up.
+            if connects(ctrl) && raw_exchange(port, &TPM2_GET_RANDOM_8, 10).is_ok() {
+                // Our own pid file, written only once this swtpm holds the
+                // state (swtpm's --pid would be truncated by a second swtpm
+                // that then fails on the state lock).
+                let pid_file = state_dir.join("swtpm.pid");
+                if let Err(e) = fs::write(&pid_file, format!("{}\n", child.id())) {
+                    tracing::warn!("writing {}: {e}", pid_file.display());
+                }
                 return Ok(child);
             }
             if Instant::now() >= deadline {
@@ -338,7 +358,12 @@ mod tests {
         let mut tpm = Swtpm::spawn(&state).unwrap();
         let port = tpm.port();
         assert!(connects(port) && connects(port + 1));
-        assert!(state.join("swtpm.pid").exists());
+        let pid: u32 = fs::read_to_string(state.join("swtpm.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(Some(pid), tpm.pid());
         tpm.kill_hard().unwrap();
         assert!(tpm.pid().is_none());
         tpm.restart().unwrap();
@@ -348,5 +373,15 @@ mod tests {
         assert!(!connects(port));
         // The state was written and is reused by the next instance.
         assert!(fs::read_dir(&state).unwrap().count() >= 2);
+    }
+
+    #[test]
+    fn a_second_swtpm_on_the_same_state_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Swtpm::spawn(dir.path()).unwrap();
+        let err = Swtpm::spawn(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("another swtpm holds this state dir"), "{msg}");
+        assert!(msg.contains(&first.pid().unwrap().to_string()), "{msg}");
     }
 }
