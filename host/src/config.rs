@@ -166,25 +166,58 @@ pub struct Config {
     pub tpm: TpmTarget,
     /// Where to listen for peers.
     pub listen: SocketAddr,
-    /// The canonical form of `[cluster]`.
+    /// The encoded cluster identity (measured rules and file digests).
     pub canonical: Vec<u8>,
     /// SHA-256 of the canonical form: the cluster's identity.
     pub cluster_id: ClusterId,
 }
 
-/// The canonical, measured form of `[cluster]`: values only, files by digest,
-/// parties sorted by id.
+/// The measured form of `[cluster]`: its rules, with no keys and no file
+/// contents, so it can be known before any party is provisioned (the vote
+/// key's PolicyPCR covers it) and does not change when a key is rotated.
 #[derive(Debug, Serialize)]
-struct Canonical<'a> {
+struct MeasuredRules<'a> {
     domain: &'static str,
     name: &'a str,
     epoch: u64,
     fault_model: FaultModel,
     attestation_every: u64,
     max_block_bytes: u32,
-    reference_policy: Option<Sha256Digest>,
     sessions: &'a SessionRules,
-    parties: Vec<(u32, &'a str, Sha256Digest)>,
+    parties: Vec<(u32, &'a str)>,
+}
+
+/// The cluster's identity: the measured rules plus the digests of every
+/// enrollment bundle and of the reference policy.
+#[derive(Debug, Serialize)]
+struct Identity {
+    domain: &'static str,
+    rules: Sha256Digest,
+    reference_policy: Option<Sha256Digest>,
+    enrollments: Vec<(u32, Sha256Digest)>,
+}
+
+impl ClusterSection {
+    /// The digest of the cluster's rules: what measured launch extends into
+    /// the measurement PCR after the executable, and what a reference policy
+    /// names as `expected_config`. Reads no files.
+    pub fn measured_digest(&self) -> Sha256Digest {
+        let mut parties: Vec<(u32, &str)> =
+            self.parties.iter().map(|p| (p.id, p.address.as_str())).collect();
+        parties.sort();
+        let rules = MeasuredRules {
+            domain: "quorate/cluster-rules/v1",
+            name: &self.name,
+            epoch: self.epoch,
+            fault_model: self.fault_model,
+            attestation_every: self.attestation_every,
+            max_block_bytes: self.max_block_bytes,
+            sessions: &self.sessions,
+            parties,
+        };
+        // Plain data into a growable buffer: encoding cannot fail.
+        Sha256Digest::of(&postcard::to_stdvec(&rules).unwrap_or_default())
+    }
 }
 
 impl Config {
@@ -197,6 +230,25 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// The measured digest of the `[cluster]` rules of a config file,
+    /// without reading the files it references (for `quorate init
+    /// --config`, before any enrollment exists), and whether it is in dev mode.
+    pub fn measured_digest_of_file(path: &Path) -> Result<(Sha256Digest, bool), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file = Self::parse_file(&text, path)?;
+        Ok((file.cluster.measured_digest(), file.party.dev))
+    }
+
+    fn parse_file(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.display().to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
     /// Parses and validates config text; `path` names it in errors and
     /// anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -206,10 +258,7 @@ impl Config {
             key: key.to_string(),
             reason,
         };
-        let mut file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: shown.clone(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+        let mut file = Self::parse_file(text, path)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &Path| {
             if p.is_absolute() {
@@ -325,40 +374,33 @@ impl Config {
     }
 }
 
-/// Encodes `[cluster]` canonically and returns it with its digest. Files it
-/// references (enrollments, reference policy) are read and hashed here.
+/// Computes the cluster's identity from its measured rules and the digests
+/// of the files it references (enrollments, reference policy), and returns
+/// the encoded identity with its digest.
 fn canonical_cluster(c: &ClusterSection, shown: &str) -> Result<(Vec<u8>, ClusterId), ConfigError> {
     let digest_file = |key: String, p: &Path| -> Result<Sha256Digest, ConfigError> {
-        std::fs::read(p)
-            .map(|b| Sha256Digest::of(&b))
-            .map_err(|e| ConfigError::Invalid {
-                path: shown.to_string(),
-                key,
-                reason: format!("cannot read {}: {e}", p.display()),
-            })
+        std::fs::read(p).map(|b| Sha256Digest::of(&b)).map_err(|e| ConfigError::Invalid {
+            path: shown.to_string(),
+            key,
+            reason: format!("cannot read {}: {e}", p.display()),
+        })
     };
-    let mut parties = Vec::with_capacity(c.parties.len());
+    let mut enrollments = Vec::with_capacity(c.parties.len());
     for (i, p) in c.parties.iter().enumerate() {
-        let d = digest_file(format!("cluster.parties[{i}].enrollment"), &p.enrollment)?;
-        parties.push((p.id, p.address.as_str(), d));
+        enrollments.push((p.id, digest_file(format!("cluster.parties[{i}].enrollment"), &p.enrollment)?));
     }
-    parties.sort_by_key(|p| p.0);
+    enrollments.sort_by_key(|p| p.0);
     let reference_policy = match &c.reference_policy {
         Some(p) => Some(digest_file("cluster.reference_policy".into(), p)?),
         None => None,
     };
-    let canonical = Canonical {
-        domain: "quorate/cluster-config/v1",
-        name: &c.name,
-        epoch: c.epoch,
-        fault_model: c.fault_model,
-        attestation_every: c.attestation_every,
-        max_block_bytes: c.max_block_bytes,
+    let identity = Identity {
+        domain: "quorate/cluster-id/v1",
+        rules: c.measured_digest(),
         reference_policy,
-        sessions: &c.sessions,
-        parties,
+        enrollments,
     };
-    let bytes = postcard::to_stdvec(&canonical).map_err(|e| ConfigError::Invalid {
+    let bytes = postcard::to_stdvec(&identity).map_err(|e| ConfigError::Invalid {
         path: shown.to_string(),
         key: "cluster".into(),
         reason: format!("cannot be encoded: {e}"),
@@ -447,6 +489,9 @@ enrollment = "e3.json"
         write(dir.path(), "e2.json", "{\"party\": 2, \"x\": 1}");
         let d = Config::parse(&text, &path).unwrap();
         assert_ne!(a.cluster_id, d.cluster_id);
+        // ...but not the measured rules, which the vote key is bound to.
+        assert_eq!(a.file.cluster.measured_digest(), d.file.cluster.measured_digest());
+        assert_ne!(a.file.cluster.measured_digest(), c.file.cluster.measured_digest());
     }
 
     #[test]

@@ -61,6 +61,16 @@ enum Command {
         #[arg(long, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Print a reference-value policy (TOML) for `--exe` under `--config`:
+    /// the executable's digest and the measured configuration digest.
+    Measure {
+        /// The coordinator executable to approve.
+        #[arg(long)]
+        exe: PathBuf,
+        /// The party configuration whose [cluster] rules are measured.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Show a party's status: height, peers and their attestation, last decision.
     Status {
         /// The party's data dir.
@@ -152,10 +162,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let executable = file_digest(exe).with_context(|| {
                         format!("hashing the running executable {}", exe.display())
                     })?;
-                    // The configuration's canonical form is its bytes until
-                    // the daemon's config format defines one.
-                    let config = file_digest(&config)
-                        .with_context(|| format!("reading --config {}", config.display()))?;
+                    // The measured form of the configuration: the cluster's
+                    // rules (see config.rs), known before any enrollment.
+                    let (config, config_dev) =
+                        quorate_host::config::Config::measured_digest_of_file(&config)?;
+                    // A dev-mode config measures into PCR 23 unless told otherwise.
+                    let dev = dev || config_dev;
+                    let pcr = if config_dev && pcr == PcrIndex::DEFAULT_MEASUREMENT {
+                        PcrIndex::DEV_MEASUREMENT
+                    } else {
+                        pcr
+                    };
                     Some(MeasuredInit {
                         measurement: Measurement {
                             pcr,
@@ -196,6 +213,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             quorate_host::daemon::run(cfg, shutdown, None).await
+        }
+        Command::Measure { exe, config } => {
+            let executable = file_digest(&exe)
+                .with_context(|| format!("--exe {}: cannot read it", exe.display()))?;
+            let (config_digest, dev) =
+                quorate_host::config::Config::measured_digest_of_file(&config)?;
+            let mut policy =
+                quorate_attestation::policy::Policy::new(vec![executable], config_digest);
+            if dev {
+                policy.dev = true;
+                policy.measurement_pcr = PcrIndex::DEV_MEASUREMENT;
+            }
+            print!("{}", policy.to_toml()?);
+            Ok(())
         }
         Command::Status { data_dir, json } => {
             use quorate_host::daemon::status::StatusView;

@@ -23,6 +23,7 @@
 //! signs it, so after a crash the same batch is signed and submitted again
 //! and nothing accepted is lost.
 
+pub mod admission;
 pub mod status;
 
 use crate::config::Config;
@@ -215,8 +216,56 @@ pub async fn run(
         );
     }
 
+    // Measured launch, once per TPM boot, for a party provisioned with an
+    // attestation key (`quorate init --config`): without it the PolicyPCR
+    // vote key cannot sign anyway.
+    let dev = cfg.file.party.dev;
+    let measurement_pcr = if dev {
+        quorate_attestation::pcr::PcrIndex::DEV_MEASUREMENT
+    } else {
+        quorate_attestation::pcr::PcrIndex::DEFAULT_MEASUREMENT
+    };
+    let attests = own.ak.is_some();
+    if attests {
+        let exe = std::path::Path::new("/proc/self/exe");
+        let m = crate::launch::Measurement {
+            pcr: measurement_pcr,
+            executable: crate::launch::file_digest(exe)
+                .with_context(|| format!("hashing the running executable {}", exe.display()))?,
+            config: cfg.file.cluster.measured_digest(),
+        };
+        let report = crate::launch::measured_launch(&tpm, &data_dir, &m, dev)
+            .await
+            .context("measured launch refused")?;
+        info!(
+            pcr = measurement_pcr.get(),
+            executable = %m.executable,
+            config = %m.config,
+            outcome = ?report.outcome,
+            "measured launch"
+        );
+    } else {
+        warn!("this party has no attestation key (provisioned without --config): it cannot prove what it runs");
+    }
+    let policy = match &cfg.file.cluster.reference_policy {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cluster.reference_policy: cannot read {}", p.display()))?;
+            Some(
+                quorate_attestation::policy::Policy::from_toml(&text)
+                    .with_context(|| format!("cluster.reference_policy {}", p.display()))?,
+            )
+        }
+        None => {
+            warn!("DEV MODE: no reference policy; peers are admitted on their TLS certificate alone");
+            None
+        }
+    };
+    let admission = admission::Admission::new(policy, me, &enrollments);
+
     // Peers.
     let identity = TlsIdentity::load(&data_dir)?;
+    let tls_key_hash = identity.key_hash()?;
     let mut peers = Vec::new();
     for p in &cfg.file.cluster.parties {
         if p.id == me.0 {
@@ -260,7 +309,8 @@ pub async fn run(
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let handle = DaemonHandle { tx: cmd_tx };
     let api_addr = cfg.file.party.api_listen;
-    let mut rt = Runtime::start(cfg, store, tpm.clone(), net.clone(), dcfg, mcfg)?;
+    let attest = AttestCtx { admission, tls_key_hash, measurement_pcr, attests };
+    let mut rt = Runtime::start(cfg, store, tpm.clone(), net.clone(), dcfg, mcfg, attest)?;
     let token = crate::api::load_or_create_token(&data_dir)
         .with_context(|| format!("{}", data_dir.join(crate::api::TOKEN_FILE).display()))?;
     let api_listener = crate::api::bind(api_addr)
@@ -282,7 +332,23 @@ pub async fn run(
     result
 }
 
+/// What the runtime needs for attestation.
+struct AttestCtx {
+    admission: admission::Admission,
+    tls_key_hash: quorate_firmware::types::Sha256Digest,
+    measurement_pcr: quorate_attestation::pcr::PcrIndex,
+    /// Whether this party can produce evidence (it has an AK).
+    attests: bool,
+}
+
+/// How long a peer whose evidence failed stays excluded before it may try again.
+const EXCLUSION: Duration = Duration::from_secs(30);
+
 struct Runtime {
+    attest: AttestCtx,
+    evidence_tx: mpsc::UnboundedSender<(PartyId, Result<Vec<u8>, String>)>,
+    evidence_rx: mpsc::UnboundedReceiver<(PartyId, Result<Vec<u8>, String>)>,
+    readmit: BTreeMap<PartyId, Instant>,
     cfg: Config,
     me: PartyId,
     store: Store,
@@ -315,6 +381,7 @@ impl Runtime {
         net: PeerNet,
         dcfg: DriverConfig,
         mcfg: MachineConfig,
+        attest: AttestCtx,
     ) -> anyhow::Result<Runtime> {
         let me = cfg.me;
         // Restore what the driver told us to persist.
@@ -367,7 +434,12 @@ impl Runtime {
         };
         let (sign_tx, sign_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+        let (evidence_tx, evidence_rx) = mpsc::unbounded_channel();
         let mut rt = Runtime {
+            attest,
+            evidence_tx,
+            evidence_rx,
+            readmit: BTreeMap::new(),
             cfg,
             me,
             store,
@@ -434,14 +506,35 @@ impl Runtime {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(ev) = net_rx.recv() => match ev {
-                    NetEvent::Frame(from, bytes) => self.input(Input::Peer { from, bytes })?,
-                    NetEvent::Up(p) => { self.peers_up.insert(p); self.status_dirty = true; }
+                    NetEvent::Frame(from, bytes) => self.peer_frame(from, &bytes)?,
+                    NetEvent::Up(p) => {
+                        self.peers_up.insert(p);
+                        self.status_dirty = true;
+                        let mut nonce = vec![0u8; 32];
+                        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
+                            bail!("no randomness for attestation nonces");
+                        }
+                        if let Some(ch) = self.attest.admission.connected(p, nonce) {
+                            self.net.send(p, Arc::from(ch.encode()));
+                        }
+                    }
                     NetEvent::Down(p, why) => {
                         debug!(peer = %p, reason = %why, "peer down");
                         self.peers_up.remove(&p);
+                        self.attest.admission.disconnected(p);
                         self.status_dirty = true;
                     }
                 },
+                Some((peer, res)) = self.evidence_rx.recv() => {
+                    let frame = match res {
+                        Ok(bytes) => admission::PeerFrame::Evidence(bytes),
+                        Err(e) => {
+                            warn!(peer = %peer, error = %e, "cannot produce attestation evidence");
+                            admission::PeerFrame::CannotAttest(e)
+                        }
+                    };
+                    self.net.send(peer, Arc::from(frame.encode()));
+                }
                 Some((req, bytes, res)) = self.sign_rx.recv() => match res {
                     Ok(signature) => self.input(Input::SignatureReady { request: req, signature })?,
                     Err(e) => {
@@ -460,6 +553,13 @@ impl Runtime {
                     }
                 }
                 _ = tick.tick() => {
+                    let now = Instant::now();
+                    let due: Vec<PartyId> = self.readmit.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
+                    for p in due {
+                        self.readmit.remove(&p);
+                        self.attest.admission.retry(p);
+                        self.net.readmit(p);
+                    }
                     self.input(Input::Tick)?;
                     self.maybe_batch()?;
                     if self.status_dirty || last_status.elapsed() > Duration::from_secs(2) {
@@ -495,6 +595,74 @@ impl Runtime {
         }
     }
 
+    /// Handles one frame from an authenticated peer.
+    fn peer_frame(&mut self, from: PartyId, bytes: &[u8]) -> anyhow::Result<()> {
+        let frame = match admission::PeerFrame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(peer = %from, error = %e, "malformed frame; closing the connection");
+                self.net.disconnect(from, &format!("malformed frame: {e}"));
+                return Ok(());
+            }
+        };
+        match frame {
+            admission::PeerFrame::Consensus(b) => {
+                if self.attest.admission.admitted(from) {
+                    self.input(Input::Peer { from, bytes: b })?;
+                }
+            }
+            admission::PeerFrame::Challenge(nonce) => {
+                if nonce.len() > admission::MAX_NONCE {
+                    self.net.disconnect(from, "oversized attestation nonce");
+                    return Ok(());
+                }
+                if !self.attest.attests {
+                    let f = admission::PeerFrame::CannotAttest(
+                        "this party was provisioned without an attestation key (quorate init --config)".into(),
+                    );
+                    self.net.send(from, Arc::from(f.encode()));
+                    return Ok(());
+                }
+                let tpm = self.tpm.clone();
+                let tx = self.evidence_tx.clone();
+                let dir = self.cfg.file.party.data_dir.clone();
+                let pcr = self.attest.measurement_pcr;
+                let extra = self.attest.admission.policy().map(|p| p.quoted_pcrs()).unwrap_or_default();
+                let tls = self.attest.tls_key_hash;
+                tokio::spawn(async move {
+                    let fresh = quorate_attestation::evidence::Freshness::Nonce(nonce);
+                    let res = crate::evidence::produce_evidence(&tpm, &dir, pcr, &extra, &fresh, &tls)
+                        .await
+                        .map(|e| e.to_bytes())
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send((from, res));
+                });
+            }
+            admission::PeerFrame::Evidence(b) => match self.attest.admission.check_evidence(from, &b) {
+                Ok(r) => {
+                    info!(peer = %from, executable = %r.executable, measurement = %r.measurement, "peer attested and admitted");
+                    self.status_dirty = true;
+                }
+                Err(reason) => self.refuse(from, &reason),
+            },
+            admission::PeerFrame::CannotAttest(why) => {
+                if self.attest.admission.enforced() {
+                    let reason = format!("the peer cannot attest: {why}");
+                    let _ = self.attest.admission.check_evidence(from, &[]);
+                    self.refuse(from, &reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, peer: PartyId, reason: &str) {
+        warn!(peer = %peer, reason, "peer's attestation refused; excluding it");
+        self.net.exclude(peer, &format!("attestation refused: {reason}"));
+        self.readmit.insert(peer, Instant::now() + EXCLUSION);
+        self.status_dirty = true;
+    }
+
     /// Carries out a step: persist everything durably, then act.
     fn execute(&mut self, step: Step) -> anyhow::Result<()> {
         for p in &step.persist {
@@ -515,10 +683,10 @@ impl Runtime {
         for a in step.actions {
             match a {
                 Action::Send { to, bytes } => {
-                    self.net.send(to, Arc::from(bytes));
+                    self.net.send(to, Arc::from(admission::PeerFrame::Consensus(bytes).encode()));
                 }
                 Action::Broadcast { bytes } => {
-                    self.net.broadcast(Arc::from(bytes));
+                    self.net.broadcast(Arc::from(admission::PeerFrame::Consensus(bytes).encode()));
                 }
                 Action::ScheduleTimeout { id, after_ms } => {
                     self.timers
@@ -807,12 +975,23 @@ impl Runtime {
             .parties
             .iter()
             .filter(|p| p.id != self.me.0)
-            .map(|p| PeerStatus {
-                party: p.id,
-                address: p.address.clone(),
-                connected: self.peers_up.contains(&PartyId(p.id)),
-                attested: false,
-                attestation: "not checked: peer admission by attestation is not built yet".into(),
+            .map(|p| {
+                let standing = self.attest.admission.standing(PartyId(p.id));
+                let (attested, attestation) = match standing {
+                    admission::Standing::Attested { executable, .. } => {
+                        (true, format!("attested (executable {})", executable.get(..16).unwrap_or(&executable)))
+                    }
+                    admission::Standing::Pending => (false, "awaiting evidence".to_string()),
+                    admission::Standing::Unchecked => (false, "admitted unchecked (dev: no reference policy)".to_string()),
+                    admission::Standing::Refused(r) => (false, format!("REFUSED: {r}")),
+                };
+                PeerStatus {
+                    party: p.id,
+                    address: p.address.clone(),
+                    connected: self.peers_up.contains(&PartyId(p.id)),
+                    attested,
+                    attestation,
+                }
             })
             .collect::<Vec<_>>();
         StatusView {

@@ -1,0 +1,266 @@
+//! Peer admission by attestation.
+//!
+//! A peer's TLS certificate proves which party it claims to be; its TPM
+//! evidence proves what code it runs. When a connection comes up each side
+//! sends the other a fresh nonce; the answer is evidence whose quote binds
+//! that nonce, the peer's TLS key hash and its vote key Name. It is checked
+//! against the cluster's reference-value policy, the peer's enrolled AK
+//! (when the enrollment names one), vote key and TLS key. Until it passes,
+//! the peer's consensus frames are dropped; when it fails, the connection
+//! is closed, the peer excluded for a while, and the reason logged and shown
+//! in the status.
+
+use quorate_attestation::evidence::{Evidence, Freshness};
+use quorate_attestation::policy::Policy;
+use quorate_attestation::tpm::{TpmName, TpmtPublic};
+use quorate_attestation::verify::{verify, AttestationResult, VerifierState};
+use quorate_firmware::types::{PartyId, Sha256Digest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::init::Enrollment;
+
+/// Largest nonce accepted in a challenge.
+pub const MAX_NONCE: usize = 64;
+
+/// What parties send each other over their authenticated connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// A consensus driver message.
+    Consensus(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// "Prove what you run": a fresh nonce.
+    Challenge(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Attestation evidence answering the sender's last challenge.
+    Evidence(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The sender cannot produce evidence, and why.
+    CannotAttest(String),
+}
+
+impl PeerFrame {
+    /// Encodes the frame.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a frame; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<PeerFrame, String> {
+        match postcard::take_from_bytes::<PeerFrame>(bytes) {
+            Ok((f, [])) => Ok(f),
+            Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// A peer's admission state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Connected, evidence not yet verified.
+    Pending,
+    /// Evidence verified.
+    Attested {
+        /// The measured executable's digest, hex.
+        executable: String,
+        /// The measurement PCR value, hex.
+        measurement: String,
+    },
+    /// Admitted without evidence: no reference policy (dev mode only).
+    Unchecked,
+    /// Evidence refused, with the reason.
+    Refused(String),
+}
+
+struct Peer {
+    enrolled_tls: Option<Sha256Digest>,
+    enrolled_vote_point: Option<[u8; 65]>,
+    state: VerifierState,
+    nonce: Option<Vec<u8>>,
+    standing: Standing,
+}
+
+/// Admission of every peer.
+pub struct Admission {
+    policy: Option<Policy>,
+    peers: BTreeMap<PartyId, Peer>,
+}
+
+fn hex32(s: &str) -> Option<Sha256Digest> {
+    hex::decode(s).ok()?.try_into().ok().map(Sha256Digest)
+}
+
+impl Admission {
+    /// Admission against `policy` (none: admit on TLS alone, dev mode) for
+    /// the peers enrolled in `enrollments` (this party excluded).
+    pub fn new(policy: Option<Policy>, me: PartyId, enrollments: &BTreeMap<PartyId, Enrollment>) -> Self {
+        let mut peers = BTreeMap::new();
+        for (id, e) in enrollments {
+            if *id == me {
+                continue;
+            }
+            let name = |k: &crate::init::EnrolledKey| {
+                hex::decode(&k.tpmt_public).ok().and_then(|b| TpmtPublic::parse(&b).ok()).map(|p| p.name().clone())
+            };
+            let state = VerifierState {
+                enrolled_ak: e.ak.as_ref().and_then(name),
+                enrolled_vote_key: name(&e.vote_key),
+                last_clock: None,
+            };
+            peers.insert(
+                *id,
+                Peer {
+                    enrolled_tls: hex32(&e.tls_key_hash),
+                    enrolled_vote_point: hex::decode(&e.vote_key.point).ok().and_then(|b| b.try_into().ok()),
+                    state,
+                    nonce: None,
+                    standing: Standing::Pending,
+                },
+            );
+        }
+        Admission { policy, peers }
+    }
+
+    /// Whether a reference policy is enforced.
+    pub fn enforced(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    /// The policy, if any.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+
+    /// A connection to `peer` came up: returns the challenge to send, or
+    /// `None` when no policy is enforced (then the peer is admitted).
+    pub fn connected(&mut self, peer: PartyId, nonce: Vec<u8>) -> Option<PeerFrame> {
+        let enforced = self.policy.is_some();
+        let p = self.peers.get_mut(&peer)?;
+        if !enforced {
+            p.standing = Standing::Unchecked;
+            return None;
+        }
+        p.standing = Standing::Pending;
+        p.nonce = Some(nonce.clone());
+        Some(PeerFrame::Challenge(nonce))
+    }
+
+    /// The connection to `peer` went down: it must attest again.
+    pub fn disconnected(&mut self, peer: PartyId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if !matches!(p.standing, Standing::Refused(_)) {
+                p.standing = Standing::Pending;
+            }
+            p.nonce = None;
+        }
+    }
+
+    /// Whether `peer`'s consensus frames are accepted.
+    pub fn admitted(&self, peer: PartyId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| matches!(p.standing, Standing::Attested { .. } | Standing::Unchecked))
+    }
+
+    /// `peer`'s standing.
+    pub fn standing(&self, peer: PartyId) -> Standing {
+        self.peers.get(&peer).map(|p| p.standing.clone()).unwrap_or(Standing::Pending)
+    }
+
+    /// Checks `peer`'s evidence against the nonce sent to it. On success the
+    /// peer is admitted; on failure the reason is returned (and recorded).
+    pub fn check_evidence(&mut self, peer: PartyId, bytes: &[u8]) -> Result<AttestationResult, String> {
+        let policy = self.policy.clone();
+        let p = self.peers.get_mut(&peer).ok_or_else(|| format!("{peer} is not enrolled"))?;
+        let res = check(policy.as_ref(), p, bytes);
+        p.standing = match &res {
+            Ok(r) => Standing::Attested {
+                executable: r.executable.to_string(),
+                measurement: r.measurement.to_string(),
+            },
+            Err(e) => Standing::Refused(e.clone()),
+        };
+        p.nonce = None;
+        res
+    }
+
+    /// Forgets a refusal so the peer may try again.
+    pub fn retry(&mut self, peer: PartyId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.standing = Standing::Pending;
+        }
+    }
+}
+
+fn check(policy: Option<&Policy>, p: &mut Peer, bytes: &[u8]) -> Result<AttestationResult, String> {
+    let policy = policy.ok_or("no reference policy is configured")?;
+    let nonce = p.nonce.clone().ok_or("evidence arrived without a challenge outstanding")?;
+    let evidence = Evidence::from_bytes(bytes).map_err(|e| format!("evidence does not decode: {e}"))?;
+    let result = verify(&evidence, &Freshness::Nonce(nonce), policy, &mut p.state).map_err(|e| e.to_string())?;
+    match p.enrolled_tls {
+        Some(t) if t == evidence.tls_key_hash => {}
+        Some(t) => {
+            return Err(format!(
+                "the evidence binds TLS key {}, but the enrollment lists {t}",
+                evidence.tls_key_hash
+            ))
+        }
+        None => return Err("the enrollment lists no TLS key hash".into()),
+    }
+    if p.enrolled_vote_point != Some(result.vote_key.0) {
+        return Err("the evidence's vote key is not the enrolled vote key".into());
+    }
+    Ok(result)
+}
+
+/// The vote key Name of an enrollment, for logs.
+pub fn vote_key_name(e: &Enrollment) -> Option<TpmName> {
+    hex::decode(&e.vote_key.tpmt_public).ok().and_then(|b| TpmtPublic::parse(&b).ok()).map(|p| p.name().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_garbage_is_an_error() {
+        for f in [
+            PeerFrame::Consensus(vec![1, 2, 3]),
+            PeerFrame::Challenge(vec![9; 32]),
+            PeerFrame::Evidence(vec![]),
+            PeerFrame::CannotAttest("no AK".into()),
+        ] {
+            assert_eq!(PeerFrame::decode(&f.encode()).unwrap(), f);
+        }
+        assert!(PeerFrame::decode(&[]).is_err());
+        assert!(PeerFrame::decode(&[7, 1, 2]).is_err());
+        let mut b = PeerFrame::Challenge(vec![1]).encode();
+        b.push(0);
+        assert!(PeerFrame::decode(&b).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(b in proptest::collection::vec(0u8.., 0..200)) {
+            let _ = PeerFrame::decode(&b);
+        }
+    }
+
+    #[test]
+    fn without_a_policy_peers_are_admitted_unchecked_and_with_one_only_after_evidence() {
+        let mut none = Admission { policy: None, peers: BTreeMap::new() };
+        none.peers.insert(
+            PartyId(2),
+            Peer { enrolled_tls: None, enrolled_vote_point: None, state: VerifierState::default(), nonce: None, standing: Standing::Pending },
+        );
+        assert!(!none.admitted(PartyId(2)));
+        assert_eq!(none.connected(PartyId(2), vec![1; 32]), None);
+        assert!(none.admitted(PartyId(2)));
+
+        let mut strict = Admission { policy: Some(Policy::new(vec![Sha256Digest::of(b"x")], Sha256Digest::of(b"c"))), peers: none.peers };
+        assert!(matches!(strict.connected(PartyId(2), vec![1; 32]), Some(PeerFrame::Challenge(_))));
+        assert!(!strict.admitted(PartyId(2)));
+        let err = strict.check_evidence(PartyId(2), b"not evidence").unwrap_err();
+        assert!(err.contains("decode"), "{err}");
+        assert!(!strict.admitted(PartyId(2)));
+        assert!(matches!(strict.standing(PartyId(2)), Standing::Refused(_)));
+    }
+}
