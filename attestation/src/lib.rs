@@ -10,6 +10,7 @@
 //! result; no input, however malformed, makes it panic.
 
 pub mod attest;
+pub mod credential;
 pub mod ekcert;
 pub mod eventlog;
 pub mod evidence;
@@ -22,6 +23,7 @@ pub mod verify;
 pub mod wire;
 
 pub use attest::{Attested, ClockInfo, TpmsAttest};
+pub use credential::{ek_matches_certificate, make_credential, CredentialError, MadeCredential};
 pub use ekcert::{verify_ek_chain, EkChainInfo, EkError};
 pub use eventlog::{EventLog, EventType, LogEvent, QuorateEvent, ReplayError, SpecIdEvent};
 pub use evidence::{qualifying_data, DecodeError, Evidence, Freshness, SignedAttest};
