@@ -27,7 +27,9 @@ pub use credential::{ek_matches_certificate, make_credential, CredentialError, M
 pub use ekcert::{verify_ek_chain, EkChainInfo, EkError};
 pub use eventlog::{EventLog, EventType, LogEvent, QuorateEvent, ReplayError, SpecIdEvent};
 pub use evidence::{qualifying_data, DecodeError, Evidence, Freshness, SignedAttest};
-pub use pcr::{measurement_policy, policy_pcr_digest, PcrIndex, PcrSelection, PcrValue};
+pub use pcr::{
+    expected_measurement, measurement_policy, policy_pcr_digest, PcrIndex, PcrSelection, PcrValue,
+};
 pub use policy::{HexDigest, Policy, PolicyError, RequiredPcr};
 pub use tpm::{
     verify_ecdsa_p256, EccCurve, EccParms, KeyError, ObjectAttributes, PublicKeyParams, RsaParms,

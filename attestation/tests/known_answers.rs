@@ -80,6 +80,11 @@ fn pcr_extends_and_event_log_replay_match_the_tpm() {
         vector!("pcr15.bin")
     );
     assert_eq!(log.events.len(), 3);
+    let expected = expected_measurement(&[
+        digest_file(vector!("executable.sha256")),
+        digest_file(vector!("config.sha256")),
+    ]);
+    assert_eq!(expected.as_bytes().as_slice(), vector!("pcr15.bin"));
     assert_eq!(
         log.events[1].quorate(),
         Some(QuorateEvent::Executable(digest_file(vector!(
