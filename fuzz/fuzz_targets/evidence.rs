@@ -43,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
             5 => &mut ev.vote_key_certify.attest,
             _ => &mut ev.vote_key_certify.signature,
         };
-        if let Some(b) = target.get_mut(pos % target.len().max(1)) {
+        let at = pos % target.len().max(1);
+        if let Some(b) = target.get_mut(at) {
             let changed = *b != value;
             *b = value;
             let r = verify(&ev, fresh, policy, &mut VerifierState::default());
