@@ -17,10 +17,13 @@ fn valid() -> &'static (Evidence, Policy, Freshness) {
     static V: OnceLock<(Evidence, Policy, Freshness)> = OnceLock::new();
     V.get_or_init(|| {
         let rng = ring::rand::SystemRandom::new();
-        let mut tpm = SoftTpm::launch(&rng, PcrIndex::DEFAULT_MEASUREMENT, &EXE, &CONFIG, 1).unwrap();
+        let mut tpm =
+            SoftTpm::launch(&rng, PcrIndex::DEFAULT_MEASUREMENT, &EXE, &CONFIG, 1).unwrap();
         let policy = Policy::new(vec![EXE], CONFIG);
         let fresh = Freshness::Nonce(vec![7; 16]);
-        let ev = tpm.evidence(&rng, &fresh, &Sha256Digest([3; 32]), &policy.quoted_pcrs()).unwrap();
+        let ev = tpm
+            .evidence(&rng, &fresh, &Sha256Digest([3; 32]), &policy.quoted_pcrs())
+            .unwrap();
         (ev, policy, fresh)
     })
 }
