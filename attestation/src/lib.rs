@@ -12,6 +12,7 @@
 pub mod attest;
 pub mod credential;
 pub mod ekcert;
+pub mod enroll;
 pub mod eventlog;
 pub mod evidence;
 pub mod pcr;
@@ -25,6 +26,7 @@ pub mod wire;
 pub use attest::{Attested, ClockInfo, TpmsAttest};
 pub use credential::{ek_matches_certificate, make_credential, CredentialError, MadeCredential};
 pub use ekcert::{verify_ek_chain, EkChainInfo, EkError};
+pub use enroll::{challenge, EnrollError, EnrollmentRequest, PendingEnrollment};
 pub use eventlog::{EventLog, EventType, LogEvent, QuorateEvent, ReplayError, SpecIdEvent};
 pub use evidence::{qualifying_data, DecodeError, Evidence, Freshness, SignedAttest};
 pub use pcr::{
