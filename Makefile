@@ -47,5 +47,17 @@ test: deps fmt clippy
 bench: deps
 	TSS2_LOG=all+none $(CARGO) run --release --locked -p quorate-tests --bin quorate-bench
 
+## fuzz: run each cargo-fuzz target briefly (FUZZ_SECONDS each, default 30).
+## Installs cargo-fuzz when missing; the stable toolchain accepts the
+## nightly flags it passes with RUSTC_BOOTSTRAP=1.
+FUZZ_TARGETS := tpms_attest tpmt_public event_log evidence
+FUZZ_SECONDS ?= 30
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
 clean:
 	$(CARGO) clean

@@ -458,6 +458,17 @@ impl EventLog {
         Ok(EventLog { spec_id, events })
     }
 
+    /// The resetCount of the TPM boot this log was started in (its Quorate
+    /// boot record), if it has one: a daemon restarting within the same
+    /// boot finds its measurements already in the PCR and must not extend
+    /// again.
+    pub fn boot_reset_count(&self) -> Option<u32> {
+        self.events.iter().find_map(|e| match e.quorate() {
+            Some(QuorateEvent::Boot { reset_count }) => Some(reset_count),
+            _ => None,
+        })
+    }
+
     /// Replays the SHA-256 bank: the value each PCR named in the log would
     /// hold after all its events were extended in order, starting from the
     /// reset value (zero; all-ones for PCRs 17-22; PCR 0 starts at the
@@ -538,6 +549,8 @@ mod tests {
         );
         assert_eq!(pcrs.get(&PcrIndex::DEFAULT_MEASUREMENT), Some(&expect));
         assert_eq!(pcrs.len(), 1, "the boot record is not extended");
+        assert_eq!(back.boot_reset_count(), Some(7));
+        assert_eq!(EventLog::new_sha256().boot_reset_count(), None);
         let kinds: Vec<_> = back.events.iter().map(|e| e.quorate()).collect();
         assert_eq!(
             kinds,

@@ -10,7 +10,9 @@
 //! result; no input, however malformed, makes it panic.
 
 pub mod attest;
+pub mod credential;
 pub mod ekcert;
+pub mod enroll;
 pub mod eventlog;
 pub mod evidence;
 pub mod pcr;
@@ -22,10 +24,14 @@ pub mod verify;
 pub mod wire;
 
 pub use attest::{Attested, ClockInfo, TpmsAttest};
+pub use credential::{ek_matches_certificate, make_credential, CredentialError, MadeCredential};
 pub use ekcert::{verify_ek_chain, EkChainInfo, EkError};
+pub use enroll::{challenge, EnrollError, EnrollmentRequest, PendingEnrollment};
 pub use eventlog::{EventLog, EventType, LogEvent, QuorateEvent, ReplayError, SpecIdEvent};
 pub use evidence::{qualifying_data, DecodeError, Evidence, Freshness, SignedAttest};
-pub use pcr::{measurement_policy, policy_pcr_digest, PcrIndex, PcrSelection, PcrValue};
+pub use pcr::{
+    expected_measurement, measurement_policy, policy_pcr_digest, PcrIndex, PcrSelection, PcrValue,
+};
 pub use policy::{HexDigest, Policy, PolicyError, RequiredPcr};
 pub use tpm::{
     verify_ecdsa_p256, EccCurve, EccParms, KeyError, ObjectAttributes, PublicKeyParams, RsaParms,

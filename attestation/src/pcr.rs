@@ -242,6 +242,15 @@ pub fn extend_sha256(old: &Sha256Digest, digest: &Sha256Digest) -> Sha256Digest 
     Sha256Digest::of_parts(&[old.as_bytes(), digest.as_bytes()])
 }
 
+/// The value a PCR reset to zero holds after extending `digests` in order:
+/// with `[sha256(executable), config digest]` this is the measurement a
+/// vote key's PolicyPCR must expect (see [`measurement_policy`]).
+pub fn expected_measurement(digests: &[Sha256Digest]) -> Sha256Digest {
+    digests
+        .iter()
+        .fold(Sha256Digest([0; 32]), |acc, d| extend_sha256(&acc, d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +282,16 @@ mod tests {
         assert_eq!(policy_pcr_digest(&sel, &[v]), Sha256Digest::of(&pre));
         assert_eq!(measurement_policy(PcrIndex(23), &v), Sha256Digest::of(&pre));
         assert_ne!(measurement_policy(PcrIndex(15), &v), Sha256Digest::of(&pre));
+    }
+
+    #[test]
+    fn expected_measurement_folds_extends() {
+        let (a, b) = (Sha256Digest([1; 32]), Sha256Digest([2; 32]));
+        assert_eq!(
+            expected_measurement(&[a, b]),
+            extend_sha256(&extend_sha256(&Sha256Digest([0; 32]), &a), &b)
+        );
+        assert_eq!(expected_measurement(&[]), Sha256Digest([0; 32]));
     }
 
     #[test]

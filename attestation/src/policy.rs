@@ -170,6 +170,11 @@ impl Policy {
         Ok(p)
     }
 
+    /// The policy as TOML text, which [`Policy::from_toml`] reads back.
+    pub fn to_toml(&self) -> Result<String, PolicyError> {
+        toml::to_string(self).map_err(|e| PolicyError::Syntax(e.to_string()))
+    }
+
     /// The PCR holding the configuration digest.
     pub fn config_pcr(&self) -> PcrIndex {
         self.config_pcr.unwrap_or(self.measurement_pcr)
@@ -243,7 +248,7 @@ mod tests {
             index: PcrIndex::new(0).unwrap(),
             value: HexDigest(Sha256Digest([4; 32])),
         });
-        let text = toml::to_string(&p).unwrap();
+        let text = p.to_toml().unwrap();
         assert!(text.contains(&"01".repeat(32)), "{text}");
         let back = Policy::from_toml(&text).unwrap();
         assert_eq!(back, p);

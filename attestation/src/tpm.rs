@@ -521,7 +521,12 @@ impl TpmtPublic {
             curve: EccCurve::NIST_P256,
             kdf: Scheme::NULL,
         };
-        let (x, y) = point.0.get(1..).unwrap_or_default().split_at(32);
+        // A PublicKey is 65 bytes by type: 0x04 || X (32) || Y (32).
+        let (x, y) = point
+            .0
+            .get(1..)
+            .and_then(|c| c.split_at_checked(32))
+            .unwrap_or_default();
         TpmtPublic::new_ecc(AlgId::SHA256, attributes, auth_policy, parms, x, y)
     }
 
@@ -748,7 +753,8 @@ impl TpmSignature {
     /// An ECDSA-SHA256 TPMT_SIGNATURE from a fixed r||s signature (how a
     /// software signer produces evidence in tests).
     pub fn from_ecdsa_p256(sig: &Signature) -> TpmSignature {
-        let (r, s) = sig.0.split_at(32);
+        // A Signature is 64 bytes by type: r (32) || s (32).
+        let (r, s) = sig.0.split_at_checked(32).unwrap_or_default();
         TpmSignature::Ecc {
             scheme: AlgId::ECDSA,
             hash: AlgId::SHA256,

@@ -788,6 +788,14 @@ fn check_events(
     let mut boot = None;
     let in_ours = |pcr: u32| pcr == u32::from(mpcr.get()) || pcr == u32::from(cpcr.get());
     for (index, e) in log.events.iter().enumerate() {
+        if e.event_type == EventType::NO_ACTION
+            && e.digests.iter().any(|(_, d)| d.iter().any(|b| *b != 0))
+        {
+            return Err(E::MalformedEvent {
+                index,
+                reason: "EV_NO_ACTION event with a nonzero digest",
+            });
+        }
         // Quorate-tagged events: the digest extended must be the payload.
         if let Some((tag @ (TAG_EXECUTABLE | TAG_CONFIG), payload)) = e.quorate_tag() {
             let digest = e.sha256();
@@ -1610,6 +1618,31 @@ mod tests {
             fx.reject(&ev),
             AttestationError::Policy(PolicyError::ResettablePcr { .. })
         ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        #[test]
+        fn one_flipped_bit_anywhere_in_the_evidence_is_never_accepted(pos in 0usize..100_000, bit in 0u8..8) {
+            let mut fx = Fx::new();
+            let ev = fx.evidence();
+            let mut bytes = ev.to_bytes();
+            let i = pos % bytes.len();
+            bytes[i] ^= 1 << bit;
+            let good = fx.verify(&ev).unwrap();
+            if let Ok(changed) = Evidence::from_bytes(&bytes) {
+                // A flip may land where it means nothing (an informational
+                // field of the log header); then nothing the verifier reports
+                // about the party may differ.
+                if let Ok(r) = fx.verify(&changed) {
+                    proptest::prop_assert_eq!(
+                        (r.measurement, r.executable, r.config, r.ak_name, r.vote_key, r.clock_info),
+                        (good.measurement, good.executable, good.config, good.ak_name, good.vote_key, good.clock_info),
+                        "byte {} bit {}", i, bit
+                    );
+                }
+            }
+        }
     }
 
     #[test]

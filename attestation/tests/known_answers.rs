@@ -80,6 +80,11 @@ fn pcr_extends_and_event_log_replay_match_the_tpm() {
         vector!("pcr15.bin")
     );
     assert_eq!(log.events.len(), 3);
+    let expected = expected_measurement(&[
+        digest_file(vector!("executable.sha256")),
+        digest_file(vector!("config.sha256")),
+    ]);
+    assert_eq!(expected.as_bytes().as_slice(), vector!("pcr15.bin"));
     assert_eq!(
         log.events[1].quorate(),
         Some(QuorateEvent::Executable(digest_file(vector!(
@@ -264,4 +269,52 @@ fn evidence_made_by_a_real_tpm_verifies() {
         verify(&ev, &other, &tpm_policy(), &mut VerifierState::default()),
         Err(AttestationError::QualifyingDataMismatch { .. })
     ));
+}
+
+#[test]
+fn software_make_credential_matches_what_the_tpm_activated() {
+    use quorate_attestation::credential::{ek_matches_certificate, make_credential};
+    let name = TpmName(vector!("ak.name").to_vec());
+    let cred = hex_file(vector!("credential.hex"));
+    let ek256 = TpmtPublic::parse_tpm2b(vector!("cred_ek256.pub")).unwrap();
+    let made =
+        make_credential(&ek256, &name, &cred, &hex_file(vector!("ephemeral256.hex"))).unwrap();
+    assert_eq!(made.to_tpm2_tools_file(), vector!("cred256.bin"));
+    let ek384 = TpmtPublic::parse_tpm2b(vector!("cred_ek384.pub")).unwrap();
+    assert_eq!(ek384.ecc_parms().unwrap().curve, EccCurve::NIST_P384);
+    let made = make_credential(
+        &ek384,
+        &name,
+        &cred[..32],
+        &hex_file(vector!("ephemeral384.hex")),
+    )
+    .unwrap();
+    assert_eq!(made.to_tpm2_tools_file(), vector!("cred384.bin"));
+    // The EKs re-created from the TCG templates are the certified keys; others are not.
+    let chain = |leaf: &[u8]| {
+        verify_ek_chain(
+            leaf,
+            &[vector!("ek_intermediate.der").to_vec()],
+            &[vector!("ek_root.der").to_vec()],
+            None,
+        )
+        .unwrap()
+    };
+    let ecc = chain(vector!("ek_cert_ecc.der"));
+    let rsa = chain(vector!("ek_cert_rsa.der"));
+    let ek_ecc = TpmtPublic::parse_tpm2b(vector!("ek_ecc384.pub")).unwrap();
+    let ek_rsa = TpmtPublic::parse_tpm2b(vector!("ek_rsa.pub")).unwrap();
+    assert!(ek_matches_certificate(&ek_ecc, &ecc.ek_spki));
+    assert!(ek_matches_certificate(&ek_rsa, &rsa.ek_spki));
+    assert!(!ek_matches_certificate(&ek_ecc, &rsa.ek_spki));
+    assert!(!ek_matches_certificate(&ek384, &ecc.ek_spki));
+    assert!(!ek_matches_certificate(&ek256, &ecc.ek_spki));
+    // The certified P-384 EK is a template make_credential accepts.
+    make_credential(
+        &ek_ecc,
+        &name,
+        &cred,
+        &hex_file(vector!("ephemeral384.hex")),
+    )
+    .unwrap();
 }

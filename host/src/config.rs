@@ -202,8 +202,11 @@ impl ClusterSection {
     /// the measurement PCR after the executable, and what a reference policy
     /// names as `expected_config`. Reads no files.
     pub fn measured_digest(&self) -> Sha256Digest {
-        let mut parties: Vec<(u32, &str)> =
-            self.parties.iter().map(|p| (p.id, p.address.as_str())).collect();
+        let mut parties: Vec<(u32, &str)> = self
+            .parties
+            .iter()
+            .map(|p| (p.id, p.address.as_str()))
+            .collect();
         parties.sort();
         let rules = MeasuredRules {
             domain: "quorate/cluster-rules/v1",
@@ -379,15 +382,20 @@ impl Config {
 /// the encoded identity with its digest.
 fn canonical_cluster(c: &ClusterSection, shown: &str) -> Result<(Vec<u8>, ClusterId), ConfigError> {
     let digest_file = |key: String, p: &Path| -> Result<Sha256Digest, ConfigError> {
-        std::fs::read(p).map(|b| Sha256Digest::of(&b)).map_err(|e| ConfigError::Invalid {
-            path: shown.to_string(),
-            key,
-            reason: format!("cannot read {}: {e}", p.display()),
-        })
+        std::fs::read(p)
+            .map(|b| Sha256Digest::of(&b))
+            .map_err(|e| ConfigError::Invalid {
+                path: shown.to_string(),
+                key,
+                reason: format!("cannot read {}: {e}", p.display()),
+            })
     };
     let mut enrollments = Vec::with_capacity(c.parties.len());
     for (i, p) in c.parties.iter().enumerate() {
-        enrollments.push((p.id, digest_file(format!("cluster.parties[{i}].enrollment"), &p.enrollment)?));
+        enrollments.push((
+            p.id,
+            digest_file(format!("cluster.parties[{i}].enrollment"), &p.enrollment)?,
+        ));
     }
     enrollments.sort_by_key(|p| p.0);
     let reference_policy = match &c.reference_policy {
@@ -490,8 +498,14 @@ enrollment = "e3.json"
         let d = Config::parse(&text, &path).unwrap();
         assert_ne!(a.cluster_id, d.cluster_id);
         // ...but not the measured rules, which the vote key is bound to.
-        assert_eq!(a.file.cluster.measured_digest(), d.file.cluster.measured_digest());
-        assert_ne!(a.file.cluster.measured_digest(), c.file.cluster.measured_digest());
+        assert_eq!(
+            a.file.cluster.measured_digest(),
+            d.file.cluster.measured_digest()
+        );
+        assert_ne!(
+            a.file.cluster.measured_digest(),
+            c.file.cluster.measured_digest()
+        );
     }
 
     #[test]

@@ -4,5 +4,6 @@
 //! function appends rows to the table printed by `quorate-bench`.
 
 pub mod bench;
-pub mod cluster;
+pub mod bench_attestation;
 pub mod bench_tpm;
+pub mod cluster;

@@ -17,6 +17,7 @@
 #     python exactly as quorate_attestation::qualifying_data does).
 set -euo pipefail
 OUT=$(realpath "$1"); mkdir -p "$OUT"
+HERE=$(dirname "$(realpath "$0")")
 W=$(mktemp -d); trap 'kill $(cat $W/state/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$W"' EXIT
 mkdir -p "$W/state" "$W/ca"
 cat > "$W/localca.conf" <<C
@@ -47,6 +48,9 @@ openssl x509 -in ca/swtpm-localca-rootca-cert.pem -outform der -out "$OUT/ek_roo
 openssl x509 -in ca/issuercert.pem -outform der -out "$OUT/ek_intermediate.der"
 tpm2_nvread 0x1c00016 -o "$OUT/ek_cert_ecc.der" 2>/dev/null
 tpm2_nvread 0x1c00002 -o "$OUT/ek_cert_rsa.der" 2>/dev/null
+# The EK public areas the certificates certify (TCG templates via tpm2_createek).
+tpm2_createek -G ecc384 -c ekx.ctx -u "$OUT/ek_ecc384.pub" >/dev/null; tpm2_flushcontext -t
+tpm2_createek -G rsa -c ekr.ctx -u "$OUT/ek_rsa.pub" >/dev/null; tpm2_flushcontext -t
 EXE=$(printf 'quorate executable v1' | sha256sum | cut -d' ' -f1)
 CFG=$(printf 'quorate cluster config v1' | sha256sum | cut -d' ' -f1)
 tpm2_pcrextend 15:sha256=$EXE
@@ -79,6 +83,34 @@ PY
 tpm2_quote -c ak.ctx -l sha256:15 -q $QD -m quote.msg -s quote.sig -o quote.pcrs -g sha256 >/dev/null
 tpm2_flushcontext -t
 tpm2_pcrread sha256:15 -o pcr15.bin >/dev/null
+# Credential activation: our software MakeCredential, the TPM's ActivateCredential.
+MANIFEST=$HERE/../../Cargo.toml
+cargo build -q --manifest-path "$MANIFEST" --example make_credential
+MAKECRED=$(dirname "$MANIFEST")/../target/debug/examples/make_credential
+tpm2_readpublic -c ek.ctx -o cred_ek256.pub >/dev/null
+tpm2_flushcontext -t
+tpm2_createprimary -C e -G ecc384:aes256cfb -g sha384 \
+  -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt' -c ek384.ctx >/dev/null
+tpm2_readpublic -c ek384.ctx -o cred_ek384.pub >/dev/null
+tpm2_flushcontext -t
+CRED=$(openssl rand -hex 32)
+EPH256=$(openssl rand -hex 32)
+EPH384=$(openssl rand -hex 48)
+"$MAKECRED" cred_ek256.pub ak.name $CRED $EPH256 cred256.bin
+"$MAKECRED" cred_ek384.pub ak.name ${CRED:0:64} $EPH384 cred384.bin
+tpm2_startauthsession --policy-session -S sess.ctx
+tpm2_policysecret -S sess.ctx -c e >/dev/null
+tpm2_activatecredential -c ak.ctx -C ek.ctx -i cred256.bin -o act256.out -P "session:sess.ctx" >/dev/null
+tpm2_flushcontext sess.ctx; tpm2_flushcontext -t
+tpm2_activatecredential -c ak.ctx -C ek384.ctx -i cred384.bin -o act384.out >/dev/null
+tpm2_flushcontext -t
+[ "$(xxd -p -c 256 act256.out)" = "$CRED" ] || { echo "P-256 activation returned another secret" >&2; exit 1; }
+[ "$(xxd -p -c 256 act384.out)" = "$CRED" ] || { echo "P-384 activation returned another secret" >&2; exit 1; }
+echo "credential activation: the TPM recovered our credentials (P-256 and P-384 EKs)"
+cp cred_ek256.pub cred_ek384.pub cred256.bin cred384.bin "$OUT/"
+printf '%s\n' "$CRED" > "$OUT/credential.hex"
+printf '%s\n' "$EPH256" > "$OUT/ephemeral256.hex"
+printf '%s\n' "$EPH384" > "$OUT/ephemeral384.hex"
 python3 - "$OUT" "$EXE" "$CFG" "$RESET" <<'PY'
 import sys, struct
 out, exe, cfg, reset = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3]), int(sys.argv[4])

@@ -91,14 +91,21 @@ fn hex32(s: &str) -> Option<Sha256Digest> {
 impl Admission {
     /// Admission against `policy` (none: admit on TLS alone, dev mode) for
     /// the peers enrolled in `enrollments` (this party excluded).
-    pub fn new(policy: Option<Policy>, me: PartyId, enrollments: &BTreeMap<PartyId, Enrollment>) -> Self {
+    pub fn new(
+        policy: Option<Policy>,
+        me: PartyId,
+        enrollments: &BTreeMap<PartyId, Enrollment>,
+    ) -> Self {
         let mut peers = BTreeMap::new();
         for (id, e) in enrollments {
             if *id == me {
                 continue;
             }
             let name = |k: &crate::init::EnrolledKey| {
-                hex::decode(&k.tpmt_public).ok().and_then(|b| TpmtPublic::parse(&b).ok()).map(|p| p.name().clone())
+                hex::decode(&k.tpmt_public)
+                    .ok()
+                    .and_then(|b| TpmtPublic::parse(&b).ok())
+                    .map(|p| p.name().clone())
             };
             let state = VerifierState {
                 enrolled_ak: e.ak.as_ref().and_then(name),
@@ -109,7 +116,9 @@ impl Admission {
                 *id,
                 Peer {
                     enrolled_tls: hex32(&e.tls_key_hash),
-                    enrolled_vote_point: hex::decode(&e.vote_key.point).ok().and_then(|b| b.try_into().ok()),
+                    enrolled_vote_point: hex::decode(&e.vote_key.point)
+                        .ok()
+                        .and_then(|b| b.try_into().ok()),
                     state,
                     nonce: None,
                     standing: Standing::Pending,
@@ -162,14 +171,24 @@ impl Admission {
 
     /// `peer`'s standing.
     pub fn standing(&self, peer: PartyId) -> Standing {
-        self.peers.get(&peer).map(|p| p.standing.clone()).unwrap_or(Standing::Pending)
+        self.peers
+            .get(&peer)
+            .map(|p| p.standing.clone())
+            .unwrap_or(Standing::Pending)
     }
 
     /// Checks `peer`'s evidence against the nonce sent to it. On success the
     /// peer is admitted; on failure the reason is returned (and recorded).
-    pub fn check_evidence(&mut self, peer: PartyId, bytes: &[u8]) -> Result<AttestationResult, String> {
+    pub fn check_evidence(
+        &mut self,
+        peer: PartyId,
+        bytes: &[u8],
+    ) -> Result<AttestationResult, String> {
         let policy = self.policy.clone();
-        let p = self.peers.get_mut(&peer).ok_or_else(|| format!("{peer} is not enrolled"))?;
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or_else(|| format!("{peer} is not enrolled"))?;
         let res = check(policy.as_ref(), p, bytes);
         p.standing = match &res {
             Ok(r) => Standing::Attested {
@@ -192,9 +211,14 @@ impl Admission {
 
 fn check(policy: Option<&Policy>, p: &mut Peer, bytes: &[u8]) -> Result<AttestationResult, String> {
     let policy = policy.ok_or("no reference policy is configured")?;
-    let nonce = p.nonce.clone().ok_or("evidence arrived without a challenge outstanding")?;
-    let evidence = Evidence::from_bytes(bytes).map_err(|e| format!("evidence does not decode: {e}"))?;
-    let result = verify(&evidence, &Freshness::Nonce(nonce), policy, &mut p.state).map_err(|e| e.to_string())?;
+    let nonce = p
+        .nonce
+        .clone()
+        .ok_or("evidence arrived without a challenge outstanding")?;
+    let evidence =
+        Evidence::from_bytes(bytes).map_err(|e| format!("evidence does not decode: {e}"))?;
+    let result = verify(&evidence, &Freshness::Nonce(nonce), policy, &mut p.state)
+        .map_err(|e| e.to_string())?;
     match p.enrolled_tls {
         Some(t) if t == evidence.tls_key_hash => {}
         Some(t) => {
@@ -213,7 +237,10 @@ fn check(policy: Option<&Policy>, p: &mut Peer, bytes: &[u8]) -> Result<Attestat
 
 /// The vote key Name of an enrollment, for logs.
 pub fn vote_key_name(e: &Enrollment) -> Option<TpmName> {
-    hex::decode(&e.vote_key.tpmt_public).ok().and_then(|b| TpmtPublic::parse(&b).ok()).map(|p| p.name().clone())
+    hex::decode(&e.vote_key.tpmt_public)
+        .ok()
+        .and_then(|b| TpmtPublic::parse(&b).ok())
+        .map(|p| p.name().clone())
 }
 
 #[cfg(test)]
@@ -246,19 +273,39 @@ mod tests {
 
     #[test]
     fn without_a_policy_peers_are_admitted_unchecked_and_with_one_only_after_evidence() {
-        let mut none = Admission { policy: None, peers: BTreeMap::new() };
+        let mut none = Admission {
+            policy: None,
+            peers: BTreeMap::new(),
+        };
         none.peers.insert(
             PartyId(2),
-            Peer { enrolled_tls: None, enrolled_vote_point: None, state: VerifierState::default(), nonce: None, standing: Standing::Pending },
+            Peer {
+                enrolled_tls: None,
+                enrolled_vote_point: None,
+                state: VerifierState::default(),
+                nonce: None,
+                standing: Standing::Pending,
+            },
         );
         assert!(!none.admitted(PartyId(2)));
         assert_eq!(none.connected(PartyId(2), vec![1; 32]), None);
         assert!(none.admitted(PartyId(2)));
 
-        let mut strict = Admission { policy: Some(Policy::new(vec![Sha256Digest::of(b"x")], Sha256Digest::of(b"c"))), peers: none.peers };
-        assert!(matches!(strict.connected(PartyId(2), vec![1; 32]), Some(PeerFrame::Challenge(_))));
+        let mut strict = Admission {
+            policy: Some(Policy::new(
+                vec![Sha256Digest::of(b"x")],
+                Sha256Digest::of(b"c"),
+            )),
+            peers: none.peers,
+        };
+        assert!(matches!(
+            strict.connected(PartyId(2), vec![1; 32]),
+            Some(PeerFrame::Challenge(_))
+        ));
         assert!(!strict.admitted(PartyId(2)));
-        let err = strict.check_evidence(PartyId(2), b"not evidence").unwrap_err();
+        let err = strict
+            .check_evidence(PartyId(2), b"not evidence")
+            .unwrap_err();
         assert!(err.contains("decode"), "{err}");
         assert!(!strict.admitted(PartyId(2)));
         assert!(matches!(strict.standing(PartyId(2)), Standing::Refused(_)));

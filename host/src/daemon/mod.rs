@@ -249,15 +249,18 @@ pub async fn run(
     }
     let policy = match &cfg.file.cluster.reference_policy {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cluster.reference_policy: cannot read {}", p.display()))?;
+            let text = std::fs::read_to_string(p).with_context(|| {
+                format!("cluster.reference_policy: cannot read {}", p.display())
+            })?;
             Some(
                 quorate_attestation::policy::Policy::from_toml(&text)
                     .with_context(|| format!("cluster.reference_policy {}", p.display()))?,
             )
         }
         None => {
-            warn!("DEV MODE: no reference policy; peers are admitted on their TLS certificate alone");
+            warn!(
+                "DEV MODE: no reference policy; peers are admitted on their TLS certificate alone"
+            );
             None
         }
     };
@@ -309,7 +312,12 @@ pub async fn run(
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let handle = DaemonHandle { tx: cmd_tx };
     let api_addr = cfg.file.party.api_listen;
-    let attest = AttestCtx { admission, tls_key_hash, measurement_pcr, attests };
+    let attest = AttestCtx {
+        admission,
+        tls_key_hash,
+        measurement_pcr,
+        attests,
+    };
     let mut rt = Runtime::start(cfg, store, tpm.clone(), net.clone(), dcfg, mcfg, attest)?;
     let token = crate::api::load_or_create_token(&data_dir)
         .with_context(|| format!("{}", data_dir.join(crate::api::TOKEN_FILE).display()))?;
@@ -627,24 +635,32 @@ impl Runtime {
                 let tx = self.evidence_tx.clone();
                 let dir = self.cfg.file.party.data_dir.clone();
                 let pcr = self.attest.measurement_pcr;
-                let extra = self.attest.admission.policy().map(|p| p.quoted_pcrs()).unwrap_or_default();
+                let extra = self
+                    .attest
+                    .admission
+                    .policy()
+                    .map(|p| p.quoted_pcrs())
+                    .unwrap_or_default();
                 let tls = self.attest.tls_key_hash;
                 tokio::spawn(async move {
                     let fresh = quorate_attestation::evidence::Freshness::Nonce(nonce);
-                    let res = crate::evidence::produce_evidence(&tpm, &dir, pcr, &extra, &fresh, &tls)
-                        .await
-                        .map(|e| e.to_bytes())
-                        .map_err(|e| e.to_string());
+                    let res =
+                        crate::evidence::produce_evidence(&tpm, &dir, pcr, &extra, &fresh, &tls)
+                            .await
+                            .map(|e| e.to_bytes())
+                            .map_err(|e| e.to_string());
                     let _ = tx.send((from, res));
                 });
             }
-            admission::PeerFrame::Evidence(b) => match self.attest.admission.check_evidence(from, &b) {
-                Ok(r) => {
-                    info!(peer = %from, executable = %r.executable, measurement = %r.measurement, "peer attested and admitted");
-                    self.status_dirty = true;
+            admission::PeerFrame::Evidence(b) => {
+                match self.attest.admission.check_evidence(from, &b) {
+                    Ok(r) => {
+                        info!(peer = %from, executable = %r.executable, measurement = %r.measurement, "peer attested and admitted");
+                        self.status_dirty = true;
+                    }
+                    Err(reason) => self.refuse(from, &reason),
                 }
-                Err(reason) => self.refuse(from, &reason),
-            },
+            }
             admission::PeerFrame::CannotAttest(why) => {
                 if self.attest.admission.enforced() {
                     let reason = format!("the peer cannot attest: {why}");
@@ -658,7 +674,8 @@ impl Runtime {
 
     fn refuse(&mut self, peer: PartyId, reason: &str) {
         warn!(peer = %peer, reason, "peer's attestation refused; excluding it");
-        self.net.exclude(peer, &format!("attestation refused: {reason}"));
+        self.net
+            .exclude(peer, &format!("attestation refused: {reason}"));
         self.readmit.insert(peer, Instant::now() + EXCLUSION);
         self.status_dirty = true;
     }
@@ -683,10 +700,14 @@ impl Runtime {
         for a in step.actions {
             match a {
                 Action::Send { to, bytes } => {
-                    self.net.send(to, Arc::from(admission::PeerFrame::Consensus(bytes).encode()));
+                    self.net.send(
+                        to,
+                        Arc::from(admission::PeerFrame::Consensus(bytes).encode()),
+                    );
                 }
                 Action::Broadcast { bytes } => {
-                    self.net.broadcast(Arc::from(admission::PeerFrame::Consensus(bytes).encode()));
+                    self.net
+                        .broadcast(Arc::from(admission::PeerFrame::Consensus(bytes).encode()));
                 }
                 Action::ScheduleTimeout { id, after_ms } => {
                     self.timers
@@ -978,11 +999,18 @@ impl Runtime {
             .map(|p| {
                 let standing = self.attest.admission.standing(PartyId(p.id));
                 let (attested, attestation) = match standing {
-                    admission::Standing::Attested { executable, .. } => {
-                        (true, format!("attested (executable {})", executable.get(..16).unwrap_or(&executable)))
-                    }
+                    admission::Standing::Attested { executable, .. } => (
+                        true,
+                        format!(
+                            "attested (executable {})",
+                            executable.get(..16).unwrap_or(&executable)
+                        ),
+                    ),
                     admission::Standing::Pending => (false, "awaiting evidence".to_string()),
-                    admission::Standing::Unchecked => (false, "admitted unchecked (dev: no reference policy)".to_string()),
+                    admission::Standing::Unchecked => (
+                        false,
+                        "admitted unchecked (dev: no reference policy)".to_string(),
+                    ),
                     admission::Standing::Refused(r) => (false, format!("REFUSED: {r}")),
                 };
                 PeerStatus {

@@ -6,6 +6,7 @@ fn main() -> anyhow::Result<()> {
     let mut rows: Vec<quorate_tests::bench::Row> = Vec::new();
     // Areas append their rows here.
     quorate_tests::bench_tpm::run(&mut rows)?;
+    quorate_tests::bench_attestation::run(&mut rows)?;
     print!("{}", quorate_tests::bench::render(&rows));
     Ok(())
 }
