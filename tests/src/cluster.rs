@@ -56,6 +56,8 @@ pub struct TestParty {
     pub peer: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    /// Runs this executable instead of the cluster's (a modified build).
+    pub binary: Option<PathBuf>,
 }
 
 /// A cluster of daemons in a temporary directory.
@@ -69,41 +71,37 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Provisions `n` parties (each with its own spawned swtpm) and writes
-    /// their configs with `fault_model`. Nothing is started yet.
+    /// their configs with `fault_model`. Nothing is started yet. Dev mode,
+    /// no attestation key, no reference policy: peers are admitted on TLS.
     pub fn provision(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
+        Self::provision_with(n, fault_model, false)
+    }
+
+    /// As [`TestCluster::provision`], with measured launch: each party gets
+    /// an attestation key and a vote key bound to the measurement of the
+    /// `quorate` binary and the cluster rules (PCR 23, dev mode), and the
+    /// cluster a reference policy (`policy.toml`, from `quorate measure`)
+    /// approving exactly that binary. Peers are admitted only on evidence.
+    pub fn provision_attested(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
+        Self::provision_with(n, fault_model, true)
+    }
+
+    fn provision_with(n: u32, fault_model: &str, attested: bool) -> anyhow::Result<TestCluster> {
         let bin = quorate_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("quorate-cluster-")
             .tempdir()?;
         let mut parties = Vec::new();
         for id in 1..=n {
-            let data_dir = dir.path().join(format!("p{id}"));
-            let out = Command::new(&bin)
-                .args([
-                    "init",
-                    "--party-id",
-                    &id.to_string(),
-                    "--tpm",
-                    "spawn",
-                    "--data-dir",
-                ])
-                .arg(&data_dir)
-                .env("TSS2_LOG", "all+none")
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "quorate init for party {id} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
             parties.push(TestParty {
                 id,
+                data_dir: dir.path().join(format!("p{id}")),
                 config: dir.path().join(format!("party{id}.toml")),
                 log: dir.path().join(format!("party{id}.log")),
-                data_dir,
                 api: free_addr(),
                 peer: free_addr(),
                 child: None,
+                binary: None,
             });
         }
         let mut members = String::new();
@@ -113,14 +111,79 @@ impl TestCluster {
                 p.id, p.peer, p.id
             ));
         }
+        let policy = if attested {
+            "reference_policy = \"policy.toml\"\n"
+        } else {
+            ""
+        };
         for p in &parties {
             let text = format!(
-                "[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n\n[cluster]\nname = \"system-test\"\nfault_model = \"{fault_model}\"\n{members}",
+                "[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n\n[cluster]\nname = \"system-test\"\nfault_model = \"{fault_model}\"\n{policy}{members}",
                 p.id, p.id, p.api
             );
             std::fs::write(&p.config, text)?;
         }
+        for p in &parties {
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "init",
+                "--party-id",
+                &p.id.to_string(),
+                "--tpm",
+                "spawn",
+                "--data-dir",
+            ])
+            .arg(&p.data_dir)
+            .env("TSS2_LOG", "all+none");
+            if attested {
+                cmd.arg("--config").arg(&p.config);
+            }
+            let out = cmd.output()?;
+            if !out.status.success() {
+                bail!(
+                    "quorate init for party {} failed: {}",
+                    p.id,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        if attested {
+            let first = parties.first().ok_or_else(|| anyhow!("no parties"))?;
+            let out = Command::new(&bin)
+                .arg("measure")
+                .arg("--exe")
+                .arg(&bin)
+                .arg("--config")
+                .arg(&first.config)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "quorate measure failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::fs::write(dir.path().join("policy.toml"), &out.stdout)?;
+        }
         Ok(TestCluster { dir, parties, bin })
+    }
+
+    /// Writes a copy of the `quorate` binary with one byte changed (in a
+    /// marker string, so it behaves the same) and returns its path.
+    pub fn modified_binary(&self) -> anyhow::Result<PathBuf> {
+        const MARKER: &[u8] = b"quorate-measurement-marker:00000";
+        let mut bytes = std::fs::read(&self.bin)?;
+        let at = bytes
+            .windows(MARKER.len())
+            .position(|w| w == MARKER)
+            .ok_or_else(|| anyhow!("the measurement marker is not in {}", self.bin.display()))?;
+        if let Some(b) = bytes.get_mut(at + MARKER.len() - 1) {
+            *b = b'1';
+        }
+        let path = self.dir.path().join("quorate-modified");
+        std::fs::write(&path, bytes)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(path)
     }
 
     /// The cluster's directory.
@@ -137,8 +200,9 @@ impl TestCluster {
     /// Starts party `id`'s daemon (stopping an orphaned swtpm of an earlier
     /// SIGKILLed run first).
     pub fn start(&mut self, id: u32) -> anyhow::Result<()> {
-        let bin = self.bin.clone();
+        let default_bin = self.bin.clone();
         let p = self.party(id)?;
+        let bin = p.binary.clone().unwrap_or(default_bin);
         if p.child.is_some() {
             return Ok(());
         }

@@ -201,3 +201,51 @@ async fn a_peer_presenting_a_tls_key_not_in_its_enrollment_is_refused() {
         assert_eq!(v["decided"], true, "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parties_attest_each_other_and_a_modified_executable_is_refused_admission() {
+    let mut c = TestCluster::provision_attested(3, "majority").unwrap();
+    // Party 3 runs a copy of the coordinator with one byte changed.
+    let modified = c.modified_binary().unwrap();
+    c.parties[2].binary = Some(modified);
+    c.start_all().unwrap();
+    for id in 1..=3 {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.statuses(&[1, 2]).await.unwrap();
+        let p3_refused = s.iter().all(|s| {
+            s.peers
+                .iter()
+                .any(|p| p.party == 3 && !p.attested && p.attestation.contains("REFUSED"))
+        });
+        let honest_attested = s.iter().all(|s| s.peers_attested == 1);
+        if p3_refused && honest_attested {
+            for s in &s {
+                let p3 = s.peers.iter().find(|p| p.party == 3).unwrap();
+                assert!(p3.attestation.contains("executable"), "{}", p3.attestation);
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admission did not settle: {s:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The two attested parties (a majority of 3) decide without party 3.
+    let receipts = submit_many(&c, &[1], 2).await;
+    let s = c
+        .wait_quiescent(&[1, 2], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(s[0].height > 0);
+    for (id, r) in &receipts {
+        let v = c.client(*id).unwrap().operation(r).await.unwrap();
+        assert_eq!(v["decided"], true, "{v}");
+    }
+    // Party 3 decided nothing: it was never admitted.
+    assert_eq!(c.client(3).unwrap().status().await.unwrap().height, 0);
+    assert!(c.log(1).contains("is not approved"), "{}", c.log(1));
+}
