@@ -197,8 +197,8 @@ impl TestCluster {
             .ok_or_else(|| anyhow!("no party {id}"))
     }
 
-    /// Starts party `id`'s daemon (stopping an orphaned swtpm of an earlier
-    /// SIGKILLed run first).
+    /// Starts party `id`'s daemon (which itself stops the swtpm an earlier,
+    /// SIGKILLed run left behind).
     pub fn start(&mut self, id: u32) -> anyhow::Result<()> {
         let default_bin = self.bin.clone();
         let p = self.party(id)?;
@@ -206,7 +206,6 @@ impl TestCluster {
         if p.child.is_some() {
             return Ok(());
         }
-        kill_orphans(&p.data_dir.join("swtpm"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -198,7 +198,11 @@ pub async fn run(
 
     // The TPM: a private swtpm (kept for the daemon's life) or a TCTI.
     let swtpm = match &cfg.tpm {
-        TpmTarget::Spawn => Some(Swtpm::spawn(&data_dir.join(crate::init::SWTPM_DIR))?),
+        TpmTarget::Spawn => {
+            let dir = data_dir.join(crate::init::SWTPM_DIR);
+            Swtpm::reclaim_orphan(&dir);
+            Some(Swtpm::spawn(&dir)?)
+        }
         _ => None,
     };
     let tcti = match (&cfg.tpm, &swtpm) {

@@ -109,6 +109,58 @@ impl Swtpm {
         Err(last.unwrap_or_else(|| SwtpmError::NoPorts(std::io::ErrorKind::AddrInUse.into())))
     }
 
+    /// Stops a swtpm left running on `state_dir` by a daemon that died
+    /// without stopping it (SIGKILL, power loss of the process): one whose
+    /// pid file names a live swtpm on this state dir whose parent is no
+    /// longer a `quorate` process. Returns whether one was stopped. A swtpm
+    /// still owned by a running `quorate` is left alone (and [`Swtpm::spawn`]
+    /// then refuses, naming it).
+    pub fn reclaim_orphan(state_dir: &Path) -> bool {
+        let Some(pid) = fs::read_to_string(state_dir.join("swtpm.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            return false;
+        };
+        let cmdline = |pid: i32| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default()
+        };
+        let cmd = cmdline(pid);
+        if !cmd.contains("swtpm") || !cmd.contains(&*state_dir.to_string_lossy()) {
+            return false;
+        }
+        // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+        let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_string()))
+            .and_then(|rest| {
+                rest.split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<i32>().ok())
+            });
+        if ppid.is_some_and(|pp| cmdline(pp).contains("quorate")) {
+            return false;
+        }
+        tracing::warn!(pid, state = %state_dir.display(), "stopping the swtpm a crashed daemon left running");
+        let target = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            // A zombie (exited, not yet reaped by its new parent) holds no lock.
+            if fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if Path::new(&format!("/proc/{pid}/cmdline")).exists() && !cmdline(pid).is_empty() {
+            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// Starts a swtpm on the given port (control port `port + 1`).
     pub fn spawn_on(state_dir: &Path, port: u16) -> Result<Swtpm, SwtpmError> {
         create_private_dir(state_dir)?;
