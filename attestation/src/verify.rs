@@ -446,6 +446,10 @@ pub struct AttestationResult {
     pub firmware_version: u64,
     /// The EK chain, if the evidence carried one and roots are configured.
     pub ek_chain: Option<EkChainInfo>,
+    /// Whether the AK was the enrolled one ([`VerifierState::enrolled_ak`]).
+    /// When false the AK's attributes are unproven claims: nothing signs
+    /// an AK's public area, only its enrolled Name binds it.
+    pub ak_pinned: bool,
 }
 
 /// Verifies `evidence` against `freshness`, `policy` and what this verifier
@@ -702,6 +706,7 @@ pub fn verify_at(
         clock_info: quote.clock_info,
         firmware_version: quote.firmware_version,
         ek_chain,
+        ak_pinned: state.enrolled_ak.is_some(),
     })
 }
 
@@ -1003,6 +1008,8 @@ mod tests {
         assert_eq!(r.event_log_digest, Sha256Digest::of(&ev.event_log));
         assert_eq!(r.vote_key, fx.tpm.vote_public.ecc_p256_point().unwrap());
         assert_eq!(&r.ak_name, fx.tpm.ak_public.name());
+        assert!(r.ak_pinned);
+        assert!(!fx.verify(&fx.evidence()).unwrap().ak_pinned);
         assert_eq!(state.last_clock, Some(r.clock_info));
         // A later quote from the same TPM passes against the updated state.
         let ev2 = fx.evidence();
