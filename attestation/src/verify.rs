@@ -1009,7 +1009,8 @@ mod tests {
         assert_eq!(r.vote_key, fx.tpm.vote_public.ecc_p256_point().unwrap());
         assert_eq!(&r.ak_name, fx.tpm.ak_public.name());
         assert!(r.ak_pinned);
-        assert!(!fx.verify(&fx.evidence()).unwrap().ak_pinned);
+        let unpinned = fx.evidence();
+        assert!(!fx.verify(&unpinned).unwrap().ak_pinned);
         assert_eq!(state.last_clock, Some(r.clock_info));
         // A later quote from the same TPM passes against the updated state.
         let ev2 = fx.evidence();
