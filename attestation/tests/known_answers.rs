@@ -319,6 +319,10 @@ fn software_make_credential_matches_what_the_tpm_activated() {
     .unwrap();
     assert_eq!(made.to_tpm2_tools_file(), vector!("credrsa.bin"));
     assert_eq!(made.secret.len(), 256);
+    assert!(matches!(
+        make_credential(&ek_rsa, &name, &cred, &[0; 10]),
+        Err(quorate_attestation::CredentialError::BadEphemeral { expected: 64 })
+    ));
     // The certified P-384 EK is a template make_credential accepts.
     make_credential(
         &ek_ecc,
