@@ -1,5 +1,5 @@
 //! Credential activation, verifier side: TPM2_MakeCredential computed in
-//! software for an ECC endorsement key (TPM 2.0 Part 1 §24 "Credential
+//! software for an ECC or RSA endorsement key (TPM 2.0 Part 1 §24 "Credential
 //! Protection", Part 3 §12.6), so `quorate enroll` can challenge a party
 //! without a TPM of its own.
 //!
@@ -19,6 +19,9 @@
 //!    outerHMAC = HMAC_H(HMACkey, encIdentity || Name(AK)).
 //! 5. credentialBlob = TPM2B_DIGEST(outerHMAC) || encIdentity;
 //!    secret = TPMS_ECC_POINT(Q_e).
+//!
+//! For an RSA EK, steps 1-2 are replaced by: seed = |H| random bytes,
+//! secret = RSAES-OAEP(EK, seed, hash H, label "IDENTITY\0").
 //!
 //! The ephemeral private key comes in as an argument (this crate has no
 //! randomness source): the caller draws it from the OS.
@@ -275,28 +278,33 @@ fn ecdh(
     Ok(Agreement { z, x, y })
 }
 
-/// TPM2_MakeCredential for the ECC EK `ek`, sealing `credential` (1 to
-/// |nameAlg| bytes) to the object named `object_name` (the AK). The
-/// `ephemeral` private scalar (32 bytes for P-256, 48 for P-384) must be
-/// fresh random bytes from the caller.
+/// TPM2_MakeCredential for the EK `ek`, sealing `credential` (1 to
+/// |nameAlg| bytes) to the object named `object_name` (the AK).
+/// `ephemeral` must be fresh random bytes from the caller: for an ECC EK
+/// the ephemeral private scalar (32 bytes for P-256, 48 for P-384); for an
+/// RSA EK 2×|nameAlg| bytes (the seed, then the OAEP seed).
 pub fn make_credential(
     ek: &TpmtPublic,
     object_name: &TpmName,
     credential: &[u8],
     ephemeral: &[u8],
 ) -> Result<MadeCredential, CredentialError> {
-    let PublicKeyParams::Ecc { parms, .. } = ek.params() else {
-        return Err(CredentialError::UnsupportedKey(format!(
-            "type {}",
-            ek.object_type()
-        )));
-    };
     let hash = match ek.name_alg() {
         AlgId::SHA256 => Hash::Sha256,
         AlgId::SHA384 => Hash::Sha384,
         other => return Err(CredentialError::UnsupportedNameAlg(other)),
     };
-    let sym = parms.symmetric;
+    let sym = match ek.params() {
+        PublicKeyParams::Ecc { parms, .. } => parms.symmetric,
+        PublicKeyParams::Rsa { parms, .. } => parms.symmetric,
+        #[allow(unreachable_patterns)] // PublicKeyParams is non_exhaustive
+        _ => {
+            return Err(CredentialError::UnsupportedKey(format!(
+                "type {}",
+                ek.object_type()
+            )))
+        }
+    };
     if sym.algorithm != AlgId::AES
         || sym.mode != AlgId::CFB
         || !(sym.key_bits == 128 || sym.key_bits == 256)
@@ -319,22 +327,12 @@ pub fn make_credential(
             max: hash.size(),
         });
     }
-    let size = parms
-        .curve
-        .coordinate_size()
-        .filter(|s| *s == 32 || *s == 48)
-        .ok_or_else(|| CredentialError::UnsupportedKey(parms.curve.to_string()))?;
-    let point = ek
-        .ecc_point(parms.curve)
-        .map_err(|_| CredentialError::BadEkPoint)?;
-    let ek_x = point.get(1..1 + size).ok_or(CredentialError::BadEkPoint)?;
-
-    let Agreement {
-        z,
-        x: eph_x,
-        y: eph_y,
-    } = ecdh(size, &point, ephemeral)?;
-    let seed = kdfe(hash, &z, b"IDENTITY", &eph_x, ek_x, hash.size());
+    let (seed, secret) = match ek.params() {
+        PublicKeyParams::Rsa { parms, modulus } => {
+            rsa_seed(hash, modulus, parms.exponent, ephemeral)?
+        }
+        _ => ecc_seed(ek, hash, ephemeral)?,
+    };
     let name = object_name.as_bytes();
 
     let mut enc_identity = Writer::new();
@@ -361,12 +359,111 @@ pub fn make_credential(
 
     let mut blob = Writer::new();
     blob.tpm2b(outer.as_ref()).bytes(&enc_identity);
-    let mut secret = Writer::new();
-    secret.tpm2b(&eph_x).tpm2b(&eph_y);
     Ok(MadeCredential {
         credential_blob: blob.into_vec(),
-        secret: secret.into_vec(),
+        secret,
     })
+}
+
+/// ECC EK: seed from ephemeral ECDH and KDFe; the secret is the ephemeral point.
+fn ecc_seed(
+    ek: &TpmtPublic,
+    hash: Hash,
+    ephemeral: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
+    let parms = ek
+        .ecc_parms()
+        .ok_or_else(|| CredentialError::UnsupportedKey(format!("type {}", ek.object_type())))?;
+    let size = parms
+        .curve
+        .coordinate_size()
+        .filter(|s| *s == 32 || *s == 48)
+        .ok_or_else(|| CredentialError::UnsupportedKey(parms.curve.to_string()))?;
+    let point = ek
+        .ecc_point(parms.curve)
+        .map_err(|_| CredentialError::BadEkPoint)?;
+    let ek_x = point.get(1..1 + size).ok_or(CredentialError::BadEkPoint)?;
+    let Agreement {
+        z,
+        x: eph_x,
+        y: eph_y,
+    } = ecdh(size, &point, ephemeral)?;
+    let seed = kdfe(hash, &z, b"IDENTITY", &eph_x, ek_x, hash.size());
+    let mut secret = Writer::new();
+    secret.tpm2b(&eph_x).tpm2b(&eph_y);
+    Ok((seed, secret.into_vec()))
+}
+
+/// MGF1 (PKCS #1 B.2.1) with `hash`.
+fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + hash.size());
+    let mut counter: u32 = 0;
+    while out.len() < len {
+        let mut ctx = ring::digest::Context::new(hash.digest());
+        ctx.update(seed);
+        ctx.update(&counter.to_be_bytes());
+        out.extend_from_slice(ctx.finish().as_ref());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// RSA EK: the seed is the first |H| bytes of `randomness`, encrypted with
+/// RSAES-OAEP (hash = nameAlg, label "IDENTITY\0") using the next |H| bytes
+/// as the OAEP seed. The public-key operation uses num-bigint (not constant
+/// time; it runs on the verifier, over a seed used once).
+fn rsa_seed(
+    hash: Hash,
+    modulus: &[u8],
+    exponent: u32,
+    randomness: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
+    use x509_parser::num_bigint::BigUint;
+    let h = hash.size();
+    let bad = CredentialError::BadEphemeral { expected: 2 * h };
+    if randomness.len() != 2 * h {
+        return Err(bad);
+    }
+    let (seed, oaep_seed) = randomness.split_at_checked(h).ok_or(bad)?;
+    let n = BigUint::from_bytes_be(modulus);
+    let k = modulus.iter().skip_while(|b| **b == 0).count();
+    if k < 2 * h + 2 + seed.len() || n.bits() < 1024 {
+        return Err(CredentialError::UnsupportedKey(format!(
+            "RSA modulus of {k} bytes"
+        )));
+    }
+    // EME-OAEP encoding (RFC 8017 §7.1.1).
+    let l_hash = ring::digest::digest(hash.digest(), b"IDENTITY\0");
+    let mut db = l_hash.as_ref().to_vec();
+    // DB = lHash || PS || 0x01 || M, |DB| = k - h - 1, so |lHash || PS| = k - |M| - h - 2.
+    db.resize(k - seed.len() - h - 2, 0);
+    db.push(1);
+    db.extend_from_slice(seed);
+    let db_mask = mgf1(hash, oaep_seed, db.len());
+    let masked_db: Vec<u8> = db.iter().zip(&db_mask).map(|(a, b)| a ^ b).collect();
+    let seed_mask = mgf1(hash, &masked_db, h);
+    let masked_seed: Vec<u8> = oaep_seed
+        .iter()
+        .zip(&seed_mask)
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let mut em = vec![0u8];
+    em.extend_from_slice(&masked_seed);
+    em.extend_from_slice(&masked_db);
+    // EM must be exactly k bytes and, read as a number, below n (it starts
+    // with 0x00); a malformed one is refused here, never sent to a TPM.
+    if em.len() != k {
+        return Err(CredentialError::UnsupportedKey(format!(
+            "OAEP encoding of {} bytes for a {k}-byte modulus",
+            em.len()
+        )));
+    }
+    let e = BigUint::from(if exponent == 0 { 65_537 } else { exponent });
+    let c = BigUint::from_bytes_be(&em).modpow(&e, &n).to_bytes_be();
+    let mut secret = vec![0u8; k.saturating_sub(c.len())];
+    secret.extend_from_slice(&c);
+    Ok((seed.to_vec(), secret))
 }
 
 /// Checks the EK public area carries the same key as the EK certificate's

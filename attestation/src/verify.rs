@@ -446,6 +446,10 @@ pub struct AttestationResult {
     pub firmware_version: u64,
     /// The EK chain, if the evidence carried one and roots are configured.
     pub ek_chain: Option<EkChainInfo>,
+    /// Whether the AK was the enrolled one ([`VerifierState::enrolled_ak`]).
+    /// When false the AK's attributes are unproven claims: nothing signs
+    /// an AK's public area, only its enrolled Name binds it.
+    pub ak_pinned: bool,
 }
 
 /// Verifies `evidence` against `freshness`, `policy` and what this verifier
@@ -702,6 +706,7 @@ pub fn verify_at(
         clock_info: quote.clock_info,
         firmware_version: quote.firmware_version,
         ek_chain,
+        ak_pinned: state.enrolled_ak.is_some(),
     })
 }
 
@@ -1003,6 +1008,9 @@ mod tests {
         assert_eq!(r.event_log_digest, Sha256Digest::of(&ev.event_log));
         assert_eq!(r.vote_key, fx.tpm.vote_public.ecc_p256_point().unwrap());
         assert_eq!(&r.ak_name, fx.tpm.ak_public.name());
+        assert!(r.ak_pinned);
+        let unpinned = fx.evidence();
+        assert!(!fx.verify(&unpinned).unwrap().ak_pinned);
         assert_eq!(state.last_clock, Some(r.clock_info));
         // A later quote from the same TPM passes against the updated state.
         let ev2 = fx.evidence();
@@ -1620,6 +1628,52 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn no_single_byte_change_anywhere_changes_what_is_accepted() {
+        let mut fx = Fx::new();
+        let ev = fx.evidence();
+        let pinned = VerifierState {
+            enrolled_ak: Some(fx.tpm.ak_public.name().clone()),
+            ..Default::default()
+        };
+        let good = verify(&ev, &fx.fresh, &fx.policy, &mut pinned.clone()).unwrap();
+        let bytes = ev.to_bytes();
+        let mut accepted_changes = 0;
+        for i in 0..bytes.len() {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] ^= mask;
+                let Ok(changed) = Evidence::from_bytes(&b) else {
+                    continue;
+                };
+                if let Ok(r) = verify(&changed, &fx.fresh, &fx.policy, &mut pinned.clone()) {
+                    accepted_changes += 1;
+                    assert_eq!(
+                        (
+                            r.measurement,
+                            r.executable,
+                            r.config,
+                            &r.ak_name,
+                            r.vote_key,
+                            r.clock_info
+                        ),
+                        (
+                            good.measurement,
+                            good.executable,
+                            good.config,
+                            &good.ak_name,
+                            good.vote_key,
+                            good.clock_info
+                        ),
+                        "byte {i} mask {mask:#x}"
+                    );
+                }
+            }
+        }
+        // Only informational log-header bytes may change without rejection.
+        assert!(accepted_changes < 40, "{accepted_changes} changes accepted");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
         #[test]
@@ -1629,12 +1683,16 @@ mod tests {
             let mut bytes = ev.to_bytes();
             let i = pos % bytes.len();
             bytes[i] ^= 1 << bit;
-            let good = fx.verify(&ev).unwrap();
+            // As in production, the AK is pinned by enrollment: the AK public's
+            // attributes and policy are not covered by any signature, only by
+            // its Name (an unpinned verifier accepts a rewritten AK public).
+            let pinned = VerifierState { enrolled_ak: Some(fx.tpm.ak_public.name().clone()), ..Default::default() };
+            let good = verify(&ev, &fx.fresh, &fx.policy, &mut pinned.clone()).unwrap();
             if let Ok(changed) = Evidence::from_bytes(&bytes) {
                 // A flip may land where it means nothing (an informational
                 // field of the log header); then nothing the verifier reports
                 // about the party may differ.
-                if let Ok(r) = fx.verify(&changed) {
+                if let Ok(r) = verify(&changed, &fx.fresh, &fx.policy, &mut pinned.clone()) {
                     proptest::prop_assert_eq!(
                         (r.measurement, r.executable, r.config, r.ak_name, r.vote_key, r.clock_info),
                         (good.measurement, good.executable, good.config, good.ak_name, good.vote_key, good.clock_info),

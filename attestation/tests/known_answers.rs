@@ -309,6 +309,20 @@ fn software_make_credential_matches_what_the_tpm_activated() {
     assert!(!ek_matches_certificate(&ek_ecc, &rsa.ek_spki));
     assert!(!ek_matches_certificate(&ek384, &ecc.ek_spki));
     assert!(!ek_matches_certificate(&ek256, &ecc.ek_spki));
+    // The RSA EK (TCG template L-1): RSAES-OAEP seed, activated by the TPM.
+    let made = make_credential(
+        &ek_rsa,
+        &name,
+        &cred,
+        &hex_file(vector!("ephemeral_rsa.hex")),
+    )
+    .unwrap();
+    assert_eq!(made.to_tpm2_tools_file(), vector!("credrsa.bin"));
+    assert_eq!(made.secret.len(), 256);
+    assert!(matches!(
+        make_credential(&ek_rsa, &name, &cred, &[0; 10]),
+        Err(quorate_attestation::CredentialError::BadEphemeral { expected: 64 })
+    ));
     // The certified P-384 EK is a template make_credential accepts.
     make_credential(
         &ek_ecc,

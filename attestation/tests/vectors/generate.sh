@@ -104,10 +104,18 @@ tpm2_activatecredential -c ak.ctx -C ek.ctx -i cred256.bin -o act256.out -P "ses
 tpm2_flushcontext sess.ctx; tpm2_flushcontext -t
 tpm2_activatecredential -c ak.ctx -C ek384.ctx -i cred384.bin -o act384.out >/dev/null
 tpm2_flushcontext -t
+RSARAND=$(openssl rand -hex 64)
+"$MAKECRED" "$OUT/ek_rsa.pub" ak.name $CRED $RSARAND credrsa.bin
+tpm2_startauthsession --policy-session -S sess.ctx
+tpm2_policysecret -S sess.ctx -c e >/dev/null
+tpm2_activatecredential -c ak.ctx -C ekr.ctx -i credrsa.bin -o actrsa.out -P "session:sess.ctx" >/dev/null
+tpm2_flushcontext sess.ctx; tpm2_flushcontext -t
+[ "$(xxd -p -c 256 actrsa.out)" = "$CRED" ] || { echo "RSA activation returned another secret" >&2; exit 1; }
 [ "$(xxd -p -c 256 act256.out)" = "$CRED" ] || { echo "P-256 activation returned another secret" >&2; exit 1; }
 [ "$(xxd -p -c 256 act384.out)" = "$CRED" ] || { echo "P-384 activation returned another secret" >&2; exit 1; }
-echo "credential activation: the TPM recovered our credentials (P-256 and P-384 EKs)"
-cp cred_ek256.pub cred_ek384.pub cred256.bin cred384.bin "$OUT/"
+echo "credential activation: the TPM recovered our credentials (P-256, P-384 and RSA-2048 EKs)"
+cp cred_ek256.pub cred_ek384.pub cred256.bin cred384.bin credrsa.bin "$OUT/"
+printf '%s\n' "$RSARAND" > "$OUT/ephemeral_rsa.hex"
 printf '%s\n' "$CRED" > "$OUT/credential.hex"
 printf '%s\n' "$EPH256" > "$OUT/ephemeral256.hex"
 printf '%s\n' "$EPH384" > "$OUT/ephemeral384.hex"
