@@ -86,7 +86,11 @@ async fn four_parties_lose_nothing_when_one_is_killed_mid_load() {
     assert_all_executed(&c, &receipts).await;
     assert!(!c.log(4).contains("consensus halted"), "{}", c.log(4));
     // The restarted daemon stopped the swtpm its killed predecessor left.
-    assert!(c.log(4).contains("a crashed daemon left running"), "{}", c.log(4));
+    assert!(
+        c.log(4).contains("a crashed daemon left running"),
+        "{}",
+        c.log(4)
+    );
 }
 
 fn peer_specs(c: &TestCluster, except: u32) -> Vec<quorate_host::net::PeerSpec> {
