@@ -41,7 +41,7 @@ clippy: deps
 
 ## test: the one test command: deps, format, lints with warnings as errors, every test.
 test: deps fmt clippy
-	TSS2_LOG=all+none $(CARGO) test --workspace --locked
+	TSS2_LOG=all+none $(CARGO) test --workspace --locked --no-fail-fast
 
 ## bench: measurements, printed as tables (never timing assertions in tests).
 bench: deps
