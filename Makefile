@@ -47,5 +47,10 @@ test: deps fmt clippy
 bench: deps
 	TSS2_LOG=all+none $(CARGO) run --release --locked -p quorate-tests --bin quorate-bench
 
+## soak: the consensus simulation over 100,000 seeds (release build). A failing
+## seed prints the one-line command that reproduces it.
+soak:
+	QUORATE_SIM_SEEDS=$${QUORATE_SIM_SEEDS:-100000} $(CARGO) test --release --locked -p quorate-firmware --features sim --test sim -- seeds_part
+
 clean:
 	$(CARGO) clean

@@ -93,7 +93,7 @@ mod tests {
         let a = c.a_peer_ahead_of(Height(3));
         let b = c.a_peer_ahead_of(Height(3));
         assert_ne!(a, b);
-        assert!(!c.peer_ahead(Height(5)));
+        assert!(!c.peer_ahead(Height(9)));
         assert!(c.should_request(Height(4), 0, 1000));
         assert!(!c.should_request(Height(4), 100, 1000));
         assert!(c.should_request(Height(4), 600, 1000));

@@ -136,6 +136,9 @@ pub struct SimConfig {
     pub byzantine: Vec<(usize, Byzantine)>,
     /// Simulated time allowed after the last fault for everything to decide.
     pub liveness_bound_ms: u64,
+    /// Submit one batch at a time, each after the previous one is decided
+    /// (one batch per block; for benchmarks).
+    pub sequential: bool,
 }
 
 /// How many equivocating parties a model tolerates for safety *and* liveness.
@@ -225,6 +228,7 @@ impl SimConfig {
             crash,
             byzantine,
             liveness_bound_ms: 120_000,
+            sequential: false,
         }
     }
 
@@ -244,6 +248,7 @@ impl SimConfig {
             crash: None,
             byzantine: Vec::new(),
             liveness_bound_ms: 600_000,
+            sequential: true,
         }
     }
 }
@@ -559,6 +564,9 @@ impl Sim {
             self.report.evidence_blocks += 1;
         }
         self.nodes[i].decided.push(d);
+        if self.cfg.sequential && i == 0 && self.to_submit > 0 {
+            self.push(self.now + 1, Ev::Submit { node: 0 });
+        }
         Ok(())
     }
 
@@ -748,11 +756,17 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         sim.restore(i)?;
     }
     let honest: Vec<usize> = (0..n).filter(|i| sim.honest(*i)).collect();
-    for _ in 0..cfg.batches {
-        let at = rng.random_range(0..3000);
-        let node = honest[rng.random_range(0..honest.len())];
-        sim.last_fault_end = sim.last_fault_end.max(at);
-        sim.push(at, Ev::Submit { node });
+    if cfg.sequential {
+        if cfg.batches > 0 {
+            sim.push(0, Ev::Submit { node: 0 });
+        }
+    } else {
+        for _ in 0..cfg.batches {
+            let at = rng.random_range(0..3000);
+            let node = honest[rng.random_range(0..honest.len())];
+            sim.last_fault_end = sim.last_fault_end.max(at);
+            sim.push(at, Ev::Submit { node });
+        }
     }
     if let Some((p, at, back)) = cfg.crash {
         sim.push(at, Ev::Crash { node: p });
