@@ -598,7 +598,10 @@ impl ConsensusDriver {
         if self.started || self.pending_decision.is_some() {
             return Ok(());
         }
-        if self.has_work() || self.catch_up.peer_ahead(self.chain.height) {
+        if self.has_work()
+            || self.catch_up.peer_ahead(self.chain.height)
+            || self.catch_up.peer_active_at(self.io.height_in_progress)
+        {
             self.start_height_now();
             self.drain_queue()?;
             // Proposals for this height that arrived early.
@@ -748,27 +751,9 @@ impl ConsensusDriver {
         while self.recent.len() > self.io.cfg.recent_blocks {
             self.recent.pop_front();
         }
+        // The same core state moves on with `StartHeight(next)` (fed when
+        // there is work); it replays the inputs it buffered for that height.
         self.started = false;
-        // A fresh core state for the next height.
-        let params = mcc::Params {
-            address: self.io.cfg.me,
-            threshold_params: threshold_params(self.io.cfg.fault_model, self.io.cfg.parties.len()),
-            value_payload: mc::ValuePayload::ProposalOnly,
-            enabled: true,
-        };
-        let old = std::mem::replace(
-            &mut self.core,
-            mcc::State::new(
-                self.io.ctx.clone(),
-                next,
-                self.io.cfg.parties.clone(),
-                params,
-                4096,
-                1024,
-            ),
-        );
-        // Carry over inputs the old core buffered for the next heights.
-        let _ = old;
     }
 
     fn on_signature(&mut self, request: SignRequestId, sig: Signature) -> Result<(), DriverError> {
@@ -890,8 +875,6 @@ impl ConsensusDriver {
                     }
                     return Ok(());
                 }
-                self.catch_up.note_active(from, h);
-                self.maybe_start_height()?;
                 self.on_proposal(from, p)
             }
             PeerMessage::Polka(c) => {
@@ -926,6 +909,8 @@ impl ConsensusDriver {
         {
             return Err(DriverError::BadSignature(from));
         }
+        self.catch_up.note_active(from, p.proposal.height);
+        self.maybe_start_height()?;
         if let Err(reason) = self.validate_block(&p.proposal.block, Some(p.proposal.proposer), true)
         {
             return Err(DriverError::InvalidBlock { from, reason });
