@@ -60,6 +60,9 @@ type Ctx = QuorateContext;
 /// r = 0 is never a valid ECDSA signature, so it can never verify.
 pub const PLACEHOLDER: Signature = Signature([0u8; 64]);
 
+/// Most undecided batches kept per author (a member cannot exhaust memory).
+pub const MAX_PENDING_PER_AUTHOR: usize = 4096;
+
 /// Static configuration of one party's driver.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
@@ -1037,6 +1040,16 @@ impl ConsensusDriver {
         if self.mempool.contains_key(&(b.body.author, b.body.seq)) {
             return Ok(());
         }
+        let pending_of_author = self
+            .mempool
+            .range((b.body.author, 0)..=(b.body.author, u64::MAX))
+            .count();
+        if pending_of_author >= MAX_PENDING_PER_AUTHOR {
+            return Err(DriverError::BadBatch(format!(
+                "{} already has {MAX_PENDING_PER_AUTHOR} undecided batches",
+                b.body.author
+            )));
+        }
         if !self
             .io
             .cache
@@ -1051,7 +1064,14 @@ impl ConsensusDriver {
     }
 
     fn record_vote(&mut self, v: &SignedVoteWire) {
-        let k = (v.vote.voter, round_i64(v.vote.round), v.vote.precommit);
+        // Bounded like the core's own lookahead: a member cannot grow this
+        // log without limit by signing votes for far-future rounds.
+        let round = round_i64(v.vote.round);
+        if round > round_i64(self.core.round()).max(0) + i64::from(mcc::MAX_FUTURE_ROUND_LOOKAHEAD)
+        {
+            return;
+        }
+        let k = (v.vote.voter, round, v.vote.precommit);
         match self.vote_log.get(&k) {
             None => {
                 self.vote_log.insert(k, v.clone());
@@ -1627,4 +1647,126 @@ impl Io {
 #[allow(dead_code)]
 fn _keep(r: i64) -> Round {
     round_from_i64(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBody;
+    use crate::consensus::context::Party;
+    use crate::crypto::PublicKey;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    fn key() -> (EcdsaKeyPair, PublicKey) {
+        let rng = SystemRandom::new();
+        let p = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let k =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, p.as_ref(), &rng).unwrap();
+        let pk = PublicKey(k.public_key().as_ref().try_into().unwrap());
+        (k, pk)
+    }
+
+    fn sign(k: &EcdsaKeyPair, m: &[u8]) -> Signature {
+        Signature(
+            k.sign(&SystemRandom::new(), m)
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    /// A one-party cluster decides a batch: every signature is requested in a
+    /// step that persists the sign guard first, no placeholder ever leaves,
+    /// and the decided block carries a valid certificate.
+    #[test]
+    fn single_party_decides_with_async_signatures() {
+        let (k, pk) = key();
+        let me = PartyId(1);
+        let parties = PartySet::new(vec![Party {
+            id: me,
+            vote_key: pk,
+        }])
+        .unwrap();
+        let cluster = ClusterId(Sha256Digest::of(b"t"));
+        let cfg = DriverConfig::new(
+            cluster,
+            Epoch(0),
+            me,
+            parties.clone(),
+            FaultModel::Byzantine,
+        );
+        let (mut d, _) = ConsensusDriver::new(cfg.clone(), 1_000);
+        let body = BatchBody {
+            cluster,
+            author: me,
+            seq: 1,
+            ops: vec![b"op".to_vec()],
+        };
+        let batch = SignedBatch {
+            signature: sign(&k, &body.signing_bytes()),
+            body,
+        };
+        let mut pending = vec![Input::SubmitBatch(batch.clone())];
+        let mut decided = None;
+        let mut guard_persisted = SignGuard::default();
+        let mut rounds = 0;
+        while let Some(input) = pending.pop() {
+            rounds += 1;
+            assert!(rounds < 100, "no decision");
+            let step = d.handle(2_000, input).unwrap();
+            for p in &step.persist {
+                if let Persist::SignGuard(g) = p {
+                    guard_persisted = g.clone();
+                }
+            }
+            for a in step.actions {
+                match a {
+                    Action::Sign { request, bytes } => {
+                        let sb: SignedBytes = postcard::from_bytes(&bytes).unwrap();
+                        // The guard state durable before this request covers it.
+                        let last = guard_persisted.last(sb.step).unwrap();
+                        assert_eq!((last.height, last.round), (sb.height, sb.round));
+                        pending.push(Input::SignatureReady {
+                            request,
+                            signature: sign(&k, &bytes),
+                        });
+                    }
+                    Action::Broadcast { bytes } => {
+                        let m = PeerMessage::decode(&bytes, usize::MAX).unwrap();
+                        if let PeerMessage::Vote(v) = &m {
+                            assert_ne!(v.signature, PLACEHOLDER);
+                        }
+                        if let PeerMessage::Proposal(p) = &m {
+                            assert_ne!(p.signature, PLACEHOLDER);
+                        }
+                    }
+                    Action::Decided(b) => decided = Some(b),
+                    _ => {}
+                }
+            }
+        }
+        let decided = decided.unwrap();
+        assert_eq!(decided.block.batches(), std::slice::from_ref(&batch));
+        assert_eq!(decided.block.header().height, Height(1));
+        crate::consensus::verify_commit_certificate(
+            &parties,
+            FaultModel::Byzantine,
+            cluster,
+            Epoch(0),
+            Height(1),
+            decided.block.hash(),
+            &decided.certificate,
+        )
+        .unwrap();
+        assert_eq!(d.chain().height, Height(1));
+        assert_eq!(d.pending_batches(), 0);
+        // The same batch again is a replay: no new height starts.
+        let step = d.handle(3_000, Input::SubmitBatch(batch)).unwrap();
+        assert!(!step
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Sign { .. })));
+    }
 }
