@@ -431,6 +431,34 @@ impl Sim {
                 {
                     b.body.ops.push(vec![0xEE]);
                     self.send(from, to, PeerMessage::Batch(b).encode());
+                } else if let Ok(PeerMessage::Proposal(p)) = PeerMessage::decode(&bytes, usize::MAX)
+                {
+                    // A correctly signed proposal of an invalid block: it
+                    // carries a batch "by" another party with a forged
+                    // signature. Honest parties must refuse it.
+                    let mut contents: crate::consensus::context::BlockContents =
+                        p.proposal.block.clone().into();
+                    let victim = PartyId(((from + 1) % self.cfg.n) as u32 + 1);
+                    contents.batches.push(SignedBatch {
+                        body: BatchBody {
+                            cluster: cluster(),
+                            author: victim,
+                            seq: 1_000_000 + self.now,
+                            ops: vec![b"forged".to_vec()],
+                        },
+                        signature: Signature([7u8; 64]),
+                    });
+                    let mut forged = p.clone();
+                    forged.proposal.block = crate::consensus::Block::new(contents);
+                    let ctx = crate::consensus::context::QuorateContext {
+                        cluster: cluster(),
+                        epoch: Epoch(0),
+                    };
+                    forged.signature = sign_as(
+                        forged.proposal.proposer,
+                        &forged.proposal.signed_bytes(&ctx).encode(),
+                    );
+                    self.send(from, to, PeerMessage::Proposal(forged).encode());
                 }
             }
             Some(Byzantine::Equivocate) => {
