@@ -449,6 +449,9 @@ impl ConsensusDriver {
         // them as ours; any that lack a real signature get signed again (the
         // sign guard allows re-signing the very same message).
         let inputs: Vec<mcc::Input<Ctx>> = wal.iter().filter_map(input_of_wal_record).collect();
+        // In WAL order, so that the sign requests below come out in a
+        // deterministic order.
+        let mut own_order: Vec<Sha256Digest> = Vec::new();
         for r in wal {
             let sb = match r {
                 WalRecord::Vote(v) if v.vote.voter == me => Some(v.vote.signed_bytes(&self.io.ctx)),
@@ -466,14 +469,16 @@ impl ConsensusDriver {
                     signature: None,
                 });
                 e.bytes = bytes;
+                if !own_order.contains(&digest) {
+                    own_order.push(digest);
+                }
             }
         }
-        let pending: Vec<(Sha256Digest, Vec<u8>)> = self
-            .io
-            .own
+        let pending: Vec<(Sha256Digest, Vec<u8>)> = own_order
             .iter()
+            .filter_map(|d| self.io.own.get(d).map(|m| (*d, m)))
             .filter(|(_, m)| m.signature.is_none() && !m.bytes.is_empty())
-            .map(|(d, m)| (*d, m.bytes.clone()))
+            .map(|(d, m)| (d, m.bytes.clone()))
             .collect();
         for (d, bytes) in pending {
             self.io.signatures_requested += 1;

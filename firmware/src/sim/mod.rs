@@ -8,11 +8,11 @@
 //! equivocate, forge signatures or send garbage. The seed also picks n and
 //! the fault model, so a seed alone reproduces a run.
 //!
-//! Signatures are real ECDSA P-256 (ring). ring cannot derive a key from a
-//! seed, so the parties' keys are generated once per process; signature
-//! bytes therefore differ between processes, but no decision depends on
-//! them (block contents, schedules and votes are the same), so a failing
-//! seed reproduces.
+//! Signatures are real ECDSA P-256, verified by the firmware with ring.
+//! ring cannot sign deterministically, so the simulated signer uses the
+//! RustCrypto `p256` crate with RFC 6979 nonces and fixed keys: every byte of
+//! a run (keys, signatures, block hashes) is the same on every machine, and a
+//! failing seed reproduces exactly.
 //!
 //! Checked on every run: agreement, validity, no honest party signs twice at
 //! one (height, round, step), every decided block carries a valid commit
@@ -38,9 +38,10 @@ use crate::consensus::wire::{PeerMessage, WalRecord};
 use crate::crypto::{PublicKey, Signature};
 use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
 use malachitebft_core_types::NilOrVal;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::OnceLock;
@@ -50,32 +51,27 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 /// The largest cluster the simulator supports.
 pub const MAX_PARTIES: usize = 7;
 
-fn keys() -> &'static Vec<(EcdsaKeyPair, PublicKey)> {
-    static KEYS: OnceLock<Vec<(EcdsaKeyPair, PublicKey)>> = OnceLock::new();
+fn keys() -> &'static Vec<(SigningKey, PublicKey)> {
+    static KEYS: OnceLock<Vec<(SigningKey, PublicKey)>> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let rng = ring::rand::SystemRandom::new();
         (0..MAX_PARTIES)
-            .map(|_| {
-                let pkcs8 =
-                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-                let kp = EcdsaKeyPair::from_pkcs8(
-                    &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    pkcs8.as_ref(),
-                    &rng,
-                )
-                .unwrap();
-                let pk = PublicKey(kp.public_key().as_ref().try_into().unwrap());
-                (kp, pk)
+            .map(|i| {
+                let secret = Sha256Digest::of_parts(&[b"quorate-sim-vote-key", &[i as u8]]);
+                let sk = SigningKey::from_bytes(p256::FieldBytes::from_slice(secret.as_bytes()))
+                    .unwrap();
+                let point = sk.verifying_key().to_encoded_point(false);
+                let pk = PublicKey(point.as_bytes().try_into().unwrap());
+                (sk, pk)
             })
             .collect()
     })
 }
 
-/// Signs with party `p`'s (1-based) simulated vote key.
+/// Signs with party `p`'s (1-based) simulated vote key: ECDSA P-256 with
+/// RFC 6979 deterministic nonces, so every byte of a run is reproducible.
 pub fn sign_as(p: PartyId, bytes: &[u8]) -> Signature {
-    let rng = ring::rand::SystemRandom::new();
-    let sig = keys()[(p.0 - 1) as usize].0.sign(&rng, bytes).unwrap();
-    Signature(sig.as_ref().try_into().unwrap())
+    let sig: p256::ecdsa::Signature = keys()[(p.0 - 1) as usize].0.sign(bytes);
+    Signature(sig.to_bytes().as_slice().try_into().unwrap())
 }
 
 /// The simulated party set of size n (P1..Pn).
