@@ -182,3 +182,17 @@ fn runs_are_reproducible() {
         assert_eq!(a, b, "seed {seed} is not reproducible");
     }
 }
+
+/// A party down while the others decide many heights catches up from their
+/// blocks and certificates after it restarts.
+#[test]
+fn restarted_party_catches_up_many_heights() {
+    use quorate_firmware::sim::run;
+    use quorate_firmware::types::FaultModel;
+    for (n, model) in [(4usize, FaultModel::Byzantine), (7, FaultModel::Majority)] {
+        let mut cfg = SimConfig::clean(9, n, model, 30, 2);
+        cfg.crash = Some((n - 1, 50, 20_000));
+        let r = run(cfg).unwrap_or_else(|e| panic!("n={n}: {e}"));
+        assert_eq!(r.heights, 30, "n={n}");
+    }
+}

@@ -589,6 +589,16 @@ impl ConsensusDriver {
     /// Work common to every input: start a height when there is work, propose
     /// when asked and able.
     fn after_input(&mut self) -> Result<(), DriverError> {
+        // Far behind (a peer decided two or more heights past ours): fetch
+        // the next block at once rather than at the next tip, so catch-up
+        // runs at network speed. (One height behind usually resolves by
+        // consensus itself; the tip timer covers the rest.)
+        let far = Height(self.chain.height.0 + 1);
+        if self.catch_up.peer_ahead(far) {
+            if let Some(p) = self.catch_up.a_peer_ahead_of(far) {
+                self.request_block(p);
+            }
+        }
         self.maybe_start_height()?;
         self.try_propose()?;
         Ok(())
