@@ -316,6 +316,7 @@ struct Node {
     inc: u64,
     store: Store,
     byz: Option<Byzantine>,
+    crash_mid_step: bool,
     next_seq: u64,
     decided: Vec<DecidedBlock>,
 }
@@ -494,7 +495,15 @@ impl Sim {
 
     fn apply(&mut self, i: usize, step: Step) -> Result<(), Fail> {
         let inc = self.nodes[i].inc;
-        for p in step.persist {
+        let mut persist = step.persist;
+        let crash_now = self.nodes[i].crash_mid_step;
+        if crash_now {
+            // Crash in the middle of making this step durable: a prefix of
+            // its records reached the disk, none of its actions happened.
+            let k = self.rng.random_range(0..=persist.len());
+            persist.truncate(k);
+        }
+        for p in persist {
             let s = &mut self.nodes[i].store;
             match p {
                 Persist::WalAppend { height, record } => s.wal.push((height, record)),
@@ -508,6 +517,12 @@ impl Sim {
                     }
                 }
             }
+        }
+        if crash_now {
+            self.nodes[i].crash_mid_step = false;
+            self.nodes[i].driver = None;
+            self.nodes[i].inc += 1;
+            return Ok(());
         }
         for a in step.actions {
             match a {
@@ -746,6 +761,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
             inc: 0,
             store: Store::default(),
             byz: cfg.byzantine.iter().find(|(b, _)| *b == i).map(|(_, k)| *k),
+            crash_mid_step: false,
             next_seq: 0,
             decided: Vec::new(),
         })
@@ -870,10 +886,20 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                 }
             }
             Ev::Crash { node } => {
-                sim.nodes[node].driver = None;
-                sim.nodes[node].inc += 1;
+                if sim.rng.random_bool(0.5) {
+                    sim.nodes[node].driver = None;
+                    sim.nodes[node].inc += 1;
+                } else {
+                    // Crash during the next step this node makes durable.
+                    sim.nodes[node].crash_mid_step = true;
+                }
             }
             Ev::Restart { node } => {
+                if sim.nodes[node].crash_mid_step || sim.nodes[node].driver.is_some() {
+                    sim.nodes[node].crash_mid_step = false;
+                    sim.nodes[node].driver = None;
+                    sim.nodes[node].inc += 1;
+                }
                 sim.restore(node)?;
             }
         }
