@@ -616,10 +616,10 @@ impl ConsensusDriver {
         if self.started || self.pending_decision.is_some() {
             return Ok(());
         }
-        if self.has_work()
-            || self.catch_up.peer_ahead(self.chain.height)
-            || self.catch_up.peer_active_at(self.io.height_in_progress)
-        {
+        // Unsigned tips alone never start a height (they only trigger block
+        // requests): a height starts for our own work, or for a signed
+        // message of a member at or past it, or for a verified block.
+        if self.has_work() || self.catch_up.peer_active_at(self.io.height_in_progress) {
             self.start_height_now();
             self.drain_queue()?;
             // Proposals for this height that arrived early.
@@ -873,6 +873,7 @@ impl ConsensusDriver {
                 }
                 if v.vote.height > h {
                     self.catch_up.note_tip(from, Height(v.vote.height.0 - 1));
+                    self.catch_up.mark_active(h);
                     self.maybe_start_height()?;
                     return self.run_core(mcc::Input::Vote(vote_to_mc(&v)));
                 }

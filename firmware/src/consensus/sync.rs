@@ -47,6 +47,11 @@ impl CatchUp {
         self.active = self.active.max(h);
     }
 
+    /// A verified signed message shows that some member works at or past `h`.
+    pub fn mark_active(&mut self, h: Height) {
+        self.active = self.active.max(h);
+    }
+
     /// Whether a peer sent a signed message for height `h` (so there is work
     /// at `h` even if its batches have not reached us yet).
     pub fn peer_active_at(&self, h: Height) -> bool {

@@ -642,6 +642,16 @@ impl Sim {
             ConsensusDriver::restore(self.dcfg[i].clone(), restored, EPOCH_MS + self.now)
                 .map_err(|e| format!("P{} failed to restore: {e}", i + 1))?;
         self.nodes[i].driver = Some(d);
+        // The application applies decided blocks from the store: blocks whose
+        // `Decided` action a crash swallowed are delivered now.
+        let applied = self.nodes[i].decided.len() as u64;
+        for b in s
+            .recent
+            .iter()
+            .filter(|b| b.block.header().height.0 > applied)
+        {
+            self.on_decided(i, b.clone())?;
+        }
         self.apply(i, step)?;
         // The host keeps its own undecided batches and submits them again.
         let last = s
