@@ -341,6 +341,7 @@ struct Io {
     height_in_progress: Height,
     signatures_requested: u64,
     step_errors: u64,
+    sign_refusals: u64,
     own_proposal: Option<SignedProposalWire>,
 }
 
@@ -406,6 +407,7 @@ impl ConsensusDriver {
                 height_in_progress: next,
                 signatures_requested: 0,
                 step_errors: 0,
+                sign_refusals: 0,
                 own_proposal: None,
             },
             chain: restored.chain,
@@ -531,6 +533,17 @@ impl ConsensusDriver {
             self.io.own.values().filter(|m| m.signature.is_none()).count(),
             self.io.timers.len(),
         )
+    }
+
+    /// How many times the sign guard refused to sign (should stay 0; alert
+    /// if not: the WAL or the sign-guard state was lost or rolled back).
+    pub fn sign_refusals(&self) -> u64 {
+        self.io.sign_refusals
+    }
+
+    /// How many inputs the malachite core refused with an error (dropped).
+    pub fn core_errors(&self) -> u64 {
+        self.io.step_errors
     }
 
     /// Number of batches waiting to be decided.
@@ -1401,6 +1414,7 @@ impl Io {
             Err(_) => {
                 // Refused: the core sees a placeholder that is never
                 // released, so the message never leaves this party.
+                self.sign_refusals += 1;
             }
         }
         PLACEHOLDER

@@ -951,6 +951,17 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         .map(|d| d.verifications())
         .sum();
     sim.report.sim_ms = sim.now;
+    for (i, node) in sim.nodes.iter().enumerate() {
+        if let Some(d) = &node.driver {
+            if node.byz.is_none() && d.sign_refusals() > 0 {
+                return Err(format!(
+                    "P{} had its sign guard refuse {} requests",
+                    i + 1,
+                    d.sign_refusals()
+                ));
+            }
+        }
+    }
     Ok(sim.report)
 }
 
