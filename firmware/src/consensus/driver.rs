@@ -357,6 +357,7 @@ pub struct ConsensusDriver {
     vote_log: HashMap<(PartyId, i64, bool), SignedVoteWire>,
     recent: VecDeque<DecidedBlock>,
     future_proposals: Vec<SignedProposalWire>,
+    recovered_proposals: BTreeMap<(Height, i64), Block>,
     catch_up: CatchUp,
     halted: Option<String>,
 }
@@ -418,6 +419,7 @@ impl ConsensusDriver {
             vote_log: HashMap::new(),
             recent: restored.recent.into_iter().collect(),
             future_proposals: Vec::new(),
+            recovered_proposals: BTreeMap::new(),
             catch_up: CatchUp::default(),
             halted: None,
         };
@@ -451,6 +453,24 @@ impl ConsensusDriver {
         // them as ours; any that lack a real signature get signed again (the
         // sign guard allows re-signing the very same message).
         let inputs: Vec<mcc::Input<Ctx>> = wal.iter().filter_map(input_of_wal_record).collect();
+        // Blocks we proposed before the crash: if the core asks us again for
+        // a value at the same (height, round), we must propose the very same
+        // block (the sign guard would refuse any other).
+        for r in wal {
+            if let WalRecord::ProposedValue {
+                height,
+                round,
+                proposer,
+                block,
+                ..
+            } = r
+            {
+                if *proposer == me {
+                    self.recovered_proposals
+                        .insert((*height, *round), block.clone());
+                }
+            }
+        }
         // In WAL order, so that the sign requests below come out in a
         // deterministic order.
         let mut own_order: Vec<Sha256Digest> = Vec::new();
@@ -521,7 +541,7 @@ impl ConsensusDriver {
     /// A one-line summary of the driver's state, for logs and test failures.
     pub fn debug_summary(&self) -> String {
         format!(
-            "h={} started={} round={} mempool={} evidence={} want_value={:?} pending_decision={} held={} own_unsigned={} timers={}",
+            "h={} started={} round={} mempool={} evidence={} want_value={:?} pending_decision={} held={} own_unsigned={} timers={} refusals={} core_errors={}",
             self.io.height_in_progress,
             self.started,
             self.core.round(),
@@ -532,6 +552,8 @@ impl ConsensusDriver {
             self.io.held.len(),
             self.io.own.values().filter(|m| m.signature.is_none()).count(),
             self.io.timers.len(),
+            self.io.sign_refusals,
+            self.io.step_errors,
         )
     }
 
@@ -762,6 +784,7 @@ impl ConsensusDriver {
         self.evidence_pool
             .retain(|k, _| !chain.evidence.contains(k));
         self.vote_log.clear();
+        self.recovered_proposals.clear();
         self.chain = chain.clone();
         let next = Height(header.height.0 + 1);
         self.io.height_in_progress = next;
@@ -1200,11 +1223,18 @@ impl ConsensusDriver {
         let Some((h, r)) = self.io.want_value else {
             return Ok(());
         };
-        if !self.started || h != self.io.height_in_progress || !self.has_work() {
+        if !self.started || h != self.io.height_in_progress {
+            return Ok(());
+        }
+        let recovered = self.recovered_proposals.remove(&(h, round_i64(r)));
+        if recovered.is_none() && !self.has_work() {
             return Ok(());
         }
         self.io.want_value = None;
-        let block = self.build_block(h);
+        let block = match recovered {
+            Some(b) => b,
+            None => self.build_block(h),
+        };
         self.run_core(mcc::Input::Propose(mcc::LocallyProposedValue::new(
             h, r, block,
         )))

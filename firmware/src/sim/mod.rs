@@ -503,6 +503,41 @@ impl Sim {
             let k = self.rng.random_range(0..=persist.len());
             persist.truncate(k);
         }
+        if trace() {
+            for p in &persist {
+                let d = match p {
+                    Persist::WalAppend { height, record } => format!(
+                        "wal h={height} {}",
+                        match record {
+                            WalRecord::Vote(v) => format!(
+                                "vote {:?} r={} {:?} by {}",
+                                v.vote.step(),
+                                v.vote.round,
+                                v.vote.value_opt().map(|h| h.to_string()),
+                                v.vote.voter
+                            ),
+                            WalRecord::Proposal(p) => format!(
+                                "proposal r={} {}",
+                                p.proposal.round,
+                                p.proposal.block.hash()
+                            ),
+                            other => format!("{:?}", std::mem::discriminant(other)),
+                        }
+                    ),
+                    Persist::WalReset { height } => format!("wal reset {height}"),
+                    Persist::SignGuard(g) => format!("guard {g:?}"),
+                    Persist::Decided { decided, .. } => {
+                        format!("decided {}", decided.block.header().height)
+                    }
+                };
+                eprintln!(
+                    "{:>7} P{} persist {d}{}",
+                    self.now,
+                    i + 1,
+                    if crash_now { " (crashing)" } else { "" }
+                );
+            }
+        }
         for p in persist {
             let s = &mut self.nodes[i].store;
             match p {
