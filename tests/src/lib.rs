@@ -7,3 +7,4 @@ pub mod bench;
 pub mod bench_attestation;
 pub mod bench_tpm;
 pub mod cluster;
+pub mod bench_consensus;

@@ -300,3 +300,197 @@ pub fn precommit_of(cert: &CommitCertificate, signer: PartyId) -> Vote {
         voter: signer,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::context::Party;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    struct Fixture {
+        keys: Vec<EcdsaKeyPair>,
+        parties: PartySet,
+        cluster: ClusterId,
+    }
+
+    fn fixture(n: usize) -> Fixture {
+        let rng = SystemRandom::new();
+        let keys: Vec<EcdsaKeyPair> = (0..n)
+            .map(|_| {
+                let p =
+                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, p.as_ref(), &rng)
+                    .unwrap()
+            })
+            .collect();
+        let parties = PartySet::new(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| Party {
+                    id: PartyId(i as u32 + 1),
+                    vote_key: PublicKey(k.public_key().as_ref().try_into().unwrap()),
+                })
+                .collect(),
+        )
+        .unwrap();
+        Fixture {
+            keys,
+            parties,
+            cluster: ClusterId(Sha256Digest::of(b"c")),
+        }
+    }
+
+    fn sign(f: &Fixture, i: usize, msg: &[u8]) -> Signature {
+        let s = f.keys[i].sign(&SystemRandom::new(), msg).unwrap();
+        Signature(s.as_ref().try_into().unwrap())
+    }
+
+    fn cert(f: &Fixture, signers: &[usize], block: BlockHash) -> CommitCertificate {
+        CommitCertificate {
+            height: Height(5),
+            round: 2,
+            block,
+            signatures: signers
+                .iter()
+                .map(|i| {
+                    let p = PartyId(*i as u32 + 1);
+                    let m = precommit_bytes(f.cluster, Epoch(1), Height(5), 2, block, p);
+                    (p, sign(f, *i, &m))
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn certificate_needs_a_quorum_of_valid_distinct_members() {
+        let f = fixture(4);
+        let b = BlockHash(Sha256Digest::of(b"block"));
+        let v = |c: &CommitCertificate, m: FaultModel| {
+            verify_commit_certificate(&f.parties, m, f.cluster, Epoch(1), Height(5), b, c)
+        };
+        let good = cert(&f, &[0, 1, 2], b);
+        assert_eq!(v(&good, FaultModel::Byzantine), Ok(()));
+        assert_eq!(v(&good, FaultModel::Majority), Ok(()));
+        assert_eq!(
+            v(&good, FaultModel::Unanimous),
+            Err(CertificateError::NotEnoughSigners { got: 3, quorum: 4 })
+        );
+        assert_eq!(
+            v(&cert(&f, &[0, 1, 2, 3], b), FaultModel::Unanimous),
+            Ok(())
+        );
+        assert!(matches!(
+            v(&cert(&f, &[0, 1], b), FaultModel::Byzantine),
+            Err(CertificateError::NotEnoughSigners { .. })
+        ));
+        let mut dup = good.clone();
+        dup.signatures.push(dup.signatures[0]);
+        assert!(matches!(
+            v(&dup, FaultModel::Byzantine),
+            Err(CertificateError::DuplicateSigner(_))
+        ));
+        let mut forged = good.clone();
+        forged.signatures[1].1 .0[7] ^= 1;
+        assert_eq!(
+            v(&forged, FaultModel::Byzantine),
+            Err(CertificateError::BadSignature(PartyId(2)))
+        );
+        let mut swapped = good.clone();
+        swapped.signatures[1].0 = PartyId(4);
+        assert!(v(&swapped, FaultModel::Byzantine).is_err());
+        let mut stranger = good.clone();
+        stranger.signatures[0].0 = PartyId(9);
+        assert_eq!(
+            v(&stranger, FaultModel::Byzantine),
+            Err(CertificateError::UnknownSigner(PartyId(9)))
+        );
+        let other = BlockHash(Sha256Digest::of(b"other"));
+        assert_eq!(
+            verify_commit_certificate(
+                &f.parties,
+                FaultModel::Byzantine,
+                f.cluster,
+                Epoch(1),
+                Height(5),
+                other,
+                &good
+            ),
+            Err(CertificateError::WrongBlock)
+        );
+        // Another epoch or cluster: signatures do not carry over.
+        assert!(verify_commit_certificate(
+            &f.parties,
+            FaultModel::Byzantine,
+            f.cluster,
+            Epoch(2),
+            Height(5),
+            b,
+            &good
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn equivocation_evidence_verifies_only_real_conflicts() {
+        let f = fixture(4);
+        let ctx = QuorateContext {
+            cluster: f.cluster,
+            epoch: Epoch(1),
+        };
+        let vote = |value: NilOrVal<BlockHash>| Vote {
+            precommit: false,
+            height: Height(3),
+            round: round_from_i64(1),
+            value,
+            voter: PartyId(2),
+        };
+        let signed = |v: Vote| SignedVoteWire {
+            signature: sign(&f, 1, &v.signed_bytes(&ctx).encode()),
+            vote: v,
+        };
+        let a = signed(vote(NilOrVal::Val(BlockHash(Sha256Digest::of(b"a")))));
+        let b = signed(vote(NilOrVal::Nil));
+        let mut cache = VerifyCache::default();
+        let ev = canonical_equivocation(a.clone(), b.clone());
+        assert_eq!(ev, canonical_equivocation(b.clone(), a.clone()));
+        assert_eq!(
+            verify_equivocation(&ctx, &f.parties, &ev, &mut cache),
+            Ok(())
+        );
+        let same = Equivocation {
+            first: a.clone(),
+            second: a.clone(),
+        };
+        assert_eq!(
+            verify_equivocation(&ctx, &f.parties, &same, &mut cache),
+            Err(EvidenceError::NoConflict)
+        );
+        let mut forged = ev.clone();
+        forged.second.signature.0[3] ^= 1;
+        assert_eq!(
+            verify_equivocation(&ctx, &f.parties, &forged, &mut cache),
+            Err(EvidenceError::BadSignature)
+        );
+        let mut other_round = ev;
+        other_round.second.vote.round = round_from_i64(2);
+        assert_eq!(
+            verify_equivocation(&ctx, &f.parties, &other_round, &mut cache),
+            Err(EvidenceError::NotComparable)
+        );
+    }
+
+    #[test]
+    fn cache_counts_real_verifications_only() {
+        let f = fixture(1);
+        let k = *f.parties.key_of(PartyId(1)).unwrap();
+        let s = sign(&f, 0, b"m");
+        let mut c = VerifyCache::default();
+        assert!(c.verify(&k, b"m", &s));
+        assert!(c.verify(&k, b"m", &s));
+        assert_eq!(c.verifications, 1);
+        assert!(!c.verify(&k, b"n", &s));
+        assert!(!c.verify(&k, b"n", &s));
+        assert_eq!(c.verifications, 3);
+    }
+}

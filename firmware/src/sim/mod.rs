@@ -8,11 +8,11 @@
 //! equivocate, forge signatures or send garbage. The seed also picks n and
 //! the fault model, so a seed alone reproduces a run.
 //!
-//! Signatures are real ECDSA P-256 (ring). ring cannot derive a key from a
-//! seed, so the parties' keys are generated once per process; signature
-//! bytes therefore differ between processes, but no decision depends on
-//! them (block contents, schedules and votes are the same), so a failing
-//! seed reproduces.
+//! Signatures are real ECDSA P-256, verified by the firmware with ring.
+//! ring cannot sign deterministically, so the simulated signer uses the
+//! RustCrypto `p256` crate with RFC 6979 nonces and fixed keys: every byte of
+//! a run (keys, signatures, block hashes) is the same on every machine, and a
+//! failing seed reproduces exactly.
 //!
 //! Checked on every run: agreement, validity, no honest party signs twice at
 //! one (height, round, step), every decided block carries a valid commit
@@ -38,9 +38,10 @@ use crate::consensus::wire::{PeerMessage, WalRecord};
 use crate::crypto::{PublicKey, Signature};
 use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
 use malachitebft_core_types::NilOrVal;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::OnceLock;
@@ -50,32 +51,27 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 /// The largest cluster the simulator supports.
 pub const MAX_PARTIES: usize = 7;
 
-fn keys() -> &'static Vec<(EcdsaKeyPair, PublicKey)> {
-    static KEYS: OnceLock<Vec<(EcdsaKeyPair, PublicKey)>> = OnceLock::new();
+fn keys() -> &'static Vec<(SigningKey, PublicKey)> {
+    static KEYS: OnceLock<Vec<(SigningKey, PublicKey)>> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let rng = ring::rand::SystemRandom::new();
         (0..MAX_PARTIES)
-            .map(|_| {
-                let pkcs8 =
-                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-                let kp = EcdsaKeyPair::from_pkcs8(
-                    &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    pkcs8.as_ref(),
-                    &rng,
-                )
-                .unwrap();
-                let pk = PublicKey(kp.public_key().as_ref().try_into().unwrap());
-                (kp, pk)
+            .map(|i| {
+                let secret = Sha256Digest::of_parts(&[b"quorate-sim-vote-key", &[i as u8]]);
+                let sk = SigningKey::from_bytes(p256::FieldBytes::from_slice(secret.as_bytes()))
+                    .unwrap();
+                let point = sk.verifying_key().to_encoded_point(false);
+                let pk = PublicKey(point.as_bytes().try_into().unwrap());
+                (sk, pk)
             })
             .collect()
     })
 }
 
-/// Signs with party `p`'s (1-based) simulated vote key.
+/// Signs with party `p`'s (1-based) simulated vote key: ECDSA P-256 with
+/// RFC 6979 deterministic nonces, so every byte of a run is reproducible.
 pub fn sign_as(p: PartyId, bytes: &[u8]) -> Signature {
-    let rng = ring::rand::SystemRandom::new();
-    let sig = keys()[(p.0 - 1) as usize].0.sign(&rng, bytes).unwrap();
-    Signature(sig.as_ref().try_into().unwrap())
+    let sig: p256::ecdsa::Signature = keys()[(p.0 - 1) as usize].0.sign(bytes);
+    Signature(sig.to_bytes().as_slice().try_into().unwrap())
 }
 
 /// The simulated party set of size n (P1..Pn).
@@ -136,6 +132,9 @@ pub struct SimConfig {
     pub byzantine: Vec<(usize, Byzantine)>,
     /// Simulated time allowed after the last fault for everything to decide.
     pub liveness_bound_ms: u64,
+    /// Submit one batch at a time, each after the previous one is decided
+    /// (one batch per block; for benchmarks).
+    pub sequential: bool,
 }
 
 /// How many equivocating parties a model tolerates for safety *and* liveness.
@@ -225,6 +224,7 @@ impl SimConfig {
             crash,
             byzantine,
             liveness_bound_ms: 120_000,
+            sequential: false,
         }
     }
 
@@ -244,6 +244,7 @@ impl SimConfig {
             crash: None,
             byzantine: Vec::new(),
             liveness_bound_ms: 600_000,
+            sequential: true,
         }
     }
 }
@@ -315,6 +316,7 @@ struct Node {
     inc: u64,
     store: Store,
     byz: Option<Byzantine>,
+    crash_mid_step: bool,
     next_seq: u64,
     decided: Vec<DecidedBlock>,
 }
@@ -426,6 +428,34 @@ impl Sim {
                 {
                     b.body.ops.push(vec![0xEE]);
                     self.send(from, to, PeerMessage::Batch(b).encode());
+                } else if let Ok(PeerMessage::Proposal(p)) = PeerMessage::decode(&bytes, usize::MAX)
+                {
+                    // A correctly signed proposal of an invalid block: it
+                    // carries a batch "by" another party with a forged
+                    // signature. Honest parties must refuse it.
+                    let mut contents: crate::consensus::context::BlockContents =
+                        p.proposal.block.clone().into();
+                    let victim = PartyId(((from + 1) % self.cfg.n) as u32 + 1);
+                    contents.batches.push(SignedBatch {
+                        body: BatchBody {
+                            cluster: cluster(),
+                            author: victim,
+                            seq: 1_000_000 + self.now,
+                            ops: vec![b"forged".to_vec()],
+                        },
+                        signature: Signature([7u8; 64]),
+                    });
+                    let mut forged = p.clone();
+                    forged.proposal.block = crate::consensus::Block::new(contents);
+                    let ctx = crate::consensus::context::QuorateContext {
+                        cluster: cluster(),
+                        epoch: Epoch(0),
+                    };
+                    forged.signature = sign_as(
+                        forged.proposal.proposer,
+                        &forged.proposal.signed_bytes(&ctx).encode(),
+                    );
+                    self.send(from, to, PeerMessage::Proposal(forged).encode());
                 }
             }
             Some(Byzantine::Equivocate) => {
@@ -465,7 +495,50 @@ impl Sim {
 
     fn apply(&mut self, i: usize, step: Step) -> Result<(), Fail> {
         let inc = self.nodes[i].inc;
-        for p in step.persist {
+        let mut persist = step.persist;
+        let crash_now = self.nodes[i].crash_mid_step;
+        if crash_now {
+            // Crash in the middle of making this step durable: a prefix of
+            // its records reached the disk, none of its actions happened.
+            let k = self.rng.random_range(0..=persist.len());
+            persist.truncate(k);
+        }
+        if trace() {
+            for p in &persist {
+                let d = match p {
+                    Persist::WalAppend { height, record } => format!(
+                        "wal h={height} {}",
+                        match record {
+                            WalRecord::Vote(v) => format!(
+                                "vote {:?} r={} {:?} by {}",
+                                v.vote.step(),
+                                v.vote.round,
+                                v.vote.value_opt().map(|h| h.to_string()),
+                                v.vote.voter
+                            ),
+                            WalRecord::Proposal(p) => format!(
+                                "proposal r={} {}",
+                                p.proposal.round,
+                                p.proposal.block.hash()
+                            ),
+                            other => format!("{:?}", std::mem::discriminant(other)),
+                        }
+                    ),
+                    Persist::WalReset { height } => format!("wal reset {height}"),
+                    Persist::SignGuard(g) => format!("guard {g:?}"),
+                    Persist::Decided { decided, .. } => {
+                        format!("decided {}", decided.block.header().height)
+                    }
+                };
+                eprintln!(
+                    "{:>7} P{} persist {d}{}",
+                    self.now,
+                    i + 1,
+                    if crash_now { " (crashing)" } else { "" }
+                );
+            }
+        }
+        for p in persist {
             let s = &mut self.nodes[i].store;
             match p {
                 Persist::WalAppend { height, record } => s.wal.push((height, record)),
@@ -479,6 +552,12 @@ impl Sim {
                     }
                 }
             }
+        }
+        if crash_now {
+            self.nodes[i].crash_mid_step = false;
+            self.nodes[i].driver = None;
+            self.nodes[i].inc += 1;
+            return Ok(());
         }
         for a in step.actions {
             match a {
@@ -559,6 +638,9 @@ impl Sim {
             self.report.evidence_blocks += 1;
         }
         self.nodes[i].decided.push(d);
+        if self.cfg.sequential && i == 0 && self.to_submit > 0 {
+            self.push(self.now + 1, Ev::Submit { node: 0 });
+        }
         Ok(())
     }
 
@@ -595,6 +677,16 @@ impl Sim {
             ConsensusDriver::restore(self.dcfg[i].clone(), restored, EPOCH_MS + self.now)
                 .map_err(|e| format!("P{} failed to restore: {e}", i + 1))?;
         self.nodes[i].driver = Some(d);
+        // The application applies decided blocks from the store: blocks whose
+        // `Decided` action a crash swallowed are delivered now.
+        let applied = self.nodes[i].decided.len() as u64;
+        for b in s
+            .recent
+            .iter()
+            .filter(|b| b.block.header().height.0 > applied)
+        {
+            self.on_decided(i, b.clone())?;
+        }
         self.apply(i, step)?;
         // The host keeps its own undecided batches and submits them again.
         let last = s
@@ -714,6 +806,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
             inc: 0,
             store: Store::default(),
             byz: cfg.byzantine.iter().find(|(b, _)| *b == i).map(|(_, k)| *k),
+            crash_mid_step: false,
             next_seq: 0,
             decided: Vec::new(),
         })
@@ -748,11 +841,17 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         sim.restore(i)?;
     }
     let honest: Vec<usize> = (0..n).filter(|i| sim.honest(*i)).collect();
-    for _ in 0..cfg.batches {
-        let at = rng.random_range(0..3000);
-        let node = honest[rng.random_range(0..honest.len())];
-        sim.last_fault_end = sim.last_fault_end.max(at);
-        sim.push(at, Ev::Submit { node });
+    if cfg.sequential {
+        if cfg.batches > 0 {
+            sim.push(0, Ev::Submit { node: 0 });
+        }
+    } else {
+        for _ in 0..cfg.batches {
+            let at = rng.random_range(0..3000);
+            let node = honest[rng.random_range(0..honest.len())];
+            sim.last_fault_end = sim.last_fault_end.max(at);
+            sim.push(at, Ev::Submit { node });
+        }
     }
     if let Some((p, at, back)) = cfg.crash {
         sim.push(at, Ev::Crash { node: p });
@@ -832,10 +931,20 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                 }
             }
             Ev::Crash { node } => {
-                sim.nodes[node].driver = None;
-                sim.nodes[node].inc += 1;
+                if sim.rng.random_bool(0.5) {
+                    sim.nodes[node].driver = None;
+                    sim.nodes[node].inc += 1;
+                } else {
+                    // Crash during the next step this node makes durable.
+                    sim.nodes[node].crash_mid_step = true;
+                }
             }
             Ev::Restart { node } => {
+                if sim.nodes[node].crash_mid_step || sim.nodes[node].driver.is_some() {
+                    sim.nodes[node].crash_mid_step = false;
+                    sim.nodes[node].driver = None;
+                    sim.nodes[node].inc += 1;
+                }
                 sim.restore(node)?;
             }
         }
@@ -877,6 +986,17 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         .map(|d| d.verifications())
         .sum();
     sim.report.sim_ms = sim.now;
+    for (i, node) in sim.nodes.iter().enumerate() {
+        if let Some(d) = &node.driver {
+            if node.byz.is_none() && d.sign_refusals() > 0 {
+                return Err(format!(
+                    "P{} had its sign guard refuse {} requests",
+                    i + 1,
+                    d.sign_refusals()
+                ));
+            }
+        }
+    }
     Ok(sim.report)
 }
 

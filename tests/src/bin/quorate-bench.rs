@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
     // Areas append their rows here.
     quorate_tests::bench_tpm::run(&mut rows)?;
     quorate_tests::bench_attestation::run(&mut rows)?;
+    quorate_tests::bench_consensus::run_bench(&mut rows)?;
     print!("{}", quorate_tests::bench::render(&rows));
     Ok(())
 }
