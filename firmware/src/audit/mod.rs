@@ -20,4 +20,5 @@
 //!
 //! The formats and what verification proves are in `docs/AUDIT.md`.
 
+pub mod entry;
 pub mod merkle;
