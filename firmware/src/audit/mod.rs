@@ -20,5 +20,6 @@
 //!
 //! The formats and what verification proves are in `docs/AUDIT.md`.
 
+pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
