@@ -485,7 +485,7 @@ impl EntryBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sessions::machine::{MachineConfig, SessionMachine, SessionRules};
     use crate::sessions::ops::{AttestationRecord, Blob, VerdictOp};

@@ -23,3 +23,4 @@
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
+pub mod verify;
