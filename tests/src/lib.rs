@@ -4,3 +4,4 @@
 //! function appends rows to the table printed by `quorate-bench`.
 
 pub mod bench;
+pub mod bench_audit;

@@ -506,6 +506,8 @@ pub(crate) mod tests {
         pub c: Cluster,
         pub m: SessionMachine,
         pub b: EntryBuilder,
+        /// A second party's machine and builder, fed the same blocks.
+        other: (SessionMachine, EntryBuilder),
         pub entries: Vec<AuditEntry>,
         pub height: u64,
         seq: BTreeMap<u32, u64>,
@@ -523,6 +525,7 @@ pub(crate) mod tests {
             .unwrap();
             Log {
                 c,
+                other: (m.clone(), EntryBuilder::new()),
                 m,
                 b: EntryBuilder::new(),
                 entries: vec![],
@@ -566,6 +569,21 @@ pub(crate) mod tests {
                     &measurement_of,
                 )
                 .unwrap();
+            // Every party builds the same entries from the same decided block.
+            let (m2, b2) = &mut self.other;
+            let outcome2 = m2.apply_block(Height(self.height), time, &batches).unwrap();
+            let es2 = b2
+                .build_block(
+                    block,
+                    &signers,
+                    &batches,
+                    &outcome2,
+                    m2.state(),
+                    &measurement_of,
+                )
+                .unwrap();
+            assert_eq!(es, es2);
+            assert_eq!(self.b, *b2);
             self.entries.extend(es.clone());
             es
         }
