@@ -590,6 +590,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_and_its_key_ids_follow_c2sp() {
+        // The example of docs/AUDIT.md; its key IDs were computed
+        // independently (Python hashlib) as SHA-256(name || 0x0A || 0xff ||
+        // type || public key)[:4] with public keys b"AK" and b"K2".
+        let o = "quorate/fffc83407ae833bd197a97b32e685dae2e7ee51ac92a49f5e70ba34c1e60cbae";
+        let text = format!(
+            "{o}\n8\nXcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=\n\n\
+             \u{2014} {o}/P1/tpm yqDF5wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fICEiIyQlJic=\n\
+             \u{2014} {o}/P2/vote vUb4MAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fICEiIyQlJic=\n"
+        );
+        let cp = SignedCheckpoint::parse(text.as_bytes()).unwrap();
+        assert_eq!(cp.checkpoint.size, TreeSize(8));
+        assert_eq!(
+            cp.checkpoint.root.to_string(),
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
+        );
+        assert_eq!(
+            cp.signatures[0].signer(o),
+            Some((PartyId(1), SignerRole::Quote))
+        );
+        assert_eq!(
+            cp.signatures[1].signer(o),
+            Some((PartyId(2), SignerRole::Cosign))
+        );
+        assert_eq!(
+            cp.signatures[0].key_id,
+            quote_key_id(&cp.signatures[0].name, b"AK")
+        );
+        assert_eq!(cp.signatures[0].key_id, [0xca, 0xa0, 0xc5, 0xe7]);
+        assert_eq!(
+            cp.signatures[1].key_id,
+            key_id(&cp.signatures[1].name, COSIGN_SIG_TYPE, b"K2")
+        );
+        assert_eq!(cp.signatures[1].key_id, [0xbd, 0x46, 0xf8, 0x30]);
+        assert_eq!(cp.format(), text);
+    }
+
+    #[test]
     fn cosignature_failures_are_named() {
         let keys = Keys::new(4);
         let cp = sample();
