@@ -311,6 +311,71 @@ impl NodeStore for MemoryNodeStore {
     }
 }
 
+/// A [`NodeStore`] whose memory is bounded by the leaves since a mark: it
+/// keeps the frontier of the tree at the mark and every node created after
+/// it. That is enough for the consistency proof from the marked size to the
+/// current one (its old-side hashes are the marked tree's frontier nodes,
+/// its new-side hashes lie wholly after the mark), so a verifier streaming a
+/// long log holds only the entries between two checkpoints.
+#[derive(Clone, Debug, Default)]
+pub struct WindowNodeStore {
+    tree: CompactTree,
+    mark: TreeSize,
+    nodes: std::collections::HashMap<NodeId, Sha256Digest>,
+}
+
+impl WindowNodeStore {
+    /// An empty tree, marked at size 0.
+    pub fn new() -> Self {
+        WindowNodeStore::default()
+    }
+
+    /// Appends a leaf hash.
+    pub fn push_leaf_hash(&mut self, leaf: Sha256Digest) -> LeafIndex {
+        let nodes = &mut self.nodes;
+        self.tree.append_with(leaf, |n| {
+            nodes.insert(n.id, n.hash);
+        })
+    }
+
+    /// The tree as it stands.
+    pub fn tree(&self) -> &CompactTree {
+        &self.tree
+    }
+
+    /// The size at the mark.
+    pub fn mark(&self) -> TreeSize {
+        self.mark
+    }
+
+    /// Moves the mark to the current size, forgetting every node but the
+    /// current frontier.
+    pub fn set_mark(&mut self) {
+        self.nodes.clear();
+        let mut start = 0u64;
+        for (level, hash) in &self.tree.frontier {
+            let id = NodeId {
+                level: *level,
+                index: start >> level,
+            };
+            self.nodes.insert(id, *hash);
+            start += 1u64 << level;
+        }
+        self.mark = self.tree.size();
+    }
+
+    /// The consistency proof from the marked size to the current size.
+    pub fn consistency_from_mark(&self) -> Result<Vec<Sha256Digest>, ProofError> {
+        consistency_proof(self, self.mark, self.tree.size())
+    }
+}
+
+impl NodeStore for WindowNodeStore {
+    fn node(&self, id: NodeId) -> Result<Option<Sha256Digest>, StoreError> {
+        Ok(self.nodes.get(&id).copied())
+    }
+}
+
 /// A proof that cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -970,6 +1035,33 @@ mod tests {
             assert_eq!(parts.root(), s.root());
         }
         assert!(CompactTree::from_parts(TreeSize(3), vec![]).is_err());
+    }
+
+    #[test]
+    fn a_window_store_proves_consistency_from_its_mark() {
+        for old in 1..=40u64 {
+            for new in old..=40u64 {
+                let mut full = MemoryNodeStore::new();
+                let mut w = WindowNodeStore::new();
+                for i in 0..new {
+                    if i == old {
+                        w.set_mark();
+                    }
+                    let l = leaf_hash(&i.to_be_bytes());
+                    full.push_leaf_hash(l);
+                    w.push_leaf_hash(l);
+                }
+                if old == new {
+                    w.set_mark();
+                }
+                assert_eq!(w.mark(), TreeSize(old));
+                assert_eq!(
+                    w.consistency_from_mark().unwrap(),
+                    consistency_proof(&full, TreeSize(old), TreeSize(new)).unwrap(),
+                    "{old} -> {new}"
+                );
+            }
+        }
     }
 
     proptest! {

@@ -20,9 +20,7 @@ use super::checkpoint::{
     check_cosignatures, Checkpoint, CosignError, NoteSignature, ParseError, SignedCheckpoint,
 };
 use super::entry::{AuditEntry, BlockRef, EntryDecodeError, MeasurementRef, OperationEntry, Table};
-use super::merkle::{
-    consistency_proof, verify_consistency, LeafIndex, MemoryNodeStore, TreeSize, VerifyError,
-};
+use super::merkle::{verify_consistency, LeafIndex, TreeSize, VerifyError, WindowNodeStore};
 use crate::crypto::PublicKey;
 use crate::sessions::machine::{OpKind, OpStatus};
 use crate::sessions::ops::OpId;
@@ -376,7 +374,8 @@ pub fn verify_log(
 pub struct Verifier<'p> {
     params: &'p LogParams,
     report: AuditReport,
-    store: MemoryNodeStore,
+    /// The recomputed tree, holding the nodes since the last matched checkpoint.
+    store: WindowNodeStore,
     /// Checkpoints that passed their signature checks: (bundle position, checkpoint).
     checkpoints: Vec<(usize, Checkpoint)>,
     /// Index into `checkpoints` of the next one to compare with the tree.
@@ -399,7 +398,7 @@ impl<'p> Verifier<'p> {
         let mut v = Verifier {
             params,
             report: AuditReport::default(),
-            store: MemoryNodeStore::new(),
+            store: WindowNodeStore::new(),
             checkpoints: Vec::new(),
             next_cp: 0,
             table: Table::default(),
@@ -409,6 +408,8 @@ impl<'p> Verifier<'p> {
             last_block: None,
         };
         v.check_checkpoints(checkpoints, checker);
+        // Checkpoints of the empty tree.
+        v.compare_checkpoints();
         v
     }
 
@@ -716,24 +717,24 @@ impl<'p> Verifier<'p> {
     }
 
     fn compare_checkpoints(&mut self) {
-        let size = self.store.size();
+        let size = self.store.tree().size();
         while let Some((pos, cp)) = self.checkpoints.get(self.next_cp) {
-            if cp.size > size {
+            let (pos, cp_size, cp_root) = (*pos, cp.size, cp.root);
+            if cp_size > size {
                 break;
             }
-            let (pos, cp_size, cp_root) = (*pos, cp.size, cp.root);
-            let computed = match self.store.root_at(cp_size) {
-                Ok(r) => r,
-                Err(_) => {
-                    return self.fail(
-                        Location::Checkpoint(pos),
-                        ProblemKind::BeyondLog {
-                            size: cp_size,
-                            have: size,
-                        },
-                    )
-                }
-            };
+            // Checkpoints are compared as soon as the tree reaches their
+            // size, so a smaller one can only follow a larger one.
+            if cp_size < size {
+                return self.fail(
+                    Location::Checkpoint(pos),
+                    ProblemKind::CheckpointOrder {
+                        prev: size,
+                        got: cp_size,
+                    },
+                );
+            }
+            let computed = self.store.tree().root();
             if computed != cp_root {
                 return self.fail(
                     Location::Checkpoint(pos),
@@ -746,7 +747,8 @@ impl<'p> Verifier<'p> {
             }
             self.report.checkpoints += 1;
             // Consistency with the previous checkpoint, as a client holding
-            // only the two checkpoints would check it.
+            // only the two checkpoints would check it; the store's mark is
+            // at the previous checkpoint's size.
             if let Some((prev_pos, prev)) = self
                 .next_cp
                 .checked_sub(1)
@@ -754,8 +756,15 @@ impl<'p> Verifier<'p> {
             {
                 let (prev_pos, old, old_root) = (*prev_pos, prev.size, prev.root);
                 if old.0 > 0 {
-                    let result = consistency_proof(&self.store, old, cp_size)
-                        .map_err(|_| VerifyError::WrongLength)
+                    let proof: Result<Vec<Sha256Digest>, VerifyError> = if self.store.mark() == old
+                    {
+                        self.store
+                            .consistency_from_mark()
+                            .map_err(|_| VerifyError::WrongLength)
+                    } else {
+                        Err(VerifyError::WrongLength)
+                    };
+                    let result = proof
                         .and_then(|p| verify_consistency(old, &old_root, cp_size, &cp_root, &p));
                     if let Err(error) = result {
                         return self.fail(
@@ -770,6 +779,7 @@ impl<'p> Verifier<'p> {
                     self.report.consistency_proofs += 1;
                 }
             }
+            self.store.set_mark();
             self.next_cp += 1;
         }
     }
@@ -787,14 +797,14 @@ impl<'p> Verifier<'p> {
             if let Some((pos, cp)) = self.checkpoints.get(self.next_cp) {
                 let kind = ProblemKind::BeyondLog {
                     size: cp.size,
-                    have: self.store.size(),
+                    have: self.store.tree().size(),
                 };
                 let pos = *pos;
                 self.fail(Location::Checkpoint(pos), kind);
             }
         }
-        self.report.tree_size = self.store.size();
-        self.report.root = self.store.root();
+        self.report.tree_size = self.store.tree().size();
+        self.report.root = self.store.tree().root();
         self.report
     }
 }
