@@ -321,7 +321,11 @@ impl NodeStore for MemoryNodeStore {
 pub struct WindowNodeStore {
     tree: CompactTree,
     mark: TreeSize,
-    nodes: std::collections::HashMap<NodeId, Sha256Digest>,
+    /// The frontier at the mark.
+    frontier: Vec<NewNode>,
+    /// Per level: the index of the first node created since the mark, and
+    /// the nodes from it on (each level's nodes are created in index order).
+    levels: Vec<(u64, Vec<Sha256Digest>)>,
 }
 
 impl WindowNodeStore {
@@ -332,9 +336,18 @@ impl WindowNodeStore {
 
     /// Appends a leaf hash.
     pub fn push_leaf_hash(&mut self, leaf: Sha256Digest) -> LeafIndex {
-        let nodes = &mut self.nodes;
+        let levels = &mut self.levels;
         self.tree.append_with(leaf, |n| {
-            nodes.insert(n.id, n.hash);
+            let l = usize::from(n.id.level);
+            while levels.len() <= l {
+                levels.push((n.id.index, Vec::new()));
+            }
+            if let Some((base, v)) = levels.get_mut(l) {
+                if v.is_empty() {
+                    *base = n.id.index;
+                }
+                v.push(n.hash);
+            }
         })
     }
 
@@ -351,14 +364,17 @@ impl WindowNodeStore {
     /// Moves the mark to the current size, forgetting every node but the
     /// current frontier.
     pub fn set_mark(&mut self) {
-        self.nodes.clear();
+        self.levels.clear();
+        self.frontier.clear();
         let mut start = 0u64;
         for (level, hash) in &self.tree.frontier {
-            let id = NodeId {
-                level: *level,
-                index: start >> level,
-            };
-            self.nodes.insert(id, *hash);
+            self.frontier.push(NewNode {
+                id: NodeId {
+                    level: *level,
+                    index: start >> level,
+                },
+                hash: *hash,
+            });
             start += 1u64 << level;
         }
         self.mark = self.tree.size();
@@ -372,7 +388,17 @@ impl WindowNodeStore {
 
 impl NodeStore for WindowNodeStore {
     fn node(&self, id: NodeId) -> Result<Option<Sha256Digest>, StoreError> {
-        Ok(self.nodes.get(&id).copied())
+        if let Some((base, v)) = self.levels.get(usize::from(id.level)) {
+            if let Some(h) = id
+                .index
+                .checked_sub(*base)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| v.get(o))
+            {
+                return Ok(Some(*h));
+            }
+        }
+        Ok(self.frontier.iter().find(|n| n.id == id).map(|n| n.hash))
     }
 }
 
