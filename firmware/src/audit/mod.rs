@@ -14,7 +14,8 @@
 //! 3. When [`checkpoint::CheckpointPolicy::due`] says so, the host builds a
 //!    [`checkpoint::Checkpoint`], has its TPM quote
 //!    [`checkpoint::Checkpoint::quote_qualifying_data`], and peers cosign with
-//!    their vote keys ([`checkpoint::cosign_message`]).
+//!    their vote keys over [`checkpoint::Checkpoint::cosign_message`]
+//!    ([`checkpoint::cosignature`], [`checkpoint::check_cosignatures`]).
 //! 4. Anyone verifies an exported log with [`verify::verify_log`], plugging
 //!    quote and certificate checks in through [`verify::EvidenceChecker`].
 //!
