@@ -382,6 +382,8 @@ pub struct Verifier<'p> {
     next_cp: usize,
     table: Table,
     pending: BTreeMap<OpId, PendingDecision>,
+    /// Attestation records accepted by resolutions of the buffered block.
+    block_accepts: Vec<(PartyId, LeafIndex, Option<super::entry::Measurement>)>,
     block: Vec<AuditEntry>,
     block_start: LeafIndex,
     last_block: Option<BlockRef>,
@@ -403,6 +405,7 @@ impl<'p> Verifier<'p> {
             next_cp: 0,
             table: Table::default(),
             pending: BTreeMap::new(),
+            block_accepts: Vec::new(),
             block: Vec::new(),
             block_start: LeafIndex(0),
             last_block: None,
@@ -638,19 +641,28 @@ impl<'p> Verifier<'p> {
                     self.fail(loc, ProblemKind::PendingResolution(r.op));
                     return false;
                 }
-                let ok = matches!(
-                    (self.pending.get(&r.op), r.decided_at),
-                    (Some(p), Some(at)) if p.entry == at
-                );
-                if !ok {
-                    self.fail(
-                        loc,
-                        ProblemKind::OrphanResolution {
-                            op: r.op,
-                            claimed: r.decided_at,
-                        },
-                    );
-                    return false;
+                let decision = match (self.pending.remove(&r.op), r.decided_at) {
+                    (Some(p), Some(at)) if p.entry == at => p,
+                    (other, _) => {
+                        // Put a mismatched decision back: it is still pending.
+                        if let Some(p) = other {
+                            self.pending.insert(r.op, p);
+                        }
+                        self.fail(
+                            loc,
+                            ProblemKind::OrphanResolution {
+                                op: r.op,
+                                claimed: r.decided_at,
+                            },
+                        );
+                        return false;
+                    }
+                };
+                if decision.kind == OpKind::AttestationRecord
+                    && matches!(r.status, OpStatus::Executed { .. })
+                {
+                    self.block_accepts
+                        .push((decision.author, decision.entry, decision.attests));
                 }
             }
         }
@@ -691,25 +703,16 @@ impl<'p> Verifier<'p> {
                 return false;
             }
             self.report.measurement_refs += got.len() as u64;
-            match e {
-                AuditEntry::Operation(o) => {
-                    if o.kind == OpKind::AttestationRecord
-                        && matches!(o.status, OpStatus::Executed { .. })
-                    {
-                        accepted.push((o.author, at, o.attests));
-                    }
-                }
-                AuditEntry::Resolution(r) => {
-                    if let Some(p) = self.pending.remove(&r.op) {
-                        if p.kind == OpKind::AttestationRecord
-                            && matches!(r.status, OpStatus::Executed { .. })
-                        {
-                            accepted.push((p.author, p.entry, p.attests));
-                        }
-                    }
+            if let AuditEntry::Operation(o) = e {
+                if o.kind == OpKind::AttestationRecord
+                    && matches!(o.status, OpStatus::Executed { .. })
+                {
+                    accepted.push((o.author, at, o.attests));
                 }
             }
         }
+        // Records decided earlier and accepted by a resolution in this block.
+        accepted.append(&mut self.block_accepts);
         for (author, at, attests) in accepted {
             self.table.accept(author, at, attests);
         }
@@ -1102,6 +1105,36 @@ mod tests {
         f.entries.swap(0, n - 1);
         let p = problem(&mut f);
         assert!(matches!(p.kind, ProblemKind::HeightRegressed { .. }), "{p}");
+    }
+
+    #[test]
+    fn a_repeated_or_orphan_resolution_is_detected() {
+        let mut f = fixture();
+        let i = f
+            .entries
+            .iter()
+            .position(|e| matches!(AuditEntry::decode(e), Ok(AuditEntry::Resolution(_))))
+            .unwrap();
+        let copy = f.entries[i].clone();
+        f.entries.insert(i + 1, copy);
+        let p = problem(&mut f);
+        assert!(
+            matches!(p.kind, ProblemKind::OrphanResolution { .. }),
+            "{p}"
+        );
+        assert_eq!(p.location, Location::Entry(LeafIndex(i as u64 + 1)));
+        // A resolution that lost its decision.
+        let mut f = fixture();
+        rewrite(&mut f, i, |e| {
+            if let AuditEntry::Resolution(r) = e {
+                r.decided_at = None;
+            }
+        });
+        let p = problem(&mut f);
+        assert!(
+            matches!(p.kind, ProblemKind::OrphanResolution { claimed: None, .. }),
+            "{p}"
+        );
     }
 
     #[test]
