@@ -15,6 +15,7 @@
 //!
 //! Shared vocabulary lives in [`types`] and [`crypto`].
 
+pub mod audit;
 pub mod batch;
 pub mod consensus;
 pub mod crypto;

@@ -8,3 +8,4 @@ pub mod bench_attestation;
 pub mod bench_tpm;
 pub mod cluster;
 pub mod bench_consensus;
+pub mod bench_audit;
