@@ -5,7 +5,7 @@
 
 pub mod bench;
 pub mod bench_attestation;
+pub mod bench_audit;
+pub mod bench_consensus;
 pub mod bench_tpm;
 pub mod cluster;
-pub mod bench_consensus;
-pub mod bench_audit;

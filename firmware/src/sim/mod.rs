@@ -57,8 +57,7 @@ fn keys() -> &'static Vec<(SigningKey, PublicKey)> {
         (0..MAX_PARTIES)
             .map(|i| {
                 let secret = Sha256Digest::of_parts(&[b"quorate-sim-vote-key", &[i as u8]]);
-                let sk = SigningKey::from_bytes(p256::FieldBytes::from_slice(secret.as_bytes()))
-                    .unwrap();
+                let sk = SigningKey::from_slice(secret.as_bytes()).unwrap();
                 let point = sk.verifying_key().to_encoded_point(false);
                 let pk = PublicKey(point.as_bytes().try_into().unwrap());
                 (sk, pk)
@@ -71,7 +70,8 @@ fn keys() -> &'static Vec<(SigningKey, PublicKey)> {
 /// RFC 6979 deterministic nonces, so every byte of a run is reproducible.
 pub fn sign_as(p: PartyId, bytes: &[u8]) -> Signature {
     let sig: p256::ecdsa::Signature = keys()[(p.0 - 1) as usize].0.sign(bytes);
-    Signature(sig.to_bytes().as_slice().try_into().unwrap())
+    let fixed: [u8; 64] = sig.to_bytes().into();
+    Signature(fixed)
 }
 
 /// The simulated party set of size n (P1..Pn).
