@@ -31,7 +31,7 @@ deps:
 
 ## build: release build of the `quorate` binary (target/release/quorate).
 build: deps
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --locked -p quorate-host --bin quorate
 
 fmt:
 	$(CARGO) fmt --all -- --check
