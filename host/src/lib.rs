@@ -15,6 +15,7 @@
 //! - [`api`], [`client`]: the party's local HTTP API and its client.
 
 pub mod api;
+pub mod attest_cli;
 pub mod client;
 pub mod config;
 pub mod daemon;

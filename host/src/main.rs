@@ -71,6 +71,41 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write attestation evidence for a verifier's nonce (runs the measured
+    /// launch first if this TPM boot has none). Not while the daemon runs
+    /// with `tpm = "spawn"`: it owns that TPM.
+    Attest {
+        /// The party configuration (its data dir, TPM and cluster rules).
+        #[arg(long)]
+        config: PathBuf,
+        /// The verifier's nonce, hex (1 to 64 bytes).
+        #[arg(long)]
+        nonce: String,
+        /// Where to write the evidence (postcard).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write quote.msg, quote.sig, ak.pub.pem and eventlog.bin here,
+        /// for `tpm2_checkquote -u ak.pub.pem -m quote.msg -s quote.sig -g sha256 -q QD`
+        /// and `tpm2_eventlog eventlog.bin`.
+        #[arg(long)]
+        tpm2_tools_dir: Option<PathBuf>,
+    },
+    /// Verify attestation evidence against a party's enrollment, a reference
+    /// policy and the nonce it must bind. Exit status 1 when refused.
+    Verify {
+        /// The evidence file (from `quorate attest`).
+        #[arg(long)]
+        evidence: PathBuf,
+        /// The party's enrollment.json.
+        #[arg(long)]
+        enrollment: PathBuf,
+        /// The reference policy (from `quorate measure`).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The nonce the verifier chose, hex.
+        #[arg(long)]
+        nonce: String,
+    },
     /// Show a party's status: height, peers and their attestation, last decision.
     Status {
         /// The party's data dir.
@@ -218,6 +253,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             quorate_host::daemon::run(cfg, shutdown, None).await
+        }
+        Command::Attest {
+            config,
+            nonce,
+            out,
+            tpm2_tools_dir,
+        } => {
+            quorate_host::attest_cli::attest(&config, &nonce, &out, tpm2_tools_dir.as_deref())
+                .await?;
+            println!("evidence written to {}", out.display());
+            Ok(())
+        }
+        Command::Verify {
+            evidence,
+            enrollment,
+            policy,
+            nonce,
+        } => {
+            let report = quorate_host::attest_cli::verify(&evidence, &enrollment, &policy, &nonce)?;
+            print!("{report}");
+            Ok(())
         }
         Command::Measure { exe, config } => {
             let executable = file_digest(&exe)
