@@ -47,5 +47,11 @@ test: deps fmt clippy
 bench: deps
 	TSS2_LOG=all+none $(CARGO) run --release --locked -p quorate-tests --bin quorate-bench
 
+## demo: build, start a 4-party dev cluster (each party with its own swtpm)
+## and walk through the mission; exits non-zero if a step fails.
+demo: deps
+	$(CARGO) build --release --locked -p quorate-host --bin quorate -p quorate-tests --bin quorate-demo
+	TSS2_LOG=all+none ./target/release/quorate-demo
+
 clean:
 	$(CARGO) clean

@@ -8,11 +8,14 @@
 //! - [`init`]: `quorate init`, provisioning a party's data dir.
 //! - [`net`]: peer transport, mutual TLS pinned to enrollment bundles.
 //! - [`store`]: the redb database of decided blocks, WAL, sign guard, outbox.
+//! - [`api`], [`client`]: the local HTTP API and its Rust client.
+//! - [`dev`]: `quorate dev`, a local cluster in one command.
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dev;
 pub mod fsutil;
 pub mod init;
 pub mod net;
