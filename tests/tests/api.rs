@@ -541,3 +541,103 @@ async fn the_party_api_end_to_end() {
     let after = p1.status().await.unwrap();
     assert!(after.height >= st["height"].as_u64().unwrap());
 }
+
+/// Processes whose command line mentions `dir` (daemons, swtpm instances).
+fn processes_under(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorate_dev_starts_restarts_and_stops_a_cluster_cleanly() {
+    let bin = quorate_tests::cluster::quorate_bin().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = std::process::Command::new(&bin)
+        .args([
+            "dev",
+            "--parties",
+            "3",
+            "--restart-after-secs",
+            "1",
+            "--dir",
+        ])
+        .arg(&dir)
+        .env("TSS2_LOG", "all+none")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // cluster.json lists every party with a pid once all APIs answer.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let cluster = loop {
+        assert!(dev.try_wait().unwrap().is_none(), "quorate dev exited");
+        if let Ok(c) = quorate_host::dev::DevCluster::read(&dir) {
+            let mut up = c.parties.len() == 3 && c.parties.iter().all(|p| p.pid != 0);
+            for p in &c.parties {
+                up &= match c.client(p.id) {
+                    Ok(cl) => cl.status().await.is_ok(),
+                    Err(_) => false,
+                };
+            }
+            if up {
+                break c;
+            }
+        }
+        assert!(Instant::now() < deadline, "the dev cluster did not come up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for p in &cluster.parties {
+        assert_eq!(p.api_url, format!("http://{}", p.api_addr));
+        assert!(p.token_file.exists());
+        let s = cluster.client(p.id).unwrap().status().await.unwrap();
+        assert_eq!(s.party, p.id);
+    }
+    // The dev cluster decides.
+    let c1 = cluster.client(1).unwrap();
+    let r = c1.submit_json(&keygen("frost-secp256k1")).await.unwrap();
+    assert_eq!(settled(&c1, &r.id).await["status"], "executed");
+
+    // A party killed with SIGKILL is restarted by the supervisor.
+    let old = cluster.parties[1].pid;
+    std::process::Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = quorate_host::dev::DevCluster::read(&dir).unwrap();
+        let p = &c.parties[1];
+        if p.pid != 0 && p.pid != old && c.client(2).unwrap().status().await.is_ok() {
+            assert_eq!(p.starts, 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "party 2 was not restarted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGTERM stops everything: no daemon, no swtpm left.
+    std::process::Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = dev.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "quorate dev did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    let left = processes_under(&dir);
+    assert!(left.is_empty(), "stray processes: {left:?}");
+    let after = quorate_host::dev::DevCluster::read(&dir).unwrap();
+    assert!(after.parties.iter().all(|p| p.pid == 0));
+}

@@ -790,14 +790,13 @@ impl Runtime {
                 let res = self
                     .store
                     .outbox_push(&op.encode())
-                    .map(|seq| {
-                        self.metrics.accepted_ops.fetch_add(1, Ordering::Relaxed);
-                        seq
-                    })
                     .map(|seq| Receipt {
                         id: format!("r{}-{seq}", self.me.0),
                     })
                     .map_err(|e| e.to_string());
+                if res.is_ok() {
+                    self.metrics.accepted_ops.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = reply.send(res);
             }
             Command::Query { query, reply } => {
