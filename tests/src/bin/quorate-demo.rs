@@ -542,6 +542,38 @@ async fn step_history(d: &Demo) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Prints what P1's `/metrics` measured during the demo.
+async fn print_metrics(d: &Demo) -> anyhow::Result<()> {
+    let text = d.client(1)?.metrics().await?;
+    let get = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    println!();
+    println!("━━━ Measured at P1 (GET /metrics) {}", "━".repeat(38));
+    println!(
+        "  height {}, {} blocks decided since its start, {} operations accepted",
+        get("quorate_height "),
+        get("quorate_decisions_total "),
+        get("quorate_accepted_operations_total ")
+    );
+    for (what, m) in [
+        (
+            "commit latency (own batch signed → decided)",
+            "quorate_commit_latency_seconds",
+        ),
+        ("TPM signature latency", "quorate_tpm_sign_latency_seconds"),
+    ] {
+        let n = get(&format!("{m}_count "));
+        let sum = get(&format!("{m}_sum "));
+        if n > 0.0 {
+            println!("  {what}: {n} samples, mean {:.1} ms", sum / n * 1000.0);
+        }
+    }
+    Ok(())
+}
+
 fn stop(d: &mut Demo) -> bool {
     println!();
     println!("Stopping the cluster (SIGTERM to quorate dev) ...");
@@ -618,6 +650,9 @@ async fn real_main() -> anyhow::Result<bool> {
     };
     let mut d = start(&dir).await?;
     let results = demo(&mut d).await;
+    if let Err(e) = print_metrics(&d).await {
+        println!("  (metrics unavailable: {e:#})");
+    }
     let clean = stop(&mut d);
     let results = results.map_err(|e| anyhow!("{e:#}"))?;
     println!();
