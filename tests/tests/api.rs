@@ -641,3 +641,78 @@ async fn quorate_dev_starts_restarts_and_stops_a_cluster_cleanly() {
     let after = quorate_host::dev::DevCluster::read(&dir).unwrap();
     assert!(after.parties.iter().all(|p| p.pid == 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_decides_by_posting_a_verdict() {
+    let mut c = TestCluster::provision(3, "byzantine").unwrap();
+    // Party 2's operator approves every request by hand.
+    let cfg2 = c.parties[1].config.clone();
+    let mut text = std::fs::read_to_string(&cfg2).unwrap();
+    text.push_str("\n[party.local_policy]\nmanual_approval = true\n");
+    std::fs::write(&cfg2, text).unwrap();
+    c.start_all().unwrap();
+    for id in 1..=3 {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let p1 = c.client(1).unwrap();
+    let p2 = c.client(2).unwrap();
+
+    // Waits until the request is decided and holds the automatic verdicts
+    // of parties 1 and 3; party 2's daemon waits for its operator.
+    async fn awaiting_operator(p1: &Client, id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = p1.operation(id).await.unwrap();
+            if v["decided"] == true && v["verdicts"].as_array().unwrap().len() == 2 {
+                assert_eq!(v["status"], "pending", "{v}");
+                assert!(v["verdicts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|x| x["party"] != 2));
+                return v["op_id"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "not awaiting the operator: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let a = p1.submit_json(&keygen("frost-secp256k1")).await.unwrap();
+    let op = awaiting_operator(&p1, &a.id).await;
+    // Still pending a while later: nothing decides for the operator.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p1.operation(&a.id).await.unwrap()["status"], "pending");
+    p2.submit_json(&json!({"type": "verdict", "target": op, "decision": "approve"}))
+        .await
+        .unwrap();
+    let v = settled(&p1, &a.id).await;
+    assert_eq!(v["status"], "executed", "{v}");
+    assert_eq!(v["verdicts"].as_array().unwrap().len(), 3, "{v}");
+
+    let b = p1.submit_json(&keygen("frost-secp256k1")).await.unwrap();
+    let op = awaiting_operator(&p1, &b.id).await;
+    p2.submit_json(&json!({"type": "verdict", "target": op, "decision":
+        {"reject": {"code": "operator_rejected", "text": "not during the freeze"}}}))
+        .await
+        .unwrap();
+    let v = settled(&p1, &b.id).await;
+    assert_eq!(v["status"], "rejected", "{v}");
+    let v2 = v["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["party"] == 2)
+        .unwrap()
+        .clone();
+    assert_eq!(v2["approve"], false);
+    assert_eq!(v2["reason"]["code"], "operator_rejected");
+    assert_eq!(v2["reason"]["text"], "not during the freeze");
+
+    // A verdict on an unknown target is accepted (it is an operation like
+    // any other) and rejected by consensus, identically everywhere.
+    let bogus = p2
+        .submit_json(&json!({"type": "verdict", "target": "cd".repeat(32), "decision": "approve"}))
+        .await
+        .unwrap();
+    assert_eq!(settled(&p2, &bogus.id).await["status"], "rejected");
+}
