@@ -616,6 +616,10 @@ async fn quorate_dev_starts_restarts_and_stops_a_cluster_cleanly() {
         let p = &c.parties[1];
         if p.pid != 0 && p.pid != old && c.client(2).unwrap().status().await.is_ok() {
             assert_eq!(p.starts, 2);
+            // The restarted daemon rebuilt its event history from its
+            // store: a reader can resume from any id, even from the start.
+            let mut ev = c.client(2).unwrap().events(Some("0:0")).await.unwrap();
+            assert_eq!(next_event(&mut ev).await.id, "1:0");
             break;
         }
         assert!(Instant::now() < deadline, "party 2 was not restarted");
