@@ -62,6 +62,11 @@ fuzz:
 ## seed prints the one-line command that reproduces it.
 soak:
 	QUORATE_SIM_SEEDS=$${QUORATE_SIM_SEEDS:-100000} $(CARGO) test --release --locked -p quorate-firmware --features sim --test sim -- seeds_part
+## demo: build, start a 4-party dev cluster (each party with its own swtpm)
+## and walk through the mission; exits non-zero if a step fails.
+demo: deps
+	$(CARGO) build --release --locked -p quorate-host --bin quorate -p quorate-tests --bin quorate-demo
+	TSS2_LOG=all+none ./target/release/quorate-demo
 
 clean:
 	$(CARGO) clean

@@ -5,28 +5,60 @@
 //! `Authorization: Bearer <token>`, the token kept in `DATA_DIR/api.token`
 //! (mode 0600, made at first start).
 //!
-//! Bad requests get a 4xx with a JSON body naming what is wrong; an
-//! operation is answered `202` only once it is durable in the outbox.
+//! Bad requests get a 4xx with a JSON body `{"status", "field", "reason"}`
+//! naming what is wrong; unknown ids 404; bodies over [`MAX_BODY`] 413; a
+//! missing or wrong token 401. An operation is answered `202` only once it
+//! is durable in the outbox.
+//!
+//! [`ROUTES`] lists every route served; `docs/openapi.yaml` documents them
+//! and a system test checks that the two agree.
 
+use crate::daemon::events::{ApiEvent, EventId};
+use crate::daemon::status::StatusView;
 use crate::daemon::{DaemonHandle, Query};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use quorate_firmware::sessions::ops::OpBody;
+use quorate_firmware::sessions::ops::{OpBody, SessionSpec};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
 /// Largest request body accepted (bytes).
 pub const MAX_BODY: usize = 1 << 20;
 /// File name of the API bearer token in the data dir.
 pub const TOKEN_FILE: &str = "api.token";
+/// Most blocks one `GET /v1/blocks` returns.
+pub const MAX_BLOCKS: usize = 256;
+/// How often an idle event stream sends a keep-alive comment.
+pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Every route the API serves: (method, path template). `{x}` is a path
+/// parameter. The OpenAPI document must list exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/operations"),
+    ("GET", "/v1/operations/{id}"),
+    ("GET", "/v1/sessions/{id}"),
+    ("GET", "/v1/sessions/{id}/messages"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/peers"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/blocks"),
+];
 
 /// Reads the API token from the data dir, making one (0600) if missing.
 pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
@@ -57,7 +89,7 @@ pub async fn serve(listener: TcpListener, daemon: DaemonHandle, token: String) {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "API accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -65,7 +97,11 @@ pub async fn serve(listener: TcpListener, daemon: DaemonHandle, token: String) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &state).await) }
+                async move {
+                    let resp = handle(req, &state).await;
+                    state.daemon.metrics().api_answered(resp.status().as_u16());
+                    Ok::<_, Infallible>(resp)
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -82,33 +118,93 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<BoxBody<Bytes, Infallible>>;
 
-fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(v).unwrap_or_default(),
-    )));
+fn body(status: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    body(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 fn error(status: StatusCode, field: Option<&str>, reason: &str) -> Resp {
     json(
         status,
-        &serde_json::json!({"error": {"status": status.as_u16(), "field": field, "reason": reason}}),
+        &serde_json::json!({"status": status.as_u16(), "field": field, "reason": reason}),
     )
 }
 
-fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     req.headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| quorate_firmware::crypto::ct_eq(t.trim().as_bytes(), token.as_bytes()))
+}
+
+/// The query string's `key=value` pairs (no percent-decoding: every value
+/// the API takes is a number or an id).
+fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn param<T: std::str::FromStr>(
+    params: &[(String, String)],
+    name: &str,
+) -> Result<Option<T>, Box<Resp>>
+where
+    T::Err: std::fmt::Display,
+{
+    match params.iter().find(|(k, _)| k == name) {
+        None => Ok(None),
+        Some((_, v)) => v.parse().map(Some).map_err(|e| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                Some(name),
+                &format!("{v:?}: {e}"),
+            ))
+        }),
+    }
+}
+
+/// Whether `id` is 64 lowercase or uppercase hex digits.
+fn is_hex_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `id` is a receipt id (`r<party>-<seq>`).
+fn is_receipt_id(id: &str) -> bool {
+    id.strip_prefix('r')
+        .and_then(|r| r.split_once('-'))
+        .is_some_and(|(p, s)| p.parse::<u32>().is_ok() && s.parse::<u64>().is_ok())
+}
+
+fn bad_id(what: &str) -> Resp {
+    error(
+        StatusCode::BAD_REQUEST,
+        Some("id"),
+        &format!("not a {what} id: expected 64 hex digits"),
+    )
 }
 
 async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
@@ -125,41 +221,17 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
         );
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method.clone(), segments.as_slice()) {
-        (Method::POST, ["v1", "operations"]) => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return if e
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        error(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            None,
-                            &format!("body larger than {MAX_BODY} bytes"),
-                        )
-                    } else {
-                        error(StatusCode::BAD_REQUEST, None, "could not read the body")
-                    };
-                }
-            };
-            let op: OpBody = match serde_json::from_slice(&body) {
-                Ok(op) => op,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        Some("body"),
-                        &format!("not a valid operation: {e}"),
-                    )
-                }
-            };
-            match st.daemon.submit(op).await {
-                Ok(r) => json(StatusCode::ACCEPTED, &serde_json::json!({"id": r.id})),
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, None, &e),
+    let params = query_params(&req);
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["v1", "operations"]) => post_operation(req, st).await,
+        (&Method::GET, ["v1", "operations", id]) => {
+            if !is_hex_id(id) && !is_receipt_id(id) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    Some("id"),
+                    "not an operation id: expected a receipt id (r<party>-<n>) or 64 hex digits",
+                );
             }
-        }
-        (Method::GET, ["v1", "operations", id]) => {
             match st.daemon.query(Query::Operation(id.to_string())).await {
                 Some(v) => json(StatusCode::OK, &v),
                 None => error(
@@ -169,23 +241,467 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
                 ),
             }
         }
-        (Method::GET, ["v1", "status"]) => match st.daemon.query(Query::Status).await {
+        (&Method::GET, ["v1", "sessions", id]) => {
+            if !is_hex_id(id) {
+                return bad_id("session");
+            }
+            match st
+                .daemon
+                .query(Query::Session(id.to_ascii_lowercase()))
+                .await
+            {
+                Some(v) => json(StatusCode::OK, &v),
+                None => error(StatusCode::NOT_FOUND, Some("id"), "no session with this id"),
+            }
+        }
+        (&Method::GET, ["v1", "sessions", id, "messages"]) => {
+            if !is_hex_id(id) {
+                return bad_id("session");
+            }
+            let round = match param::<u32>(&params, "round") {
+                Ok(r) => r,
+                Err(e) => return *e,
+            };
+            let q = Query::Messages {
+                session: id.to_ascii_lowercase(),
+                round,
+            };
+            match st.daemon.query(q).await {
+                Some(v) => json(StatusCode::OK, &v),
+                None => error(StatusCode::NOT_FOUND, Some("id"), "no session with this id"),
+            }
+        }
+        (&Method::GET, ["v1", "blocks"]) => {
+            let from = match param::<u64>(&params, "from") {
+                Ok(f) => f.unwrap_or(1),
+                Err(e) => return *e,
+            };
+            let limit = match param::<usize>(&params, "limit") {
+                Ok(l) => l.unwrap_or(32),
+                Err(e) => return *e,
+            };
+            if limit == 0 || limit > MAX_BLOCKS {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    Some("limit"),
+                    &format!("must be 1..={MAX_BLOCKS}"),
+                );
+            }
+            match st.daemon.query(Query::Blocks { from, limit }).await {
+                Some(v) => json(StatusCode::OK, &v),
+                None => unavailable(),
+            }
+        }
+        (&Method::GET, ["v1", "status"]) => match st.daemon.query(Query::Status).await {
             Some(v) => json(StatusCode::OK, &v),
-            None => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                "the daemon is shutting down",
-            ),
+            None => unavailable(),
         },
-        (_, ["v1", "operations"]) | (_, ["v1", "status"]) | (_, ["v1", "operations", _]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            None,
-            &format!("{method} is not allowed on {path}"),
-        ),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            None,
-            &format!("no such endpoint: {path}"),
-        ),
+        (&Method::GET, ["v1", "peers"]) => match status(st).await {
+            Some(s) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "party": s.party,
+                    "peers_connected": s.peers_connected,
+                    "peers_attested": s.peers_attested,
+                    "peers": s.peers,
+                }),
+            ),
+            None => unavailable(),
+        },
+        (&Method::GET, ["metrics"]) => match status(st).await {
+            Some(s) => body(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                st.daemon
+                    .metrics()
+                    .render(
+                        s.party,
+                        s.height,
+                        s.peers_connected,
+                        s.peers_attested,
+                        s.outbox,
+                    )
+                    .into_bytes(),
+            ),
+            None => unavailable(),
+        },
+        (&Method::GET, ["v1", "events"]) => events(req, st, &params),
+        _ => {
+            let known = ROUTES
+                .iter()
+                .any(|(_, tmpl)| template_matches(tmpl, &segments));
+            if known {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    None,
+                    &format!("{method} is not allowed on {path}"),
+                )
+            } else {
+                error(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    &format!("no such endpoint: {path}"),
+                )
+            }
+        }
+    }
+}
+
+/// Whether a path (split in segments) matches a [`ROUTES`] template.
+pub fn template_matches(template: &str, segments: &[&str]) -> bool {
+    let t: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+    t.len() == segments.len()
+        && t.iter()
+            .zip(segments)
+            .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+}
+
+fn unavailable() -> Resp {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+        "the daemon is shutting down",
+    )
+}
+
+async fn status(st: &ApiState) -> Option<StatusView> {
+    let v = st.daemon.query(Query::Status).await?;
+    serde_json::from_value(v).ok()
+}
+
+async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                error(StatusCode::BAD_REQUEST, None, "could not read the body")
+            };
+        }
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some("body"),
+                &format!("not JSON: {e}"),
+            )
+        }
+    };
+    let op = match parse_operation(value) {
+        Ok(op) => op,
+        Err((field, reason)) => return error(StatusCode::BAD_REQUEST, Some(&field), &reason),
+    };
+    if let Err((field, reason)) = check_operation(&op, st).await {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, Some(&field), &reason);
+    }
+    match st.daemon.submit(op).await {
+        Ok(r) => json(StatusCode::ACCEPTED, &serde_json::json!({"id": r.id})),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, None, &e),
+    }
+}
+
+fn too_large() -> Resp {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Some("body"),
+        &format!("body larger than {MAX_BODY} bytes"),
+    )
+}
+
+/// Parses an operation body, naming the offending field on failure.
+pub fn parse_operation(value: serde_json::Value) -> Result<OpBody, (String, String)> {
+    let Some(obj) = value.as_object() else {
+        return Err(("body".into(), "expected a JSON object".into()));
+    };
+    let kind = match obj.get("type") {
+        Some(serde_json::Value::String(t)) => t.clone(),
+        Some(_) => return Err(("type".into(), "expected a string".into())),
+        None => return Err(("type".into(), "missing".into())),
+    };
+    const API_TYPES: [&str; 6] = [
+        "create_session",
+        "verdict",
+        "session_message",
+        "session_result",
+        "abort_session",
+        "evidence",
+    ];
+    if !API_TYPES.contains(&kind.as_str()) {
+        return Err((
+            "type".into(),
+            format!(
+                "{kind:?} is not an operation the API takes (one of: {})",
+                API_TYPES.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value::<OpBody>(value).map_err(|e| {
+        let msg = e.to_string();
+        // serde names the field in backticks: "missing field `session`",
+        // "unknown field `x`, expected ...".
+        let field = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.contains("field"))
+            .map(str::to_string)
+            .unwrap_or_else(|| "body".into());
+        (field, msg)
+    })
+}
+
+/// Checks what the API can check before accepting an operation, so an
+/// operator learns at once of a request consensus would reject.
+async fn check_operation(op: &OpBody, st: &ApiState) -> Result<(), (String, String)> {
+    let OpBody::CreateSession(c) = op else {
+        return Ok(());
+    };
+    let members: Vec<u32> = match status(st).await {
+        Some(s) => std::iter::once(s.party)
+            .chain(s.peers.iter().map(|p| p.party))
+            .collect(),
+        None => return Ok(()),
+    };
+    let (field, parties, deadline) = match &c.session {
+        SessionSpec::Keygen(k) => {
+            if k.threshold == 0 || usize::from(k.threshold) > k.participants.len() {
+                return Err((
+                    "session.threshold".into(),
+                    format!(
+                        "must be 1..={} (the number of participants)",
+                        k.participants.len()
+                    ),
+                ));
+            }
+            ("session.participants", &k.participants, k.deadline_secs)
+        }
+        SessionSpec::Signing(s) => ("session.signers", &s.signers, s.deadline_secs),
+        _ => return Ok(()),
+    };
+    if parties.is_empty() {
+        return Err((field.into(), "must not be empty".into()));
+    }
+    if let Some(p) = parties.iter().find(|p| !members.contains(&p.0)) {
+        return Err((field.into(), format!("{p} is not a member of the cluster")));
+    }
+    let mut sorted: Vec<u32> = parties.iter().map(|p| p.0).collect();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| matches!(w, [a, b] if a == b)) {
+        return Err((field.into(), "lists a party twice".into()));
+    }
+    if deadline == 0 {
+        return Err(("session.deadline_secs".into(), "must be positive".into()));
+    }
+    Ok(())
+}
+
+/// A streaming body fed by a channel (the event stream).
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// One event in Server-Sent Events form.
+pub fn sse_frame(e: &ApiEvent) -> Bytes {
+    let data = serde_json::json!({
+        "id": e.id.to_string(),
+        "kind": e.kind,
+        "time_ms": e.time_ms,
+        "data": e.data,
+    });
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {}\n\n",
+        e.id,
+        e.kind,
+        serde_json::to_string(&data).unwrap_or_default()
+    ))
+}
+
+fn events(req: Request<Incoming>, st: &ApiState, params: &[(String, String)]) -> Resp {
+    // Resume after Last-Event-ID (header) or ?after=; neither: new events only.
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let after = match (header, params.iter().find(|(k, _)| k == "after")) {
+        (Some(h), _) => match h.parse::<EventId>() {
+            Ok(id) => Some(id),
+            Err(e) => return error(StatusCode::BAD_REQUEST, Some("Last-Event-ID"), &e),
+        },
+        (None, Some((_, a))) => match a.parse::<EventId>() {
+            Ok(id) => Some(id),
+            Err(e) => return error(StatusCode::BAD_REQUEST, Some("after"), &e),
+        },
+        (None, None) => None,
+    };
+    let log_handle = st.daemon.clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    // Subscribe before reading the ring: nothing falls in between.
+    let mut live = log_handle.events().subscribe();
+    let start = match after {
+        Some(a) => Some(a),
+        None => Some(log_handle.events().last_id().unwrap_or(EventId {
+            height: 0,
+            index: 0,
+        })),
+    };
+    tokio::spawn(async move {
+        let log = log_handle.events();
+        let mut last = start;
+        // Replays from the ring after `last`; false once the reader is gone.
+        async fn replay(
+            log: &crate::daemon::events::EventLog,
+            last: &mut Option<EventId>,
+            tx: &mpsc::Sender<Bytes>,
+        ) -> bool {
+            loop {
+                let r = log.after(*last, 1024);
+                if r.truncated {
+                    let gap = format!(
+                        "event: gap\ndata: {{\"after\": \"{}\", \"reason\": \"older events left the in-memory ring; re-read state with GET /v1/operations and /v1/sessions\"}}\n\n",
+                        last.map(|l| l.to_string()).unwrap_or_default()
+                    );
+                    if tx.send(Bytes::from(gap)).await.is_err() {
+                        return false;
+                    }
+                }
+                if r.events.is_empty() {
+                    return true;
+                }
+                for e in &r.events {
+                    if tx.send(sse_frame(e)).await.is_err() {
+                        return false;
+                    }
+                    *last = Some(e.id);
+                }
+            }
+        }
+        if !replay(log, &mut last, &tx).await {
+            return;
+        }
+        loop {
+            let next = tokio::time::timeout(SSE_KEEPALIVE, live.recv()).await;
+            let ok = match next {
+                Err(_) => tx
+                    .send(Bytes::from_static(b": keep-alive\n\n"))
+                    .await
+                    .is_ok(),
+                Ok(Ok(e)) => {
+                    if last.is_none_or(|l| e.id > l) {
+                        last = Some(e.id);
+                        tx.send(sse_frame(&e)).await.is_ok()
+                    } else {
+                        true
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    replay(log, &mut last, &tx).await
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => false,
+            };
+            if !ok {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(ChannelBody { rx }.boxed());
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_their_templates() {
+        assert!(template_matches(
+            "/v1/sessions/{id}",
+            &["v1", "sessions", "ab"]
+        ));
+        assert!(!template_matches(
+            "/v1/sessions/{id}",
+            &["v1", "sessions", ""]
+        ));
+        assert!(template_matches(
+            "/v1/sessions/{id}/messages",
+            &["v1", "sessions", "ab", "messages"]
+        ));
+        assert!(!template_matches("/v1/status", &["v1", "status", "x"]));
+    }
+
+    #[test]
+    fn ids_are_checked_before_lookup() {
+        assert!(is_receipt_id("r1-42"));
+        assert!(!is_receipt_id("r1-"));
+        assert!(!is_receipt_id("x1-2"));
+        assert!(is_hex_id(&"ab".repeat(32)));
+        assert!(!is_hex_id(&"zz".repeat(32)));
+        assert!(!is_hex_id("abcd"));
+    }
+
+    #[test]
+    fn operation_errors_name_the_field() {
+        let e = parse_operation(serde_json::json!([1])).unwrap_err();
+        assert_eq!(e.0, "body");
+        let e = parse_operation(serde_json::json!({"session": {}})).unwrap_err();
+        assert_eq!(e.0, "type");
+        let e = parse_operation(serde_json::json!({"type": "attestation_record"})).unwrap_err();
+        assert_eq!(e.0, "type");
+        let e = parse_operation(serde_json::json!({"type": "create_session"})).unwrap_err();
+        assert_eq!(e.0, "session", "{e:?}");
+        let ok = parse_operation(serde_json::json!({"type": "create_session", "session": {
+            "kind": "keygen", "participants": [1, 2, 3], "threshold": 2,
+            "scheme": "frost-secp256k1", "deadline_secs": 120}}));
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn sse_frames_carry_the_id() {
+        let e = ApiEvent {
+            id: EventId {
+                height: 5,
+                index: 2,
+            },
+            kind: "executed".into(),
+            time_ms: 1,
+            data: serde_json::json!({"executed": {"op": "ab"}}),
+        };
+        let f = String::from_utf8(sse_frame(&e).to_vec()).unwrap();
+        assert!(f.starts_with("id: 5:2\nevent: executed\ndata: {"), "{f}");
+        assert!(f.ends_with("\n\n"));
     }
 }

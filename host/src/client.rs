@@ -1,5 +1,20 @@
 //! A small client for a party's HTTP API, for MPC engines, the demo and the
-//! tests: typed submissions, operation and status reads.
+//! tests: typed calls for every endpoint and the event stream.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), quorate_host::client::ClientError> {
+//! use quorate_host::client::Client;
+//! let c = Client::new("127.0.0.1:7001".parse().unwrap(), "token");
+//! let r = c.submit_json(&serde_json::json!({"type": "create_session", "session": {
+//!     "kind": "keygen", "participants": [1, 2, 3], "threshold": 2,
+//!     "scheme": "frost-secp256k1", "deadline_secs": 120}})).await?;
+//! let mut events = c.events(None).await?;
+//! while let Some(e) = events.next().await? {
+//!     println!("{} {}", e.id, e.event);
+//! }
+//! println!("{}", c.operation(&r.id).await?["status"]);
+//! # Ok(()) }
+//! ```
 
 use crate::daemon::status::StatusView;
 use bytes::Bytes;
@@ -153,5 +168,201 @@ impl Client {
     /// The daemon's status.
     pub async fn status(&self) -> Result<StatusView, ClientError> {
         self.json(Method::GET, "/v1/status", None).await
+    }
+
+    /// The status as raw JSON (with any fields this client does not know).
+    pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/status", None).await
+    }
+
+    /// A session (hex id) with its phase, messages and results.
+    pub async fn session(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, &format!("/v1/sessions/{id}"), None)
+            .await
+    }
+
+    /// A session's decided messages, of one round or of all.
+    pub async fn messages(
+        &self,
+        id: &str,
+        round: Option<u32>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let q = round.map(|r| format!("?round={r}")).unwrap_or_default();
+        self.json(Method::GET, &format!("/v1/sessions/{id}/messages{q}"), None)
+            .await
+    }
+
+    /// Decided blocks from height `from`, at most `limit`, with their
+    /// commit certificates.
+    pub async fn blocks(&self, from: u64, limit: usize) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/blocks?from={from}&limit={limit}"),
+            None,
+        )
+        .await
+    }
+
+    /// The peers and their connection and attestation state.
+    pub async fn peers(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/peers", None).await
+    }
+
+    /// The Prometheus metrics text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let (status, bytes) = self.raw(Method::GET, "/metrics", None).await?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Whether the daemon answers `GET /healthz`.
+    pub async fn healthy(&self) -> bool {
+        matches!(self.raw(Method::GET, "/healthz", None).await, Ok((s, _)) if s.is_success())
+    }
+
+    /// Opens the event stream: decided operations and session events after
+    /// `last_event_id` (`"height:index"`, as sent in each event's `id`), or
+    /// only new ones if `None`. Reconnect with the last id seen to resume
+    /// without gaps.
+    pub async fn events(&self, last_event_id: Option<&str>) -> Result<EventStream, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: self.addr,
+            reason,
+        };
+        let fut = async {
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            tokio::spawn(conn);
+            let mut req = Request::builder()
+                .method(Method::GET)
+                .uri("/v1/events")
+                .header(hyper::header::HOST, self.addr.to_string())
+                .header(hyper::header::ACCEPT, "text/event-stream")
+                .header(
+                    hyper::header::AUTHORIZATION,
+                    format!("Bearer {}", self.token),
+                );
+            if let Some(id) = last_event_id {
+                req = req.header("Last-Event-ID", id);
+            }
+            let req = req
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| connect_err(e.to_string()))?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| connect_err(e.to_string()))
+        };
+        let resp = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| connect_err("timed out".into()))??;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(ClientError::Status { status, body });
+        }
+        Ok(EventStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// One Server-Sent Event from `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    /// Its id (`"height:index"`); empty for a `gap` notice.
+    pub id: String,
+    /// Its name: `operation`, a session event (`executed`, `message`, ...)
+    /// or `gap` (events the server no longer holds were skipped).
+    pub event: String,
+    /// Its data (`{"id", "kind", "time_ms", "data"}`).
+    pub data: serde_json::Value,
+}
+
+/// An open event stream.
+#[derive(Debug)]
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the server closed the stream.
+    /// Keep-alive comments are skipped.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>, ClientError> {
+        loop {
+            if let Some(end) = find_frame_end(&self.buf) {
+                let frame: Vec<u8> = self.buf.drain(..end + 2).collect();
+                if let Some(e) = parse_sse(&frame)? {
+                    return Ok(Some(e));
+                }
+                continue;
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(ClientError::Decode(format!("event stream: {e}"))),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find_frame_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n")
+}
+
+fn parse_sse(frame: &[u8]) -> Result<Option<StreamEvent>, ClientError> {
+    let text = String::from_utf8_lossy(frame);
+    let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_string();
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data.push_str(v);
+        }
+    }
+    if event.is_empty() && data.is_empty() {
+        return Ok(None); // a comment (keep-alive)
+    }
+    let data = serde_json::from_str(&data).map_err(|e| ClientError::Decode(e.to_string()))?;
+    Ok(Some(StreamEvent { id, event, data }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_and_skips_comments() {
+        assert_eq!(parse_sse(b": keep-alive\n\n").unwrap(), None);
+        let e = parse_sse(b"id: 3:1\nevent: executed\ndata: {\"a\": 1}\n\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.id, "3:1");
+        assert_eq!(e.event, "executed");
+        assert_eq!(e.data["a"], 1);
+        assert!(parse_sse(b"event: x\ndata: {nope\n\n").is_err());
+        assert_eq!(find_frame_end(b"id: 1\n\nid: 2"), Some(5));
     }
 }

@@ -13,12 +13,14 @@
 //! - [`store`]: the redb database of decided blocks, WAL, sign guard, outbox.
 //! - [`daemon`]: `quorate run`, the event loop driving the firmware.
 //! - [`api`], [`client`]: the party's local HTTP API and its client.
+//! - [`dev`]: `quorate dev`, a local cluster in one command.
 
 pub mod api;
 pub mod attest_cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dev;
 pub mod evidence;
 pub mod fsutil;
 pub mod init;

@@ -106,6 +106,22 @@ enum Command {
         #[arg(long)]
         nonce: String,
     },
+    /// Start a local development cluster: N parties, each with its own
+    /// swtpm, on loopback; writes DIR/cluster.json; Ctrl-C stops it.
+    Dev {
+        /// How many parties.
+        #[arg(long, default_value_t = 3)]
+        parties: u32,
+        /// The cluster's directory (reused if it already holds one).
+        #[arg(long)]
+        dir: PathBuf,
+        /// `byzantine`, `unanimous` or `majority`.
+        #[arg(long, default_value = "byzantine")]
+        fault_model: String,
+        /// Restart a party that died after this many seconds (0: never).
+        #[arg(long, default_value_t = 3)]
+        restart_after_secs: u64,
+    },
     /// Show a party's status: height, peers and their attestation, last decision.
     Status {
         /// The party's data dir.
@@ -244,15 +260,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config, .. } => {
             let cfg = quorate_host::config::Config::load(&config)?;
-            let shutdown = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-                }
+            quorate_host::daemon::run(cfg, shutdown_signal(), None).await
+        }
+        Command::Dev {
+            parties,
+            dir,
+            fault_model,
+            restart_after_secs,
+        } => {
+            let opts = quorate_host::dev::DevOptions {
+                parties,
+                dir,
+                fault_model,
+                restart_after: (restart_after_secs > 0)
+                    .then(|| std::time::Duration::from_secs(restart_after_secs)),
+                bin: std::env::current_exe().context("locating the quorate binary")?,
             };
-            quorate_host::daemon::run(cfg, shutdown, None).await
+            quorate_host::dev::run(opts, shutdown_signal()).await
         }
         Command::Attest {
             config,
@@ -310,5 +334,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
     }
 }

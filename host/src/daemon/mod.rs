@@ -24,6 +24,8 @@
 //! and nothing accepted is lost.
 
 pub mod admission;
+pub mod events;
+pub mod metrics;
 pub mod status;
 
 use crate::config::Config;
@@ -47,6 +49,7 @@ use quorate_firmware::types::{Height, PartyId};
 use serde::{Deserialize, Serialize};
 use status::{PeerStatus, StatusView};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -87,6 +90,22 @@ pub enum Query {
     Status,
     /// An operation by receipt id or operation id (hex).
     Operation(String),
+    /// A session by id (hex), with its results.
+    Session(String),
+    /// A session's messages (hex id), optionally of one round only.
+    Messages {
+        /// The session id, hex.
+        session: String,
+        /// Only this round.
+        round: Option<u32>,
+    },
+    /// Decided blocks from `from` (at most `limit`), with their certificates.
+    Blocks {
+        /// The first height.
+        from: u64,
+        /// At most this many.
+        limit: usize,
+    },
 }
 
 /// The answer to an accepted submission.
@@ -100,6 +119,8 @@ pub struct Receipt {
 #[derive(Clone, Debug)]
 pub struct DaemonHandle {
     tx: mpsc::Sender<Command>,
+    events: Arc<events::EventLog>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl DaemonHandle {
@@ -112,6 +133,16 @@ impl DaemonHandle {
             .map_err(|_| "the daemon is shutting down".to_string())?;
         rx.await
             .map_err(|_| "the daemon is shutting down".to_string())?
+    }
+
+    /// The decided-event log (for `GET /v1/events`).
+    pub fn events(&self) -> &events::EventLog {
+        &self.events
+    }
+
+    /// The daemon's metrics (for `GET /metrics`).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// Asks a read-only question.
@@ -138,6 +169,13 @@ struct InFlight {
 struct ReceiptRecord {
     op: Option<OpId>,
     height: Option<Height>,
+}
+
+fn parse_session_id(id: &str) -> Option<quorate_firmware::sessions::ops::SessionId> {
+    let bytes: [u8; 32] = hex::decode(id).ok()?.try_into().ok()?;
+    Some(quorate_firmware::sessions::ops::SessionId(
+        quorate_firmware::types::Sha256Digest(bytes),
+    ))
 }
 
 fn now_ms() -> u64 {
@@ -314,7 +352,6 @@ pub async fn run(
     };
 
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let handle = DaemonHandle { tx: cmd_tx };
     let api_addr = cfg.file.party.api_listen;
     let attest = AttestCtx {
         admission,
@@ -323,6 +360,11 @@ pub async fn run(
         attests,
     };
     let mut rt = Runtime::start(cfg, store, tpm.clone(), net.clone(), dcfg, mcfg, attest)?;
+    let handle = DaemonHandle {
+        tx: cmd_tx,
+        events: rt.events.clone(),
+        metrics: rt.metrics.clone(),
+    };
     let token = crate::api::load_or_create_token(&data_dir)
         .with_context(|| format!("{}", data_dir.join(crate::api::TOKEN_FILE).display()))?;
     let api_listener = crate::api::bind(api_addr)
@@ -383,6 +425,8 @@ struct Runtime {
     peers_up: BTreeSet<PartyId>,
     last: Option<status::LastDecision>,
     status_dirty: bool,
+    events: Arc<events::EventLog>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Runtime {
@@ -471,6 +515,8 @@ impl Runtime {
             peers_up: BTreeSet::new(),
             last: None,
             status_dirty: true,
+            events: Arc::default(),
+            metrics: Arc::default(),
         };
         let mut h = 1;
         while h <= tip {
@@ -732,11 +778,14 @@ impl Runtime {
     fn spawn_sign(&self, request: SignRequestId, bytes: Vec<u8>, delay: Duration) {
         let tpm = self.tpm.clone();
         let tx = self.sign_tx.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let t0 = Instant::now();
             let res = tpm.sign(bytes.clone()).await.map_err(|e| e.to_string());
+            metrics.tpm_sign_latency.observe(t0.elapsed());
             let _ = tx.send((request, bytes, res));
         });
     }
@@ -752,6 +801,10 @@ impl Runtime {
             signers: cert.signatures.len(),
         });
         self.status_dirty = true;
+        self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .decided_ops
+            .fetch_add(outcome.ops.len() as u64, Ordering::Relaxed);
         info!(height = h.height.0, ops = outcome.ops.len(), root = %outcome.state_root, "decided");
         self.post_verdicts()
     }
@@ -764,6 +817,7 @@ impl Runtime {
             .machine
             .apply_block(h.height, h.time_ms, block.batches())
             .map_err(|e| anyhow!("applying block {}: {e}", h.height.0))?;
+        self.events.push_block(&outcome);
         for (bi, b) in block.batches().iter().enumerate() {
             if b.body.author != self.me {
                 continue;
@@ -799,6 +853,7 @@ impl Runtime {
             self.store.set_meta("in_flight", &[])?;
             self.in_flight = None;
             self.in_flight_signed = None;
+            self.metrics.batch_decided(b.body.seq);
             if !replay {
                 debug!(seq = b.body.seq, ops = fl.outbox.len(), "own batch decided");
             }
@@ -889,12 +944,16 @@ impl Runtime {
         };
         let tpm = self.tpm.clone();
         let tx = self.batch_tx.clone();
+        let metrics = self.metrics.clone();
+        metrics.batch_started(fl.seq);
         tokio::spawn(async move {
+            let t0 = Instant::now();
             let res = tpm
                 .sign(body.signing_bytes())
                 .await
                 .map(|signature| SignedBatch { body, signature })
                 .map_err(|e| e.to_string());
+            metrics.tpm_sign_latency.observe(t0.elapsed());
             let _ = tx.send((fl.seq, res));
         });
     }
@@ -928,6 +987,9 @@ impl Runtime {
                         id: format!("r{}-{seq}", self.me.0),
                     })
                     .map_err(|e| e.to_string());
+                if res.is_ok() {
+                    self.metrics.accepted_ops.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = reply.send(res);
             }
             Command::Query { query, reply } => {
@@ -941,7 +1003,68 @@ impl Runtime {
         match q {
             Query::Status => serde_json::to_value(self.status()).ok(),
             Query::Operation(id) => self.operation_view(&id),
+            Query::Session(id) => self.session_view(&id),
+            Query::Messages { session, round } => {
+                let id = parse_session_id(&session)?;
+                let msgs = self.machine.messages(&id, round, None)?;
+                Some(serde_json::json!({
+                    "session": session,
+                    "round": round,
+                    "height": self.machine.height().0,
+                    "messages": serde_json::to_value(msgs).ok()?,
+                }))
+            }
+            Query::Blocks { from, limit } => self.blocks_view(from, limit),
         }
+    }
+
+    fn session_view(&self, id: &str) -> Option<serde_json::Value> {
+        let sid = parse_session_id(id)?;
+        let s = self.machine.session(&sid)?;
+        let mut v = serde_json::to_value(s).ok()?;
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("phase_label".into(), s.phase.label().into());
+            m.insert(
+                "results".into(),
+                serde_json::to_value(self.machine.results(&sid)).ok()?,
+            );
+            m.insert("height".into(), self.machine.height().0.into());
+        }
+        Some(v)
+    }
+
+    fn blocks_view(&self, from: u64, limit: usize) -> Option<serde_json::Value> {
+        let mut blocks = Vec::new();
+        for sb in self.store.decided_range(from.max(1), limit).ok()? {
+            let block = Block::from_bytes(&sb.block).ok()?;
+            let cert: CommitCertificate = postcard::from_bytes(&sb.cert).ok()?;
+            let h = block.header();
+            blocks.push(serde_json::json!({
+                "height": sb.height,
+                "time_ms": h.time_ms,
+                "hash": hex::encode(block.hash().0.as_bytes()),
+                "parent": hex::encode(h.parent.0.as_bytes()),
+                "proposer": h.proposer.0,
+                "batches": block.batches().iter().map(|b| serde_json::json!({
+                    "author": b.body.author.0,
+                    "seq": b.body.seq,
+                    "operations": b.body.ops.len(),
+                })).collect::<Vec<_>>(),
+                "certificate": {
+                    "round": cert.round,
+                    "block": hex::encode(cert.block.0.as_bytes()),
+                    "signers": cert.signatures.iter().map(|(p, _)| p.0).collect::<Vec<_>>(),
+                    "signatures": cert.signatures.iter().map(|(p, s)| serde_json::json!({
+                        "party": p.0,
+                        "signature": hex::encode(s.0),
+                    })).collect::<Vec<_>>(),
+                },
+            }));
+        }
+        Some(serde_json::json!({
+            "height": self.driver.chain().height.0,
+            "blocks": blocks,
+        }))
     }
 
     fn operation_view(&self, id: &str) -> Option<serde_json::Value> {

@@ -1,0 +1,449 @@
+//! `quorate dev`: a local development cluster in one command.
+//!
+//! Provisions N parties in `DIR` (each with its own spawned swtpm, as
+//! `quorate init --tpm spawn` does), writes their `party.toml` with free
+//! loopback ports and `dev = true`, starts each as a child `quorate run`,
+//! waits until every API answers, and writes `DIR/cluster.json` (each
+//! party's id, API URL, token file, pid). It then supervises: a party that
+//! dies (a crash, or `kill -9` in a demo) is restarted from its data dir
+//! after a delay, so it catches up. SIGINT or SIGTERM stops every party with
+//! SIGTERM (each sends TPM2_Shutdown and stops its swtpm) and leaves no
+//! process behind.
+//!
+//! Re-running `quorate dev` on a `DIR` it already provisioned starts the
+//! same cluster again (same keys, same history).
+//!
+//! The last party of a dev cluster has a local policy that only runs FROST
+//! key generations, so that a request for another scheme shows a rejection
+//! with its reason (the demo uses it).
+
+use crate::client::Client;
+use crate::init::{init, InitOptions};
+use crate::tpm::TpmTarget;
+use anyhow::{anyhow, bail, Context as _};
+use quorate_firmware::types::PartyId;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// File name of the cluster description in the dev dir.
+pub const CLUSTER_FILE: &str = "cluster.json";
+/// The schemes the last party of a dev cluster runs key generations for.
+pub const DEV_ALLOWED_SCHEMES: [&str; 3] = ["frost-secp256k1", "frost-ed25519", "frost-p256"];
+
+/// Options of `quorate dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// How many parties.
+    pub parties: u32,
+    /// The cluster's directory.
+    pub dir: PathBuf,
+    /// `byzantine`, `unanimous` or `majority`.
+    pub fault_model: String,
+    /// Restart a party that died after this long (`None`: do not).
+    pub restart_after: Option<Duration>,
+    /// The `quorate` binary the parties run.
+    pub bin: PathBuf,
+}
+
+/// One party as `cluster.json` describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DevParty {
+    /// Its id.
+    pub id: u32,
+    /// Its API base URL (`http://127.0.0.1:P`).
+    pub api_url: String,
+    /// Its API address.
+    pub api_addr: SocketAddr,
+    /// The file holding its API bearer token.
+    pub token_file: PathBuf,
+    /// Its peer (mTLS) address.
+    pub peer_addr: SocketAddr,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Its party.toml.
+    pub config: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    /// The pid of its running `quorate run` (0 while stopped).
+    pub pid: u32,
+    /// How many times it was (re)started.
+    pub starts: u32,
+}
+
+/// `DIR/cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DevCluster {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The fault model.
+    pub fault_model: String,
+    /// The pid of the `quorate dev` supervising the parties.
+    pub supervisor_pid: u32,
+    /// The parties, in id order.
+    pub parties: Vec<DevParty>,
+}
+
+impl DevCluster {
+    /// Reads `DIR/cluster.json`.
+    pub fn read(dir: &Path) -> anyhow::Result<DevCluster> {
+        let path = dir.join(CLUSTER_FILE);
+        let b = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+        serde_json::from_slice(&b).with_context(|| format!("{}", path.display()))
+    }
+
+    /// An API client for party `id`.
+    pub fn client(&self, id: u32) -> anyhow::Result<Client> {
+        let p = self
+            .parties
+            .iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| anyhow!("no party {id} in the cluster"))?;
+        let token = std::fs::read_to_string(&p.token_file)
+            .with_context(|| format!("{}", p.token_file.display()))?;
+        Ok(Client::new(p.api_addr, token.trim()))
+    }
+
+    fn write(&self) -> anyhow::Result<()> {
+        let b = serde_json::to_vec_pretty(self)?;
+        crate::fsutil::write_atomic(&self.dir.join(CLUSTER_FILE), &b)
+            .with_context(|| format!("{}", self.dir.join(CLUSTER_FILE).display()))
+    }
+
+    /// A human-readable rendering.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "dev cluster in {} ({} parties, {})\n",
+            self.dir.display(),
+            self.parties.len(),
+            self.fault_model
+        );
+        s.push_str("  party  API                     token file\n");
+        for p in &self.parties {
+            s.push_str(&format!(
+                "  P{:<5} {:<23} {}\n",
+                p.id,
+                p.api_url,
+                p.token_file.display()
+            ));
+        }
+        s.push_str(&format!(
+            "  written to {}\n  try: curl -H \"Authorization: Bearer $(cat {})\" {}/v1/status\n",
+            self.dir.join(CLUSTER_FILE).display(),
+            self.parties
+                .first()
+                .map(|p| p.token_file.display().to_string())
+                .unwrap_or_default(),
+            self.parties
+                .first()
+                .map(|p| p.api_url.clone())
+                .unwrap_or_default()
+        ));
+        s
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Provisions the parties (or reuses an earlier provisioning of `dir`) and
+/// writes their configs; returns the cluster description, nothing started.
+pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
+    if opts.parties == 0 {
+        bail!("--parties: at least 1");
+    }
+    std::fs::create_dir_all(&opts.dir).with_context(|| format!("{}", opts.dir.display()))?;
+    let dir = std::fs::canonicalize(&opts.dir)?;
+    if let Ok(existing) = DevCluster::read(&dir) {
+        if existing.parties.len() == opts.parties as usize {
+            eprintln!(
+                "reusing the cluster provisioned in {} (delete the directory for a new one)",
+                dir.display()
+            );
+            return Ok(existing);
+        }
+        bail!(
+            "{} holds a cluster of {} parties, not {}: use another --dir",
+            dir.display(),
+            existing.parties.len(),
+            opts.parties
+        );
+    }
+    let mut parties = Vec::new();
+    for id in 1..=opts.parties {
+        let data_dir = dir.join(format!("p{id}"));
+        eprintln!("provisioning party {id} (its own swtpm) ...");
+        init(&InitOptions {
+            data_dir: data_dir.clone(),
+            party_id: PartyId(id),
+            tpm: TpmTarget::Spawn,
+            force: false,
+        })
+        .await
+        .with_context(|| format!("provisioning party {id}"))?;
+        let api_addr = free_addr()?;
+        parties.push(DevParty {
+            id,
+            api_url: format!("http://{api_addr}"),
+            api_addr,
+            token_file: data_dir.join(crate::api::TOKEN_FILE),
+            peer_addr: free_addr()?,
+            config: dir.join(format!("party{id}.toml")),
+            log: dir.join(format!("party{id}.log")),
+            data_dir,
+            pid: 0,
+            starts: 0,
+        });
+    }
+    let mut members = String::new();
+    for p in &parties {
+        members.push_str(&format!(
+            "\n[[cluster.parties]]\nid = {}\naddress = \"{}\"\nenrollment = \"p{}/enrollment.json\"\n",
+            p.id, p.peer_addr, p.id
+        ));
+    }
+    for p in &parties {
+        let policy = if p.id == opts.parties && opts.parties > 1 {
+            format!(
+                "\n# A dev-cluster example of a local policy: this party only runs\n# FROST key generations and rejects others with the reason.\n[party.local_policy]\nallowed_schemes = [{}]\n",
+                DEV_ALLOWED_SCHEMES
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "# Written by `quorate dev`: a development party (PCR 23 measurement).\n[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n{policy}\n[cluster]\nname = \"dev\"\nfault_model = \"{}\"\n{members}",
+            p.id, p.id, p.api_addr, opts.fault_model
+        );
+        // Check it parses as the daemon will read it.
+        let _: crate::config::ConfigFile = toml::from_str(&text)
+            .map_err(|e| anyhow!("the dev config of party {} is invalid: {e}", p.id))?;
+        std::fs::write(&p.config, text).with_context(|| format!("{}", p.config.display()))?;
+    }
+    let cluster = DevCluster {
+        dir,
+        fault_model: opts.fault_model.clone(),
+        supervisor_pid: std::process::id(),
+        parties,
+    };
+    cluster.write()?;
+    Ok(cluster)
+}
+
+/// Runs `quorate dev` until `shutdown` resolves: provision, start,
+/// describe, supervise, stop.
+pub async fn run(
+    opts: DevOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut cluster = provision(&opts).await?;
+    cluster.supervisor_pid = std::process::id();
+    let mut children: Vec<Option<Child>> = Vec::new();
+    for p in cluster.parties.iter_mut() {
+        match start(&opts.bin, p) {
+            Ok(c) => children.push(Some(c)),
+            Err(e) => {
+                stop_all(&cluster_view(&opts, &[]), &mut children);
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = cluster.write() {
+        stop_all(&cluster, &mut children);
+        return Err(e);
+    }
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        r = wait_up(&cluster, Duration::from_secs(90)) => r,
+    };
+    if let Err(e) = result {
+        stop_all(&cluster, &mut children);
+        return Err(e);
+    }
+    println!("{}", cluster.render());
+    println!("Ctrl-C stops the cluster.");
+    let mut died: Vec<Option<Instant>> = vec![None; children.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        let mut changed = false;
+        for (i, slot) in children.iter_mut().enumerate() {
+            let (Some(p), Some(d)) = (cluster.parties.get_mut(i), died.get_mut(i)) else {
+                continue;
+            };
+            if let Some(c) = slot {
+                if let Ok(Some(status)) = c.try_wait() {
+                    eprintln!(
+                        "party {} (pid {}) exited: {status}; see {}",
+                        p.id,
+                        p.pid,
+                        p.log.display()
+                    );
+                    *slot = None;
+                    p.pid = 0;
+                    *d = Some(Instant::now());
+                    changed = true;
+                }
+            }
+            if slot.is_none() {
+                if let (Some(at), Some(after)) = (*d, opts.restart_after) {
+                    if at.elapsed() >= after {
+                        eprintln!("restarting party {} from {}", p.id, p.data_dir.display());
+                        match start(&opts.bin, p) {
+                            Ok(c) => *slot = Some(c),
+                            Err(e) => eprintln!("cannot restart party {}: {e:#}", p.id),
+                        }
+                        *d = None;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = cluster.write() {
+                eprintln!("cannot update cluster.json: {e:#}");
+            }
+        }
+    }
+    eprintln!("stopping the cluster ...");
+    stop_all(&cluster, &mut children);
+    for p in &mut cluster.parties {
+        p.pid = 0;
+    }
+    let _ = cluster.write();
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// A cluster description with no parties (for stopping what was started
+/// before the description was complete).
+fn cluster_view(opts: &DevOptions, parties: &[DevParty]) -> DevCluster {
+    DevCluster {
+        dir: opts.dir.clone(),
+        fault_model: opts.fault_model.clone(),
+        supervisor_pid: std::process::id(),
+        parties: parties.to_vec(),
+    }
+}
+
+fn start(bin: &Path, p: &mut DevParty) -> anyhow::Result<Child> {
+    // A party killed with SIGKILL leaves its swtpm running: stop it first.
+    kill_orphan_swtpms(&p.data_dir.join(crate::init::SWTPM_DIR));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p.log)
+        .with_context(|| format!("{}", p.log.display()))?;
+    let child = Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&p.config)
+        .env("TSS2_LOG", "all+none")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} run", bin.display()))?;
+    p.pid = child.id();
+    p.starts += 1;
+    Ok(child)
+}
+
+async fn wait_up(cluster: &DevCluster, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for p in &cluster.parties {
+        loop {
+            if let Ok(c) = cluster.client(p.id) {
+                if c.status().await.is_ok() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "party {}'s API did not come up at {}; see {}",
+                    p.id,
+                    p.api_url,
+                    p.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+fn stop_all(cluster: &DevCluster, children: &mut [Option<Child>]) {
+    for c in children.iter().flatten() {
+        send_signal(c.id(), "TERM");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for slot in children.iter_mut() {
+        if let Some(c) = slot {
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        *slot = None;
+    }
+    for p in &cluster.parties {
+        kill_orphan_swtpms(&p.data_dir.join(crate::init::SWTPM_DIR));
+    }
+}
+
+fn send_signal(pid: u32, sig: &str) {
+    // kill(1): the workspace forbids unsafe code, so no libc::kill.
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops every swtpm whose command line names `state_dir` (one that a
+/// SIGKILLed daemon of this cluster left running).
+pub fn kill_orphan_swtpms(state_dir: &Path) {
+    let needle = state_dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("swtpm") && cmd.contains(&needle) {
+            send_signal(pid, "KILL");
+        }
+    }
+}
