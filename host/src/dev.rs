@@ -18,7 +18,7 @@
 //! with its reason (the demo uses it).
 
 use crate::client::Client;
-use crate::init::{init, InitOptions};
+use crate::init::InitOptions;
 use crate::tpm::TpmTarget;
 use anyhow::{anyhow, bail, Context as _};
 use quorate_firmware::types::PartyId;
@@ -176,15 +176,6 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     let mut parties = Vec::new();
     for id in 1..=opts.parties {
         let data_dir = dir.join(format!("p{id}"));
-        eprintln!("provisioning party {id} (its own swtpm) ...");
-        init(&InitOptions {
-            data_dir: data_dir.clone(),
-            party_id: PartyId(id),
-            tpm: TpmTarget::Spawn,
-            force: false,
-        })
-        .await
-        .with_context(|| format!("provisioning party {id}"))?;
         let api_addr = free_addr()?;
         parties.push(DevParty {
             id,
@@ -220,7 +211,7 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
             String::new()
         };
         let text = format!(
-            "# Written by `quorate dev`: a development party (PCR 23 measurement).\n[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n{policy}\n[cluster]\nname = \"dev\"\nfault_model = \"{}\"\n{members}",
+            "# Written by `quorate dev`: a development party (PCR 23 measurement).\n[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n{policy}\n[cluster]\nname = \"dev\"\nfault_model = \"{}\"\nreference_policy = \"policy.toml\"\n{members}",
             p.id, p.id, p.api_addr, opts.fault_model
         );
         // Check it parses as the daemon will read it.
@@ -228,6 +219,45 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
             .map_err(|e| anyhow!("the dev config of party {} is invalid: {e}", p.id))?;
         std::fs::write(&p.config, text).with_context(|| format!("{}", p.config.display()))?;
     }
+    // Provision every party for measured launch: an AK, and a vote key bound
+    // to this executable and the cluster's rules (PCR 23: dev mode); then the
+    // reference policy approving exactly this executable.
+    let first = parties
+        .first()
+        .ok_or_else(|| anyhow!("a cluster needs a party"))?;
+    let (rules, _) = crate::config::Config::measured_digest_of_file(&first.config)?;
+    let executable = crate::launch::file_digest(Path::new("/proc/self/exe"))
+        .context("hashing the running executable")?;
+    let measurement = crate::launch::Measurement {
+        pcr: quorate_attestation::pcr::PcrIndex::DEV_MEASUREMENT,
+        executable,
+        config: rules,
+    };
+    for p in &parties {
+        eprintln!(
+            "provisioning party {} (its own swtpm, measured launch) ...",
+            p.id
+        );
+        crate::init::init_with(
+            &InitOptions {
+                data_dir: p.data_dir.clone(),
+                party_id: PartyId(p.id),
+                tpm: TpmTarget::Spawn,
+                force: false,
+            },
+            Some(crate::init::MeasuredInit {
+                measurement,
+                dev: true,
+            }),
+        )
+        .await
+        .with_context(|| format!("provisioning party {}", p.id))?;
+    }
+    let mut policy = quorate_attestation::policy::Policy::new(vec![executable], rules);
+    policy.dev = true;
+    policy.measurement_pcr = quorate_attestation::pcr::PcrIndex::DEV_MEASUREMENT;
+    std::fs::write(dir.join("policy.toml"), policy.to_toml()?)
+        .with_context(|| format!("{}", dir.join("policy.toml").display()))?;
     let cluster = DevCluster {
         dir,
         fault_model: opts.fault_model.clone(),
