@@ -17,7 +17,7 @@
 //!    returns in its next batch, or holds it for its operator.
 //! 5. The host serves [`query`] views over the machine's state.
 //!
-//! The rules and their reasons are in `docs/SESSIONS.md`.
+//! The rules and their reasons are in `docs/PROTOCOL.md`, Part II.
 
 pub mod approval;
 pub mod machine;

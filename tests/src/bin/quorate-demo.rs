@@ -222,7 +222,7 @@ async fn step_attestation(d: &Demo) -> anyhow::Result<Outcome> {
     } else {
         verdict(
             Outcome::Pending,
-            "all peers connected over pinned mutual TLS; attestation-based admission is not merged yet, and the API says so",
+            "all peers connected over pinned mutual TLS, but not every peer is attested yet",
         )
     })
 }
@@ -458,7 +458,7 @@ async fn step_modified(d: &Demo) -> anyhow::Result<Outcome> {
     }
     Ok(verdict(
         Outcome::Pending,
-        "attestation-based peer admission is being merged; until then no executable is measured or refused, and this step is not counted",
+        "the demo does not yet start a party from a modified executable; the system test parties_attest_each_other_and_a_modified_executable_is_refused_admission does (tests/tests/cluster.rs). Not counted",
     ))
 }
 
@@ -676,7 +676,7 @@ async fn real_main() -> anyhow::Result<bool> {
     println!(
         "{}",
         if ok {
-            "Every step that exists did what it says (PENDING steps await attestation admission)."
+            "Every step that exists did what it says (a PENDING step is not counted)."
         } else {
             "Some step FAILED."
         }
