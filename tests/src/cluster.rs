@@ -357,33 +357,6 @@ fn stop_child(mut c: Child) {
     let _ = c.wait();
 }
 
-/// Kills every process whose command line mentions `path` (orphaned swtpm
-/// instances of a SIGKILLed daemon).
-fn kill_orphans(path: &Path) {
-    let needle = path.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("swtpm") && cmd.contains(&needle) {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-        }
-    }
-}
-
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for p in &mut self.parties {
@@ -391,6 +364,7 @@ impl Drop for TestCluster {
                 stop_child(c);
             }
         }
-        kill_orphans(self.dir.path());
+        // Any swtpm still running on a state dir under this cluster.
+        quorate_host::dev::kill_orphan_swtpms(self.dir.path());
     }
 }
