@@ -74,7 +74,7 @@ impl TestCluster {
     /// their configs with `fault_model`. Nothing is started yet. Dev mode,
     /// no attestation key, no reference policy: peers are admitted on TLS.
     pub fn provision(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
-        Self::provision_with(n, fault_model, false)
+        Self::provision_with(n, fault_model, false, None)
     }
 
     /// As [`TestCluster::provision`], with measured launch: each party gets
@@ -83,10 +83,25 @@ impl TestCluster {
     /// cluster a reference policy (`policy.toml`, from `quorate measure`)
     /// approving exactly that binary. Peers are admitted only on evidence.
     pub fn provision_attested(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
-        Self::provision_with(n, fault_model, true)
+        Self::provision_with(n, fault_model, true, None)
     }
 
-    fn provision_with(n: u32, fault_model: &str, attested: bool) -> anyhow::Result<TestCluster> {
+    /// As [`TestCluster::provision_attested`], each party committing an
+    /// epoch AttestationRecord every `every` heights.
+    pub fn provision_attested_every(
+        n: u32,
+        fault_model: &str,
+        every: u64,
+    ) -> anyhow::Result<TestCluster> {
+        Self::provision_with(n, fault_model, true, Some(every))
+    }
+
+    fn provision_with(
+        n: u32,
+        fault_model: &str,
+        attested: bool,
+        attest_every: Option<u64>,
+    ) -> anyhow::Result<TestCluster> {
         let bin = quorate_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("quorate-cluster-")
@@ -111,6 +126,9 @@ impl TestCluster {
                 p.id, p.peer, p.id
             ));
         }
+        let every = attest_every
+            .map(|k| format!("attestation_every = {k}\n"))
+            .unwrap_or_default();
         let policy = if attested {
             "reference_policy = \"policy.toml\"\n"
         } else {
@@ -118,7 +136,7 @@ impl TestCluster {
         };
         for p in &parties {
             let text = format!(
-                "[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n\n[cluster]\nname = \"system-test\"\nfault_model = \"{fault_model}\"\n{policy}{members}",
+                "[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n\n[cluster]\nname = \"system-test\"\nfault_model = \"{fault_model}\"\n{policy}{every}{members}",
                 p.id, p.id, p.api
             );
             std::fs::write(&p.config, text)?;

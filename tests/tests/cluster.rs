@@ -255,3 +255,46 @@ async fn parties_attest_each_other_and_a_modified_executable_is_refused_admissio
     assert_eq!(c.client(3).unwrap().status().await.unwrap().height, 0);
     assert!(c.log(1).contains("is not approved"), "{}", c.log(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_attestation_records_are_committed_and_verified_by_every_peer() {
+    // Every 3 heights each party quotes with the epoch and the latest block
+    // hash bound in and commits the evidence; the others verify it and post
+    // their verdicts, so the log shows which code ran across its history.
+    let mut c = TestCluster::provision_attested_every(3, "byzantine", 3).unwrap();
+    c.start_all().unwrap();
+    for id in 1..=3 {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let receipts = submit_many(&c, &[1, 2, 3], 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let verified = (1..=3).all(|id| {
+            c.log(id)
+                .matches("epoch attestation record verified")
+                .count()
+                >= 2
+        });
+        if verified {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records were not verified:\n{}\n{}",
+            c.log(1),
+            c.log(2)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for s in c.statuses(&[1, 2, 3]).await.unwrap() {
+        assert_eq!(s.peers_attested, 2, "{s:?}");
+    }
+    assert_all_executed(&c, &receipts).await;
+    for id in 1..=3 {
+        assert!(
+            !c.log(id).contains("epoch attestation record: "),
+            "a record was refused:\n{}",
+            c.log(id)
+        );
+    }
+}

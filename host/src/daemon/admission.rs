@@ -74,6 +74,9 @@ struct Peer {
     enrolled_tls: Option<Sha256Digest>,
     enrolled_vote_point: Option<[u8; 65]>,
     state: VerifierState,
+    /// Verifier state for epoch attestation records, which are checked in
+    /// decided order (their own clock sequence, apart from admission quotes).
+    epoch_state: VerifierState,
     nonce: Option<Vec<u8>>,
     standing: Standing,
 }
@@ -119,6 +122,7 @@ impl Admission {
                     enrolled_vote_point: hex::decode(&e.vote_key.point)
                         .ok()
                         .and_then(|b| b.try_into().ok()),
+                    epoch_state: state.clone(),
                     state,
                     nonce: None,
                     standing: Standing::Pending,
@@ -189,7 +193,17 @@ impl Admission {
             .peers
             .get_mut(&peer)
             .ok_or_else(|| format!("{peer} is not enrolled"))?;
-        let res = check(policy.as_ref(), p, bytes);
+        let res = match p.nonce.clone() {
+            Some(nonce) => check(
+                policy.as_ref(),
+                &mut p.state,
+                p.enrolled_tls,
+                p.enrolled_vote_point,
+                &Freshness::Nonce(nonce),
+                bytes,
+            ),
+            None => Err("evidence arrived without a challenge outstanding".to_string()),
+        };
         p.standing = match &res {
             Ok(r) => Standing::Attested {
                 executable: r.executable.to_string(),
@@ -201,6 +215,34 @@ impl Admission {
         res
     }
 
+    /// Checks the evidence of `peer`'s epoch attestation record, which must
+    /// bind `freshness` (the epoch and the block hash it names). A failure
+    /// refuses the peer as a failed admission does.
+    pub fn check_record(
+        &mut self,
+        peer: PartyId,
+        bytes: &[u8],
+        freshness: &Freshness,
+    ) -> Result<AttestationResult, String> {
+        let policy = self.policy.clone();
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or_else(|| format!("{peer} is not enrolled"))?;
+        let res = check(
+            policy.as_ref(),
+            &mut p.epoch_state,
+            p.enrolled_tls,
+            p.enrolled_vote_point,
+            freshness,
+            bytes,
+        );
+        if let Err(e) = &res {
+            p.standing = Standing::Refused(format!("epoch attestation record: {e}"));
+        }
+        res
+    }
+
     /// Forgets a refusal so the peer may try again.
     pub fn retry(&mut self, peer: PartyId) {
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -209,17 +251,21 @@ impl Admission {
     }
 }
 
-fn check(policy: Option<&Policy>, p: &mut Peer, bytes: &[u8]) -> Result<AttestationResult, String> {
+fn check(
+    policy: Option<&Policy>,
+    state: &mut VerifierState,
+    enrolled_tls: Option<Sha256Digest>,
+    enrolled_vote_point: Option<[u8; 65]>,
+    freshness: &Freshness,
+    bytes: &[u8],
+) -> Result<AttestationResult, String> {
     let policy = policy.ok_or("no reference policy is configured")?;
-    let nonce = p
-        .nonce
-        .clone()
-        .ok_or("evidence arrived without a challenge outstanding")?;
     let evidence =
         Evidence::from_bytes(bytes).map_err(|e| format!("evidence does not decode: {e}"))?;
-    let result = verify(&evidence, &Freshness::Nonce(nonce), policy, &mut p.state)
-        .map_err(|e| e.to_string())?;
-    match p.enrolled_tls {
+    // Check on a copy: the clock is remembered only when everything passes.
+    let mut trial = state.clone();
+    let result = verify(&evidence, freshness, policy, &mut trial).map_err(|e| e.to_string())?;
+    match enrolled_tls {
         Some(t) if t == evidence.tls_key_hash => {}
         Some(t) => {
             return Err(format!(
@@ -229,9 +275,10 @@ fn check(policy: Option<&Policy>, p: &mut Peer, bytes: &[u8]) -> Result<Attestat
         }
         None => return Err("the enrollment lists no TLS key hash".into()),
     }
-    if p.enrolled_vote_point != Some(result.vote_key.0) {
+    if enrolled_vote_point != Some(result.vote_key.0) {
         return Err("the evidence's vote key is not the enrolled vote key".into());
     }
+    *state = trial;
     Ok(result)
 }
 
@@ -283,6 +330,7 @@ mod tests {
                 enrolled_tls: None,
                 enrolled_vote_point: None,
                 state: VerifierState::default(),
+                epoch_state: VerifierState::default(),
                 nonce: None,
                 standing: Standing::Pending,
             },

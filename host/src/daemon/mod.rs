@@ -400,6 +400,11 @@ const EXCLUSION: Duration = Duration::from_secs(30);
 
 struct Runtime {
     attest: AttestCtx,
+    /// Decoded AttestationRecord operations of other parties awaiting this
+    /// party's verdict (the session machine keeps no evidence).
+    records: BTreeMap<OpId, Operation>,
+    record_tx: mpsc::UnboundedSender<(Height, Result<Vec<u8>, String>)>,
+    record_rx: mpsc::UnboundedReceiver<(Height, Result<Vec<u8>, String>)>,
     evidence_tx: mpsc::UnboundedSender<(PartyId, Result<Vec<u8>, String>)>,
     evidence_rx: mpsc::UnboundedReceiver<(PartyId, Result<Vec<u8>, String>)>,
     readmit: BTreeMap<PartyId, Instant>,
@@ -491,8 +496,12 @@ impl Runtime {
         let (sign_tx, sign_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (evidence_tx, evidence_rx) = mpsc::unbounded_channel();
+        let (record_tx, record_rx) = mpsc::unbounded_channel();
         let mut rt = Runtime {
             attest,
+            records: BTreeMap::new(),
+            record_tx,
+            record_rx,
             evidence_tx,
             evidence_rx,
             readmit: BTreeMap::new(),
@@ -601,6 +610,17 @@ impl Runtime {
                     }
                 },
                 Some((seq, res)) = self.batch_rx.recv() => self.batch_signed(seq, res)?,
+                Some((h, res)) = self.record_rx.recv() => match res {
+                    Ok(evidence) => {
+                        let body = OpBody::AttestationRecord(quorate_firmware::sessions::ops::AttestationRecord {
+                            binds_height: h,
+                            evidence: quorate_firmware::sessions::ops::Blob(evidence),
+                        });
+                        self.store.outbox_push(&Operation { author: self.me, body }.encode())?;
+                        info!(height = h.0, "epoch attestation record queued");
+                    }
+                    Err(e) => warn!(height = h.0, error = %e, "cannot produce the epoch attestation record"),
+                },
                 Some(cmd) = cmd_rx.recv() => self.command(cmd)?,
                 _ = timer => {
                     let now = Instant::now();
@@ -806,6 +826,10 @@ impl Runtime {
             .decided_ops
             .fetch_add(outcome.ops.len() as u64, Ordering::Relaxed);
         info!(height = h.height.0, ops = outcome.ops.len(), root = %outcome.state_root, "decided");
+        let every = self.cfg.file.cluster.attestation_every;
+        if self.attest.attests && every > 0 && h.height.0 % every == 0 {
+            self.spawn_epoch_record(h.height, block.hash().0);
+        }
         self.post_verdicts()
     }
 
@@ -820,6 +844,25 @@ impl Runtime {
         self.events.push_block(&outcome);
         for (bi, b) in block.batches().iter().enumerate() {
             if b.body.author != self.me {
+                for (oi, bytes) in b.body.ops.iter().enumerate() {
+                    if let Ok(
+                        op @ Operation {
+                            body: OpBody::AttestationRecord(_),
+                            ..
+                        },
+                    ) = Operation::decode(bytes)
+                    {
+                        let id = OpId::derive(
+                            &self.cfg.cluster_id,
+                            h.height,
+                            bi as u32,
+                            b.body.author,
+                            b.body.seq,
+                            oi as u32,
+                        );
+                        self.records.insert(id, op);
+                    }
+                }
                 continue;
             }
             let Some(fl) = self.in_flight.clone() else {
@@ -868,7 +911,8 @@ impl Runtime {
             if self.verdicts_queued.contains(&target) {
                 continue;
             }
-            match policy::evaluate(&policy, self.me, &self.machine, target, None) {
+            let record = self.records.get(&target).cloned();
+            match policy::evaluate(&policy, self.me, &self.machine, target, record.as_ref()) {
                 PolicyDecision::Post(op) => {
                     self.store.outbox_push(&op.encode())?;
                     self.verdicts_queued.insert(target);
@@ -876,10 +920,111 @@ impl Runtime {
                 PolicyDecision::Manual { target } => {
                     debug!(op = %hex::encode(target.0.as_bytes()), "awaiting the operator's verdict");
                 }
-                PolicyDecision::VerifyAttestation { .. } | PolicyDecision::Nothing => {}
+                PolicyDecision::VerifyAttestation {
+                    target,
+                    subject,
+                    binds_height,
+                    evidence,
+                } => {
+                    let decision = self.judge_record(subject, binds_height, &evidence.0)?;
+                    let op = policy::verdict(self.me, target, decision);
+                    self.store.outbox_push(&op.encode())?;
+                    self.verdicts_queued.insert(target);
+                }
+                PolicyDecision::Nothing => {}
             }
         }
+        // Keep only the records still awaiting verdicts.
+        let machine = &self.machine;
+        self.records.retain(|id, _| {
+            machine
+                .operation(id)
+                .is_some_and(|r| r.status == quorate_firmware::sessions::machine::OpStatus::Pending)
+        });
         Ok(())
+    }
+
+    /// Quotes with the epoch and the hash of block `height` bound in, and
+    /// queues the evidence as this party's AttestationRecord: one quote
+    /// serves every peer, and the log shows what code ran across history.
+    fn spawn_epoch_record(
+        &self,
+        height: Height,
+        block_hash: quorate_firmware::types::Sha256Digest,
+    ) {
+        let tpm = self.tpm.clone();
+        let tx = self.record_tx.clone();
+        let dir = self.cfg.file.party.data_dir.clone();
+        let pcr = self.attest.measurement_pcr;
+        let extra = self
+            .attest
+            .admission
+            .policy()
+            .map(|p| p.quoted_pcrs())
+            .unwrap_or_default();
+        let tls = self.attest.tls_key_hash;
+        let fresh = quorate_attestation::evidence::Freshness::Epoch {
+            epoch: self.cfg.epoch(),
+            block_hash,
+        };
+        tokio::spawn(async move {
+            let res = crate::evidence::produce_evidence(&tpm, &dir, pcr, &extra, &fresh, &tls)
+                .await
+                .map(|e| e.to_bytes())
+                .map_err(|e| e.to_string());
+            let _ = tx.send((height, res));
+        });
+    }
+
+    /// This party's verdict on `subject`'s epoch attestation record. A
+    /// refusal also excludes the subject, as a failed admission does.
+    fn judge_record(
+        &mut self,
+        subject: PartyId,
+        binds_height: Height,
+        evidence: &[u8],
+    ) -> anyhow::Result<quorate_firmware::sessions::ops::Decision> {
+        use quorate_firmware::sessions::ops::{Decision, Reason, ReasonCode};
+        if !self.attest.admission.enforced() {
+            // Dev mode without reference values: nothing to check against.
+            return Ok(Decision::Approve);
+        }
+        let block_hash = match self.store.decided(binds_height.0)? {
+            Some(sb) => {
+                Block::from_bytes(&sb.block)
+                    .map_err(|e| anyhow!("stored block {} is corrupt: {e}", binds_height.0))?
+                    .hash()
+                    .0
+            }
+            None => {
+                return Ok(Decision::Reject(Reason {
+                    code: ReasonCode::AttestationInvalid,
+                    text: format!("binds height {} which is not decided here", binds_height.0),
+                }))
+            }
+        };
+        let fresh = quorate_attestation::evidence::Freshness::Epoch {
+            epoch: self.cfg.epoch(),
+            block_hash,
+        };
+        match self
+            .attest
+            .admission
+            .check_record(subject, evidence, &fresh)
+        {
+            Ok(r) => {
+                info!(peer = %subject, height = binds_height.0, executable = %r.executable, "epoch attestation record verified");
+                Ok(Decision::Approve)
+            }
+            Err(reason) => {
+                let text: String = reason.chars().take(400).collect();
+                self.refuse(subject, &format!("epoch attestation record: {reason}"));
+                Ok(Decision::Reject(Reason {
+                    code: ReasonCode::AttestationInvalid,
+                    text,
+                }))
+            }
+        }
     }
 
     /// Starts signing a batch of outbox operations if none is in flight, or
