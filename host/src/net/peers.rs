@@ -18,6 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
+/// The first frame an acceptor sends once it has accepted a dialer's
+/// certificate; the dialer counts the connection as up only after it.
+const WELCOME: &[u8] = b"quorate-welcome/v1";
+
 /// A peer as the configuration lists it.
 #[derive(Debug, Clone)]
 pub struct PeerSpec {
@@ -373,8 +377,22 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, acceptor: TlsAcce
                     warn!(%addr, peer = %p, "refused a connection from an excluded peer")
                 }
                 Some(p) => {
-                    info!(%addr, peer = %p, "peer connected (inbound)");
-                    register(&inner, p, tls);
+                    // Tell the dialer it was accepted: in TLS 1.3 a client
+                    // finishes its handshake before the server has checked
+                    // the client's certificate, so only this frame proves it.
+                    let mut tls = tls;
+                    let welcome = async {
+                        write_frame(&mut tls, WELCOME).await?;
+                        tokio::io::AsyncWriteExt::flush(&mut tls).await?;
+                        Ok::<_, FrameError>(())
+                    };
+                    match tokio::time::timeout(inner.cfg.handshake_timeout, welcome).await {
+                        Ok(Ok(())) => {
+                            info!(%addr, peer = %p, "peer connected (inbound)");
+                            register(&inner, p, tls);
+                        }
+                        _ => warn!(%addr, peer = %p, "peer left before it was welcomed"),
+                    }
                 }
                 None => warn!(%addr, "refused a connection with no enrolled certificate"),
             }
@@ -421,10 +439,16 @@ async fn dial(
         let _ = tcp.set_nodelay(true);
         let name =
             rustls::pki_types::ServerName::try_from("quorate-peer").map_err(|e| e.to_string())?;
-        connector
+        let mut tls = connector
             .connect(name, tcp)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // The server accepted our certificate only if it welcomes us.
+        match read_frame(&mut tls, WELCOME.len()).await {
+            Ok(f) if f == WELCOME => Ok(tls),
+            Ok(_) => Err("the peer sent something other than its welcome".to_string()),
+            Err(e) => Err(format!("the peer did not accept us: {e}")),
+        }
     };
     let tls = tokio::time::timeout(inner.cfg.handshake_timeout, fut)
         .await
