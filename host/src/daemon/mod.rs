@@ -701,25 +701,11 @@ impl Runtime {
                     self.net.send(from, Arc::from(f.encode()));
                     return Ok(());
                 }
-                let tpm = self.tpm.clone();
+                let evidence =
+                    self.evidence(quorate_attestation::evidence::Freshness::Nonce(nonce));
                 let tx = self.evidence_tx.clone();
-                let dir = self.cfg.file.party.data_dir.clone();
-                let pcr = self.attest.measurement_pcr;
-                let extra = self
-                    .attest
-                    .admission
-                    .policy()
-                    .map(|p| p.quoted_pcrs())
-                    .unwrap_or_default();
-                let tls = self.attest.tls_key_hash;
                 tokio::spawn(async move {
-                    let fresh = quorate_attestation::evidence::Freshness::Nonce(nonce);
-                    let res =
-                        crate::evidence::produce_evidence(&tpm, &dir, pcr, &extra, &fresh, &tls)
-                            .await
-                            .map(|e| e.to_bytes())
-                            .map_err(|e| e.to_string());
-                    let _ = tx.send((from, res));
+                    let _ = tx.send((from, evidence.await));
                 });
             }
             admission::PeerFrame::Evidence(b) => {
@@ -944,16 +930,13 @@ impl Runtime {
         Ok(())
     }
 
-    /// Quotes with the epoch and the hash of block `height` bound in, and
-    /// queues the evidence as this party's AttestationRecord: one quote
-    /// serves every peer, and the log shows what code ran across history.
-    fn spawn_epoch_record(
+    /// Evidence from this party's TPM for `fresh`, quoting the PCRs the
+    /// policy names, encoded; to be awaited off the event loop.
+    fn evidence(
         &self,
-        height: Height,
-        block_hash: quorate_firmware::types::Sha256Digest,
-    ) {
+        fresh: quorate_attestation::evidence::Freshness,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send + 'static {
         let tpm = self.tpm.clone();
-        let tx = self.record_tx.clone();
         let dir = self.cfg.file.party.data_dir.clone();
         let pcr = self.attest.measurement_pcr;
         let extra = self
@@ -963,16 +946,29 @@ impl Runtime {
             .map(|p| p.quoted_pcrs())
             .unwrap_or_default();
         let tls = self.attest.tls_key_hash;
-        let fresh = quorate_attestation::evidence::Freshness::Epoch {
-            epoch: self.cfg.epoch(),
-            block_hash,
-        };
-        tokio::spawn(async move {
-            let res = crate::evidence::produce_evidence(&tpm, &dir, pcr, &extra, &fresh, &tls)
+        async move {
+            crate::evidence::produce_evidence(&tpm, &dir, pcr, &extra, &fresh, &tls)
                 .await
                 .map(|e| e.to_bytes())
-                .map_err(|e| e.to_string());
-            let _ = tx.send((height, res));
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Quotes with the epoch and the hash of block `height` bound in, and
+    /// queues the evidence as this party's AttestationRecord: one quote
+    /// serves every peer, and the log shows what code ran across history.
+    fn spawn_epoch_record(
+        &self,
+        height: Height,
+        block_hash: quorate_firmware::types::Sha256Digest,
+    ) {
+        let evidence = self.evidence(quorate_attestation::evidence::Freshness::Epoch {
+            epoch: self.cfg.epoch(),
+            block_hash,
+        });
+        let tx = self.record_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send((height, evidence.await));
         });
     }
 
