@@ -148,10 +148,18 @@ fn tcti_pointing_at_nothing_fails_naming_it() {
 /// its deadline with an error naming the TCTI instead of hanging.
 #[tokio::test]
 async fn silent_peer_times_out_naming_the_tcti() {
-    let port = free_port_pair().unwrap();
+    // Bind both ports of a free pair; another test may take one of them
+    // between the probe and the bind, so try a few pairs.
+    let (port, listeners) = (0..20)
+        .find_map(|_| {
+            let port = free_port_pair().ok()?;
+            let a = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+            let b = std::net::TcpListener::bind(("127.0.0.1", port + 1)).ok()?;
+            Some((port, [a, b]))
+        })
+        .expect("no free port pair");
     let mut held = Vec::new();
-    for p in [port, port + 1] {
-        let l = std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+    for l in listeners {
         held.push(std::thread::spawn(move || {
             let mut conns = Vec::new();
             for c in l.incoming().take(8) {
