@@ -375,7 +375,20 @@ async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if let Some(n) = declared.filter(|n| *n > MAX_BODY as u64) {
+        // The client is still writing the body: read and discard a
+        // moderately oversized one (without keeping it) so it can read the
+        // answer; past DRAIN_CAP answer at once and let the connection close.
+        if n <= DRAIN_CAP as u64 {
+            let mut body = req.into_body();
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > DRAIN_CAP {
+                    break;
+                }
+            }
+        }
         return too_large();
     }
     let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -413,6 +426,9 @@ async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, None, &e),
     }
 }
+
+/// Largest oversized body drained (read and discarded) before a 413.
+const DRAIN_CAP: usize = 4 * MAX_BODY;
 
 fn too_large() -> Resp {
     error(
