@@ -83,6 +83,41 @@ impl Client {
         Ok(Client::new(addr, token.trim()))
     }
 
+    fn connect_err(&self, reason: impl std::fmt::Display) -> ClientError {
+        ClientError::Connect {
+            addr: self.addr,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Connects, sends `req` with the Host and bearer-token headers added,
+    /// and returns the response once its head arrives.
+    async fn send(
+        &self,
+        req: hyper::http::request::Builder,
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| self.connect_err(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.connect_err(e))?;
+        tokio::spawn(conn);
+        let req = req
+            .header(hyper::header::HOST, self.addr.to_string())
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .body(Full::new(body))
+            .map_err(|e| self.connect_err(e))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.connect_err(e))
+    }
+
     /// Sends one request and returns the status and body.
     pub async fn raw(
         &self,
@@ -90,45 +125,26 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let connect_err = |reason: String| ClientError::Connect {
-            addr: self.addr,
-            reason,
-        };
         let fut = async {
-            let stream = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            tokio::spawn(conn);
             let req = Request::builder()
                 .method(method)
                 .uri(path)
-                .header(hyper::header::HOST, self.addr.to_string())
-                .header(
-                    hyper::header::AUTHORIZATION,
-                    format!("Bearer {}", self.token),
-                )
-                .header(hyper::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| connect_err(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
+                .header(hyper::header::CONTENT_TYPE, "application/json");
+            let resp = self
+                .send(req, Bytes::from(body.unwrap_or_default()))
+                .await?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| connect_err(e.to_string()))?
+                .map_err(|e| self.connect_err(e))?
                 .to_bytes();
             Ok((status, bytes))
         };
         tokio::time::timeout(self.timeout, fut)
             .await
-            .map_err(|_| connect_err("timed out".into()))?
+            .map_err(|_| self.connect_err("timed out"))?
     }
 
     async fn json<T: DeserializeOwned>(
@@ -230,41 +246,16 @@ impl Client {
     /// only new ones if `None`. Reconnect with the last id seen to resume
     /// without gaps.
     pub async fn events(&self, last_event_id: Option<&str>) -> Result<EventStream, ClientError> {
-        let connect_err = |reason: String| ClientError::Connect {
-            addr: self.addr,
-            reason,
-        };
-        let fut = async {
-            let stream = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            tokio::spawn(conn);
-            let mut req = Request::builder()
-                .method(Method::GET)
-                .uri("/v1/events")
-                .header(hyper::header::HOST, self.addr.to_string())
-                .header(hyper::header::ACCEPT, "text/event-stream")
-                .header(
-                    hyper::header::AUTHORIZATION,
-                    format!("Bearer {}", self.token),
-                );
-            if let Some(id) = last_event_id {
-                req = req.header("Last-Event-ID", id);
-            }
-            let req = req
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| connect_err(e.to_string()))?;
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| connect_err(e.to_string()))
-        };
-        let resp = tokio::time::timeout(self.timeout, fut)
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri("/v1/events")
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = tokio::time::timeout(self.timeout, self.send(req, Bytes::new()))
             .await
-            .map_err(|_| connect_err("timed out".into()))??;
+            .map_err(|_| self.connect_err("timed out"))??;
         let status = resp.status();
         if !status.is_success() {
             let body = resp
