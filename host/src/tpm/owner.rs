@@ -560,17 +560,7 @@ impl Owner {
             return Ok(s);
         }
         let ctx = self.ctx()?;
-        let s = ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Policy,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(TpmError::tss("start a policy session"))?
-            .ok_or(TpmError::OwnerGone)?;
+        let s = start_session(ctx, SessionType::Policy, "start a policy session")?;
         let (attrs, mask) = SessionAttributesBuilder::new()
             .with_continue_session(true)
             .build();
@@ -783,19 +773,31 @@ impl Owner {
     }
 }
 
+/// Starts an unbound, unsalted session of `kind` (AES-128-CFB, SHA-256).
+fn start_session(
+    ctx: &mut Context,
+    kind: SessionType,
+    what: &'static str,
+) -> Result<AuthSession, TpmError> {
+    ctx.start_auth_session(
+        None,
+        None,
+        None,
+        kind,
+        SymmetricDefinition::AES_128_CFB,
+        HashingAlgorithm::Sha256,
+    )
+    .map_err(TpmError::tss(what))?
+    .ok_or(TpmError::OwnerGone)
+}
+
 /// A policy session satisfying the EK's policy: PolicySecret(endorsement).
 fn endorsement_policy_session(ctx: &mut Context) -> Result<PolicySession, TpmError> {
-    let s = ctx
-        .start_auth_session(
-            None,
-            None,
-            None,
-            SessionType::Policy,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        )
-        .map_err(TpmError::tss("start a policy session for the EK"))?
-        .ok_or(TpmError::OwnerGone)?;
+    let s = start_session(
+        ctx,
+        SessionType::Policy,
+        "start a policy session for the EK",
+    )?;
     let ps = PolicySession::try_from(s).map_err(TpmError::tss("policy session handle"))?;
     let res = ctx.execute_with_session(Some(AuthSession::Password), |c| {
         c.policy_secret(
@@ -891,17 +893,7 @@ impl Owner {
     pub fn trial_policy_pcr(&mut self, pcr: u8) -> Result<[u8; 32], TpmError> {
         let sel = sha256_selection(pcr)?;
         let ctx = self.ctx()?;
-        let s = ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Trial,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(TpmError::tss("start a trial session"))?
-            .ok_or(TpmError::OwnerGone)?;
+        let s = start_session(ctx, SessionType::Trial, "start a trial session")?;
         let ps = PolicySession::try_from(s).map_err(TpmError::tss("trial session handle"))?;
         let res = ctx
             .policy_pcr(ps, Digest::default(), sel)
