@@ -888,22 +888,9 @@ impl ConsensusDriver {
                 self.on_block_response(from, block, certificate)
             }
             PeerMessage::Vote(v) => {
-                let key = self
-                    .io
-                    .cfg
-                    .parties
-                    .key_of(v.vote.voter)
-                    .copied()
-                    .ok_or(DriverError::UnknownPeer(v.vote.voter))?;
-                if v.signature == PLACEHOLDER
-                    || !self.io.cache.verify(
-                        &key,
-                        &v.vote.signed_bytes(&self.io.ctx).encode(),
-                        &v.signature,
-                    )
-                {
-                    return Err(DriverError::BadSignature(from));
-                }
+                let bytes = v.vote.signed_bytes(&self.io.ctx).encode();
+                self.io
+                    .check_peer_signature(from, v.vote.voter, &bytes, &v.signature)?;
                 if v.vote.height < h {
                     return Ok(());
                 }
@@ -948,22 +935,9 @@ impl ConsensusDriver {
     }
 
     fn on_proposal(&mut self, from: PartyId, p: SignedProposalWire) -> Result<(), DriverError> {
-        let key = self
-            .io
-            .cfg
-            .parties
-            .key_of(p.proposal.proposer)
-            .copied()
-            .ok_or(DriverError::UnknownPeer(p.proposal.proposer))?;
-        if p.signature == PLACEHOLDER
-            || !self.io.cache.verify(
-                &key,
-                &p.proposal.signed_bytes(&self.io.ctx).encode(),
-                &p.signature,
-            )
-        {
-            return Err(DriverError::BadSignature(from));
-        }
+        let bytes = p.proposal.signed_bytes(&self.io.ctx).encode();
+        self.io
+            .check_peer_signature(from, p.proposal.proposer, &bytes, &p.signature)?;
         self.catch_up.note_active(from, p.proposal.height);
         self.maybe_start_height()?;
         if let Err(reason) = self.validate_block(&p.proposal.block, Some(p.proposal.proposer), true)
@@ -1291,6 +1265,28 @@ fn unreachable_restore() -> (ConsensusDriver, Step) {
 }
 
 impl Io {
+    /// Checks a signature a peer's message carries: the signer must be a
+    /// member, the signature real (never the placeholder) and valid over
+    /// `bytes` under the signer's key (verified once, then cached).
+    fn check_peer_signature(
+        &mut self,
+        from: PartyId,
+        signer: PartyId,
+        bytes: &[u8],
+        sig: &Signature,
+    ) -> Result<(), DriverError> {
+        let key = self
+            .cfg
+            .parties
+            .key_of(signer)
+            .copied()
+            .ok_or(DriverError::UnknownPeer(signer))?;
+        if *sig == PLACEHOLDER || !self.cache.verify(&key, bytes, sig) {
+            return Err(DriverError::BadSignature(from));
+        }
+        Ok(())
+    }
+
     fn schedule(&mut self, kind: TimerKind, after_ms: u64) {
         let id = TimerId(self.next_timer);
         self.next_timer += 1;
