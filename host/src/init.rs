@@ -77,6 +77,9 @@ pub struct Enrollment {
     pub ek: Option<EnrolledEk>,
 }
 
+/// An EK certificate (DER) if there is one, and its intermediates (DER).
+pub type EkCertificates = (Option<Vec<u8>>, Vec<Vec<u8>>);
+
 /// The party's endorsement key as peers enroll it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolledEk {
@@ -97,7 +100,7 @@ pub struct EnrolledEk {
 
 impl EnrolledEk {
     /// The certificate and the intermediates as DER.
-    pub fn certificates(&self) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>), hex::FromHexError> {
+    pub fn certificates(&self) -> Result<EkCertificates, hex::FromHexError> {
         let cert = self.certificate.as_deref().map(hex::decode).transpose()?;
         let chain = self
             .chain
