@@ -110,9 +110,10 @@ enum Command {
         /// Where to write the evidence (postcard).
         #[arg(long)]
         out: PathBuf,
-        /// Also write quote.msg, quote.sig, ak.pub.pem and eventlog.bin here,
-        /// for `tpm2_checkquote -u ak.pub.pem -m quote.msg -s quote.sig -g sha256 -q QD`
-        /// and `tpm2_eventlog eventlog.bin`.
+        /// Also write quote.msg, quote.sig, quote.pcrs, ak.pub.pem,
+        /// qualifying_data.hex and eventlog.bin here, for
+        /// `tpm2_checkquote -u ak.pub.pem -m quote.msg -s quote.sig -f quote.pcrs -g sha256 -q QD`
+        /// (QD from qualifying_data.hex) and `tpm2_eventlog eventlog.bin`.
         #[arg(long)]
         tpm2_tools_dir: Option<PathBuf>,
     },
