@@ -492,6 +492,57 @@ mod tests {
         ));
     }
 
+    /// An enrollment written before the `ek` field (no EK) still loads; one
+    /// whose EK Name does not follow from its public area does not.
+    #[test]
+    fn enrollments_without_an_ek_load_and_a_wrong_ek_name_is_refused() {
+        let vector = |name: &str| {
+            let b = fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../attestation/tests/vectors")
+                    .join(name),
+            )
+            .unwrap();
+            quorate_attestation::tpm::TpmtPublic::parse_tpm2b(&b).unwrap()
+        };
+        let vote = vector("vote.pub");
+        let ek = vector("ek_ecc384.pub");
+        let mut e = Enrollment {
+            format: ENROLLMENT_FORMAT,
+            party_id: PartyId(1),
+            vote_key: EnrolledKey {
+                tpmt_public: hex::encode(vote.as_bytes()),
+                name: hex::encode(vote.name().as_bytes()),
+                point: hex::encode(vote.ecc_p256_point().unwrap().0),
+            },
+            tls_cert: String::new(),
+            tls_key_hash: String::new(),
+            ak: None,
+            ek: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(ENROLLMENT_FILE);
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("\"ek\""), "{json}");
+        fs::write(&p, json).unwrap();
+        assert_eq!(Enrollment::load(&p).unwrap(), e);
+        e.ek = Some(EnrolledEk {
+            template: EkTemplate::EccP384,
+            tpmt_public: hex::encode(ek.as_bytes()),
+            name: hex::encode(ek.name().as_bytes()),
+            certificate: Some("3000".into()),
+            chain: vec![],
+        });
+        fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(Enrollment::load(&p).unwrap(), e);
+        if let Some(ek) = e.ek.as_mut() {
+            ek.name = hex::encode(vote.name().as_bytes());
+        }
+        fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
+        let err = Enrollment::load(&p).unwrap_err().to_string();
+        assert!(err.contains("ek.name does not match"), "{err}");
+    }
+
     #[test]
     fn enrollment_load_rejects_a_mismatched_name() {
         let dir = tempfile::tempdir().unwrap();
