@@ -9,8 +9,7 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use quorate_attestation::credential::ek_matches_certificate;
 use quorate_attestation::ekcert::{certificates_from_text, verify_ek_chain, EkError};
@@ -19,26 +18,8 @@ use quorate_host::enroll_cli::{ChallengeFile, EnrollmentRecord};
 use quorate_host::init::{Enrollment, ENROLLMENT_FILE};
 use quorate_host::tpm::{EkCa, EkTemplate, Swtpm, TpmHandle};
 
-/// Runs `quorate` with `args`, killing it if it hangs (a guard against a
-/// hung test, not a timing assertion).
-fn quorate(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .args(args)
-        .env("TSS2_LOG", "all+none")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("quorate {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
+mod common;
+use common::quorate;
 
 fn ok(o: &Output) -> String {
     assert!(

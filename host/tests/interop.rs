@@ -11,8 +11,8 @@
 )]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use quorate_attestation::evidence::{Evidence, Freshness};
 use quorate_attestation::policy::Policy;
@@ -21,26 +21,11 @@ use quorate_attestation::verify::{verify, AttestationError, VerifierState};
 use quorate_host::init::{Enrollment, ENROLLMENT_FILE};
 use quorate_host::tpm::Swtpm;
 
-/// Runs a program, killing it if it hangs (a guard, not a timing assertion).
+mod common;
+
+/// Runs a program (tpm2-tools on `tcti`, or `quorate`).
 fn run(program: &str, args: &[&str], tcti: Option<&str>) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env("TSS2_LOG", "all+none")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(t) = tcti {
-        cmd.env("TPM2TOOLS_TCTI", t);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("{program} {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    common::run_guarded(program, args, tcti, Duration::from_secs(60))
 }
 
 fn ok(o: Output) -> String {
