@@ -55,6 +55,22 @@ async fn settled(c: &Client, id: &str, timeout: Duration) -> anyhow::Result<Valu
     }
 }
 
+/// Polls an operation until it is decided (ordered into a block), whatever
+/// its status.
+async fn decided(c: &Client, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = c.operation(id).await?;
+        if v["decided"] == true {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("operation {id} not decided after {timeout:?}: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
 fn keygen(participants: &[u32], scheme: &str) -> Value {
     json!({"type": "create_session", "session": {"kind": "keygen", "participants": participants,
         "threshold": 3, "scheme": scheme, "deadline_secs": 600}})
@@ -443,8 +459,8 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
 }
 
 /// Stops party `id` with SIGTERM and waits until `quorate dev` has started
-/// it again (running `exe`) and its API answers.
-async fn restart_party(d: &mut Demo, id: u32, exe: &Path) -> anyhow::Result<()> {
+/// it again (running `exe`, described as `what`) and its API answers.
+async fn restart_party(d: &mut Demo, id: u32, exe: &Path, what: &str) -> anyhow::Result<()> {
     let old = d.pid(id);
     signal(old, "TERM")?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -459,6 +475,7 @@ async fn restart_party(d: &mut Demo, id: u32, exe: &Path) -> anyhow::Result<()> 
             if p.pid != 0 && p.pid != old && runs_exe {
                 if let Ok(c) = d.client(id) {
                     if c.status().await.is_ok() {
+                        println!("    P{id} restarted under {what} (pid {})", p.pid);
                         return Ok(());
                     }
                 }
@@ -500,7 +517,7 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
     screen(
         6,
         "A party running a modified executable is refused",
-        "P2 is restarted, same TPM and data dir, under a copy of quorate with one byte\nchanged. Its measured launch extends that copy's digest into its PCR; its quote\nshows it, and the peers refuse it (the reference values approve one executable).\nThe other three still decide. Then P2 runs the real binary again (its TPM\nrebooted: PCRs only reset then) and is re-admitted.",
+        "P2 is restarted, same TPM and data dir, under a copy of quorate with one byte\nchanged. Its measured launch extends that copy's digest into its PCR; its quote\nshows it, and the peers refuse it (the reference values approve one executable).\nThe other three still decide. Then P2 runs the real binary again (its TPM\nrebooted: PCRs only reset then), is re-admitted, catches up and casts the\nverdict it missed.",
     );
     let victim = 2u32;
     let others = [1u32, 3, 4];
@@ -525,11 +542,7 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
         modified.display(),
         short(&digest(&modified)?)
     );
-    restart_party(d, victim, &modified).await?;
-    println!(
-        "    P2 restarted under the modified executable (pid {})",
-        d.pid(victim)
-    );
+    restart_party(d, victim, &modified, "the modified executable").await?;
 
     // Every peer refuses P2's evidence, naming the executable.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -567,27 +580,30 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
     if let Some(line) = log
         .lines()
         .rev()
-        .find(|l| l.contains("attestation refused") && l.contains("peer=2"))
+        .find(|l| l.contains("attestation refused; excluding") && l.contains("peer=P2"))
     {
-        println!("    P1's log: {}", line.trim());
+        let from = line.find("WARN").unwrap_or(0);
+        println!("    P1's log: {}", line.get(from..).unwrap_or(line).trim());
     }
     let names_exe = refused.iter().all(|(_, _, t)| t.contains("executable"));
 
-    // The three attested parties (a byzantine quorum of 3 of 4) decide alone.
+    // The three attested parties (a byzantine quorum of 3 of 4) decide
+    // alone. A key generation needs every party's approval, so this one
+    // stays pending until P2's verdict comes in.
     let p1 = d.client(1)?;
     let before = d.client(victim)?.status().await?.height;
     let r = p1
         .submit_json(&keygen(&[1, 3, 4], "frost-secp256k1"))
         .await?;
-    let v = settled(&p1, &r.id, Duration::from_secs(60)).await?;
+    let v = decided(&p1, &r.id, Duration::from_secs(60)).await?;
     let hs = heights(d, &[1, 2, 3, 4]).await;
     let h: Vec<Option<u64>> = hs.iter().map(|x| x.as_ref().map(|y| y.0)).collect();
     println!(
-        "    without P2: keygen of P1, P3, P4 {} {}; heights P1..P4 {:?}",
-        r.id, v["status"], h
+        "    without P2: P1's keygen {} decided at height {}, status {} (P2's approval is missing)",
+        r.id, v["record"]["position"]["height"], v["status"]
     );
-    let decided_without = v["status"] == "executed"
-        && h.first().copied().flatten().unwrap_or(0) > before
+    println!("    heights of P1..P4: {h:?}");
+    let decided_without = h.first().copied().flatten().unwrap_or(0) > before
         && h.get(1).copied().flatten() == Some(before);
 
     // The real binary again: P2's swtpm restarts with it (a TPM reboot, so
@@ -595,11 +611,7 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
     // and the peers admit it once its 30 s exclusion is over.
     std::fs::remove_file(&modified)?;
     let bin = d.bin.clone();
-    restart_party(d, victim, &bin).await?;
-    println!(
-        "    P2 restarted under the approved executable (pid {})",
-        d.pid(victim)
-    );
+    restart_party(d, victim, &bin, "the approved executable").await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let readmitted = loop {
         let v = views_of(d, &others, victim).await;
@@ -622,10 +634,19 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    Ok(if names_exe && decided_without && readmitted {
+    // Back in, P2 judged the key generation it missed and approved it.
+    let executed = if readmitted {
+        let v = settled(&p1, &r.id, Duration::from_secs(60)).await?;
+        println!("    {} → {}", r.id, v["status"]);
+        print_verdicts(&v);
+        v["status"] == "executed"
+    } else {
+        false
+    };
+    Ok(if names_exe && decided_without && readmitted && executed {
         verdict(
             Outcome::Pass,
-            "the modified P2 was refused by every peer, the other three decided without it, and the approved P2 was re-admitted and caught up",
+            "the modified P2 was refused by every peer, the other three decided without it, and the approved P2 was re-admitted, caught up and approved",
         )
     } else if !names_exe {
         verdict(Outcome::Fail, "the refusal does not name the executable")
@@ -634,10 +655,15 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
             Outcome::Fail,
             "the cluster did not decide without the refused party (or the refused party decided)",
         )
-    } else {
+    } else if !readmitted {
         verdict(
             Outcome::Fail,
             "P2 was not re-admitted under the approved executable within 120 s",
+        )
+    } else {
+        verdict(
+            Outcome::Fail,
+            "the key generation decided without P2 did not execute with its approval",
         )
     })
 }
