@@ -10,7 +10,10 @@
 //! missing or wrong token 401. An operation is answered `202` only once it
 //! is durable in the outbox.
 //!
-//! [`ROUTES`] lists every route served; `docs/openapi.yaml` documents them
+//! Plain HTTP by default; HTTPS when `[party]` sets `api_tls` or
+//! `api_tls_cert`/`api_tls_key` ([`crate::api_tls`]).
+//!
+//! [`ROUTES`] lists every route served; `docs/openapi.json` documents them
 //! and a system test checks that the two agree.
 
 use crate::daemon::events::{ApiEvent, EventId};
@@ -81,8 +84,14 @@ struct ApiState {
     token: String,
 }
 
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, daemon: DaemonHandle, token: String) {
+/// Serves the API on `listener` until the task is dropped: plain HTTP, or
+/// HTTPS with `tls` (see [`crate::api_tls`]).
+pub async fn serve(
+    listener: TcpListener,
+    daemon: DaemonHandle,
+    token: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let state = Arc::new(ApiState { daemon, token });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -94,22 +103,37 @@ pub async fn serve(listener: TcpListener, daemon: DaemonHandle, token: String) {
             }
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move {
-                    let resp = handle(req, &state).await;
-                    state.daemon.metrics().api_answered(resp.status().as_u16());
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(%peer, error = %e, "API connection ended with an error");
+            match tls {
+                None => serve_connection(stream, state, peer).await,
+                Some(acceptor) => match crate::api_tls::accept(&acceptor, stream).await {
+                    Ok(s) => serve_connection(s, state, peer).await,
+                    Err(e) => debug!(%peer, error = %e, "API TLS connection refused"),
+                },
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 requests on one accepted connection.
+async fn serve_connection<I>(io: I, state: Arc<ApiState>, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            let resp = handle(req, &state).await;
+            state.daemon.metrics().api_answered(resp.status().as_u16());
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await
+    {
+        debug!(%peer, error = %e, "API connection ended with an error");
     }
 }
 

@@ -1,6 +1,10 @@
 //! A small client for a party's HTTP API, for MPC engines, the demo and the
 //! tests: typed calls for every endpoint and the event stream.
 //!
+//! An API served over TLS (`api_tls` in `[party]`) is reached with
+//! [`Client::with_tls`]: pin the certificate's fingerprint, or trust a CA
+//! file.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), quorate_host::client::ClientError> {
 //! use quorate_host::client::Client;
@@ -27,6 +31,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::api_tls::ServerTrust;
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -50,6 +56,15 @@ pub enum ClientError {
     /// The answer was not the JSON expected.
     #[error("unexpected answer: {0}")]
     Decode(String),
+    /// The TLS handshake with the API failed: the certificate is not the
+    /// one pinned or not trusted, or the API does not speak TLS.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The API address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A party's API endpoint and token.
@@ -58,6 +73,14 @@ pub struct Client {
     addr: SocketAddr,
     token: String,
     timeout: Duration,
+    tls: Option<ClientTls>,
+}
+
+/// How the client speaks TLS to the API.
+#[derive(Debug, Clone)]
+struct ClientTls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
 }
 
 /// The answer to `POST /v1/operations`.
@@ -74,7 +97,44 @@ impl Client {
             addr,
             token: token.into(),
             timeout: Duration::from_secs(10),
+            tls: None,
         }
+    }
+
+    /// The same client speaking TLS, trusting the server as `trust` says
+    /// (with roots, the name checked is the address's IP; see
+    /// [`Client::with_server_name`]).
+    pub fn with_tls(mut self, trust: &ServerTrust) -> Result<Self, ClientError> {
+        let config = trust.client_config().map_err(|e| ClientError::Tls {
+            addr: self.addr,
+            reason: e.to_string(),
+        })?;
+        self.tls = Some(ClientTls {
+            config,
+            server_name: crate::api_tls::server_name_of(self.addr),
+        });
+        Ok(self)
+    }
+
+    /// With TLS, the server name to check against its certificate (a DNS
+    /// name or an IP address) instead of the dialed address.
+    pub fn with_server_name(mut self, name: &str) -> Result<Self, ClientError> {
+        let parsed = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+            ClientError::Tls {
+                addr: self.addr,
+                reason: format!("{name:?} is not a server name: {e}"),
+            }
+        })?;
+        if let Some(t) = &mut self.tls {
+            t.server_name = parsed;
+        }
+        Ok(self)
+    }
+
+    /// The API's base URL (`http://ADDR` or `https://ADDR`).
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A client reading the token from `DATA_DIR/api.token`.
@@ -100,10 +160,19 @@ impl Client {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| self.connect_err(e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.connect_err(e))?;
-        tokio::spawn(conn);
+        let mut sender = match &self.tls {
+            None => self.handshake(stream).await?,
+            Some(tls) => {
+                let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(|e| ClientError::Tls {
+                        addr: self.addr,
+                        reason: e.to_string(),
+                    })?;
+                self.handshake(stream).await?
+            }
+        };
         let req = req
             .header(hyper::header::HOST, self.addr.to_string())
             .header(
@@ -116,6 +185,21 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| self.connect_err(e))
+    }
+
+    /// Starts HTTP/1.1 on a connected stream (its connection task spawned).
+    async fn handshake<I>(
+        &self,
+        io: I,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.connect_err(e))?;
+        tokio::spawn(conn);
+        Ok(sender)
     }
 
     /// Sends one request and returns the status and body.

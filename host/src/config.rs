@@ -87,6 +87,18 @@ pub struct PartySection {
     /// Where the local HTTP API listens (loopback by default).
     #[serde(default = "default_api")]
     pub api_listen: SocketAddr,
+    /// Serve the API over TLS with a self-signed certificate kept in the
+    /// data dir (`api-tls.crt.pem`, made at first start); clients pin its
+    /// fingerprint. See [`crate::api_tls`].
+    #[serde(default)]
+    pub api_tls: bool,
+    /// Serve the API over TLS with this PEM certificate chain (with
+    /// `api_tls_key`), e.g. from the operator's own CA.
+    #[serde(default)]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `api_tls_cert`.
+    #[serde(default)]
+    pub api_tls_key: Option<PathBuf>,
     /// Development mode: measurement in PCR 23, which software can reset.
     /// Never on a production server.
     #[serde(default)]
@@ -278,6 +290,19 @@ impl Config {
             ));
         }
         file.party.data_dir = resolve(&file.party.data_dir);
+        match (&file.party.api_tls_cert, &file.party.api_tls_key) {
+            (Some(c), Some(k)) => {
+                file.party.api_tls_cert = Some(resolve(c));
+                file.party.api_tls_key = Some(resolve(k));
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "party.api_tls_cert",
+                    "and `party.api_tls_key` go together: set both (a PEM chain and its key), or neither".into(),
+                ))
+            }
+        }
         let tpm: TpmTarget = file
             .party
             .tpm
@@ -553,11 +578,37 @@ enrollment = "e3.json"
                 sample(dir.path(), "", "").replace("[party]\nid = 1", "[party]\nid = \"one\""),
                 "id",
             ),
+            (
+                sample(dir.path(), "api_tls_cert = \"api.pem\"", ""),
+                "party.api_tls_cert",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(&text, &path).unwrap_err().to_string();
             assert!(err.contains(key), "error `{err}` does not name `{key}`");
         }
+    }
+
+    #[test]
+    fn api_tls_files_resolve_against_the_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let c = Config::parse(&sample(dir.path(), "", ""), &path).unwrap();
+        assert!(!c.file.party.api_tls && c.file.party.api_tls_cert.is_none());
+        let text = sample(
+            dir.path(),
+            "api_tls_cert = \"tls/api.pem\"\napi_tls_key = \"/etc/q/api.key\"",
+            "",
+        );
+        let c = Config::parse(&text, &path).unwrap();
+        assert_eq!(
+            c.file.party.api_tls_cert,
+            Some(dir.path().join("tls/api.pem"))
+        );
+        assert_eq!(
+            c.file.party.api_tls_key,
+            Some(PathBuf::from("/etc/q/api.key"))
+        );
     }
 
     #[test]

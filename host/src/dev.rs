@@ -13,6 +13,21 @@
 //! Re-running `quorate dev` on a `DIR` it already provisioned starts the
 //! same cluster again (same keys, same history).
 //!
+//! With `--api-tls` every party serves its API over TLS with a self-signed
+//! certificate made at provisioning; `cluster.json` then lists `https://`
+//! URLs with each certificate's file and SHA-256 fingerprint, and
+//! [`DevCluster::client`] pins it.
+//!
+//! Ports: each party's API and peer ports are chosen once, at provisioning,
+//! outside the kernel's ephemeral port range ([`free_loopback_addr`]), so
+//! that no outgoing connection and no `bind(0)` (a spawned swtpm's, say)
+//! can take one while its party is down or not yet started.
+//!
+//! A file `DIR/partyN.exe`, when present as party N is (re)started, is run
+//! instead of the cluster's `quorate` (the demo uses it to show that a
+//! modified executable is refused); `cluster.json` names the executable
+//! each party runs.
+//!
 //! The last party of a dev cluster has a local policy that only runs FROST
 //! key generations, so that a request for another scheme shows a rejection
 //! with its reason (the demo uses it).
@@ -46,6 +61,8 @@ pub struct DevOptions {
     pub restart_after: Option<Duration>,
     /// The `quorate` binary the parties run.
     pub bin: PathBuf,
+    /// Serve every party's API over TLS (self-signed, pinned).
+    pub api_tls: bool,
 }
 
 /// One party as `cluster.json` describes it.
@@ -53,12 +70,19 @@ pub struct DevOptions {
 pub struct DevParty {
     /// Its id.
     pub id: u32,
-    /// Its API base URL (`http://127.0.0.1:P`).
+    /// Its API base URL (`http://127.0.0.1:P`, or `https://` with TLS).
     pub api_url: String,
     /// Its API address.
     pub api_addr: SocketAddr,
     /// The file holding its API bearer token.
     pub token_file: PathBuf,
+    /// With TLS: the API's self-signed certificate (PEM; a CA file for
+    /// `curl --cacert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_cert: Option<PathBuf>,
+    /// With TLS: the SHA-256 fingerprint of that certificate, to pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_cert_sha256: Option<String>,
     /// Its peer (mTLS) address.
     pub peer_addr: SocketAddr,
     /// Its data dir.
@@ -71,6 +95,17 @@ pub struct DevParty {
     pub pid: u32,
     /// How many times it was (re)started.
     pub starts: u32,
+    /// The executable its current (or last) run uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<PathBuf>,
+}
+
+impl DevParty {
+    /// The file whose presence makes the supervisor run it instead of the
+    /// cluster's `quorate` when this party is (re)started.
+    pub fn exe_override(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("party{}.exe", self.id))
+    }
 }
 
 /// `DIR/cluster.json`.
@@ -103,7 +138,16 @@ impl DevCluster {
             .ok_or_else(|| anyhow!("no party {id} in the cluster"))?;
         let token = std::fs::read_to_string(&p.token_file)
             .with_context(|| format!("{}", p.token_file.display()))?;
-        Ok(Client::new(p.api_addr, token.trim()))
+        let client = Client::new(p.api_addr, token.trim());
+        match &p.api_cert_sha256 {
+            None => Ok(client),
+            Some(fp) => {
+                let pin = fp
+                    .parse()
+                    .with_context(|| format!("party {id}'s api_cert_sha256"))?;
+                Ok(client.with_tls(&crate::api_tls::ServerTrust::Pinned(pin))?)
+            }
+        }
     }
 
     fn write(&self) -> anyhow::Result<()> {
@@ -145,9 +189,59 @@ impl DevCluster {
     }
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+/// The lowest port [`free_loopback_addr`] hands out.
+const LOWEST_PORT: u16 = 10_000;
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), the ports it
+/// gives to `bind(0)` and outgoing connections.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A loopback address whose port is free now, lies outside the kernel's
+/// ephemeral range (so no outgoing connection and no `bind(0)` can take it
+/// before its owner binds it, however long that takes), and was not handed
+/// out before by this process. Falls back to a kernel-chosen port when the
+/// ephemeral range leaves no room.
+pub fn free_loopback_addr() -> std::io::Result<SocketAddr> {
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let (lo, hi) = ephemeral_range();
+    let below = lo.saturating_sub(LOWEST_PORT);
+    let above = u16::MAX.saturating_sub(hi.max(LOWEST_PORT));
+    let room = u32::from(below) + u32::from(above);
+    let rng = ring::rand::SystemRandom::new();
+    if room > 0 {
+        for _ in 0..512 {
+            let mut r = [0u8; 4];
+            if ring::rand::SecureRandom::fill(&rng, &mut r).is_err() {
+                break;
+            }
+            let k = u32::from_le_bytes(r) % room;
+            let port = if k < u32::from(below) {
+                LOWEST_PORT.saturating_add(k as u16)
+            } else {
+                hi.max(LOWEST_PORT)
+                    .saturating_add(1)
+                    .saturating_add((k - u32::from(below)) as u16)
+            };
+            let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(&port) {
+                continue;
+            }
+            if let Ok(l) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+                seen.push(port);
+                return l.local_addr();
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 /// Provisions the parties (or reuses an earlier provisioning of `dir`) and
@@ -159,6 +253,14 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("{}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
     if let Ok(existing) = DevCluster::read(&dir) {
+        let tls = existing.parties.iter().all(|p| p.api_cert_sha256.is_some());
+        if existing.parties.len() == opts.parties as usize && tls != opts.api_tls {
+            eprintln!(
+                "note: the cluster in {} was provisioned {} API TLS; keeping that",
+                dir.display(),
+                if tls { "with" } else { "without" }
+            );
+        }
         if existing.parties.len() == opts.parties as usize {
             eprintln!(
                 "reusing the cluster provisioned in {} (delete the directory for a new one)",
@@ -176,18 +278,22 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     let mut parties = Vec::new();
     for id in 1..=opts.parties {
         let data_dir = dir.join(format!("p{id}"));
-        let api_addr = free_addr()?;
+        let api_addr = free_loopback_addr()?;
+        let scheme = if opts.api_tls { "https" } else { "http" };
         parties.push(DevParty {
             id,
-            api_url: format!("http://{api_addr}"),
+            api_url: format!("{scheme}://{api_addr}"),
             api_addr,
             token_file: data_dir.join(crate::api::TOKEN_FILE),
-            peer_addr: free_addr()?,
+            api_cert: None,
+            api_cert_sha256: None,
+            peer_addr: free_loopback_addr()?,
             config: dir.join(format!("party{id}.toml")),
             log: dir.join(format!("party{id}.log")),
             data_dir,
             pid: 0,
             starts: 0,
+            exe: None,
         });
     }
     let mut members = String::new();
@@ -210,8 +316,13 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         } else {
             String::new()
         };
+        let tls = if opts.api_tls {
+            "api_tls = true                # self-signed, in p*/api-tls.crt.pem\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "# Written by `quorate dev`: a development party (PCR 23 measurement).\n[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n{policy}\n[cluster]\nname = \"dev\"\nfault_model = \"{}\"\nreference_policy = \"policy.toml\"\n{members}",
+            "# Written by `quorate dev`: a development party (PCR 23 measurement).\n[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\n{tls}dev = true\n{policy}\n[cluster]\nname = \"dev\"\nfault_model = \"{}\"\nreference_policy = \"policy.toml\"\n{members}",
             p.id, p.id, p.api_addr, opts.fault_model
         );
         // Check it parses as the daemon will read it.
@@ -253,6 +364,16 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         .await
         .with_context(|| format!("provisioning party {}", p.id))?;
     }
+    if opts.api_tls {
+        // Made now (the daemon would make the same at its first start) so
+        // that cluster.json can name the fingerprint to pin at once.
+        for p in &mut parties {
+            let id = crate::api_tls::ApiTlsIdentity::load_or_generate(&p.data_dir, p.api_addr)
+                .with_context(|| format!("party {}'s API certificate", p.id))?;
+            p.api_cert = Some(p.data_dir.join(crate::api_tls::API_CERT_FILE));
+            p.api_cert_sha256 = id.fingerprint().map(|f| f.to_string());
+        }
+    }
     let mut policy = quorate_attestation::policy::Policy::new(vec![executable], rules);
     policy.dev = true;
     policy.measurement_pcr = quorate_attestation::pcr::PcrIndex::DEV_MEASUREMENT;
@@ -268,8 +389,13 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     Ok(cluster)
 }
 
+/// How long the parties may take to answer on their APIs after the start.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs `quorate dev` until `shutdown` resolves: provision, start,
-/// describe, supervise, stop.
+/// describe, supervise, stop. A party that exits is restarted after
+/// `restart_after` from the start on, so a daemon that fails while the
+/// cluster comes up does not hold the others up.
 pub async fn run(
     opts: DevOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -278,7 +404,7 @@ pub async fn run(
     cluster.supervisor_pid = std::process::id();
     let mut children: Vec<Option<Child>> = Vec::new();
     for p in cluster.parties.iter_mut() {
-        match start(&opts.bin, p) {
+        match start(&opts.bin, &cluster.dir, p) {
             Ok(c) => children.push(Some(c)),
             Err(e) => {
                 stop_all(&cluster_view(&opts, &[]), &mut children);
@@ -291,16 +417,8 @@ pub async fn run(
         return Err(e);
     }
     tokio::pin!(shutdown);
-    let result = tokio::select! {
-        _ = &mut shutdown => Ok(()),
-        r = wait_up(&cluster, Duration::from_secs(90)) => r,
-    };
-    if let Err(e) = result {
-        stop_all(&cluster, &mut children);
-        return Err(e);
-    }
-    println!("{}", cluster.render());
-    println!("Ctrl-C stops the cluster.");
+    let started = Instant::now();
+    let mut announced = false;
     let mut died: Vec<Option<Instant>> = vec![None; children.len()];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -331,7 +449,7 @@ pub async fn run(
                 if let (Some(at), Some(after)) = (*d, opts.restart_after) {
                     if at.elapsed() >= after {
                         eprintln!("restarting party {} from {}", p.id, p.data_dir.display());
-                        match start(&opts.bin, p) {
+                        match start(&opts.bin, &cluster.dir, p) {
                             Ok(c) => *slot = Some(c),
                             Err(e) => eprintln!("cannot restart party {}: {e:#}", p.id),
                         }
@@ -344,6 +462,25 @@ pub async fn run(
         if changed {
             if let Err(e) = cluster.write() {
                 eprintln!("cannot update cluster.json: {e:#}");
+            }
+        }
+        if !announced {
+            match all_up(&cluster).await {
+                None => {
+                    println!("{}", cluster.render());
+                    println!("Ctrl-C stops the cluster.");
+                    announced = true;
+                }
+                Some(p) if started.elapsed() > STARTUP_TIMEOUT => {
+                    stop_all(&cluster, &mut children);
+                    bail!(
+                        "party {}'s API did not come up at {} within {STARTUP_TIMEOUT:?}; see {}",
+                        p.id,
+                        p.api_url,
+                        p.log.display()
+                    );
+                }
+                Some(_) => {}
             }
         }
     }
@@ -368,7 +505,9 @@ fn cluster_view(opts: &DevOptions, parties: &[DevParty]) -> DevCluster {
     }
 }
 
-fn start(bin: &Path, p: &mut DevParty) -> anyhow::Result<Child> {
+/// Starts party `p`: `quorate run` from `bin`, or from its override
+/// executable in `dir` if there is one.
+fn start(bin: &Path, dir: &Path, p: &mut DevParty) -> anyhow::Result<Child> {
     // A party killed with SIGKILL leaves its swtpm running: stop it first.
     kill_orphan_swtpms(&p.data_dir.join(crate::init::SWTPM_DIR));
     let log = std::fs::OpenOptions::new()
@@ -376,7 +515,19 @@ fn start(bin: &Path, p: &mut DevParty) -> anyhow::Result<Child> {
         .append(true)
         .open(&p.log)
         .with_context(|| format!("{}", p.log.display()))?;
-    let child = Command::new(bin)
+    let over = p.exe_override(dir);
+    let exe = if over.exists() {
+        eprintln!(
+            "party {} runs {} instead of {}",
+            p.id,
+            over.display(),
+            bin.display()
+        );
+        over
+    } else {
+        bin.to_path_buf()
+    };
+    let child = Command::new(&exe)
         .arg("run")
         .arg("--config")
         .arg(&p.config)
@@ -389,33 +540,25 @@ fn start(bin: &Path, p: &mut DevParty) -> anyhow::Result<Child> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting {} run", bin.display()))?;
+        .with_context(|| format!("starting {} run", exe.display()))?;
     p.pid = child.id();
     p.starts += 1;
+    p.exe = Some(exe);
     Ok(child)
 }
 
-async fn wait_up(cluster: &DevCluster, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
+/// `None` when every party's API answers; else the first that does not.
+async fn all_up(cluster: &DevCluster) -> Option<&DevParty> {
     for p in &cluster.parties {
-        loop {
-            if let Ok(c) = cluster.client(p.id) {
-                if c.status().await.is_ok() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "party {}'s API did not come up at {}; see {}",
-                    p.id,
-                    p.api_url,
-                    p.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let up = match cluster.client(p.id) {
+            Ok(c) => c.status().await.is_ok(),
+            Err(_) => false,
+        };
+        if !up {
+            return Some(p);
         }
     }
-    Ok(())
+    None
 }
 
 fn stop_all(cluster: &DevCluster, children: &mut [Option<Child>]) {
@@ -474,6 +617,30 @@ pub fn kill_orphan_swtpms(state_dir: &Path) {
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains("swtpm") && cmd.contains(&needle) {
             send_signal(pid, "KILL");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_ports_are_free_distinct_and_outside_the_ephemeral_range() {
+        let (lo, hi) = ephemeral_range();
+        assert!(lo <= hi);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let a = free_loopback_addr().unwrap();
+            assert!(a.ip().is_loopback());
+            let p = a.port();
+            assert!(seen.insert(p), "port {p} handed out twice");
+            if lo > LOWEST_PORT || hi < u16::MAX {
+                assert!(p < lo || p > hi, "{p} is in the ephemeral range {lo}-{hi}");
+                assert!(p >= LOWEST_PORT);
+            }
+            // Free: it can be bound.
+            std::net::TcpListener::bind(a).unwrap();
         }
     }
 }

@@ -12,10 +12,11 @@
 //! - [`net`]: peer transport, mutual TLS pinned to enrollment bundles.
 //! - [`store`]: the redb database of decided blocks, WAL, sign guard, outbox.
 //! - [`daemon`]: `quorate run`, the event loop driving the firmware.
-//! - [`api`], [`client`]: the party's local HTTP API and its client.
+//! - [`api`], [`api_tls`], [`client`]: the party's local HTTP API, its optional TLS, and its client.
 //! - [`dev`]: `quorate dev`, a local cluster in one command.
 
 pub mod api;
+pub mod api_tls;
 pub mod attest_cli;
 pub mod client;
 pub mod config;

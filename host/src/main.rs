@@ -148,6 +148,10 @@ enum Command {
         /// Restart a party that died after this many seconds (0: never).
         #[arg(long, default_value_t = 3)]
         restart_after_secs: u64,
+        /// Serve each party's API over TLS (a self-signed certificate per
+        /// party; cluster.json lists https URLs and the fingerprints to pin).
+        #[arg(long)]
+        api_tls: bool,
     },
     /// Show a party's status: height, peers and their attestation, last decision.
     Status {
@@ -407,6 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             fault_model,
             restart_after_secs,
+            api_tls,
         } => {
             let opts = quorate_host::dev::DevOptions {
                 parties,
@@ -415,6 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 restart_after: (restart_after_secs > 0)
                     .then(|| std::time::Duration::from_secs(restart_after_secs)),
                 bin: std::env::current_exe().context("locating the quorate binary")?,
+                api_tls,
             };
             quorate_host::dev::run(opts, shutdown_signal()).await
         }

@@ -34,11 +34,31 @@ pub fn quorate_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A loopback address on a free port.
+/// A loopback address on a free port, outside the kernel's ephemeral range
+/// (see [`quorate_host::dev::free_loopback_addr`]): nothing else takes it
+/// between this choice and the daemon's bind.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    quorate_host::dev::free_loopback_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// Writes to `out` (mode 0755) a copy of the executable `bin` with one byte
+/// changed in its measurement marker (`MEASUREMENT_MARKER` in the host's
+/// main.rs): it behaves exactly as `bin`, but measures differently.
+pub fn write_modified_binary(bin: &Path, out: &Path) -> anyhow::Result<()> {
+    const MARKER: &[u8] = b"quorate-measurement-marker:00000";
+    let mut bytes = std::fs::read(bin)?;
+    let at = bytes
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .ok_or_else(|| anyhow!("the measurement marker is not in {}", bin.display()))?;
+    if let Some(b) = bytes.get_mut(at + MARKER.len() - 1) {
+        *b = b'1';
+    }
+    std::fs::write(out, bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
 }
 
 /// One party of a test cluster.
@@ -188,19 +208,8 @@ impl TestCluster {
     /// Writes a copy of the `quorate` binary with one byte changed (in a
     /// marker string, so it behaves the same) and returns its path.
     pub fn modified_binary(&self) -> anyhow::Result<PathBuf> {
-        const MARKER: &[u8] = b"quorate-measurement-marker:00000";
-        let mut bytes = std::fs::read(&self.bin)?;
-        let at = bytes
-            .windows(MARKER.len())
-            .position(|w| w == MARKER)
-            .ok_or_else(|| anyhow!("the measurement marker is not in {}", self.bin.display()))?;
-        if let Some(b) = bytes.get_mut(at + MARKER.len() - 1) {
-            *b = b'1';
-        }
         let path = self.dir.path().join("quorate-modified");
-        std::fs::write(&path, bytes)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        write_modified_binary(&self.bin, &path)?;
         Ok(path)
     }
 

@@ -11,7 +11,8 @@
 )]
 
 use hyper::{Method, StatusCode};
-use quorate_host::client::{Client, EventStream, StreamEvent};
+use quorate_host::api_tls::{CertFingerprint, ServerTrust};
+use quorate_host::client::{Client, ClientError, EventStream, StreamEvent};
 use quorate_tests::cluster::TestCluster;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -104,17 +105,16 @@ async fn the_party_api_end_to_end() {
     let anon = Client::new(c.parties[0].api, "");
     let wrong = Client::new(c.parties[0].api, "0".repeat(64));
     assert!(anon.healthy().await, "healthz needs no token");
+    // Every route but /healthz, before anything is looked up or parsed.
     for who in [&anon, &wrong] {
-        for (m, path) in [
-            (Method::GET, "/v1/status"),
-            (Method::GET, "/metrics"),
-            (Method::GET, "/v1/events"),
-            (Method::POST, "/v1/operations"),
-        ] {
+        for (m, path) in quorate_host::api::ROUTES {
+            if *path == "/healthz" {
+                continue;
+            }
             expect_error(
                 who,
-                m,
-                path,
+                m.parse().unwrap(),
+                &path.replace("{id}", &"ab".repeat(32)),
                 Some(keygen("frost-secp256k1").to_string().into_bytes()),
                 StatusCode::UNAUTHORIZED,
                 Some("Authorization"),
@@ -426,19 +426,19 @@ async fn the_party_api_end_to_end() {
         Some("after"),
     )
     .await;
+    let (s, b) = p1
+        .events(Some("12:x"))
+        .await
+        .map(|_| (StatusCode::OK, String::new()))
+        .unwrap_or_else(|e| match e {
+            ClientError::Status { status, body } => (status, body),
+            e => panic!("{e}"),
+        });
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.contains("Last-Event-ID"), "{b}");
 
     // --- The OpenAPI document lists exactly the served routes ---------------
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let mut documented = BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for m in item.as_object().unwrap().keys() {
-            documented.insert((m.to_uppercase(), path.clone()));
-        }
-    }
+    let documented = documented_routes();
     let served: BTreeSet<(String, String)> = quorate_host::api::ROUTES
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -447,50 +447,31 @@ async fn the_party_api_end_to_end() {
         documented, served,
         "docs/openapi.json and api::ROUTES differ"
     );
-    // Every documented route is served (a real handler, not the fallback).
-    for (m, path) in &documented {
-        let concrete = if path.starts_with("/v1/operations/") {
-            path.replace("{id}", &op_id)
-        } else {
-            path.replace("{id}", &session)
-        };
-        let method: Method = m.parse().unwrap();
-        let body =
-            (method == Method::POST).then(|| keygen("frost-secp256k1").to_string().into_bytes());
-        if concrete == "/v1/events" {
-            let (s, _) = tokio::time::timeout(Duration::from_secs(5), async {
-                // A stream never ends: read the status line only.
-                let mut tcp = tokio::net::TcpStream::connect(c.parties[0].api)
-                    .await
-                    .unwrap();
-                let token =
-                    std::fs::read_to_string(c.parties[0].data_dir.join("api.token")).unwrap();
-                tcp.write_all(
-                    format!(
-                        "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-                        token.trim()
-                    )
-                    .as_bytes(),
-                )
-                .await
-                .unwrap();
-                let mut buf = vec![0u8; 256];
-                let n = tcp.read(&mut buf).await.unwrap();
-                (String::from_utf8_lossy(&buf[..n]).to_string(), ())
-            })
+    every_documented_route_succeeds(&p1, &op_id, &session).await;
+    // The event stream is text/event-stream (read the head only: a stream
+    // never ends).
+    let (s, _) = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut tcp = tokio::net::TcpStream::connect(c.parties[0].api)
             .await
             .unwrap();
-            assert!(s.starts_with("HTTP/1.1 200"), "{s}");
-            assert!(s.to_ascii_lowercase().contains("text/event-stream"), "{s}");
-            continue;
-        }
-        let (s, b) = p1.raw(method, &concrete, body).await.unwrap();
-        assert!(
-            s.is_success(),
-            "{m} {concrete}: {s} {}",
-            String::from_utf8_lossy(&b)
-        );
-    }
+        let token = std::fs::read_to_string(c.parties[0].data_dir.join("api.token")).unwrap();
+        tcp.write_all(
+            format!(
+                "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+                token.trim()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tcp.read(&mut buf).await.unwrap();
+        (String::from_utf8_lossy(&buf[..n]).to_string(), ())
+    })
+    .await
+    .unwrap();
+    assert!(s.starts_with("HTTP/1.1 200"), "{s}");
+    assert!(s.to_ascii_lowercase().contains("text/event-stream"), "{s}");
 
     // --- No request, however malformed, hurts the daemon --------------------
     let accepted_before = p1.submit_json(&keygen("frost-secp256k1")).await.unwrap();
@@ -542,6 +523,50 @@ async fn the_party_api_end_to_end() {
     assert!(after.height >= st["height"].as_u64().unwrap());
 }
 
+/// The (method, path) pairs docs/openapi.json documents.
+fn documented_routes() -> BTreeSet<(String, String)> {
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            documented.insert((m.to_uppercase(), path.clone()));
+        }
+    }
+    documented
+}
+
+/// Every documented route answers `c` with a success (a real handler, not
+/// the fallback), `{id}` filled with the operation or session given.
+async fn every_documented_route_succeeds(c: &Client, op_id: &str, session: &str) {
+    for (m, path) in documented_routes() {
+        let concrete = if path.starts_with("/v1/operations/") {
+            path.replace("{id}", op_id)
+        } else {
+            path.replace("{id}", session)
+        };
+        if concrete == "/v1/events" {
+            // A stream never ends: opening it (200, text/event-stream) is
+            // what can be checked here.
+            let mut ev = c.events(Some("0:0")).await.unwrap();
+            assert_eq!(next_event(&mut ev).await.id, "1:0");
+            continue;
+        }
+        let method: Method = m.parse().unwrap();
+        let body =
+            (method == Method::POST).then(|| keygen("frost-secp256k1").to_string().into_bytes());
+        let (s, b) = c.raw(method, &concrete, body).await.unwrap();
+        assert!(
+            s.is_success(),
+            "{m} {concrete}: {s} {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+}
+
 /// Processes whose command line mentions `dir` (daemons, swtpm instances).
 fn processes_under(dir: &std::path::Path) -> Vec<String> {
     let needle = dir.to_string_lossy().into_owned();
@@ -555,7 +580,7 @@ fn processes_under(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quorate_dev_starts_restarts_and_stops_a_cluster_cleanly() {
+async fn quorate_dev_with_api_tls_starts_restarts_and_stops_a_cluster_cleanly() {
     let bin = quorate_tests::cluster::quorate_bin().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
@@ -566,6 +591,7 @@ async fn quorate_dev_starts_restarts_and_stops_a_cluster_cleanly() {
             "3",
             "--restart-after-secs",
             "1",
+            "--api-tls",
             "--dir",
         ])
         .arg(&dir)
@@ -594,13 +620,94 @@ async fn quorate_dev_starts_restarts_and_stops_a_cluster_cleanly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for p in &cluster.parties {
-        assert_eq!(p.api_url, format!("http://{}", p.api_addr));
+        assert_eq!(p.api_url, format!("https://{}", p.api_addr));
         assert!(p.token_file.exists());
+        // cluster.json names each party's certificate and its fingerprint.
+        let cert = p.api_cert.as_ref().unwrap();
+        let fp = CertFingerprint::of_pem_file(cert).unwrap();
+        assert_eq!(p.api_cert_sha256.as_deref(), Some(fp.to_string().as_str()));
         let s = cluster.client(p.id).unwrap().status().await.unwrap();
         assert_eq!(s.party, p.id);
     }
-    // The dev cluster decides.
+    // The dev cluster decides, over TLS.
     let c1 = cluster.client(1).unwrap();
+    assert!(c1.base_url().starts_with("https://"));
+    let r = c1.submit_json(&keygen("frost-secp256k1")).await.unwrap();
+    let op = settled(&c1, &r.id).await;
+    assert_eq!(op["status"], "executed");
+    let op_id = op["op_id"].as_str().unwrap();
+    let session = op["record"]["session"].as_str().unwrap();
+
+    // --- The API over TLS --------------------------------------------------
+    let p1 = &cluster.parties[0];
+    let token = std::fs::read_to_string(&p1.token_file).unwrap();
+    // Every route works over TLS.
+    every_documented_route_succeeds(&c1, op_id, session).await;
+    // A client that takes the certificate as its CA file works too.
+    let by_ca = Client::new(p1.api_addr, token.trim())
+        .with_tls(&ServerTrust::ca_file(p1.api_cert.as_ref().unwrap()).unwrap())
+        .unwrap();
+    assert_eq!(by_ca.status().await.unwrap().party, 1);
+    // Authentication is still enforced.
+    let pin = ServerTrust::Pinned(p1.api_cert_sha256.as_ref().unwrap().parse().unwrap());
+    for token in ["", &"0".repeat(64)] {
+        let who = Client::new(p1.api_addr, token).with_tls(&pin).unwrap();
+        assert!(who.healthy().await, "healthz needs no token");
+        for (m, path) in [
+            (Method::GET, "/v1/status"),
+            (Method::GET, "/v1/events"),
+            (Method::POST, "/v1/operations"),
+        ] {
+            expect_error(
+                &who,
+                m,
+                path,
+                Some(keygen("frost-secp256k1").to_string().into_bytes()),
+                StatusCode::UNAUTHORIZED,
+                Some("Authorization"),
+            )
+            .await;
+        }
+    }
+    // A client pinning another certificate (party 2's) is refused before
+    // it sends anything; so is one trusting another CA.
+    let other = ServerTrust::Pinned(
+        cluster.parties[1]
+            .api_cert_sha256
+            .as_ref()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    let wrong_pin = Client::new(p1.api_addr, token.trim())
+        .with_tls(&other)
+        .unwrap();
+    match wrong_pin.status().await {
+        Err(ClientError::Tls { .. }) => {}
+        other => panic!("a wrong pin was not refused by TLS: {other:?}"),
+    }
+    let other_ca = ServerTrust::ca_file(cluster.parties[1].api_cert.as_ref().unwrap()).unwrap();
+    let wrong_ca = Client::new(p1.api_addr, token.trim())
+        .with_tls(&other_ca)
+        .unwrap();
+    assert!(matches!(
+        wrong_ca.status().await,
+        Err(ClientError::Tls { .. })
+    ));
+    // Plain HTTP to the TLS listener: a clear 400 saying to use https://,
+    // then the connection closes.
+    let plain = Client::new(p1.api_addr, token.trim());
+    let (s, b) = plain.raw(Method::GET, "/v1/status", None).await.unwrap();
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert!(v["reason"].as_str().unwrap().contains("https://"), "{v}");
+    // Garbage and half-finished handshakes do not hurt the daemon either.
+    for junk in [&b"\x16\x03\x01\x00\x05hello"[..], b"\x16", b"\x00\x00\x00"] {
+        let mut tcp = tokio::net::TcpStream::connect(p1.api_addr).await.unwrap();
+        let _ = tcp.write_all(junk).await;
+        drop(tcp);
+    }
+    assert_eq!(c1.status().await.unwrap().party, 1);
     let r = c1.submit_json(&keygen("frost-secp256k1")).await.unwrap();
     assert_eq!(settled(&c1, &r.id).await["status"], "executed");
 

@@ -353,6 +353,7 @@ pub async fn run(
 
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let api_addr = cfg.file.party.api_listen;
+    let api_tls = crate::api_tls::acceptor_for(&cfg.file.party).context("party.api_tls")?;
     let attest = AttestCtx {
         admission,
         tls_key_hash,
@@ -370,8 +371,18 @@ pub async fn run(
     let api_listener = crate::api::bind(api_addr)
         .await
         .with_context(|| format!("party.api_listen: cannot listen on {api_addr}"))?;
-    info!(api = %api_addr, "API listening");
-    let api = tokio::spawn(crate::api::serve(api_listener, handle.clone(), token));
+    let (api_tls, api_cert) = api_tls.map_or((None, None), |(a, f)| (Some(a), f));
+    match &api_cert {
+        Some(fp) => info!(api = %api_addr, cert_sha256 = %fp, "API listening with TLS (https)"),
+        None if api_tls.is_some() => info!(api = %api_addr, "API listening with TLS (https)"),
+        None => info!(api = %api_addr, "API listening"),
+    }
+    let api = tokio::spawn(crate::api::serve(
+        api_listener,
+        handle.clone(),
+        token,
+        api_tls,
+    ));
     if let Some(out) = handle_out {
         let _ = out.send(handle);
     }

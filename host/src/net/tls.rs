@@ -145,7 +145,8 @@ pub fn spki_sha256(cert_der: &[u8]) -> Result<Sha256Digest, TlsError> {
     Ok(Sha256Digest::of(cert.tbs_certificate.subject_pki.raw))
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The crypto provider every Quorate TLS configuration uses (ring).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -241,11 +242,23 @@ impl ClientCertVerifier for EnrolledClients {
     }
 }
 
-/// Accepts a server only if it presents the exact certificate of the party dialed.
+/// Accepts a server only if it presents the exact certificate expected:
+/// the one whose DER has SHA-256 `expected` (the party dialed, or the
+/// party's API certificate the client pinned).
 #[derive(Debug)]
 struct PinnedServer {
-    expected: Vec<u8>,
+    expected: Sha256Digest,
     provider: Arc<CryptoProvider>,
+}
+
+/// A server-certificate verifier that accepts exactly the certificate whose
+/// DER has SHA-256 `fingerprint` (names and validity are not checked: the
+/// pin is the trust).
+pub(crate) fn pinned_server_verifier(fingerprint: Sha256Digest) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(PinnedServer {
+        expected: fingerprint,
+        provider: provider(),
+    })
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -257,7 +270,7 @@ impl ServerCertVerifier for PinnedServer {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if quorate_firmware::crypto::ct_eq(&self.expected, end_entity.as_ref()) {
+        if Sha256Digest::of(end_entity.as_ref()) == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -324,10 +337,7 @@ pub fn client_config(
     expected: Vec<u8>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer {
-        expected,
-        provider: provider.clone(),
-    });
+    let verifier = pinned_server_verifier(Sha256Digest::of(&expected));
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
