@@ -24,6 +24,7 @@
 //! and nothing accepted is lost.
 
 pub mod admission;
+pub mod audit;
 pub mod events;
 pub mod metrics;
 pub mod status;
