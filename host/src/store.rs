@@ -716,7 +716,9 @@ mod tests {
 
     /// Builds `n` entries and the ledger-like steps that append them, in
     /// chunks of `chunk`.
-    fn steps(n: u64, chunk: usize) -> (Vec<Vec<u8>>, Vec<(LeafIndex, Vec<Vec<u8>>, Vec<NewNode>)>) {
+    type Step = (LeafIndex, Vec<Vec<u8>>, Vec<NewNode>);
+
+    fn steps(n: u64, chunk: usize) -> (Vec<Vec<u8>>, Vec<Step>) {
         let entries: Vec<Vec<u8>> = (0..n).map(|i| format!("entry {i}").into_bytes()).collect();
         let mut tree = CompactTree::new();
         let mut out = Vec::new();

@@ -35,9 +35,11 @@
 //! guard, which rules over consensus messages only, is not involved.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quorate_attestation::attest::{Attested, TpmsAttest};
+use quorate_attestation::checkpoint::CheckpointQuote;
 use quorate_attestation::evidence::SignedAttest;
 use quorate_attestation::pcr::{pcr_composite_digest, PcrIndex, PcrValue};
 use quorate_attestation::tpm::{verify_ecdsa_p256, TpmSignature, TpmtPublic};
@@ -45,11 +47,16 @@ use quorate_firmware::audit::checkpoint::{
     check_cosignatures, cosign_key_id, cosignature, quote_key_id, quote_signature, Checkpoint,
     CheckpointPolicy, NoteSignature, SignedCheckpoint, SignerRole,
 };
-use quorate_firmware::audit::merkle::TreeSize;
+use quorate_firmware::audit::ledger::{Ledger, LedgerError};
+use quorate_firmware::audit::merkle::{LeafIndex, TreeSize};
+use quorate_firmware::consensus::{Block, LogHead};
 use quorate_firmware::crypto::{PublicKey, Signature};
+use quorate_firmware::sessions::machine::State;
+use quorate_firmware::sessions::BlockOutcome;
 use quorate_firmware::types::{FaultModel, PartyId, Sha256Digest};
-use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
 
+use crate::store::{Store, StoreError};
 use crate::tpm::{TpmError, TpmHandle};
 
 /// Most checkpoints collected at once; the oldest uncertified one is
@@ -60,32 +67,6 @@ pub const MAX_OPEN: usize = 8;
 pub const RESEND_EVERY: Duration = Duration::from_secs(5);
 /// TPM_GENERATED_VALUE: the magic of a TPMS_ATTEST the TPM made.
 const TPM_GENERATED: u32 = 0xff54_4347;
-
-/// The signature bytes of a `/tpm` line: the TPM quote over the checkpoint
-/// and the PCR values it selects.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointQuote {
-    /// TPMS_ATTEST and the AK's TPMT_SIGNATURE.
-    pub quote: SignedAttest,
-    /// The quoted PCRs' SHA-256 values, in selection order.
-    pub pcr_values: Vec<PcrValue>,
-}
-
-impl CheckpointQuote {
-    /// The encoding carried in the note line.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
-    }
-
-    /// Decodes a line's bytes; never panics.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        match postcard::take_from_bytes::<CheckpointQuote>(bytes) {
-            Ok((q, [])) => Ok(q),
-            Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
 
 /// TPM2B_PUBLIC (big-endian u16 size, then the TPMT_PUBLIC): the AK bytes a
 /// quote line's key ID covers (docs/AUDIT.md).
@@ -104,7 +85,7 @@ pub fn verify_quote(
     qualifying_data: &Sha256Digest,
     bytes: &[u8],
 ) -> Result<(), String> {
-    let q = CheckpointQuote::decode(bytes).map_err(|e| format!("malformed quote: {e}"))?;
+    let q = CheckpointQuote::decode(bytes).map_err(|e| e.to_string())?;
     let ak = TpmtPublic::parse(ak_tpmt).map_err(|e| format!("enrolled AK: {e}"))?;
     let sig = TpmSignature::parse(&q.quote.signature).map_err(|e| format!("signature: {e}"))?;
     verify_ecdsa_p256(&ak, &q.quote.attest, &sig)
@@ -390,6 +371,15 @@ impl CheckpointBook {
             .collect()
     }
 
+    /// Open checkpoints without this party's lines yet.
+    pub fn unsigned(&self) -> Vec<&Checkpoint> {
+        self.open
+            .values()
+            .filter(|o| !o.own && !o.certified)
+            .map(|o| &o.checkpoint)
+            .collect()
+    }
+
     /// Whether some open checkpoint still lacks a quorum.
     pub fn waiting(&self) -> bool {
         self.open.values().any(|o| !o.certified)
@@ -513,6 +503,433 @@ impl CheckpointBook {
         self.open = keep;
         Some(signed)
     }
+}
+
+/// Why the daemon's audit log cannot go on: local faults, fatal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The ledger refused a decided block.
+    #[error("audit ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The store failed or disagrees with the replay.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The daemon's audit log: the firmware ledger fed with every decided
+/// block, its steps stored, and the checkpoint book.
+#[derive(Debug)]
+pub struct AuditLog {
+    ledger: Ledger,
+    /// The checkpoint schedule and collection.
+    pub book: CheckpointBook,
+}
+
+impl AuditLog {
+    /// A log rebuilt from block 1; `book` knows the latest stored
+    /// certified checkpoint (so replay does not reopen older ones).
+    pub fn new(book: CheckpointBook) -> Self {
+        AuditLog {
+            ledger: Ledger::new(),
+            book,
+        }
+    }
+
+    /// The tree head and whether the last block's entries are pending.
+    pub fn app_state(&self) -> (LogHead, bool) {
+        (self.ledger.head(), self.ledger.pending())
+    }
+
+    /// Feeds decided `block` (applied by the session machine with
+    /// `outcome`, leaving `state`) to the ledger and stores its step in one
+    /// transaction; entries already stored (a replay) are compared, not
+    /// rewritten. Returns how many entries were appended and the checkpoint
+    /// that falls due, if any.
+    pub fn on_decided(
+        &mut self,
+        store: &Store,
+        block: &Block,
+        outcome: &BlockOutcome,
+        state: &State,
+    ) -> Result<(usize, Option<Checkpoint>), AuditError> {
+        let source = quorate_attestation::measurement::EvidenceMeasurements;
+        let step = self.ledger.on_decided(block, outcome, state, &source)?;
+        if !step.encoded.is_empty() {
+            store.append_log(step.first, &step.encoded, &step.nodes)?;
+        }
+        let due = self.book.after_block(
+            TreeSize(step.head.size),
+            step.head.root,
+            block.header().time_ms,
+        );
+        Ok((step.encoded.len(), due))
+    }
+}
+
+/// The checkpoint book and issuer of party `me`, from the cluster's
+/// enrollments and rules. `quote_pcrs` are the PCRs the party's quotes
+/// select (none: it has no AK and only cosigns).
+pub(super) fn setup(
+    cfg: &crate::config::Config,
+    enrollments: &BTreeMap<PartyId, crate::init::Enrollment>,
+    quote_pcrs: Option<Vec<PcrIndex>>,
+) -> anyhow::Result<(CheckpointBook, Issuer)> {
+    let mut parties = BTreeMap::new();
+    let mut aks = BTreeMap::new();
+    for (id, e) in enrollments {
+        parties.insert(*id, e.vote_public_key()?);
+        if let Some(ak) = &e.ak {
+            let bytes = hex::decode(&ak.tpmt_public)
+                .map_err(|err| anyhow::anyhow!("the enrolled AK of {id} is not hex: {err}"))?;
+            aks.insert(*id, bytes);
+        }
+    }
+    let vote_key = *parties
+        .get(&cfg.me)
+        .ok_or_else(|| anyhow::anyhow!("party.id: {} has no enrollment", cfg.me))?;
+    let ak = match quote_pcrs {
+        Some(_) => aks.get(&cfg.me).cloned(),
+        None => None,
+    };
+    let book = CheckpointBook::new(
+        quorate_firmware::audit::checkpoint::origin_for(&cfg.cluster_id),
+        cfg.me,
+        parties,
+        aks,
+        cfg.file.cluster.fault_model,
+        cfg.file.cluster.checkpoint_policy(),
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let issuer = Issuer {
+        vote_key,
+        ak,
+        pcrs: quote_pcrs.unwrap_or_default(),
+        tx,
+        rx,
+        signing: BTreeSet::new(),
+        last_resend: Instant::now(),
+    };
+    Ok((book, issuer))
+}
+
+/// Lines signed by the TPM for a checkpoint size, or why not.
+pub(super) type SignedLines = (TreeSize, Result<Vec<NoteSignature>, String>);
+
+/// What the runtime keeps for issuing checkpoints.
+pub(super) struct Issuer {
+    vote_key: PublicKey,
+    /// This party's AK (TPMT_PUBLIC), when it can quote.
+    ak: Option<Vec<u8>>,
+    /// The PCRs its quotes select (measurement PCR and the policy's).
+    pcrs: Vec<PcrIndex>,
+    tx: tokio::sync::mpsc::UnboundedSender<SignedLines>,
+    pub(super) rx: tokio::sync::mpsc::UnboundedReceiver<SignedLines>,
+    /// Checkpoints being signed by the TPM now.
+    signing: BTreeSet<TreeSize>,
+    last_resend: Instant,
+}
+
+impl super::Runtime {
+    /// After a decided (or replayed) block was applied: feed the ledger,
+    /// store its step, remember the head for the driver, and issue the
+    /// checkpoint that fell due (live only; at start see
+    /// [`super::Runtime::resume_checkpoints`]).
+    pub(super) fn audit_decided(
+        &mut self,
+        block: &Block,
+        outcome: &BlockOutcome,
+        replay: bool,
+    ) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let (appended, due) =
+            self.audit
+                .on_decided(&self.store, block, outcome, self.machine.state())?;
+        if !replay {
+            self.metrics.log_append(appended, t0.elapsed());
+            self.app_state = Some(self.audit.app_state());
+            if let Some(cp) = due {
+                self.issue_checkpoint(cp);
+            }
+        }
+        Ok(())
+    }
+
+    /// At start, after the replay: take back our stored lines of open
+    /// checkpoints, and sign those we had not signed before the restart.
+    pub(super) fn resume_checkpoints(&mut self) -> anyhow::Result<()> {
+        for (size, note) in self.store.own_lines()? {
+            if self.audit.book.open(size).is_none() {
+                continue;
+            }
+            match SignedCheckpoint::parse(note.as_bytes()) {
+                Ok(n) => {
+                    if let Some(c) = self.audit.book.add_own(size, n.signatures) {
+                        self.store_certified(&c)?;
+                    }
+                }
+                Err(e) => {
+                    warn!(size = size.0, error = %e, "stored own checkpoint lines are unreadable; signing again")
+                }
+            }
+        }
+        let unsigned: Vec<Checkpoint> = self.audit.book.unsigned().into_iter().cloned().collect();
+        for cp in unsigned {
+            self.issue_checkpoint(cp);
+        }
+        Ok(())
+    }
+
+    /// Has the TPM quote and cosign `cp`, off the event loop.
+    fn issue_checkpoint(&mut self, cp: Checkpoint) {
+        if !self.issuer.signing.insert(cp.size) {
+            return;
+        }
+        let tpm = self.tpm.clone();
+        let (me, key, ak, pcrs) = (
+            self.me,
+            self.issuer.vote_key,
+            self.issuer.ak.clone(),
+            self.issuer.pcrs.clone(),
+        );
+        let tx = self.issuer.tx.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let res = issue_lines(&tpm, me, key, ak, &pcrs, &cp)
+                .await
+                .map_err(|e| e.to_string());
+            metrics.checkpoint_issue_latency.observe(t0.elapsed());
+            let _ = tx.send((cp.size, res));
+        });
+    }
+
+    /// Our lines for checkpoint `size` are signed: durable first, then sent.
+    pub(super) fn checkpoint_signed(
+        &mut self,
+        size: TreeSize,
+        res: Result<Vec<NoteSignature>, String>,
+    ) -> anyhow::Result<()> {
+        self.issuer.signing.remove(&size);
+        let lines = match res {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(size = size.0, error = %e, "cannot sign the audit checkpoint; will retry");
+                return Ok(());
+            }
+        };
+        let Some(cp) = self.audit.book.open(size).cloned() else {
+            return Ok(()); // superseded meanwhile
+        };
+        let own = SignedCheckpoint {
+            checkpoint: cp,
+            signatures: lines.clone(),
+        };
+        self.store.put_own_lines(size, &own.format())?;
+        if let Some(c) = self.audit.book.add_own(size, lines) {
+            self.store_certified(&c)?;
+        }
+        if let Some(note) = self.audit.book.own_note(size) {
+            self.broadcast_note(&note);
+        }
+        debug!(size = size.0, "audit checkpoint signed and sent");
+        Ok(())
+    }
+
+    fn broadcast_note(&self, note: &str) {
+        let f = super::admission::PeerFrame::Checkpoint(note.to_string());
+        self.net.broadcast(Arc::from(f.encode()));
+    }
+
+    fn send_note(&self, to: PartyId, note: &str) {
+        let f = super::admission::PeerFrame::Checkpoint(note.to_string());
+        self.net.send(to, Arc::from(f.encode()));
+    }
+
+    fn store_certified(&mut self, c: &SignedCheckpoint) -> anyhow::Result<()> {
+        self.store.put_checkpoint(c.checkpoint.size, &c.format())?;
+        self.metrics
+            .checkpoints_certified
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(
+            size = c.checkpoint.size.0,
+            lines = c.signatures.len(),
+            "audit checkpoint certified"
+        );
+        Ok(())
+    }
+
+    /// A peer's checkpoint note.
+    pub(super) fn checkpoint_frame(&mut self, from: PartyId, note: &str) -> anyhow::Result<()> {
+        match self.audit.book.receive(from, note.as_bytes()) {
+            Ok(r) => {
+                if let Some(c) = &r.store {
+                    self.store_certified(c)?;
+                }
+                if let Some(a) = &r.answer {
+                    self.send_note(from, a);
+                }
+                if let Some(size) = r.answer_stored {
+                    if let Some(stored) = self.store.checkpoint(size)? {
+                        self.send_note(from, &stored);
+                    }
+                }
+            }
+            Err(e @ Refused::Fork { .. }) => {
+                tracing::error!(peer = %from, error = %e, "AUDIT LOG FORK: a peer signed another root for the same size");
+            }
+            Err(e) => warn!(peer = %from, error = %e, "checkpoint note refused"),
+        }
+        Ok(())
+    }
+
+    /// A peer came up: send it what it may have missed.
+    pub(super) fn checkpoint_peer_up(&mut self, peer: PartyId) -> anyhow::Result<()> {
+        for note in self.audit.book.resend() {
+            self.send_note(peer, &note);
+        }
+        if let Some((_, latest)) = self.store.latest_checkpoint()? {
+            self.send_note(peer, &latest);
+        }
+        Ok(())
+    }
+
+    /// On the tick: retry failed signing and re-send lines still short of
+    /// a quorum, every [`RESEND_EVERY`].
+    pub(super) fn checkpoint_tick(&mut self) {
+        if self.issuer.last_resend.elapsed() < RESEND_EVERY || !self.audit.book.waiting() {
+            return;
+        }
+        self.issuer.last_resend = Instant::now();
+        let unsigned: Vec<Checkpoint> = self.audit.book.unsigned().into_iter().cloned().collect();
+        for cp in unsigned {
+            self.issue_checkpoint(cp);
+        }
+        for note in self.audit.book.resend() {
+            self.broadcast_note(&note);
+        }
+    }
+}
+
+/// Most entries one `GET /v1/log/entries` page returns.
+pub const ENTRIES_PAGE: u64 = 256;
+/// A page stops once its entries exceed this many bytes (one entry at least).
+pub const ENTRIES_PAGE_BYTES: usize = 4 << 20;
+
+/// What the API asks of the log. Arguments are checked by the API
+/// (`index < size`, `0 < old <= new`, `start < end`); sizes beyond the log
+/// make the answer `None` (404).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogQuery {
+    /// The latest certified checkpoint.
+    Checkpoint,
+    /// Entries `start .. end` (a bounded page of them).
+    Entries {
+        /// First index.
+        start: u64,
+        /// End index (exclusive).
+        end: u64,
+    },
+    /// Inclusion proof of leaf `index` in the tree of `size` entries.
+    Inclusion {
+        /// The leaf.
+        index: u64,
+        /// The tree size.
+        size: u64,
+    },
+    /// Consistency proof between the trees of `old` and `new` entries.
+    Consistency {
+        /// The old size.
+        old: u64,
+        /// The new size.
+        new: u64,
+    },
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn hexes(v: &[Sha256Digest]) -> Vec<String> {
+    v.iter().map(|d| hex::encode(d.as_bytes())).collect()
+}
+
+/// Answers a [`LogQuery`] from the store: JSON, hashes in hex, entries in
+/// standard base64. `Ok(None)` when what is asked lies beyond the log.
+pub fn log_view(store: &Store, q: LogQuery) -> Result<Option<serde_json::Value>, StoreError> {
+    use serde_json::json;
+    let size = store.log_size()?;
+    Ok(match q {
+        LogQuery::Checkpoint => store.latest_checkpoint()?.and_then(|(_, note)| {
+            let cp = SignedCheckpoint::parse(note.as_bytes()).ok()?;
+            Some(json!({
+                "size": cp.checkpoint.size.0,
+                "root": hex::encode(cp.checkpoint.root.as_bytes()),
+                "origin": cp.checkpoint.origin,
+                "signers": cp.signatures.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                "note": note,
+                "log_size": size.0,
+            }))
+        }),
+        LogQuery::Entries { start, end } => {
+            if start >= size.0 {
+                return Ok(None);
+            }
+            let end = end.min(size.0).min(start.saturating_add(ENTRIES_PAGE));
+            let entries = store.entries(LeafIndex(start), LeafIndex(end))?;
+            let leaves = store.leaf_hashes(LeafIndex(start), LeafIndex(end))?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            for ((i, e), l) in (start..).zip(&entries).zip(&leaves) {
+                if !out.is_empty() && bytes.saturating_add(e.len()) > ENTRIES_PAGE_BYTES {
+                    break;
+                }
+                bytes = bytes.saturating_add(e.len());
+                out.push(
+                    json!({"index": i, "entry": b64(e), "leaf_hash": hex::encode(l.as_bytes())}),
+                );
+            }
+            let next = start.saturating_add(out.len() as u64);
+            Some(json!({
+                "start": start,
+                "end": next,
+                "log_size": size.0,
+                "entries": out,
+            }))
+        }
+        LogQuery::Inclusion { index, size: at } => {
+            if at > size.0 || index >= at {
+                return Ok(None);
+            }
+            let proof = store.inclusion_proof(LeafIndex(index), TreeSize(at))?;
+            let leaf = store
+                .leaf_hashes(LeafIndex(index), LeafIndex(index.saturating_add(1)))?
+                .pop();
+            let root = store.root_at(TreeSize(at))?;
+            Some(json!({
+                "index": index,
+                "size": at,
+                "leaf_hash": leaf.map(|l| hex::encode(l.as_bytes())),
+                "root": hex::encode(root.as_bytes()),
+                "proof": hexes(&proof),
+            }))
+        }
+        LogQuery::Consistency { old, new } => {
+            if new > size.0 || old == 0 || old > new {
+                return Ok(None);
+            }
+            let proof = store.consistency_proof(TreeSize(old), TreeSize(new))?;
+            Some(json!({
+                "old": old,
+                "new": new,
+                "old_root": hex::encode(store.root_at(TreeSize(old))?.as_bytes()),
+                "new_root": hex::encode(store.root_at(TreeSize(new))?.as_bytes()),
+                "proof": hexes(&proof),
+            }))
+        }
+    })
 }
 
 #[cfg(test)]
