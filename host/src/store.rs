@@ -394,6 +394,34 @@ impl Store {
         encoded: &[Vec<u8>],
         nodes: &[NewNode],
     ) -> Result<TreeSize, StoreError> {
+        // A replay of a step wholly stored: compare in a read transaction,
+        // without the write transaction's fsync (start-up replays every
+        // block).
+        let mut mismatch = None;
+        let stored = self.read(|tx| {
+            let entries = tx.open_table(LOG_ENTRIES)?;
+            let size = entries.len()?;
+            let end = first.0.saturating_add(encoded.len() as u64);
+            if end > size {
+                return Ok(None);
+            }
+            for (i, bytes) in (first.0..).zip(encoded) {
+                let same = entries
+                    .get(i)?
+                    .is_some_and(|v| v.value() == bytes.as_slice());
+                if !same {
+                    mismatch = Some(LeafIndex(i));
+                    break;
+                }
+            }
+            Ok(Some(TreeSize(size)))
+        })?;
+        if let Some(index) = mismatch {
+            return Err(StoreError::LogMismatch { index });
+        }
+        if let Some(size) = stored {
+            return Ok(size);
+        }
         let mut refused = None;
         let size = self.write(|tx| {
             let mut entries = tx.open_table(LOG_ENTRIES)?;
