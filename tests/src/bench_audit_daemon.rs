@@ -7,13 +7,13 @@
 #![allow(clippy::indexing_slicing)]
 
 use crate::bench::{percentile, Row};
+use crate::bench_tpm::BenchParty;
 use quorate_attestation::pcr::PcrIndex;
 use quorate_firmware::audit::checkpoint::{origin_for, Checkpoint};
 use quorate_firmware::audit::merkle::{CompactTree, LeafIndex, TreeSize};
 use quorate_firmware::types::{ClusterId, PartyId, Sha256Digest};
-use quorate_host::init::{init, Enrollment, InitOptions, ENROLLMENT_FILE};
 use quorate_host::store::Store;
-use quorate_host::tpm::{Swtpm, TpmHandle, TpmTarget};
+use quorate_host::tpm::TpmHandle;
 use std::time::{Duration, Instant};
 
 const AREA: &str = "audit";
@@ -74,24 +74,11 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
 }
 
 fn checkpoint_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let swtpm = Swtpm::spawn(&tmp.path().join("swtpm"))?;
-    let tcti = swtpm.tcti();
-    let data = tmp.path().join("party");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(init(&InitOptions {
-        data_dir: data.clone(),
-        party_id: PartyId(1),
-        tpm: TpmTarget::Tcti(tcti.clone()),
-        force: false,
-    }))?;
-    let enrollment = Enrollment::load(&data.join(ENROLLMENT_FILE))?;
-    let vote_key = enrollment.vote_public_key()?;
-    let mut lat = rt.block_on(async {
-        let tpm = TpmHandle::open_party(&data, &tcti).await?;
+    let party = BenchParty::provision()?;
+    let (data, tcti) = (&party.data, &party.tcti);
+    let vote_key = party.enrollment.vote_public_key()?;
+    let mut lat = party.rt.block_on(async {
+        let tpm = TpmHandle::open_party(data, tcti).await?;
         let ak = tpm.create_ak().await?;
         let ak_public = ak.blob.tpmt_public()?;
         tpm.set_ak(ak.blob, Some(ak.ek_name)).await?;
@@ -138,6 +125,6 @@ fn checkpoint_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "ms",
         "",
     ));
-    drop(swtpm);
+    party.finish();
     Ok(())
 }

@@ -44,13 +44,13 @@ use quorate_attestation::evidence::SignedAttest;
 use quorate_attestation::pcr::{pcr_composite_digest, PcrIndex, PcrValue};
 use quorate_attestation::tpm::{verify_ecdsa_p256, TpmSignature, TpmtPublic};
 use quorate_firmware::audit::checkpoint::{
-    check_cosignatures, cosign_key_id, cosignature, quote_key_id, quote_signature, Checkpoint,
+    check_cosignatures, cosignature, quote_key_id, quote_signature, verify_cosignature, Checkpoint,
     CheckpointPolicy, NoteSignature, SignedCheckpoint, SignerRole,
 };
 use quorate_firmware::audit::ledger::{Ledger, LedgerError};
 use quorate_firmware::audit::merkle::{LeafIndex, TreeSize};
 use quorate_firmware::consensus::{Block, LogHead};
-use quorate_firmware::crypto::{PublicKey, Signature};
+use quorate_firmware::crypto::PublicKey;
 use quorate_firmware::sessions::machine::State;
 use quorate_firmware::sessions::BlockOutcome;
 use quorate_firmware::types::{FaultModel, PartyId, Sha256Digest};
@@ -427,16 +427,7 @@ impl CheckpointBook {
             };
             match role {
                 SignerRole::Cosign => {
-                    if line.key_id != cosign_key_id(&line.name, key) {
-                        return Err(bad("key ID is not the party's vote key"));
-                    }
-                    let sig: [u8; 64] = line
-                        .signature
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| bad("not a 64-byte signature"))?;
-                    key.verify(&msg, &Signature(sig))
-                        .map_err(|_| bad("signature does not verify"))?;
+                    verify_cosignature(line, party, key, &msg).map_err(|e| bad(&e.to_string()))?;
                 }
                 SignerRole::Quote => {
                     let ak = self
@@ -936,6 +927,7 @@ pub fn log_view(store: &Store, q: LogQuery) -> Result<Option<serde_json::Value>,
 mod tests {
     use super::*;
     use quorate_firmware::audit::checkpoint::{key_name, origin_for};
+    use quorate_firmware::crypto::Signature;
     use quorate_firmware::types::ClusterId;
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
