@@ -484,6 +484,20 @@ async fn the_party_api_end_to_end() {
             assert!(s.to_ascii_lowercase().contains("text/event-stream"), "{s}");
             continue;
         }
+        if concrete.starts_with("/v1/log/") {
+            // The audit log's routes take their arguments in the query; a
+            // 404 from the handler (nothing certified or logged yet) is
+            // not the fallback's "no such endpoint".
+            let q = format!("{concrete}?start=0&index=0&size=1&old=1&new=1");
+            let (s, b) = p1.raw(method, &q, None).await.unwrap();
+            let text = String::from_utf8_lossy(&b);
+            assert!(
+                s.is_success()
+                    || (s == StatusCode::NOT_FOUND && !text.contains("no such endpoint")),
+                "{m} {q}: {s} {text}"
+            );
+            continue;
+        }
         let (s, b) = p1.raw(method, &concrete, body).await.unwrap();
         assert!(
             s.is_success(),
