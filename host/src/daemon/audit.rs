@@ -1151,6 +1151,106 @@ mod tests {
     }
 
     #[test]
+    fn log_views_page_prove_and_answer_none_beyond_the_log() {
+        use quorate_firmware::audit::merkle::{leaf_hash, verify_inclusion, CompactTree};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "p").unwrap();
+        let mut tree = CompactTree::new();
+        let entries: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let mut nodes = Vec::new();
+        for e in &entries {
+            nodes.extend(tree.append(e).1);
+        }
+        store.append_log(LeafIndex(0), &entries, &nodes).unwrap();
+        let view = |q| log_view(&store, q).unwrap();
+        assert_eq!(view(LogQuery::Checkpoint), None);
+        // Pages are bounded; the answer's end is where the next starts.
+        let page = view(LogQuery::Entries {
+            start: 10,
+            end: 10_000,
+        })
+        .unwrap();
+        assert_eq!(page["end"], 10 + ENTRIES_PAGE);
+        assert_eq!(
+            page["entries"].as_array().unwrap().len() as u64,
+            ENTRIES_PAGE
+        );
+        assert_eq!(page["entries"][0]["entry"], b64(&entries[10]));
+        assert_eq!(
+            page["entries"][0]["leaf_hash"],
+            hex::encode(leaf_hash(&entries[10]).as_bytes())
+        );
+        let tail = view(LogQuery::Entries {
+            start: 290,
+            end: 10_000,
+        })
+        .unwrap();
+        assert_eq!(tail["end"], 300);
+        assert_eq!(
+            view(LogQuery::Entries {
+                start: 300,
+                end: 301
+            }),
+            None
+        );
+        // Proofs verify against the tree's roots; beyond the log: None.
+        let p = view(LogQuery::Inclusion {
+            index: 7,
+            size: 300,
+        })
+        .unwrap();
+        let path: Vec<Sha256Digest> = p["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                Sha256Digest(
+                    hex::decode(h.as_str().unwrap())
+                        .unwrap()
+                        .try_into()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        verify_inclusion(
+            &leaf_hash(&entries[7]),
+            LeafIndex(7),
+            TreeSize(300),
+            &path,
+            &tree.root(),
+        )
+        .unwrap();
+        assert_eq!(
+            view(LogQuery::Inclusion {
+                index: 7,
+                size: 301
+            }),
+            None
+        );
+        assert!(view(LogQuery::Consistency { old: 5, new: 300 }).is_some());
+        assert_eq!(view(LogQuery::Consistency { old: 5, new: 301 }), None);
+        // A stored certified checkpoint is served with its note.
+        let cp = SignedCheckpoint {
+            checkpoint: Checkpoint {
+                origin: origin(),
+                size: TreeSize(300),
+                root: tree.root(),
+                extensions: Vec::new(),
+            },
+            signatures: vec![NoteSignature {
+                name: format!("{}/P1/vote", origin()),
+                key_id: [1, 2, 3, 4],
+                signature: vec![5; 64],
+            }],
+        };
+        store.put_checkpoint(TreeSize(300), &cp.format()).unwrap();
+        let v = view(LogQuery::Checkpoint).unwrap();
+        assert_eq!(v["size"], 300);
+        assert_eq!(v["note"], cp.format());
+        assert_eq!(v["root"], hex::encode(tree.root().as_bytes()));
+    }
+
+    #[test]
     fn cosignatures_never_share_a_prefix_with_consensus_or_batch_messages() {
         use quorate_firmware::batch::BatchBody;
         use quorate_firmware::consensus::context::{SignedBytes, Step, CONSENSUS_DOMAIN};
