@@ -155,8 +155,6 @@ struct Open {
     own: bool,
     /// Whether a quorum certified it (and it is stored).
     certified: bool,
-    /// Peers that were sent our lines in answer to theirs.
-    answered: BTreeSet<PartyId>,
 }
 
 impl Open {
@@ -302,7 +300,6 @@ impl CheckpointBook {
                 lines: BTreeMap::new(),
                 own: false,
                 certified: false,
-                answered: BTreeSet::new(),
             },
         );
         // Bound memory: drop the oldest beyond MAX_OPEN.
@@ -387,7 +384,7 @@ impl CheckpointBook {
 
     /// A peer's note: keeps the lines that verify for a checkpoint open
     /// here with the same text.
-    pub fn receive(&mut self, from: PartyId, text: &[u8]) -> Result<Received, Refused> {
+    pub fn receive(&mut self, text: &[u8]) -> Result<Received, Refused> {
         let note = SignedCheckpoint::parse(text).map_err(|e| Refused::Malformed(e.to_string()))?;
         if note.checkpoint.origin != self.origin {
             return Err(Refused::WrongOrigin(
@@ -446,19 +443,20 @@ impl CheckpointBook {
         let Some(open) = self.open.get_mut(&size) else {
             return Ok(out);
         };
-        let had_sender = open.lines.keys().any(|(p, _)| *p == from);
         let added = !fresh.is_empty();
         for (k, l) in fresh {
             open.lines.insert(k, l);
         }
-        // Answer a sender we have not heard from with what we have, once:
-        // it may have missed our lines (it was behind, or restarted).
-        if open.own && !had_sender && open.answered.insert(from) {
-            out.answer = if open.certified {
-                Some(open.signed().format())
-            } else {
-                self.own_note(size)
-            };
+        // The sender lacks lines we hold (it was behind, or restarted, or
+        // missed ours): answer with all of them. Each answer carries a
+        // superset of the note it answers, so exchanges end.
+        let theirs: BTreeSet<(PartyId, SignerRole)> = note
+            .signatures
+            .iter()
+            .filter_map(|l| l.signer(&self.origin))
+            .collect();
+        if open.lines.keys().any(|k| !theirs.contains(k)) {
+            out.answer = Some(open.signed().format());
         }
         if added {
             let was = self.open.get(&size).is_some_and(|o| o.certified);
@@ -752,7 +750,7 @@ impl super::Runtime {
 
     /// A peer's checkpoint note.
     pub(super) fn checkpoint_frame(&mut self, from: PartyId, note: &str) -> anyhow::Result<()> {
-        match self.audit.book.receive(from, note.as_bytes()) {
+        match self.audit.book.receive(note.as_bytes()) {
             Ok(r) => {
                 if let Some(c) = &r.store {
                     self.store_certified(c)?;
@@ -1026,24 +1024,18 @@ mod tests {
         assert_eq!(b.add_own(TreeSize(5), vec![cosign(&ps[0], &cp)]), None);
         assert!(b.own_note(TreeSize(5)).unwrap().contains("/P1/vote"));
         // P2's lines: not yet a quorum (3 of 4); P2 is answered with ours.
-        let r = b
-            .receive(PartyId(2), &note(&cp, vec![cosign(&ps[1], &cp)]))
-            .unwrap();
+        let r = b.receive(&note(&cp, vec![cosign(&ps[1], &cp)])).unwrap();
         assert_eq!(r.store, None);
         assert!(r.answer.unwrap().contains("/P1/vote"));
         // P3's line completes the quorum.
-        let r = b
-            .receive(PartyId(3), &note(&cp, vec![cosign(&ps[2], &cp)]))
-            .unwrap();
+        let r = b.receive(&note(&cp, vec![cosign(&ps[2], &cp)])).unwrap();
         let stored = r.store.unwrap();
         assert_eq!(stored.signatures.len(), 3);
         check_cosignatures(&stored, &origin(), &b.parties, FaultModel::Byzantine).unwrap();
         assert_eq!(b.latest_certified(), Some(TreeSize(5)));
         assert!(!b.waiting());
         // A late P4 line makes a fuller note to store; P4 gets the certified one.
-        let r = b
-            .receive(PartyId(4), &note(&cp, vec![cosign(&ps[3], &cp)]))
-            .unwrap();
+        let r = b.receive(&note(&cp, vec![cosign(&ps[3], &cp)])).unwrap();
         assert_eq!(r.store.unwrap().signatures.len(), 4);
         assert_eq!(
             SignedCheckpoint::parse(r.answer.unwrap().as_bytes())
@@ -1052,10 +1044,20 @@ mod tests {
                 .len(),
             4
         );
-        // The same lines again change nothing.
-        let r = b
-            .receive(PartyId(4), &note(&cp, vec![cosign(&ps[3], &cp)]))
-            .unwrap();
+        // The same signer again: nothing to store, but it evidently lacks
+        // the others' lines, so it is sent them.
+        let r = b.receive(&note(&cp, vec![cosign(&ps[3], &cp)])).unwrap();
+        assert_eq!(r.store, None);
+        assert_eq!(
+            SignedCheckpoint::parse(r.answer.unwrap().as_bytes())
+                .unwrap()
+                .signatures
+                .len(),
+            4
+        );
+        // A note holding every line we hold is not answered.
+        let all = SignedCheckpoint::parse(b.resend()[0].as_bytes()).unwrap();
+        let r = b.receive(all.format().as_bytes()).unwrap();
         assert_eq!(r, Received::default());
     }
 
@@ -1072,44 +1074,40 @@ mod tests {
         other.root = Sha256Digest::of(b"other");
         let mut forged = cosign(&ps[1], &other);
         assert!(matches!(
-            b.receive(PartyId(2), &note(&cp, vec![forged.clone()])),
+            b.receive(&note(&cp, vec![forged.clone()])),
             Err(Refused::BadLine { .. })
         ));
         // P3 signing in P2's name: wrong key ID.
         forged = cosign(&ps[2], &cp);
         forged.name = key_name(&cp.origin, PartyId(2), SignerRole::Cosign);
         assert!(matches!(
-            b.receive(PartyId(3), &note(&cp, vec![forged])),
+            b.receive(&note(&cp, vec![forged])),
             Err(Refused::BadLine { .. })
         ));
         // A line in the name of party 9.
         let outsider = parties(9).pop().unwrap();
         assert!(matches!(
-            b.receive(PartyId(2), &note(&cp, vec![cosign(&outsider, &cp)])),
+            b.receive(&note(&cp, vec![cosign(&outsider, &cp)])),
             Err(Refused::NotAParty(PartyId(9)))
         ));
         // The same size with another root: a fork.
         assert!(matches!(
-            b.receive(PartyId(2), &note(&other, vec![cosign(&ps[1], &other)])),
+            b.receive(&note(&other, vec![cosign(&ps[1], &other)])),
             Err(Refused::Fork { .. })
         ));
         // Another log, and garbage.
         let mut foreign = cp.clone();
         foreign.origin = "quorate/other".into();
         assert!(matches!(
-            b.receive(PartyId(2), &note(&foreign, vec![cosign(&ps[1], &foreign)])),
+            b.receive(&note(&foreign, vec![cosign(&ps[1], &foreign)])),
             Err(Refused::WrongOrigin(_))
         ));
-        assert!(matches!(
-            b.receive(PartyId(2), b"\xff\x00"),
-            Err(Refused::Malformed(_))
-        ));
+        assert!(matches!(b.receive(b"\xff\x00"), Err(Refused::Malformed(_))));
         // Sizes not open here are dropped, and nothing was certified.
         let mut far = cp.clone();
         far.size = TreeSize(1_000_000);
         assert_eq!(
-            b.receive(PartyId(2), &note(&far, vec![cosign(&ps[1], &far)]))
-                .unwrap(),
+            b.receive(&note(&far, vec![cosign(&ps[1], &far)])).unwrap(),
             Received::default()
         );
         assert_eq!(b.latest_certified(), None);
@@ -1133,18 +1131,15 @@ mod tests {
         // from the store.
         b.set_latest_certified(TreeSize(4));
         let r = b
-            .receive(PartyId(2), &note(&first, vec![cosign(&ps[1], &first)]))
+            .receive(&note(&first, vec![cosign(&ps[1], &first)]))
             .unwrap();
         assert_eq!(r.answer_stored, Some(TreeSize(4)));
         // Certifying a size drops the older open ones.
         let size = TreeSize(4 * (MAX_OPEN as u64));
         let cp = b.open(size).unwrap().clone();
         b.add_own(size, vec![cosign(&ps[0], &cp)]);
-        b.receive(PartyId(2), &note(&cp, vec![cosign(&ps[1], &cp)]))
-            .unwrap();
-        let r = b
-            .receive(PartyId(3), &note(&cp, vec![cosign(&ps[2], &cp)]))
-            .unwrap();
+        b.receive(&note(&cp, vec![cosign(&ps[1], &cp)])).unwrap();
+        let r = b.receive(&note(&cp, vec![cosign(&ps[2], &cp)])).unwrap();
         assert!(r.store.is_some());
         assert!(b.open.keys().all(|s| *s >= size));
         assert_eq!(b.resend().len(), 1);
