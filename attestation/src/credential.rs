@@ -365,6 +365,26 @@ pub fn make_credential(
     })
 }
 
+/// How many random bytes [`make_credential`] takes as `ephemeral` for this
+/// EK: the ECDH scalar size for an ECC EK (32 for P-256, 48 for P-384),
+/// 2×|nameAlg| for an RSA EK; `None` for an EK it cannot seal to.
+pub fn ephemeral_len(ek: &TpmtPublic) -> Option<usize> {
+    let hash = match ek.name_alg() {
+        AlgId::SHA256 => Hash::Sha256,
+        AlgId::SHA384 => Hash::Sha384,
+        _ => return None,
+    };
+    match ek.params() {
+        PublicKeyParams::Rsa { .. } => Some(2 * hash.size()),
+        PublicKeyParams::Ecc { parms, .. } => parms
+            .curve
+            .coordinate_size()
+            .filter(|s| *s == 32 || *s == 48),
+        #[allow(unreachable_patterns)] // PublicKeyParams is non_exhaustive
+        _ => None,
+    }
+}
+
 /// ECC EK: seed from ephemeral ECDH and KDFe; the secret is the ephemeral point.
 fn ecc_seed(
     ek: &TpmtPublic,

@@ -86,13 +86,14 @@ pub enum EkError {
 }
 
 /// What a verified EK chain established.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EkChainInfo {
     /// The EK certificate's issuer (distinguished name, RFC 4514 style).
     pub issuer: String,
     /// The subject of the configured root the chain ends at.
     pub root: String,
     /// The EK's SubjectPublicKeyInfo, DER.
+    #[serde(with = "serde_bytes")]
     pub ek_spki: Vec<u8>,
     /// Certificates walked, leaf first, root last.
     pub depth: usize,

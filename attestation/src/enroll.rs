@@ -3,7 +3,9 @@
 //!
 //! 1. The party sends an [`EnrollmentRequest`]: its EK public area, EK
 //!    certificate and chain (when the TPM has them) and its AK public area.
-//! 2. The verifier calls [`challenge`]: it checks the EK is a TPM storage
+//! 2. The verifier calls [`challenge`] with its [`EnrollRules`] (the EK
+//!    roots it trusts; [`EnrollRules::from_policy`] takes them from the
+//!    cluster's reference policy): it checks the EK is a TPM storage
 //!    key, is the key the certificate certifies, and the certificate chains
 //!    to a configured root; checks the AK's attributes; and seals a fresh
 //!    credential to (EK, AK Name) with [`make_credential`]. It keeps the
@@ -37,6 +39,31 @@ pub struct EnrollmentRequest {
     pub ak_public: Vec<u8>,
 }
 
+/// What a verifier requires of an enrollment: the EK roots it trusts and
+/// whether an EK certificate (chaining to one of them) is mandatory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnrollRules {
+    /// Trusted EK root CA certificates (DER).
+    pub ek_roots: Vec<Vec<u8>>,
+    /// Refuse an EK without a certificate chaining to `ek_roots`.
+    pub require_ek_certificate: bool,
+    /// Refuse an AK without noDA.
+    pub require_ak_no_da: bool,
+}
+
+impl EnrollRules {
+    /// The rules of a reference-value policy (its `ek_roots`,
+    /// `require_ek_certificate` and `require_ak_no_da`), after checking it.
+    pub fn from_policy(policy: &Policy) -> Result<EnrollRules, PolicyError> {
+        policy.check()?;
+        Ok(EnrollRules {
+            ek_roots: policy.ek_root_ders()?,
+            require_ek_certificate: policy.require_ek_certificate,
+            require_ak_no_da: policy.require_ak_no_da,
+        })
+    }
+}
+
 /// A challenge sent and not yet answered. Holds the expected credential:
 /// store it where only the verifier can read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +77,9 @@ pub struct PendingEnrollment {
     pub credential: Vec<u8>,
     /// Whether the EK's certificate chained to a configured root.
     pub ek_certified: bool,
+    /// The chain found, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_chain: Option<EkChainInfo>,
 }
 
 /// Why enrollment failed.
@@ -107,16 +137,18 @@ pub enum EnrollError {
 /// checked too.
 pub fn challenge(
     request: &EnrollmentRequest,
-    policy: &Policy,
+    rules: &EnrollRules,
     credential: &[u8],
     ephemeral: &[u8],
     now: Option<i64>,
 ) -> Result<(PendingEnrollment, MadeCredential), EnrollError> {
-    policy.check()?;
+    if rules.require_ek_certificate && rules.ek_roots.is_empty() {
+        return Err(EnrollError::Policy(PolicyError::NoRoots));
+    }
     let ek = TpmtPublic::parse(&request.ek_public).map_err(EnrollError::MalformedEk)?;
     let ak = TpmtPublic::parse(&request.ak_public).map_err(EnrollError::MalformedAk)?;
     let mut required = AK_REQUIRED;
-    if policy.require_ak_no_da {
+    if rules.require_ak_no_da {
         required = required | ObjectAttributes::NO_DA;
     }
     let found = ak.object_attributes();
@@ -127,14 +159,14 @@ pub fn challenge(
             forbidden: AK_FORBIDDEN,
         });
     }
-    let roots = policy.ek_root_ders()?;
+    let roots = &rules.ek_roots;
     let chain: Option<EkChainInfo> = match &request.ek_certificate {
-        None if policy.require_ek_certificate => return Err(EnrollError::EkCertificateMissing),
+        None if rules.require_ek_certificate => return Err(EnrollError::EkCertificateMissing),
         None => None,
         Some(_) if roots.is_empty() => None,
         Some(cert) => {
             let inter: Vec<Vec<u8>> = request.ek_chain.iter().map(|c| c.to_vec()).collect();
-            Some(verify_ek_chain(cert, &inter, &roots, now).map_err(EnrollError::EkCertificate)?)
+            Some(verify_ek_chain(cert, &inter, roots, now).map_err(EnrollError::EkCertificate)?)
         }
     };
     if let Some(info) = &chain {
@@ -151,6 +183,7 @@ pub fn challenge(
         ek_name: ek.name().clone(),
         credential: credential.to_vec(),
         ek_certified: chain.is_some(),
+        ek_chain: chain,
     };
     Ok((pending, made))
 }
@@ -209,16 +242,39 @@ mod tests {
         }
     }
 
-    fn policy() -> Policy {
+    fn rules() -> EnrollRules {
         let mut p = Policy::new(vec![Sha256Digest([1; 32])], Sha256Digest([2; 32]));
         p.ek_roots = vec![hex::encode(vector!("ek_root.der"))];
         p.require_ek_certificate = true;
-        p
+        EnrollRules::from_policy(&p).unwrap()
+    }
+
+    #[test]
+    fn a_required_certificate_needs_roots() {
+        let rules = EnrollRules {
+            require_ek_certificate: true,
+            ..EnrollRules::default()
+        };
+        assert_eq!(
+            challenge(&request(), &rules, &[5; 32], &[3; 48], None),
+            Err(EnrollError::Policy(PolicyError::NoRoots))
+        );
+        // Without roots and without the requirement, the EK is challenged
+        // uncertified.
+        let (pending, _) = challenge(
+            &request(),
+            &EnrollRules::default(),
+            &[5; 32],
+            &[3; 48],
+            None,
+        )
+        .unwrap();
+        assert!(!pending.ek_certified && pending.ek_chain.is_none());
     }
 
     #[test]
     fn certified_ek_is_challenged_and_the_right_answer_pins_the_ak() {
-        let (pending, made) = challenge(&request(), &policy(), &[5; 32], &[3; 48], None).unwrap();
+        let (pending, made) = challenge(&request(), &rules(), &[5; 32], &[3; 48], None).unwrap();
         assert!(pending.ek_certified);
         assert_eq!(pending.ak_name.as_bytes(), vector!("ak.name"));
         assert!(!made.credential_blob.is_empty());
@@ -241,19 +297,19 @@ mod tests {
         let mut req = request();
         req.ek_public = tpm2b_inner(vector!("cred_ek256.pub"));
         assert!(matches!(
-            challenge(&req, &policy(), &[5; 32], &[3; 32], None),
+            challenge(&req, &rules(), &[5; 32], &[3; 32], None),
             Err(EnrollError::EkNotCertified { .. })
         ));
         let mut req = request();
         req.ek_certificate = None;
         assert_eq!(
-            challenge(&req, &policy(), &[5; 32], &[3; 48], None),
+            challenge(&req, &rules(), &[5; 32], &[3; 48], None),
             Err(EnrollError::EkCertificateMissing)
         );
         let mut req = request();
         req.ek_chain.clear();
         assert!(matches!(
-            challenge(&req, &policy(), &[5; 32], &[3; 48], None),
+            challenge(&req, &rules(), &[5; 32], &[3; 48], None),
             Err(EnrollError::EkCertificate(EkError::UnknownIssuer { .. }))
         ));
     }
@@ -274,7 +330,7 @@ mod tests {
         let mut req = request();
         req.ak_public = tpm.ak_public.as_bytes().to_vec();
         assert!(matches!(
-            challenge(&req, &policy(), &[5; 32], &[3; 48], None),
+            challenge(&req, &rules(), &[5; 32], &[3; 48], None),
             Err(EnrollError::AkAttributes { .. })
         ));
     }
@@ -286,7 +342,7 @@ mod tests {
         let mut tpm = SoftTpm::launch(&rng, PcrIndex::DEFAULT_MEASUREMENT, &exe, &cfg, 1).unwrap();
         let mut req = request();
         req.ak_public = tpm.ak_public.as_bytes().to_vec();
-        let (pending, _) = challenge(&req, &policy(), &[5; 32], &[3; 48], None).unwrap();
+        let (pending, _) = challenge(&req, &rules(), &[5; 32], &[3; 48], None).unwrap();
         let mut state = pending.complete(&[5; 32]).unwrap();
         let pol = Policy::new(vec![exe], cfg);
         let fresh = Freshness::Nonce(vec![1]);

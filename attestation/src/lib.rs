@@ -26,9 +26,11 @@ pub mod verify;
 pub mod wire;
 
 pub use attest::{Attested, ClockInfo, TpmsAttest};
-pub use credential::{ek_matches_certificate, make_credential, CredentialError, MadeCredential};
+pub use credential::{
+    ek_matches_certificate, ephemeral_len, make_credential, CredentialError, MadeCredential,
+};
 pub use ekcert::{verify_ek_chain, EkChainInfo, EkError};
-pub use enroll::{challenge, EnrollError, EnrollmentRequest, PendingEnrollment};
+pub use enroll::{challenge, EnrollError, EnrollRules, EnrollmentRequest, PendingEnrollment};
 pub use eventlog::{EventLog, EventType, LogEvent, QuorateEvent, ReplayError, SpecIdEvent};
 pub use evidence::{qualifying_data, DecodeError, Evidence, Freshness, SignedAttest};
 pub use pcr::{

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Context as _};
 use quorate_attestation::evidence::{Evidence, Freshness};
+use quorate_attestation::pcr::PcrValue;
 use quorate_attestation::policy::Policy;
 use quorate_attestation::tpm::TpmtPublic;
 use quorate_firmware::types::PartyId;
@@ -93,7 +94,16 @@ fn export_tpm2_tools(e: &Evidence, dir: &Path) -> anyhow::Result<()> {
     };
     w("quote.msg", &e.quote.attest)?;
     w("quote.sig", &e.quote.signature)?;
+    w("quote.pcrs", &tpm2_tools_pcrs(&e.pcr_values)?)?;
     w("eventlog.bin", &e.event_log)?;
+    // tpm2_checkquote -q takes the quote's extraData: Quorate's qualifying
+    // data (derived from the nonce), not the nonce itself.
+    let quote = quorate_attestation::attest::TpmsAttest::parse(&e.quote.attest)
+        .map_err(|err| anyhow!("quote: {err}"))?;
+    w(
+        "qualifying_data.hex",
+        format!("{}\n", hex::encode(&quote.extra_data)).as_bytes(),
+    )?;
     let ak = TpmtPublic::parse(&e.ak_public).map_err(|err| anyhow!("AK public area: {err}"))?;
     let point = ak
         .ecc_p256_point()
@@ -108,6 +118,61 @@ fn export_tpm2_tools(e: &Evidence, dir: &Path) -> anyhow::Result<()> {
     }
     pem.push_str("-----END PUBLIC KEY-----\n");
     w("ak.pub.pem", pem.as_bytes())
+}
+
+/// TPM2_ALG_SHA256.
+const ALG_SHA256: u16 = 0x000b;
+/// TPML_PCR_SELECTION.pcrSelections[TPM2_NUM_PCR_BANKS] in tpm2-tss.
+const TSS_PCR_BANKS: usize = 16;
+/// TPML_DIGEST.digests[8] in tpm2-tss.
+const TSS_DIGESTS: usize = 8;
+/// TPM2B_DIGEST.buffer[sizeof(TPMU_HA)] in tpm2-tss.
+const TSS_DIGEST_BUFFER: usize = 64;
+
+/// The "pcrs" file `tpm2_quote -o` writes and `tpm2_checkquote -f` reads
+/// (tpm2-tools 5, the default `-F serialized` form: in-memory tpm2-tss
+/// structures, little-endian): a `TPML_PCR_SELECTION` (u32 count, then 16
+/// `TPMS_PCR_SELECTION` slots of hash u16, sizeofSelect u8, pcrSelect[4],
+/// one byte of padding), a u32 count of `TPML_DIGEST`s, then that many
+/// `TPML_DIGEST`s (u32 count, 8 slots of `TPM2B_DIGEST`: size u16,
+/// buffer[64]), holding the values in selection order, 8 per list. The
+/// layout was checked byte for byte against `tpm2_quote -o` output.
+pub fn tpm2_tools_pcrs(values: &[PcrValue]) -> anyhow::Result<Vec<u8>> {
+    let mut sorted: Vec<&PcrValue> = values.iter().collect();
+    sorted.sort_by_key(|v| v.index);
+    let mut select = [0u8; 4];
+    for v in &sorted {
+        let i = usize::from(v.index.get());
+        let byte = select
+            .get_mut(i / 8)
+            .ok_or_else(|| anyhow!("PCR {i} out of range"))?;
+        *byte |= 1 << (i % 8);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&ALG_SHA256.to_le_bytes());
+    out.push(3);
+    out.extend_from_slice(&select);
+    out.push(0);
+    out.resize(4 + TSS_PCR_BANKS * 8, 0);
+    let lists: Vec<&[&PcrValue]> = sorted.chunks(TSS_DIGESTS).collect();
+    let count = u32::try_from(lists.len()).map_err(|_| anyhow!("too many PCRs"))?;
+    out.extend_from_slice(&count.to_le_bytes());
+    for list in lists {
+        let n = u32::try_from(list.len()).map_err(|_| anyhow!("too many PCRs"))?;
+        out.extend_from_slice(&n.to_le_bytes());
+        for slot in 0..TSS_DIGESTS {
+            let mut d = [0u8; 2 + TSS_DIGEST_BUFFER];
+            if let Some(v) = list.get(slot) {
+                let (size, buf) = d.split_at_mut(2);
+                size.copy_from_slice(&32u16.to_le_bytes());
+                let (digest, _) = buf.split_at_mut(32);
+                digest.copy_from_slice(v.value.as_bytes());
+            }
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok(out)
 }
 
 fn base64_encode(data: &[u8]) -> String {
@@ -153,4 +218,35 @@ pub fn verify(
         r.clock_info.restart_count,
         r.clock_info.clock,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_attestation::pcr::PcrIndex;
+    use quorate_firmware::types::Sha256Digest;
+
+    #[test]
+    fn pcrs_file_has_the_tpm2_tools_layout() {
+        let v = |i: u8, b: u8| PcrValue {
+            index: PcrIndex::new(i).unwrap(),
+            value: Sha256Digest([b; 32]),
+        };
+        // Two PCRs: one TPML_DIGEST (what `tpm2_quote -l sha256:15,23 -o` wrote, 668 bytes).
+        let f = tpm2_tools_pcrs(&[v(23, 2), v(15, 1)]).unwrap();
+        assert_eq!(f.len(), 668);
+        assert_eq!(&f[..12], &[1, 0, 0, 0, 0x0b, 0, 3, 0, 0x80, 0x80, 0, 0]);
+        assert_eq!(&f[132..140], &[1, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&f[140..142], &[32, 0]);
+        assert_eq!(&f[142..174], &[1; 32]);
+        assert_eq!(&f[206..208], &[32, 0]);
+        assert_eq!(&f[208..240], &[2; 32]);
+        // Ten PCRs: two lists, 8 then 2.
+        let ten: Vec<PcrValue> = (0..8).chain([10, 15]).map(|i| v(i, i)).collect();
+        let f = tpm2_tools_pcrs(&ten).unwrap();
+        assert_eq!(f.len(), 132 + 4 + 2 * (4 + 8 * 66));
+        assert_eq!(&f[132..140], &[2, 0, 0, 0, 8, 0, 0, 0]);
+        assert_eq!(&f[7..10], &[0xff, 0x84, 0]);
+        assert_eq!(&f[668..672], &[2, 0, 0, 0]);
+    }
 }

@@ -59,6 +59,8 @@ pub async fn produce_evidence(
         reason: format!("{e} (run the measured launch first)"),
     })?;
 
+    let (ek_certificate, ek_chain) = ek_certificates(data_dir)?;
+
     let mut pcrs: Vec<PcrIndex> = vec![measurement_pcr];
     pcrs.extend(extra_pcrs.iter().filter(|p| **p != measurement_pcr));
     pcrs.sort();
@@ -86,8 +88,11 @@ pub async fn produce_evidence(
         pcr_values,
         event_log,
         ak_public: ak.tpmt_public()?,
-        ek_certificate: None,
-        ek_chain: Vec::new(),
+        ek_certificate: ek_certificate.map(serde_bytes::ByteBuf::from),
+        ek_chain: ek_chain
+            .into_iter()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
         vote_key_public: vote_public,
         vote_key_certify: SignedAttest {
             attest: certify.attest,
@@ -95,4 +100,24 @@ pub async fn produce_evidence(
         },
         tls_key_hash: *tls_key_hash,
     })
+}
+
+/// The EK certificate and its intermediates recorded in the party's
+/// enrollment (read from the TPM's NV at `quorate init`); none for a party
+/// whose enrollment records no EK (provisioned before EK certificates were
+/// read, or without an enrollment file).
+fn ek_certificates(data_dir: &Path) -> Result<crate::init::EkCertificates, EvidenceError> {
+    let path = data_dir.join(crate::init::ENROLLMENT_FILE);
+    if !path.exists() {
+        return Ok((None, Vec::new()));
+    }
+    let bad = |reason: String| EvidenceError::DataDir {
+        path: path.clone(),
+        reason,
+    };
+    let e = crate::init::Enrollment::load(&path).map_err(|e| bad(e.to_string()))?;
+    match &e.ek {
+        None => Ok((None, Vec::new())),
+        Some(ek) => ek.certificates().map_err(|e| bad(e.to_string())),
+    }
 }

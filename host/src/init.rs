@@ -17,7 +17,7 @@ use quorate_firmware::types::PartyId;
 
 use crate::launch::{measured_launch, LaunchError, Measurement};
 use crate::tpm::keys::{write_file_mode, KeyStore};
-use crate::tpm::{KeySpec, SwtpmError, TpmError, TpmHandle, TpmTarget};
+use crate::tpm::{EkTemplate, KeySpec, SwtpmError, TpmError, TpmHandle, TpmTarget};
 
 /// File format version of `enrollment.json`.
 pub const ENROLLMENT_FORMAT: u32 = 1;
@@ -68,6 +68,47 @@ pub struct Enrollment {
     /// for measured launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ak: Option<EnrolledKey>,
+    /// The endorsement key the AK lives under, with its certificate when
+    /// the TPM has one: what `quorate enroll challenge` seals the
+    /// credential-activation challenge to. Absent in enrollments written
+    /// before EK certificates were read (they load; they cannot be
+    /// challenged until re-provisioned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek: Option<EnrolledEk>,
+}
+
+/// An EK certificate (DER) if there is one, and its intermediates (DER).
+pub type EkCertificates = (Option<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The party's endorsement key as peers enroll it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolledEk {
+    /// The TCG template it is made from.
+    pub template: EkTemplate,
+    /// Its marshalled TPMT_PUBLIC, hex.
+    pub tpmt_public: String,
+    /// Its Name, hex.
+    pub name: String,
+    /// Its certificate (DER, hex), read from the TPM's NV index for the
+    /// template, when the TPM has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Intermediate CA certificates (DER, hex), leaf-side first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+}
+
+impl EnrolledEk {
+    /// The certificate and the intermediates as DER.
+    pub fn certificates(&self) -> Result<EkCertificates, hex::FromHexError> {
+        let cert = self.certificate.as_deref().map(hex::decode).transpose()?;
+        let chain = self
+            .chain
+            .iter()
+            .map(hex::decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((cert, chain))
+    }
 }
 
 /// Provisioning for measured launch: an AK, a vote key bound by PolicyPCR
@@ -118,6 +159,17 @@ impl Enrollment {
             if hex::encode(public.name().as_bytes()) != ak.name {
                 return Err(bad("ak.name does not match ak.tpmt_public".into()));
             }
+        }
+        if let Some(ek) = &e.ek {
+            let tpmt = hex::decode(&ek.tpmt_public)
+                .map_err(|err| bad(format!("ek.tpmt_public: {err}")))?;
+            let public = quorate_attestation::tpm::TpmtPublic::parse(&tpmt)
+                .map_err(|err| bad(format!("ek.tpmt_public: {err}")))?;
+            if hex::encode(public.name().as_bytes()) != ek.name {
+                return Err(bad("ek.name does not match ek.tpmt_public".into()));
+            }
+            ek.certificates()
+                .map_err(|err| bad(format!("ek certificates: {err}")))?;
         }
         Ok(e)
     }
@@ -225,6 +277,17 @@ pub async fn init_with(
     opts: &InitOptions,
     measured: Option<MeasuredInit>,
 ) -> Result<InitReport, InitError> {
+    init_with_ek_chain(opts, measured, &[]).await
+}
+
+/// As [`init_with`], recording `ek_chain` (the EK certificate's
+/// intermediate CA certificates, DER: the TPM holds only the leaf) in the
+/// enrollment beside the EK certificate.
+pub async fn init_with_ek_chain(
+    opts: &InitOptions,
+    measured: Option<MeasuredInit>,
+    ek_chain: &[Vec<u8>],
+) -> Result<InitReport, InitError> {
     if opts.party_id.0 == 0 {
         return Err(InitError::ZeroPartyId);
     }
@@ -240,7 +303,7 @@ pub async fn init_with(
     create_private_dir(dir)?;
 
     let (swtpm, tcti) = crate::tpm::resolve_target(&opts.tpm, dir)?;
-    let result = provision(opts, &tcti, measured).await;
+    let result = provision(opts, &tcti, measured, ek_chain).await;
     // Stop a spawned swtpm (TPM2_Shutdown first) whatever happened.
     let swtpm_dir = swtpm.as_ref().map(|s| s.state_dir().to_owned());
     drop(swtpm);
@@ -257,9 +320,10 @@ async fn provision(
     opts: &InitOptions,
     tcti: &crate::tpm::Tcti,
     measured: Option<MeasuredInit>,
+    ek_chain: &[Vec<u8>],
 ) -> Result<(Enrollment, PathBuf, PathBuf), InitError> {
     let tpm = TpmHandle::open(tcti).await?;
-    let res = provision_with(opts, &tpm, measured).await;
+    let res = provision_with(opts, &tpm, measured, ek_chain).await;
     tpm.close().await?;
     res
 }
@@ -268,13 +332,14 @@ async fn provision_with(
     opts: &InitOptions,
     tpm: &TpmHandle,
     measured: Option<MeasuredInit>,
+    ek_chain: &[Vec<u8>],
 ) -> Result<(Enrollment, PathBuf, PathBuf), InitError> {
     let (spec, ak) = match &measured {
         None => (KeySpec::vote_password(), None),
         Some(mi) => {
             let m = &mi.measurement;
             let ak = tpm.create_ak().await?;
-            tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+            tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()), ak.ek_template)
                 .await?;
             (KeySpec::vote_policy_pcr(m.pcr, &m.expected_pcr()), Some(ak))
         }
@@ -335,7 +400,8 @@ async fn provision_with(
     store.save_with_ak(
         &created.srk_name,
         &[&created.blob],
-        ak.as_ref().map(|a| (&a.blob, a.ek_name.as_slice())),
+        ak.as_ref()
+            .map(|a| (&a.blob, a.ek_name.as_slice(), a.ek_template)),
     )?;
     let enrolled_ak = match &ak {
         Some(a) => Some(EnrolledKey {
@@ -345,6 +411,17 @@ async fn provision_with(
         }),
         None => None,
     };
+    let enrolled_ek = ak.as_ref().map(|a| EnrolledEk {
+        template: a.ek_template,
+        tpmt_public: hex::encode(&a.ek_public),
+        name: hex::encode(&a.ek_name),
+        certificate: a.ek_certificate.as_ref().map(hex::encode),
+        chain: if a.ek_certificate.is_some() {
+            ek_chain.iter().map(hex::encode).collect()
+        } else {
+            Vec::new()
+        },
+    });
 
     let enrollment = Enrollment {
         format: ENROLLMENT_FORMAT,
@@ -357,6 +434,7 @@ async fn provision_with(
         tls_cert: hex::encode(tls.cert_der()),
         tls_key_hash: hex::encode(tls_key_hash.as_bytes()),
         ak: enrolled_ak,
+        ek: enrolled_ek,
     };
     let path = opts.data_dir.join(ENROLLMENT_FILE);
     let mut json = serde_json::to_vec_pretty(&enrollment).map_err(|e| InitError::Enrollment {
@@ -414,6 +492,57 @@ mod tests {
         ));
     }
 
+    /// An enrollment written before the `ek` field (no EK) still loads; one
+    /// whose EK Name does not follow from its public area does not.
+    #[test]
+    fn enrollments_without_an_ek_load_and_a_wrong_ek_name_is_refused() {
+        let vector = |name: &str| {
+            let b = fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../attestation/tests/vectors")
+                    .join(name),
+            )
+            .unwrap();
+            quorate_attestation::tpm::TpmtPublic::parse_tpm2b(&b).unwrap()
+        };
+        let vote = vector("vote.pub");
+        let ek = vector("ek_ecc384.pub");
+        let mut e = Enrollment {
+            format: ENROLLMENT_FORMAT,
+            party_id: PartyId(1),
+            vote_key: EnrolledKey {
+                tpmt_public: hex::encode(vote.as_bytes()),
+                name: hex::encode(vote.name().as_bytes()),
+                point: hex::encode(vote.ecc_p256_point().unwrap().0),
+            },
+            tls_cert: String::new(),
+            tls_key_hash: String::new(),
+            ak: None,
+            ek: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(ENROLLMENT_FILE);
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("\"ek\""), "{json}");
+        fs::write(&p, json).unwrap();
+        assert_eq!(Enrollment::load(&p).unwrap(), e);
+        e.ek = Some(EnrolledEk {
+            template: EkTemplate::EccP384,
+            tpmt_public: hex::encode(ek.as_bytes()),
+            name: hex::encode(ek.name().as_bytes()),
+            certificate: Some("3000".into()),
+            chain: vec![],
+        });
+        fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(Enrollment::load(&p).unwrap(), e);
+        if let Some(ek) = e.ek.as_mut() {
+            ek.name = hex::encode(vote.name().as_bytes());
+        }
+        fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
+        let err = Enrollment::load(&p).unwrap_err().to_string();
+        assert!(err.contains("ek.name does not match"), "{err}");
+    }
+
     #[test]
     fn enrollment_load_rejects_a_mismatched_name() {
         let dir = tempfile::tempdir().unwrap();
@@ -429,6 +558,7 @@ mod tests {
             tls_cert: String::new(),
             tls_key_hash: String::new(),
             ak: None,
+            ek: None,
         };
         fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
         assert!(Enrollment::load(&p).is_err());

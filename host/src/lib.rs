@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod enroll_cli;
 pub mod evidence;
 pub mod fsutil;
 pub mod init;

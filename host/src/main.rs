@@ -9,7 +9,7 @@ use quorate_firmware::types::PartyId;
 use std::path::Path;
 
 use quorate_attestation::pcr::PcrIndex;
-use quorate_host::init::{init_with, InitOptions, MeasuredInit};
+use quorate_host::init::{init_with_ek_chain, InitOptions, MeasuredInit};
 use quorate_host::launch::{file_digest, Measurement};
 use quorate_host::tpm::TpmTarget;
 
@@ -51,6 +51,32 @@ enum Command {
         /// Dev mode: allows the resettable PCR 23 (attestation then proves nothing).
         #[arg(long)]
         dev: bool,
+        /// The EK certificate's intermediate CA certificates (PEM), recorded
+        /// in the enrollment beside the certificate read from the TPM.
+        #[arg(long)]
+        ek_chain: Option<PathBuf>,
+    },
+    /// Enrollment by credential activation, verifier side: `challenge`, then
+    /// (after the party's `quorate activate`) `complete`.
+    Enroll {
+        #[command(subcommand)]
+        step: EnrollStep,
+    },
+    /// Answer an enrollment challenge with this party's TPM
+    /// (TPM2_ActivateCredential).
+    Activate {
+        /// The party's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The party's TPM (as for `init`).
+        #[arg(long)]
+        tpm: TpmTarget,
+        /// The challenge (from `quorate enroll challenge`).
+        #[arg(long)]
+        challenge: PathBuf,
+        /// Where to write the answer.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run the coordinator daemon.
     Run {
@@ -84,9 +110,10 @@ enum Command {
         /// Where to write the evidence (postcard).
         #[arg(long)]
         out: PathBuf,
-        /// Also write quote.msg, quote.sig, ak.pub.pem and eventlog.bin here,
-        /// for `tpm2_checkquote -u ak.pub.pem -m quote.msg -s quote.sig -g sha256 -q QD`
-        /// and `tpm2_eventlog eventlog.bin`.
+        /// Also write quote.msg, quote.sig, quote.pcrs, ak.pub.pem,
+        /// qualifying_data.hex and eventlog.bin here, for
+        /// `tpm2_checkquote -u ak.pub.pem -m quote.msg -s quote.sig -f quote.pcrs -g sha256 -q QD`
+        /// (QD from qualifying_data.hex) and `tpm2_eventlog eventlog.bin`.
         #[arg(long)]
         tpm2_tools_dir: Option<PathBuf>,
     },
@@ -130,6 +157,44 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnrollStep {
+    /// Check a party's enrollment.json (AK, EK certificate chain) and seal
+    /// a fresh credential to its EK and AK Name.
+    Challenge {
+        /// The party's enrollment.json.
+        #[arg(long)]
+        enrollment: PathBuf,
+        /// Where to write the challenge for the party.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to keep the secret state until the answer (0600).
+        #[arg(long)]
+        state: PathBuf,
+        /// A trusted EK root CA certificate (PEM or DER); repeatable.
+        #[arg(long)]
+        ek_root: Vec<PathBuf>,
+        /// A reference policy whose ek_roots and requirements apply too.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Refuse an EK without a certificate chaining to a trusted root.
+        #[arg(long)]
+        require_ek_cert: bool,
+    },
+    /// Check the party's answer; prints and records the verified enrollment.
+    Complete {
+        /// The state file `challenge` wrote.
+        #[arg(long)]
+        state: PathBuf,
+        /// The party's answer (from `quorate activate`).
+        #[arg(long)]
+        answer: PathBuf,
+        /// Where to write the record of the verified enrollment (JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -202,7 +267,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             pcr,
             dev,
+            ek_chain,
         } => {
+            let ek_chain = match &ek_chain {
+                Some(p) => quorate_host::enroll_cli::read_roots(p)?,
+                None => Vec::new(),
+            };
             let opts = InitOptions {
                 data_dir,
                 party_id: PartyId(party_id),
@@ -239,7 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                 }
             };
-            let report = init_with(&opts, measured).await?;
+            let report = init_with_ek_chain(&opts, measured, &ek_chain).await?;
             let e = &report.enrollment;
             println!(
                 "provisioned party {} in {}",
@@ -253,9 +323,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(ak) = &e.ak {
                 println!("  AK Name        {}", ak.name);
             }
+            if let Some(ek) = &e.ek {
+                let cert = if ek.certificate.is_some() {
+                    format!(
+                        "with its certificate and {} intermediate(s)",
+                        ek.chain.len()
+                    )
+                } else {
+                    "no EK certificate in this TPM".to_string()
+                };
+                println!("  EK             {} ({cert})", ek.template);
+            }
             if let Some(d) = &report.swtpm_dir {
                 println!("  swtpm state    {}", d.display());
             }
+            Ok(())
+        }
+        Command::Enroll { step } => match step {
+            EnrollStep::Challenge {
+                enrollment,
+                out,
+                state,
+                ek_root,
+                policy,
+                require_ek_cert,
+            } => {
+                let opts = quorate_host::enroll_cli::ChallengeOptions {
+                    enrollment,
+                    out,
+                    state,
+                    ek_roots: ek_root,
+                    policy,
+                    require_ek_certificate: require_ek_cert,
+                };
+                let s = quorate_host::enroll_cli::make_challenge(&opts)?;
+                println!(
+                    "challenge for {} written to {} (send it to the party; keep {} private)",
+                    s.party_id,
+                    opts.out.display(),
+                    opts.state.display()
+                );
+                match &s.pending.ek_chain {
+                    Some(c) => println!(
+                        "  EK certificate verified: issuer \"{}\", trusted root \"{}\"",
+                        c.issuer, c.root
+                    ),
+                    None => println!(
+                        "  EK certificate NOT verified (none in the enrollment, or no --ek-root given)"
+                    ),
+                }
+                Ok(())
+            }
+            EnrollStep::Complete { state, answer, out } => {
+                let r = quorate_host::enroll_cli::complete(&state, &answer, out.as_deref())?;
+                print!("{}", r.render());
+                if let Some(out) = &out {
+                    println!("  record      {}", out.display());
+                }
+                Ok(())
+            }
+        },
+        Command::Activate {
+            data_dir,
+            tpm,
+            challenge,
+            out,
+        } => {
+            let a = quorate_host::enroll_cli::activate(&data_dir, &tpm, &challenge, &out).await?;
+            println!(
+                "challenge {} answered by {}'s TPM; answer written to {}",
+                a.challenge_id,
+                a.party_id,
+                out.display()
+            );
             Ok(())
         }
         Command::Run { config, .. } => {

@@ -8,33 +8,15 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use quorate_attestation::tpm::TpmtPublic;
 use quorate_host::init::{Enrollment, ENROLLMENT_FILE};
 use quorate_host::tpm::{swtpm::free_port_pair, Swtpm, Tcti, TpmError, TpmHandle};
 
-/// Runs `quorate` with `args`, killing it if it hangs (a guard against a
-/// hung test, not a timing assertion).
-fn quorate(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .args(args)
-        .env("TSS2_LOG", "all+none")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("quorate {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
+mod common;
+use common::quorate;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

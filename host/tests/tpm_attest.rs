@@ -26,7 +26,7 @@ async fn open() -> (tempfile::TempDir, Swtpm, TpmHandle) {
 async fn ak_quotes_and_certifies_and_reports_reset_count() {
     let (_dir, mut swtpm, tpm) = open().await;
     let ak = tpm.create_ak().await.unwrap();
-    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()), ak.ek_template)
         .await
         .unwrap();
     let ak_public = TpmtPublic::parse(&ak.blob.tpmt_public().unwrap()).unwrap();
@@ -159,7 +159,7 @@ async fn policy_bound_vote_key_signs_only_with_the_expected_pcr() {
 async fn tpm2_checkquote_accepts_our_quote() {
     let (dir, _swtpm, tpm) = open().await;
     let ak = tpm.create_ak().await.unwrap();
-    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()), ak.ek_template)
         .await
         .unwrap();
     tpm.pcr_extend(DEV_PCR, [3; 32]).await.unwrap();
@@ -200,7 +200,7 @@ async fn tpm2_checkquote_accepts_our_quote() {
 async fn credential_activation_recovers_the_secret_only_for_our_ak() {
     let (_dir, _swtpm, tpm) = open().await;
     let ak = tpm.create_ak().await.unwrap();
-    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()))
+    tpm.set_ak(ak.blob.clone(), Some(ak.ek_name.clone()), ak.ek_template)
         .await
         .unwrap();
     let ak_name = ak.blob.name().unwrap();

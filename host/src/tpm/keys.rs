@@ -146,6 +146,87 @@ impl KeySpec {
     }
 }
 
+/// Which TCG default EK template (EK Credential Profile 2.0, annex B) the
+/// EK is made from. The AK lives under the EK whose certificate the TPM
+/// holds, so that the certificate certifies the key credential activation
+/// is sealed to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EkTemplate {
+    /// Template L-2: ECC NIST P-256, SHA-256, AES-128-CFB, PolicyA
+    /// (certificate at NV 0x01c0000a). The default when the TPM holds no
+    /// EK certificate.
+    #[default]
+    EccP256,
+    /// Template H-3: ECC NIST P-384, SHA-384, AES-256-CFB, PolicyB,
+    /// userWithAuth (certificate at NV 0x01c00016; what swtpm_setup --ecc
+    /// certifies).
+    EccP384,
+    /// Template L-1: RSA 2048, SHA-256, AES-128-CFB, PolicyA (certificate
+    /// at NV 0x01c00002; nearly every TPM has it).
+    Rsa2048,
+}
+
+impl EkTemplate {
+    /// The order in which EK certificates are looked for.
+    pub const PREFERENCE: [EkTemplate; 3] = [
+        EkTemplate::EccP256,
+        EkTemplate::EccP384,
+        EkTemplate::Rsa2048,
+    ];
+
+    /// The NV index holding the certificate of the EK made from this template.
+    pub fn certificate_nv_index(self) -> u32 {
+        match self {
+            EkTemplate::EccP256 => 0x01c0_000a,
+            EkTemplate::EccP384 => 0x01c0_0016,
+            EkTemplate::Rsa2048 => 0x01c0_0002,
+        }
+    }
+
+    /// A human name.
+    pub fn label(self) -> &'static str {
+        match self {
+            EkTemplate::EccP256 => "ECC NIST P-256 (TCG template L-2)",
+            EkTemplate::EccP384 => "ECC NIST P-384 (TCG template H-3)",
+            EkTemplate::Rsa2048 => "RSA 2048 (TCG template L-1)",
+        }
+    }
+
+    /// Whether the template sets userWithAuth (high-range templates): the
+    /// EK's USER role is then authorised by its (empty) password; otherwise
+    /// by PolicySecret(endorsement).
+    pub fn user_with_auth(self) -> bool {
+        matches!(self, EkTemplate::EccP384)
+    }
+
+    fn selection(self) -> tss_esapi::abstraction::AsymmetricAlgorithmSelection {
+        use tss_esapi::abstraction::AsymmetricAlgorithmSelection as S;
+        match self {
+            EkTemplate::EccP256 => S::Ecc(EccCurve::NistP256),
+            EkTemplate::EccP384 => S::Ecc(EccCurve::NistP384),
+            EkTemplate::Rsa2048 => {
+                S::Rsa(tss_esapi::interface_types::key_bits::RsaKeyBits::Rsa2048)
+            }
+        }
+    }
+
+    fn create_op(self) -> &'static str {
+        match self {
+            EkTemplate::EccP256 => "create the endorsement key (ECC P-256 template L-2)",
+            EkTemplate::EccP384 => "create the endorsement key (ECC P-384 template H-3)",
+            EkTemplate::Rsa2048 => "create the endorsement key (RSA 2048 template L-1)",
+        }
+    }
+}
+
+impl std::fmt::Display for EkTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// The SRK template: ECC P-256 restricted decryption key with AES-128-CFB,
 /// fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, noDA, empty
 /// unique. The same key as
@@ -303,6 +384,10 @@ pub struct Manifest {
     /// Name (hex) of the EK the AK is wrapped under, once there is an AK.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ek_name: Option<String>,
+    /// The TCG template that EK is re-created from (absent in manifests
+    /// written before EK certificates were used: ECC P-256).
+    #[serde(default)]
+    pub ek_template: EkTemplate,
     /// The keys (the AK's parent is the EK, every other key's the SRK).
     pub keys: Vec<ManifestKey>,
 }
@@ -347,9 +432,9 @@ impl KeyStore {
         &self,
         srk_name: &[u8],
         keys: &[&KeyBlob],
-        ak: Option<(&KeyBlob, &[u8])>,
+        ak: Option<(&KeyBlob, &[u8], EkTemplate)>,
     ) -> Result<(), TpmError> {
-        let keys: Vec<&KeyBlob> = keys.iter().copied().chain(ak.map(|(b, _)| b)).collect();
+        let keys: Vec<&KeyBlob> = keys.iter().copied().chain(ak.map(|(b, _, _)| b)).collect();
         fs::DirBuilder::new()
             .recursive(true)
             .create(&self.dir)
@@ -373,7 +458,8 @@ impl KeyStore {
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             srk_name: hex::encode(srk_name),
-            ek_name: ak.map(|(_, ek)| hex::encode(ek)),
+            ek_name: ak.map(|(_, ek, _)| hex::encode(ek)),
+            ek_template: ak.map(|(_, _, t)| t).unwrap_or_default(),
             keys: entries,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| TpmError::Store {
@@ -599,17 +685,18 @@ impl tss_esapi::abstraction::KeyCustomization for NoDa {
     }
 }
 
-/// Creates the ECC P-256 EK (TCG default template, transient; the caller
+/// Creates the EK from its TCG default template (transient; the caller
 /// flushes it) and returns its handle and Name.
-pub(crate) fn create_ek(ctx: &mut Context) -> Result<(KeyHandle, Vec<u8>), TpmError> {
-    let ek = tss_esapi::abstraction::ek::create_ek_object(
-        ctx,
-        tss_esapi::interface_types::algorithm::AsymmetricAlgorithm::Ecc,
-        None,
-    )
-    .map_err(TpmError::tss(
-        "create the endorsement key (ECC P-256 template)",
-    ))?;
+pub(crate) fn create_ek(
+    ctx: &mut Context,
+    template: EkTemplate,
+) -> Result<(KeyHandle, Vec<u8>), TpmError> {
+    let ek = tss_esapi::abstraction::ek::create_ek_object_2(ctx, template.selection(), None)
+        .map_err(|e| TpmError::Tss {
+            op: template.create_op(),
+            rc: super::raw_rc(&e),
+            source: e,
+        })?;
     match ctx.tr_get_name(ek.into()) {
         Ok(n) => Ok((ek, n.value().to_vec())),
         Err(e) => {
@@ -619,10 +706,58 @@ pub(crate) fn create_ek(ctx: &mut Context) -> Result<(KeyHandle, Vec<u8>), TpmEr
     }
 }
 
-/// Creates an AK under the EK; nothing stays loaded. Returns the blob and
-/// the EK's Name.
-pub(crate) fn create_ak(ctx: &mut Context) -> Result<(KeyBlob, Vec<u8>), TpmError> {
-    let (ek, ek_name) = create_ek(ctx)?;
+/// The EK certificate (DER) the TPM holds in the NV index of `template`,
+/// if that index is defined. Trailing padding after the DER is cut off.
+pub(crate) fn read_ek_certificate(
+    ctx: &mut Context,
+    template: EkTemplate,
+) -> Result<Option<Vec<u8>>, TpmError> {
+    let index = template.certificate_nv_index();
+    let (data, _more) = ctx
+        .get_capability(CapabilityType::Handles, index, 1)
+        .map_err(TpmError::tss("list NV indices"))?;
+    let defined = matches!(&data, CapabilityData::Handles(list)
+        if list.iter().any(|h| u32::from(*h) == index));
+    if !defined {
+        return Ok(None);
+    }
+    let bytes = tss_esapi::abstraction::ek::retrieve_ek_pubcert(ctx, template.selection())
+        .map_err(TpmError::tss("read the EK certificate from NV"))?;
+    Ok(Some(der_prefix(&bytes).to_vec()))
+}
+
+/// The EK the AK goes under: the first of [`EkTemplate::PREFERENCE`] whose
+/// certificate the TPM holds (with that certificate), else ECC P-256
+/// without one.
+pub(crate) fn choose_ek(ctx: &mut Context) -> Result<(EkTemplate, Option<Vec<u8>>), TpmError> {
+    for t in EkTemplate::PREFERENCE {
+        if let Some(cert) = read_ek_certificate(ctx, t)? {
+            return Ok((t, Some(cert)));
+        }
+    }
+    Ok((EkTemplate::default(), None))
+}
+
+/// The bytes of the first DER element of `bytes` (NV indices may be
+/// larger than the certificate they hold); all of `bytes` if its header
+/// does not parse.
+fn der_prefix(bytes: &[u8]) -> &[u8] {
+    let len = match bytes {
+        [0x30, n, ..] if *n < 0x80 => Some(2 + usize::from(*n)),
+        [0x30, 0x81, n, ..] => Some(3 + usize::from(*n)),
+        [0x30, 0x82, a, b, ..] => Some(4 + usize::from(u16::from_be_bytes([*a, *b]))),
+        _ => None,
+    };
+    len.and_then(|l| bytes.get(..l)).unwrap_or(bytes)
+}
+
+/// Creates an AK under the EK of `template`; nothing stays loaded.
+/// Returns the blob and the EK's Name.
+pub(crate) fn create_ak(
+    ctx: &mut Context,
+    template: EkTemplate,
+) -> Result<(KeyBlob, Vec<u8>), TpmError> {
+    let (ek, ek_name) = create_ek(ctx, template)?;
     let res = tss_esapi::abstraction::ak::create_ak(
         ctx,
         ek,
@@ -643,14 +778,17 @@ pub(crate) fn create_ak(ctx: &mut Context) -> Result<(KeyBlob, Vec<u8>), TpmErro
     ))
 }
 
-/// Re-creates the EK, checks its Name (if given), loads the AK under it
-/// (PolicySecret(endorsement)) and flushes the EK. The caller flushes the AK.
+/// Re-creates the EK of `template`, checks its Name (if given), loads the
+/// AK under it (the EK's policy: PolicySecret(endorsement), with PolicyOR
+/// for the high-range templates) and flushes the EK. The caller flushes
+/// the AK.
 pub(crate) fn load_ak(
     ctx: &mut Context,
     blob: &KeyBlob,
+    template: EkTemplate,
     expected_ek_name: Option<&[u8]>,
 ) -> Result<KeyHandle, TpmError> {
-    let (ek, ek_name) = create_ek(ctx)?;
+    let (ek, ek_name) = create_ek(ctx, template)?;
     if let Some(expected) = expected_ek_name {
         if expected != ek_name.as_slice() {
             flush(ctx, ek.into());

@@ -18,9 +18,9 @@ pub mod owner;
 pub mod swtpm;
 pub mod tcti;
 
-pub use keys::{KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
+pub use keys::{EkTemplate, KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
 pub use owner::{TpmHandle, TpmSigned};
-pub use swtpm::{Swtpm, SwtpmError};
+pub use swtpm::{EkCa, Swtpm, SwtpmError};
 pub use tcti::{Tcti, TctiParseError, TpmTarget};
 
 use std::path::{Path, PathBuf};

@@ -37,7 +37,7 @@ use tss_esapi::{
 
 use quorate_firmware::crypto::{PublicKey, Signature};
 
-use super::keys::{self, KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
+use super::keys::{self, EkTemplate, KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
 use super::tcti::Tcti;
 use super::TpmError;
 
@@ -78,6 +78,20 @@ pub struct CreatedAk {
     pub blob: KeyBlob,
     /// The Name of the EK it was created under.
     pub ek_name: Vec<u8>,
+    /// The template of that EK.
+    pub ek_template: EkTemplate,
+    /// The EK's public area (marshalled TPMT_PUBLIC).
+    pub ek_public: Vec<u8>,
+    /// The EK certificate (DER) the TPM holds for that EK, if any.
+    pub ek_certificate: Option<Vec<u8>>,
+}
+
+/// The AK as the owner keeps it: its blobs and the EK it is loaded under.
+#[derive(Debug, Clone)]
+struct AkSlot {
+    blob: KeyBlob,
+    ek_name: Option<Vec<u8>>,
+    ek_template: EkTemplate,
 }
 
 /// A TPM2_Quote or TPM2_Certify: the exact signed bytes and the signature.
@@ -112,7 +126,7 @@ pub struct Owner {
     tcti: Tcti,
     ctx: Option<Context>,
     vote: Option<VoteSlot>,
-    ak: Option<(KeyBlob, Option<Vec<u8>>)>,
+    ak: Option<AkSlot>,
     /// The AK while loaded: kept after first use (loading it costs an EK
     /// CreatePrimary and a policy session), flushed before any operation
     /// that needs two more transient slots.
@@ -192,7 +206,7 @@ impl TpmHandle {
         let tpm = TpmHandle::open(tcti).await?;
         tpm.load_vote_key(blob, Some(srk_name)).await?;
         if let Some((blob, ek_name)) = ak {
-            tpm.set_ak(blob, ek_name).await?;
+            tpm.set_ak(blob, ek_name, manifest.ek_template).await?;
         }
         Ok(tpm)
     }
@@ -263,24 +277,55 @@ impl TpmHandle {
         .await
     }
 
-    /// Creates an attestation key under the EK (nothing stays loaded).
+    /// Creates an attestation key under the EK (nothing stays loaded). The
+    /// EK is the one whose certificate the TPM holds (ECC P-256, else ECC
+    /// P-384, else RSA 2048: [`EkTemplate::PREFERENCE`]), re-created from
+    /// its TCG default template; with no EK certificate, ECC P-256.
     pub async fn create_ak(&self) -> Result<CreatedAk, TpmError> {
         self.run(|o| {
             o.unload_ak();
-            let (blob, ek_name) = keys::create_ak(o.ctx()?)?;
-            Ok(CreatedAk { blob, ek_name })
+            let ctx = o.ctx()?;
+            let (ek_template, ek_certificate) = keys::choose_ek(ctx)?;
+            let ek_public = read_ek_public(ctx, ek_template)?;
+            let (blob, ek_name) = keys::create_ak(ctx, ek_template)?;
+            Ok(CreatedAk {
+                blob,
+                ek_name,
+                ek_template,
+                ek_public,
+                ek_certificate,
+            })
         })
         .await
     }
 
     /// Sets the AK used by [`TpmHandle::quote`] and
-    /// [`TpmHandle::certify_vote_key`]; it is loaded per use. With
-    /// `ek_name`, refuses a TPM whose EK differs.
-    pub async fn set_ak(&self, blob: KeyBlob, ek_name: Option<Vec<u8>>) -> Result<(), TpmError> {
+    /// [`TpmHandle::certify_vote_key`]; it is loaded per use under the EK
+    /// made from `ek_template`. With `ek_name`, refuses a TPM whose EK
+    /// differs.
+    pub async fn set_ak(
+        &self,
+        blob: KeyBlob,
+        ek_name: Option<Vec<u8>>,
+        ek_template: EkTemplate,
+    ) -> Result<(), TpmError> {
         self.run(move |o| {
             o.unload_ak();
-            o.ak = Some((blob, ek_name));
+            o.ak = Some(AkSlot {
+                blob,
+                ek_name,
+                ek_template,
+            });
             Ok(())
+        })
+        .await
+    }
+
+    /// The EK certificate (DER) the TPM holds for the AK's EK, if any.
+    pub async fn ek_certificate(&self) -> Result<Option<Vec<u8>>, TpmError> {
+        self.run(|o| {
+            let template = o.ek_template();
+            keys::read_ek_certificate(o.ctx()?, template)
         })
         .await
     }
@@ -324,14 +369,8 @@ impl TpmHandle {
     pub async fn ek_public(&self) -> Result<Vec<u8>, TpmError> {
         self.run(|o| {
             o.unload_ak();
-            let ctx = o.ctx()?;
-            let (ek, _) = keys::create_ek(ctx)?;
-            let read = ctx.read_public(ek);
-            keys::flush(ctx, ek.into());
-            let (public, _, _) = read.map_err(TpmError::tss("read the EK's public area"))?;
-            public
-                .marshall()
-                .map_err(TpmError::tss("marshal the EK's TPMT_PUBLIC"))
+            let template = o.ek_template();
+            read_ek_public(o.ctx()?, template)
         })
         .await
     }
@@ -660,8 +699,13 @@ impl Owner {
         let ak = match self.ak_handle {
             Some(h) => h,
             None => {
-                let (blob, ek_name) = self.ak.clone().ok_or(TpmError::NoAk)?;
-                let h = keys::load_ak(self.ctx()?, &blob, ek_name.as_deref())?;
+                let slot = self.ak.clone().ok_or(TpmError::NoAk)?;
+                let h = keys::load_ak(
+                    self.ctx()?,
+                    &slot.blob,
+                    slot.ek_template,
+                    slot.ek_name.as_deref(),
+                )?;
                 self.ak_handle = Some(h);
                 h
             }
@@ -715,13 +759,14 @@ impl Owner {
         id_object: &[u8],
         secret: &[u8],
     ) -> Result<Vec<u8>, TpmError> {
-        let ek_expected = self.ak.as_ref().ok_or(TpmError::NoAk)?.1.clone();
+        let slot = self.ak.as_ref().ok_or(TpmError::NoAk)?;
+        let (ek_expected, template) = (slot.ek_name.clone(), slot.ek_template);
         let id = tss_esapi::structures::IdObject::try_from(id_object.to_vec())
             .map_err(TpmError::tss("credential blob (TPM2B_ID_OBJECT)"))?;
         let secret = tss_esapi::structures::EncryptedSecret::try_from(secret.to_vec())
             .map_err(TpmError::tss("encrypted secret (TPM2B_ENCRYPTED_SECRET)"))?;
         self.with_ak(|ctx, ak| {
-            let (ek, ek_name) = keys::create_ek(ctx)?;
+            let (ek, ek_name) = keys::create_ek(ctx, template)?;
             if let Some(expected) = &ek_expected {
                 if expected != &ek_name {
                     keys::flush(ctx, ek.into());
@@ -731,20 +776,34 @@ impl Owner {
                     });
                 }
             }
-            let res = endorsement_policy_session(ctx).and_then(|ps| {
-                let r = ctx
-                    .execute_with_sessions(
-                        (
-                            Some(AuthSession::Password),
-                            Some(AuthSession::from(ps)),
-                            None,
-                        ),
-                        |c| c.activate_credential(ak, ek, id, secret),
-                    )
-                    .map_err(TpmError::tss("TPM2_ActivateCredential"));
-                keys::flush(ctx, SessionHandle::from(ps).into());
-                r
-            });
+            // The EK's USER role: its empty password for high-range
+            // templates (userWithAuth), else PolicySecret(endorsement).
+            let res = if template.user_with_auth() {
+                ctx.execute_with_sessions(
+                    (
+                        Some(AuthSession::Password),
+                        Some(AuthSession::Password),
+                        None,
+                    ),
+                    |c| c.activate_credential(ak, ek, id, secret),
+                )
+                .map_err(TpmError::tss("TPM2_ActivateCredential"))
+            } else {
+                endorsement_policy_session(ctx).and_then(|ps| {
+                    let r = ctx
+                        .execute_with_sessions(
+                            (
+                                Some(AuthSession::Password),
+                                Some(AuthSession::from(ps)),
+                                None,
+                            ),
+                            |c| c.activate_credential(ak, ek, id, secret),
+                        )
+                        .map_err(TpmError::tss("TPM2_ActivateCredential"));
+                    keys::flush(ctx, SessionHandle::from(ps).into());
+                    r
+                })
+            };
             keys::flush(ctx, ek.into());
             Ok(res?.value().to_vec())
         })
@@ -762,8 +821,9 @@ impl Owner {
             .map_err(TpmError::tss("credential (at most 64 bytes)"))?;
         let name = tss_esapi::structures::Name::try_from(object_name.to_vec())
             .map_err(TpmError::tss("object Name"))?;
+        let template = self.ek_template();
         let ctx = self.ctx()?;
-        let (ek, _) = keys::create_ek(ctx)?;
+        let (ek, _) = keys::create_ek(ctx, template)?;
         let res = ctx
             .execute_without_session(|c| c.make_credential(ek, credential, name))
             .map_err(TpmError::tss("TPM2_MakeCredential"));
@@ -771,6 +831,24 @@ impl Owner {
         let (id, secret) = res?;
         Ok((id.value().to_vec(), secret.value().to_vec()))
     }
+}
+
+impl Owner {
+    /// The template of the AK's EK (ECC P-256 while no AK is set).
+    fn ek_template(&self) -> EkTemplate {
+        self.ak.as_ref().map(|a| a.ek_template).unwrap_or_default()
+    }
+}
+
+/// The public area (marshalled TPMT_PUBLIC) of the EK made from `template`.
+fn read_ek_public(ctx: &mut Context, template: EkTemplate) -> Result<Vec<u8>, TpmError> {
+    let (ek, _) = keys::create_ek(ctx, template)?;
+    let read = ctx.read_public(ek);
+    keys::flush(ctx, ek.into());
+    let (public, _, _) = read.map_err(TpmError::tss("read the EK's public area"))?;
+    public
+        .marshall()
+        .map_err(TpmError::tss("marshal the EK's TPMT_PUBLIC"))
 }
 
 /// Starts an unbound, unsalted session of `kind` (AES-128-CFB, SHA-256).

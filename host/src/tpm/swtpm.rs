@@ -333,12 +333,112 @@ impl Swtpm {
     }
 }
 
+/// The local CA that certified a manufactured swtpm's EKs.
+#[derive(Debug, Clone)]
+pub struct EkCa {
+    /// The root CA certificate (PEM): what verifiers configure as EK root.
+    pub root_pem: PathBuf,
+    /// The intermediate (issuer) CA certificate (PEM): the EK chain.
+    pub intermediate_pem: PathBuf,
+}
+
+impl Swtpm {
+    /// Manufactures a fresh TPM state in `state_dir` the way a TPM vendor
+    /// would: `swtpm_setup --createek --create-ek-cert --create-platform-cert
+    /// --ecc --lock-nvram`, the EK certificates (RSA 2048 at NV 0x01c00002,
+    /// ECC P-384 at 0x01c00016) signed by swtpm_localca's root and
+    /// intermediate CA kept in `ca_dir` (created on first use, shared by
+    /// every TPM manufactured with the same `ca_dir`). Only the SHA-256 PCR
+    /// bank is active. Start the TPM with [`Swtpm::spawn`] on `state_dir`.
+    pub fn manufacture_with_ek_certificates(
+        state_dir: &Path,
+        ca_dir: &Path,
+    ) -> Result<EkCa, SwtpmError> {
+        create_private_dir(state_dir)?;
+        create_private_dir(ca_dir)?;
+        let io = |dir: &Path| {
+            let dir = dir.to_owned();
+            move |source| SwtpmError::StateDir { dir, source }
+        };
+        let localca = ca_dir.join("swtpm-localca.conf");
+        fs::write(
+            &localca,
+            format!(
+                "statedir = {d}\nsigningkey = {d}/signkey.pem\nissuercert = {d}/issuercert.pem\ncertserial = {d}/certserial\n",
+                d = ca_dir.display()
+            ),
+        )
+        .map_err(io(ca_dir))?;
+        let options = ca_dir.join("swtpm-localca.options");
+        fs::write(
+            &options,
+            "--platform-manufacturer Quorate\n--platform-version 1.0\n--platform-model test\n",
+        )
+        .map_err(io(ca_dir))?;
+        let setup = ca_dir.join("swtpm_setup.conf");
+        fs::write(
+            &setup,
+            format!(
+                "create_certs_tool = {}\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+                in_path("swtpm_localca").display(),
+                localca.display(),
+                options.display()
+            ),
+        )
+        .map_err(io(ca_dir))?;
+        let out = Command::new("swtpm_setup")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(state_dir)
+            .arg("--config")
+            .arg(&setup)
+            .args([
+                "--createek",
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--ecc",
+                "--lock-nvram",
+                "--overwrite",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(SwtpmError::NotInstalled)?;
+        if !out.status.success() {
+            return Err(SwtpmError::StartFailed {
+                dir: state_dir.to_owned(),
+                port: 0,
+                reason: format!(
+                    "swtpm_setup (package swtpm-tools) failed with {}: {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(EkCa {
+            root_pem: ca_dir.join("swtpm-localca-rootca-cert.pem"),
+            intermediate_pem: ca_dir.join("issuercert.pem"),
+        })
+    }
+}
+
 impl Drop for Swtpm {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
             tracing::warn!("stopping swtpm: {e}");
         }
     }
+}
+
+/// `program` resolved through `PATH` (swtpm_setup runs its certificate
+/// tool by absolute path); `program` itself when not found.
+fn in_path(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(program))
 }
 
 fn is_port_clash(e: &SwtpmError) -> bool {
