@@ -81,7 +81,8 @@ fn checkpoint_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let tpm = TpmHandle::open_party(data, tcti).await?;
         let ak = tpm.create_ak().await?;
         let ak_public = ak.blob.tpmt_public()?;
-        tpm.set_ak(ak.blob, Some(ak.ek_name)).await?;
+        tpm.set_ak(ak.blob, Some(ak.ek_name), ak.ek_template)
+            .await?;
         let origin = origin_for(&ClusterId(Sha256Digest::of(b"bench")));
         let pcrs = [PcrIndex::DEV_MEASUREMENT];
         let mut lat = Vec::with_capacity(CHECKPOINTS);
