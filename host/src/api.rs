@@ -16,6 +16,7 @@
 //! [`ROUTES`] lists every route served; `docs/openapi.json` documents them
 //! and a system test checks that the two agree.
 
+use crate::daemon::audit::LogQuery;
 use crate::daemon::events::{ApiEvent, EventId};
 use crate::daemon::status::StatusView;
 use crate::daemon::{DaemonHandle, Query};
@@ -61,6 +62,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/peers"),
     ("GET", "/v1/status"),
     ("GET", "/v1/blocks"),
+    ("GET", "/v1/log/checkpoint"),
+    ("GET", "/v1/log/entries"),
+    ("GET", "/v1/log/proof/inclusion"),
+    ("GET", "/v1/log/proof/consistency"),
 ];
 
 /// Reads the API token from the data dir, making one (0600) if missing.
@@ -350,6 +355,7 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
             None => unavailable(),
         },
         (&Method::GET, ["v1", "events"]) => events(req, st, &params),
+        (&Method::GET, ["v1", "log", ..]) => log_route(&req, &segments, &params, st).await,
         _ => {
             let known = ROUTES
                 .iter()
@@ -368,6 +374,94 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
                 )
             }
         }
+    }
+}
+
+/// The audit-log query a `GET /v1/log/...` request asks, or the 400/404
+/// answer for a bad one. Pure: the daemon answers 404 for what lies beyond
+/// the log.
+fn log_query(segments: &[&str], params: &[(String, String)]) -> Result<LogQuery, Box<Resp>> {
+    let need = |name: &str| -> Result<u64, Box<Resp>> {
+        param::<u64>(params, name)?.ok_or_else(|| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                Some(name),
+                "is required (a decimal number)",
+            ))
+        })
+    };
+    let bad = |name: &str, why: &str| Box::new(error(StatusCode::BAD_REQUEST, Some(name), why));
+    match segments {
+        ["v1", "log", "checkpoint"] => Ok(LogQuery::Checkpoint),
+        ["v1", "log", "entries"] => {
+            let start = need("start")?;
+            let end = match param::<u64>(params, "end")? {
+                Some(e) => e,
+                None => start.saturating_add(crate::daemon::audit::ENTRIES_PAGE),
+            };
+            if end <= start {
+                return Err(bad("end", "must be greater than start"));
+            }
+            Ok(LogQuery::Entries { start, end })
+        }
+        ["v1", "log", "proof", "inclusion"] => {
+            let (index, size) = (need("index")?, need("size")?);
+            if index >= size {
+                return Err(bad("index", "must be below size"));
+            }
+            Ok(LogQuery::Inclusion { index, size })
+        }
+        ["v1", "log", "proof", "consistency"] => {
+            let (old, new) = (need("old")?, need("new")?);
+            if old == 0 || old > new {
+                return Err(bad("old", "must be 1..=new"));
+            }
+            Ok(LogQuery::Consistency { old, new })
+        }
+        _ => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            None,
+            "no such endpoint under /v1/log",
+        ))),
+    }
+}
+
+async fn log_route(
+    req: &Request<Incoming>,
+    segments: &[&str],
+    params: &[(String, String)],
+    st: &ApiState,
+) -> Resp {
+    let q = match log_query(segments, params) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    match st.daemon.query(Query::Log(q)).await {
+        Some(serde_json::Value::Null) => error(
+            StatusCode::NOT_FOUND,
+            None,
+            match q {
+                LogQuery::Checkpoint => "no certified checkpoint yet",
+                _ => "beyond the log's current size",
+            },
+        ),
+        Some(v) => {
+            let plain = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("text/plain"));
+            match (q, v.get("note").and_then(|n| n.as_str())) {
+                // The signed note itself, for C2SP tooling.
+                (LogQuery::Checkpoint, Some(note)) if plain => body(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    note.as_bytes().to_vec(),
+                ),
+                _ => json(StatusCode::OK, &v),
+            }
+        }
+        None => unavailable(),
     }
 }
 
@@ -701,6 +795,63 @@ mod tests {
             &["v1", "sessions", "ab", "messages"]
         ));
         assert!(!template_matches("/v1/status", &["v1", "status", "x"]));
+    }
+
+    #[test]
+    fn log_arguments_are_checked_before_lookup() {
+        let p = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let seg = |s: &'static str| s.trim_start_matches('/').split('/').collect::<Vec<_>>();
+        let ok = |s: &'static str, kv: &[(&str, &str)]| log_query(&seg(s), &p(kv)).ok();
+        let status = |s: &'static str, kv: &[(&str, &str)]| {
+            log_query(&seg(s), &p(kv)).err().map(|r| r.status())
+        };
+        assert_eq!(ok("/v1/log/checkpoint", &[]), Some(LogQuery::Checkpoint));
+        assert_eq!(
+            ok("/v1/log/entries", &[("start", "5")]),
+            Some(LogQuery::Entries {
+                start: 5,
+                end: 5 + crate::daemon::audit::ENTRIES_PAGE
+            })
+        );
+        assert_eq!(
+            ok("/v1/log/proof/inclusion", &[("index", "3"), ("size", "4")]),
+            Some(LogQuery::Inclusion { index: 3, size: 4 })
+        );
+        assert_eq!(
+            ok("/v1/log/proof/consistency", &[("old", "4"), ("new", "4")]),
+            Some(LogQuery::Consistency { old: 4, new: 4 })
+        );
+        let bad = Some(StatusCode::BAD_REQUEST);
+        assert_eq!(status("/v1/log/entries", &[]), bad);
+        assert_eq!(status("/v1/log/entries", &[("start", "x")]), bad);
+        assert_eq!(
+            status("/v1/log/entries", &[("start", "5"), ("end", "5")]),
+            bad
+        );
+        assert_eq!(
+            status("/v1/log/proof/inclusion", &[("index", "4"), ("size", "4")]),
+            bad
+        );
+        assert_eq!(
+            status("/v1/log/proof/inclusion", &[("index", "-1"), ("size", "4")]),
+            bad
+        );
+        assert_eq!(
+            status("/v1/log/proof/consistency", &[("old", "0"), ("new", "4")]),
+            bad
+        );
+        assert_eq!(
+            status("/v1/log/proof/consistency", &[("old", "5"), ("new", "4")]),
+            bad
+        );
+        assert_eq!(
+            status("/v1/log/proof/other", &[]),
+            Some(StatusCode::NOT_FOUND)
+        );
     }
 
     #[test]

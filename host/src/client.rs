@@ -303,6 +303,54 @@ impl Client {
         .await
     }
 
+    /// The audit log's latest certified checkpoint (JSON, with the signed
+    /// note in `note`).
+    pub async fn log_checkpoint(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/log/checkpoint", None).await
+    }
+
+    /// A page of audit entries `start .. end` (base64, with leaf hashes).
+    pub async fn log_entries(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/log/entries?start={start}&end={end}"),
+            None,
+        )
+        .await
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` entries.
+    pub async fn log_inclusion(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/log/proof/inclusion?index={index}&size={size}"),
+            None,
+        )
+        .await
+    }
+
+    /// The consistency proof between the trees of `old` and `new` entries.
+    pub async fn log_consistency(
+        &self,
+        old: u64,
+        new: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/log/proof/consistency?old={old}&new={new}"),
+            None,
+        )
+        .await
+    }
+
     /// The peers and their connection and attestation state.
     pub async fn peers(&self) -> Result<serde_json::Value, ClientError> {
         self.json(Method::GET, "/v1/peers", None).await

@@ -16,6 +16,7 @@
 //! Unknown keys are errors (a typo must not silently fall back to a
 //! default), and every error names the key and what is wrong with it.
 
+use quorate_firmware::audit::checkpoint::CheckpointPolicy;
 use quorate_firmware::sessions::machine::SessionRules;
 use quorate_firmware::sessions::policy::LocalPolicy;
 use quorate_firmware::types::{ClusterId, Epoch, FaultModel, PartyId, Sha256Digest};
@@ -134,6 +135,14 @@ pub struct ClusterSection {
     /// Largest block, in bytes.
     #[serde(default = "default_block_bytes")]
     pub max_block_bytes: u32,
+    /// Audit log: issue a checkpoint once this many entries accumulated
+    /// since the last one (0: only by time).
+    #[serde(default = "default_checkpoint_entries")]
+    pub checkpoint_every_entries: u64,
+    /// Audit log: issue a checkpoint once this many seconds of block time
+    /// passed with new entries (0: only by count).
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_every_secs: u64,
     /// The reference-value policy peers' evidence is checked against
     /// (written by `quorate measure`). Optional only in dev mode.
     #[serde(default)]
@@ -151,6 +160,14 @@ fn default_attest_every() -> u64 {
 
 fn default_block_bytes() -> u32 {
     1 << 20
+}
+
+fn default_checkpoint_entries() -> u64 {
+    64
+}
+
+fn default_checkpoint_secs() -> u64 {
+    10
 }
 
 /// One `[[cluster.parties]]` entry.
@@ -195,6 +212,8 @@ struct MeasuredRules<'a> {
     fault_model: FaultModel,
     attestation_every: u64,
     max_block_bytes: u32,
+    checkpoint_every_entries: u64,
+    checkpoint_every_secs: u64,
     sessions: &'a SessionRules,
     parties: Vec<(u32, &'a str)>,
 }
@@ -210,6 +229,15 @@ struct Identity {
 }
 
 impl ClusterSection {
+    /// When the audit log is checkpointed: part of the measured rules, so
+    /// every party issues checkpoints for the same tree sizes.
+    pub fn checkpoint_policy(&self) -> CheckpointPolicy {
+        CheckpointPolicy {
+            every_entries: self.checkpoint_every_entries,
+            every_ms: self.checkpoint_every_secs.saturating_mul(1000),
+        }
+    }
+
     /// The digest of the cluster's rules: what measured launch extends into
     /// the measurement PCR after the executable, and what a reference policy
     /// names as `expected_config`. Reads no files.
@@ -227,6 +255,8 @@ impl ClusterSection {
             fault_model: self.fault_model,
             attestation_every: self.attestation_every,
             max_block_bytes: self.max_block_bytes,
+            checkpoint_every_entries: self.checkpoint_every_entries,
+            checkpoint_every_secs: self.checkpoint_every_secs,
             sessions: &self.sessions,
             parties,
         };
@@ -315,6 +345,12 @@ impl Config {
             return Err(invalid(
                 "cluster.attestation_every",
                 "must be at least 1 (heights)".into(),
+            ));
+        }
+        if file.cluster.checkpoint_every_entries == 0 && file.cluster.checkpoint_every_secs == 0 {
+            return Err(invalid(
+                "cluster.checkpoint_every_entries",
+                "and cluster.checkpoint_every_secs are both 0: the audit log would never be checkpointed".into(),
             ));
         }
         if file.cluster.max_block_bytes < 4096 {
@@ -531,6 +567,20 @@ enrollment = "e3.json"
             a.file.cluster.measured_digest(),
             c.file.cluster.measured_digest()
         );
+        // The checkpoint policy is a cluster rule: measured, with defaults.
+        assert_eq!(
+            a.file.cluster.checkpoint_policy(),
+            CheckpointPolicy {
+                every_entries: 64,
+                every_ms: 10_000
+            }
+        );
+        let e = Config::parse(&sample(dir.path(), "", "checkpoint_every_secs = 3"), &path).unwrap();
+        assert_eq!(e.file.cluster.checkpoint_policy().every_ms, 3_000);
+        assert_ne!(
+            a.file.cluster.measured_digest(),
+            e.file.cluster.measured_digest()
+        );
     }
 
     #[test]
@@ -546,6 +596,14 @@ enrollment = "e3.json"
             (
                 sample(dir.path(), "", "attestation_every = 0"),
                 "cluster.attestation_every",
+            ),
+            (
+                sample(
+                    dir.path(),
+                    "",
+                    "checkpoint_every_entries = 0\ncheckpoint_every_secs = 0",
+                ),
+                "cluster.checkpoint_every_entries",
             ),
             (
                 sample(dir.path(), "", "").replace("id = 2", "id = 3"),

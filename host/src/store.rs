@@ -14,9 +14,20 @@
 //!   height, dropped once that height is decided;
 //! - `guard`: the sign guard's state (last signed height/round/step/value);
 //! - `outbox`: operations accepted from the API and not yet decided, by a
-//!   local sequence number, so an accepted operation is never lost.
+//!   local sequence number, so an accepted operation is never lost;
+//! - `log_entries`: leaf index -> encoded audit entry; `log_nodes`: (level,
+//!   index) -> hash of every perfect node of the audit tree (leaves
+//!   included), written together in one transaction per ledger step;
+//! - `checkpoints`: tree size -> certified signed checkpoint (note text);
+//!   `own_checkpoint_lines`: tree size -> this party's own signature lines
+//!   for a checkpoint not yet certified (a signed note with only them), so a
+//!   restarted party resends rather than re-quotes.
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use quorate_firmware::audit::merkle::{
+    self, CompactTree, LeafIndex, NewNode, NodeId, NodeStore, ProofError, TreeSize,
+};
+use quorate_firmware::types::Sha256Digest;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -25,6 +36,13 @@ const CERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("certs");
 const WAL: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("wal");
 const GUARD: TableDefinition<&str, &[u8]> = TableDefinition::new("guard");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const LOG_ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("log_entries");
+const LOG_NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("log_nodes");
+const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("checkpoints");
+const OWN_LINES: TableDefinition<u64, &str> = TableDefinition::new("own_checkpoint_lines");
+
+/// Most entries one [`Store::entries`] call returns.
+pub const MAX_ENTRIES_PAGE: u64 = 1024;
 
 /// Storage failures. All are local faults (disk, corruption), never a peer's.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +75,24 @@ pub enum StoreError {
         /// The highest stored height (0 if none).
         tip: u64,
     },
+    /// Audit entries must be appended at the end of the log, without gaps.
+    #[error("cannot append audit entries from leaf {first}: the log holds {size} entries")]
+    LogGap {
+        /// The first index offered.
+        first: LeafIndex,
+        /// The log's size.
+        size: TreeSize,
+    },
+    /// Replaying the decided blocks produced another entry than the one
+    /// stored: the stored log and the stored blocks disagree.
+    #[error("audit entry {index} rebuilt from the stored blocks differs from the stored entry: the data dir is corrupt or was written by another version; restore it from a peer's export")]
+    LogMismatch {
+        /// The entry's index.
+        index: LeafIndex,
+    },
+    /// A proof or root could not be built from the stored tree.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
 }
 
 /// A decided block as stored: its height, encoded block and certificate.
@@ -96,9 +132,12 @@ impl Store {
         let db = Database::create(&path).map_err(|e| db_err(&shown, e))?;
         let store = Store { db, path: shown };
         store.write(|tx| {
-            for t in [BLOCKS, CERTS, OUTBOX] {
+            for t in [BLOCKS, CERTS, OUTBOX, LOG_ENTRIES] {
                 tx.open_table(t)?;
             }
+            tx.open_table(LOG_NODES)?;
+            tx.open_table(CHECKPOINTS)?;
+            tx.open_table(OWN_LINES)?;
             tx.open_table(WAL)?;
             tx.open_table(GUARD)?;
             tx.open_table(META)?;
@@ -343,6 +382,282 @@ impl Store {
             Ok(())
         })
     }
+
+    /// Appends one ledger step — the encoded entries from leaf `first` on
+    /// and the tree nodes they completed — in one durable transaction.
+    /// Idempotent for a replay at start: entries already stored are
+    /// compared byte for byte (a difference is [`StoreError::LogMismatch`])
+    /// and only the new ones written. Returns the log's size after it.
+    pub fn append_log(
+        &self,
+        first: LeafIndex,
+        encoded: &[Vec<u8>],
+        nodes: &[NewNode],
+    ) -> Result<TreeSize, StoreError> {
+        // A replay of a step wholly stored: compare in a read transaction,
+        // without the write transaction's fsync (start-up replays every
+        // block).
+        let mut mismatch = None;
+        let stored = self.read(|tx| {
+            let entries = tx.open_table(LOG_ENTRIES)?;
+            let size = entries.len()?;
+            let end = first.0.saturating_add(encoded.len() as u64);
+            if end > size {
+                return Ok(None);
+            }
+            for (i, bytes) in (first.0..).zip(encoded) {
+                let same = entries
+                    .get(i)?
+                    .is_some_and(|v| v.value() == bytes.as_slice());
+                if !same {
+                    mismatch = Some(LeafIndex(i));
+                    break;
+                }
+            }
+            Ok(Some(TreeSize(size)))
+        })?;
+        if let Some(index) = mismatch {
+            return Err(StoreError::LogMismatch { index });
+        }
+        if let Some(size) = stored {
+            return Ok(size);
+        }
+        let mut refused = None;
+        let size = self.write(|tx| {
+            let mut entries = tx.open_table(LOG_ENTRIES)?;
+            let size = entries.len()?;
+            if first.0 > size {
+                refused = Some(StoreError::LogGap {
+                    first,
+                    size: TreeSize(size),
+                });
+                return Ok(size);
+            }
+            for (i, bytes) in (first.0..).zip(encoded) {
+                if i < size {
+                    let same = entries
+                        .get(i)?
+                        .is_some_and(|v| v.value() == bytes.as_slice());
+                    if !same {
+                        refused = Some(StoreError::LogMismatch {
+                            index: LeafIndex(i),
+                        });
+                        return Ok(size);
+                    }
+                } else {
+                    entries.insert(i, bytes.as_slice())?;
+                }
+            }
+            let mut table = tx.open_table(LOG_NODES)?;
+            for n in nodes {
+                table.insert((n.id.level, n.id.index), n.hash.0.as_slice())?;
+            }
+            Ok(entries.len()?)
+        })?;
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(TreeSize(size)),
+        }
+    }
+
+    /// The number of audit entries stored.
+    pub fn log_size(&self) -> Result<TreeSize, StoreError> {
+        self.read(|tx| Ok(TreeSize(tx.open_table(LOG_ENTRIES)?.len()?)))
+    }
+
+    /// The encoded audit entries `start .. end` (end exclusive, clamped to
+    /// the log), at most [`MAX_ENTRIES_PAGE`] of them.
+    pub fn entries(&self, start: LeafIndex, end: LeafIndex) -> Result<Vec<Vec<u8>>, StoreError> {
+        let end = end.0.min(start.0.saturating_add(MAX_ENTRIES_PAGE));
+        self.read(|tx| {
+            let t = tx.open_table(LOG_ENTRIES)?;
+            let mut out = Vec::new();
+            if start.0 < end {
+                for item in t.range(start.0..end)? {
+                    out.push(item?.1.value().to_vec());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The leaf hashes of entries `start .. end`, as [`Store::entries`].
+    pub fn leaf_hashes(
+        &self,
+        start: LeafIndex,
+        end: LeafIndex,
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        let end = end.0.min(start.0.saturating_add(MAX_ENTRIES_PAGE));
+        self.read(|tx| {
+            let t = tx.open_table(LOG_NODES)?;
+            let mut out = Vec::new();
+            if start.0 < end {
+                for item in t.range((0u8, start.0)..(0u8, end))? {
+                    out.push(digest_of(item?.1.value()));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The RFC 6962 inclusion proof of leaf `index` in the tree of the
+    /// first `size` entries, from the stored nodes (one read transaction).
+    pub fn inclusion_proof(
+        &self,
+        index: LeafIndex,
+        size: TreeSize,
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        self.with_nodes(size, |nodes| merkle::inclusion_proof(nodes, index, size))
+    }
+
+    /// The RFC 6962 consistency proof between the trees of the first `old`
+    /// and `new` entries.
+    pub fn consistency_proof(
+        &self,
+        old: TreeSize,
+        new: TreeSize,
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        self.with_nodes(new, |nodes| merkle::consistency_proof(nodes, old, new))
+    }
+
+    /// The root of the tree of the first `size` entries.
+    pub fn root_at(&self, size: TreeSize) -> Result<Sha256Digest, StoreError> {
+        self.with_nodes(size, |nodes| {
+            Ok(CompactTree::from_store(nodes, size)?.root())
+        })
+    }
+
+    /// Runs `f` over the node table in one read transaction, after checking
+    /// that `size` does not exceed the log.
+    fn with_nodes<T>(
+        &self,
+        size: TreeSize,
+        f: impl FnOnce(&NodeTable) -> Result<T, ProofError>,
+    ) -> Result<T, StoreError> {
+        let mut proof = None;
+        let out = self.read(|tx| {
+            let have = TreeSize(tx.open_table(LOG_ENTRIES)?.len()?);
+            if size > have {
+                proof = Some(ProofError::BeyondTree { size, have });
+                return Ok(None);
+            }
+            let nodes = NodeTable(tx.open_table(LOG_NODES)?);
+            match f(&nodes) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => {
+                    proof = Some(e);
+                    Ok(None)
+                }
+            }
+        })?;
+        match (out, proof) {
+            (Some(v), _) => Ok(v),
+            (None, Some(e)) => Err(StoreError::Proof(e)),
+            // Unreachable: `None` is returned only with `proof` set.
+            (None, None) => Err(StoreError::Proof(ProofError::BeyondTree {
+                size,
+                have: TreeSize(0),
+            })),
+        }
+    }
+
+    /// Stores a certified signed checkpoint of tree size `size` (its note
+    /// text), durably, replacing one of the same size (e.g. with more lines).
+    pub fn put_checkpoint(&self, size: TreeSize, note: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(CHECKPOINTS)?.insert(size.0, note)?;
+            tx.open_table(OWN_LINES)?
+                .retain_in(0..=size.0, |_, _| false)?;
+            Ok(())
+        })
+    }
+
+    /// The certified checkpoint of tree size `size`, if stored.
+    pub fn checkpoint(&self, size: TreeSize) -> Result<Option<String>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .open_table(CHECKPOINTS)?
+                .get(size.0)?
+                .map(|v| v.value().to_string()))
+        })
+    }
+
+    /// The certified checkpoint of the largest tree size, if any.
+    pub fn latest_checkpoint(&self) -> Result<Option<(TreeSize, String)>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .open_table(CHECKPOINTS)?
+                .last()?
+                .map(|(k, v)| (TreeSize(k.value()), v.value().to_string())))
+        })
+    }
+
+    /// Every certified checkpoint (signed note text), oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            let t = tx.open_table(CHECKPOINTS)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                out.push(item?.1.value().to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records this party's own signature lines for the uncertified
+    /// checkpoint of size `size` (a signed note with only those lines).
+    pub fn put_own_lines(&self, size: TreeSize, note: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(OWN_LINES)?.insert(size.0, note)?;
+            Ok(())
+        })
+    }
+
+    /// This party's stored own lines for uncertified checkpoints, by size.
+    pub fn own_lines(&self) -> Result<Vec<(TreeSize, String)>, StoreError> {
+        self.read(|tx| {
+            let t = tx.open_table(OWN_LINES)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push((TreeSize(k.value()), v.value().to_string()));
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The node table seen through one read transaction: a [`NodeStore`].
+pub struct NodeTable(redb::ReadOnlyTable<(u8, u64), &'static [u8]>);
+
+impl NodeStore for NodeTable {
+    fn node(&self, id: NodeId) -> Result<Option<Sha256Digest>, merkle::StoreError> {
+        self.0
+            .get((id.level, id.index))
+            .map(|v| v.map(|v| digest_of(v.value())))
+            .map_err(|e| merkle::StoreError(e.to_string()))
+    }
+}
+
+/// The store as a [`NodeStore`] (one read transaction per node; the proof
+/// helpers on [`Store`] use one transaction for a whole proof).
+impl NodeStore for Store {
+    fn node(&self, id: NodeId) -> Result<Option<Sha256Digest>, merkle::StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| merkle::StoreError(e.to_string()))?;
+        let t = tx
+            .open_table(LOG_NODES)
+            .map_err(|e| merkle::StoreError(e.to_string()))?;
+        NodeTable(t).node(id)
+    }
+}
+
+/// A stored hash; anything but 32 bytes (never written) reads as zeros,
+/// which no proof verifies against.
+fn digest_of(bytes: &[u8]) -> Sha256Digest {
+    Sha256Digest(bytes.try_into().unwrap_or([0; 32]))
 }
 
 fn db_err(path: &str, e: impl Into<redb::Error>) -> StoreError {
@@ -425,5 +740,146 @@ mod tests {
         drop(s);
         let err = Store::open(dir.path(), "party 2").unwrap_err();
         assert!(err.to_string().contains("party 1"), "{err}");
+    }
+
+    /// Builds `n` entries and the ledger-like steps that append them, in
+    /// chunks of `chunk`.
+    type Step = (LeafIndex, Vec<Vec<u8>>, Vec<NewNode>);
+
+    fn steps(n: u64, chunk: usize) -> (Vec<Vec<u8>>, Vec<Step>) {
+        let entries: Vec<Vec<u8>> = (0..n).map(|i| format!("entry {i}").into_bytes()).collect();
+        let mut tree = CompactTree::new();
+        let mut out = Vec::new();
+        for c in entries.chunks(chunk) {
+            let first = LeafIndex(tree.size().0);
+            let mut nodes = Vec::new();
+            for e in c {
+                nodes.extend(tree.append(e).1);
+            }
+            out.push((first, c.to_vec(), nodes));
+        }
+        (entries, out)
+    }
+
+    #[test]
+    fn log_steps_append_once_and_replays_are_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "p").unwrap();
+        let (entries, steps) = steps(10, 3);
+        for (first, enc, nodes) in &steps {
+            s.append_log(*first, enc, nodes).unwrap();
+        }
+        assert_eq!(s.log_size().unwrap(), TreeSize(10));
+        // A replay of every step stores nothing new.
+        for (first, enc, nodes) in &steps {
+            assert_eq!(s.append_log(*first, enc, nodes).unwrap(), TreeSize(10));
+        }
+        assert_eq!(s.entries(LeafIndex(0), LeafIndex(100)).unwrap(), entries);
+        assert_eq!(
+            s.entries(LeafIndex(4), LeafIndex(6)).unwrap(),
+            entries[4..6].to_vec()
+        );
+        assert!(s.entries(LeafIndex(6), LeafIndex(4)).unwrap().is_empty());
+        let leaves = s.leaf_hashes(LeafIndex(0), LeafIndex(10)).unwrap();
+        let want: Vec<_> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
+        assert_eq!(leaves, want);
+        // A replay that rebuilds another entry is refused, loudly.
+        let (first, mut enc, nodes) = steps[1].clone();
+        enc[1] = b"forged".to_vec();
+        assert!(matches!(
+            s.append_log(first, &enc, &nodes),
+            Err(StoreError::LogMismatch {
+                index: LeafIndex(4)
+            })
+        ));
+        // A step beyond the end leaves a gap: refused.
+        assert!(matches!(
+            s.append_log(LeafIndex(11), &[b"x".to_vec()], &[]),
+            Err(StoreError::LogGap { .. })
+        ));
+        assert_eq!(s.log_size().unwrap(), TreeSize(10));
+    }
+
+    #[test]
+    fn proofs_from_the_store_verify_against_its_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "p").unwrap();
+        let (entries, steps) = steps(37, 5);
+        for (first, enc, nodes) in &steps {
+            s.append_log(*first, enc, nodes).unwrap();
+        }
+        let mut mem = merkle::MemoryNodeStore::new();
+        for e in &entries {
+            mem.append(e);
+        }
+        for size in 1..=37u64 {
+            let root = s.root_at(TreeSize(size)).unwrap();
+            assert_eq!(root, mem.root_at(TreeSize(size)).unwrap());
+            for index in [0, size / 2, size - 1] {
+                let path = s.inclusion_proof(LeafIndex(index), TreeSize(size)).unwrap();
+                merkle::verify_inclusion(
+                    &merkle::leaf_hash(&entries[index as usize]),
+                    LeafIndex(index),
+                    TreeSize(size),
+                    &path,
+                    &root,
+                )
+                .unwrap();
+            }
+            for old in [1, size / 3 + 1, size] {
+                let proof = s.consistency_proof(TreeSize(old), TreeSize(size)).unwrap();
+                let old_root = s.root_at(TreeSize(old)).unwrap();
+                merkle::verify_consistency(TreeSize(old), &old_root, TreeSize(size), &root, &proof)
+                    .unwrap();
+            }
+        }
+        assert_eq!(s.root_at(TreeSize(0)).unwrap(), merkle::empty_root());
+        assert!(matches!(
+            s.inclusion_proof(LeafIndex(3), TreeSize(38)),
+            Err(StoreError::Proof(ProofError::BeyondTree { .. }))
+        ));
+        assert!(matches!(
+            s.inclusion_proof(LeafIndex(5), TreeSize(5)),
+            Err(StoreError::Proof(ProofError::IndexOutOfRange { .. }))
+        ));
+        assert!(matches!(
+            s.consistency_proof(TreeSize(6), TreeSize(5)),
+            Err(StoreError::Proof(ProofError::BadRange { .. }))
+        ));
+        // The store itself is a NodeStore too.
+        let path = merkle::inclusion_proof(&s, LeafIndex(7), TreeSize(20)).unwrap();
+        assert_eq!(path, s.inclusion_proof(LeafIndex(7), TreeSize(20)).unwrap());
+    }
+
+    #[test]
+    fn checkpoints_and_own_lines_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), "p").unwrap();
+            assert_eq!(s.latest_checkpoint().unwrap(), None);
+            s.put_own_lines(TreeSize(4), "own 4").unwrap();
+            s.put_own_lines(TreeSize(9), "own 9").unwrap();
+            s.put_checkpoint(TreeSize(4), "cp 4").unwrap();
+            s.put_checkpoint(TreeSize(2), "cp 2").unwrap();
+            // Certifying size 4 drops own lines up to it.
+            assert_eq!(
+                s.own_lines().unwrap(),
+                vec![(TreeSize(9), "own 9".to_string())]
+            );
+        }
+        let s = Store::open(dir.path(), "p").unwrap();
+        assert_eq!(s.checkpoints().unwrap(), vec!["cp 2", "cp 4"]);
+        assert_eq!(
+            s.latest_checkpoint().unwrap(),
+            Some((TreeSize(4), "cp 4".to_string()))
+        );
+        assert_eq!(s.checkpoint(TreeSize(2)).unwrap().as_deref(), Some("cp 2"));
+        s.put_checkpoint(TreeSize(4), "cp 4 with more lines")
+            .unwrap();
+        assert_eq!(
+            s.checkpoint(TreeSize(4)).unwrap().as_deref(),
+            Some("cp 4 with more lines")
+        );
+        assert_eq!(s.checkpoint(TreeSize(3)).unwrap(), None);
     }
 }

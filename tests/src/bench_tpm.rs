@@ -25,23 +25,69 @@ const RING_VERIFIES: usize = 20_000;
 /// Persistent handle the tpm2-tools run uses for the same vote key.
 const PERSISTENT: &str = "0x81000100";
 
+/// A party provisioned (`init`) on a private swtpm in a temporary
+/// directory, with a runtime to drive its TPM owner.
+pub struct BenchParty {
+    /// The party's data dir.
+    pub data: std::path::PathBuf,
+    /// Its swtpm's TCTI.
+    pub tcti: Tcti,
+    /// A two-worker runtime.
+    pub rt: tokio::runtime::Runtime,
+    /// Its enrollment.
+    pub enrollment: Enrollment,
+    swtpm: Swtpm,
+    tmp: tempfile::TempDir,
+}
+
+impl BenchParty {
+    /// Spawns the swtpm and provisions party 1 on it.
+    pub fn provision() -> anyhow::Result<BenchParty> {
+        let tmp = tempfile::tempdir()?;
+        let swtpm = Swtpm::spawn(&tmp.path().join("swtpm"))?;
+        let tcti = swtpm.tcti();
+        let data = tmp.path().join("party");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(init(&InitOptions {
+            data_dir: data.clone(),
+            party_id: PartyId(1),
+            tpm: TpmTarget::Tcti(tcti.clone()),
+            force: false,
+        }))?;
+        let enrollment = Enrollment::load(&data.join(ENROLLMENT_FILE))?;
+        Ok(BenchParty {
+            data,
+            tcti,
+            rt,
+            enrollment,
+            swtpm,
+            tmp,
+        })
+    }
+
+    /// The temporary directory holding it all.
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Stops the swtpm (TPM2_Shutdown) and removes the directory.
+    pub fn finish(self) {
+        drop(self.swtpm);
+    }
+}
+
 /// Appends the TPM rows.
 pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let swtpm = Swtpm::spawn(&tmp.path().join("swtpm"))?;
-    let tcti = swtpm.tcti();
-    let data = tmp.path().join("party");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(init(&InitOptions {
-        data_dir: data.clone(),
-        party_id: PartyId(1),
-        tpm: TpmTarget::Tcti(tcti.clone()),
-        force: false,
-    }))?;
-    let enrollment = Enrollment::load(&data.join(ENROLLMENT_FILE))?;
+    let party = BenchParty::provision()?;
+    let (data, tcti, enrollment) = (
+        party.data.clone(),
+        party.tcti.clone(),
+        party.enrollment.clone(),
+    );
+    let rt = &party.rt;
     let point = enrollment.vote_public_key()?;
     let msg = |i: usize| format!("bench message {i}").into_bytes();
     let note = "swtpm 0.7, ECDSA P-256, 2 cores shared";
@@ -123,7 +169,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     })?;
 
     // --- tpm2_sign, one process per signature, same swtpm, same key ---
-    let tools_rate = tpm2_sign_loop(rows, &tcti, &data, tmp.path(), &enrollment)?;
+    let tools_rate = tpm2_sign_loop(rows, &tcti, &data, party.dir(), &enrollment)?;
     rows.push(Row::new(
         "tpm",
         "ratio: owner sequential / tpm2_sign loop",
@@ -152,8 +198,8 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "one core",
     ));
     // --- measured launch: PolicyPCR-bound vote key, quotes, evidence ---
-    measured_rows(rows, &rt, &tcti, &tmp.path().join("measured"), owner_rate)?;
-    drop(swtpm);
+    measured_rows(rows, rt, &tcti, &party.dir().join("measured"), owner_rate)?;
+    party.finish();
     Ok(())
 }
 

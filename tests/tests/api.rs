@@ -556,6 +556,20 @@ async fn every_documented_route_succeeds(c: &Client, op_id: &str, session: &str)
             continue;
         }
         let method: Method = m.parse().unwrap();
+        if concrete.starts_with("/v1/log/") {
+            // The audit log's routes take their arguments in the query; a
+            // 404 from the handler (nothing certified or logged yet) is
+            // not the fallback's "no such endpoint".
+            let q = format!("{concrete}?start=0&index=0&size=1&old=1&new=1");
+            let (s, b) = c.raw(method, &q, None).await.unwrap();
+            let text = String::from_utf8_lossy(&b);
+            assert!(
+                s.is_success()
+                    || (s == StatusCode::NOT_FOUND && !text.contains("no such endpoint")),
+                "{m} {q}: {s} {text}"
+            );
+            continue;
+        }
         let body =
             (method == Method::POST).then(|| keygen("frost-secp256k1").to_string().into_bytes());
         let (s, b) = c.raw(method, &concrete, body).await.unwrap();

@@ -403,6 +403,26 @@ pub enum CosignError {
     },
 }
 
+/// Checks one cosignature line of `party` (vote key `key`): its key ID and
+/// its signature over `msg`, the checkpoint's [`Checkpoint::cosign_message`].
+pub fn verify_cosignature(
+    line: &NoteSignature,
+    party: PartyId,
+    key: &PublicKey,
+    msg: &[u8],
+) -> Result<(), CosignError> {
+    if line.key_id != cosign_key_id(&line.name, key) {
+        return Err(CosignError::WrongKeyId(party));
+    }
+    let sig: [u8; 64] = line
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| CosignError::BadCosignature(party))?;
+    key.verify(msg, &Signature(sig))
+        .map_err(|_| CosignError::BadCosignature(party))
+}
+
 /// The outcome of checking a checkpoint's cosignatures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Certified {
@@ -440,16 +460,7 @@ pub fn check_cosignatures(
         match role {
             SignerRole::Quote => quotes.push((party, i)),
             SignerRole::Cosign => {
-                if s.key_id != cosign_key_id(&s.name, key) {
-                    return Err(CosignError::WrongKeyId(party));
-                }
-                let sig: [u8; 64] = s
-                    .signature
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| CosignError::BadCosignature(party))?;
-                key.verify(&msg, &Signature(sig))
-                    .map_err(|_| CosignError::BadCosignature(party))?;
+                verify_cosignature(s, party, key, &msg)?;
                 cosigners.insert(party);
             }
         }

@@ -34,6 +34,9 @@ pub enum PeerFrame {
     Evidence(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The sender cannot produce evidence, and why.
     CannotAttest(String),
+    /// An audit-log checkpoint as a C2SP signed note: the sender's own
+    /// lines while it collects, or a certified note (docs/AUDIT.md).
+    Checkpoint(String),
 }
 
 impl PeerFrame {

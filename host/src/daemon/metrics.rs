@@ -72,6 +72,14 @@ pub struct Metrics {
     pub tpm_sign_latency: Histogram,
     /// API requests answered, by status class.
     pub api_requests: [AtomicU64; 5],
+    /// Audit entries appended since start (replayed ones not counted).
+    pub log_entries: AtomicU64,
+    /// Time spent building and storing audit entries, in microseconds.
+    pub log_append_micros: AtomicU64,
+    /// Audit checkpoints certified by a quorum and stored.
+    pub checkpoints_certified: AtomicU64,
+    /// Issuing this party's checkpoint lines (TPM quote and cosignature).
+    pub checkpoint_issue_latency: Histogram,
     batch_started: Mutex<Option<(u64, Instant)>>,
 }
 
@@ -93,6 +101,13 @@ impl Metrics {
                 *g = None;
             }
         }
+    }
+
+    /// Counts `n` audit entries built and stored in `took`.
+    pub fn log_append(&self, n: usize, took: Duration) {
+        self.log_entries.fetch_add(n as u64, Ordering::Relaxed);
+        self.log_append_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Counts an API answer.
@@ -182,6 +197,34 @@ impl Metrics {
         self.tpm_sign_latency.render(
             "quorate_tpm_sign_latency_seconds",
             "One TPM signature (vote or batch).",
+            &mut out,
+        );
+        gauge(
+            &mut out,
+            "quorate_log_entries_total",
+            "Audit entries appended since start.",
+            "counter",
+            self.log_entries.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "quorate_log_append_seconds_total",
+            "Time spent building and storing audit entries.",
+            "counter",
+            (self.log_append_micros.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+        );
+        gauge(
+            &mut out,
+            "quorate_checkpoints_certified_total",
+            "Audit checkpoints certified by a quorum and stored.",
+            "counter",
+            self.checkpoints_certified
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
+        self.checkpoint_issue_latency.render(
+            "quorate_checkpoint_issue_latency_seconds",
+            "Issuing this party's checkpoint lines (TPM quote and cosignature).",
             &mut out,
         );
         out.push_str("# HELP quorate_api_requests_total API answers by status class.\n# TYPE quorate_api_requests_total counter\n");

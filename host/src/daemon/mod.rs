@@ -24,6 +24,7 @@
 //! and nothing accepted is lost.
 
 pub mod admission;
+pub mod audit;
 pub mod events;
 pub mod metrics;
 pub mod status;
@@ -106,6 +107,8 @@ pub enum Query {
         /// At most this many.
         limit: usize,
     },
+    /// The audit log: checkpoint, entries, proofs.
+    Log(audit::LogQuery),
 }
 
 /// The answer to an accepted submission.
@@ -306,6 +309,7 @@ pub async fn run(
             None
         }
     };
+    let policy_pcrs = policy.as_ref().map(|p| p.quoted_pcrs()).unwrap_or_default();
     let admission = admission::Admission::new(policy, me, &enrollments);
 
     // Peers.
@@ -340,6 +344,16 @@ pub async fn run(
         cfg.file.cluster.fault_model,
     );
     dcfg.max_block_bytes = cfg.file.cluster.max_block_bytes as usize;
+    // The daemon keeps the audit log: the driver waits for its head.
+    dcfg.app_state = true;
+    let quote_pcrs = attests.then(|| {
+        let mut p = vec![measurement_pcr];
+        p.extend(policy_pcrs.iter().copied());
+        p.sort();
+        p.dedup();
+        p
+    });
+    let (book, issuer) = audit::setup(&cfg, &enrollments, quote_pcrs)?;
     let mcfg = MachineConfig {
         cluster: cfg.cluster_id,
         fault_model: cfg.file.cluster.fault_model,
@@ -360,7 +374,16 @@ pub async fn run(
         measurement_pcr,
         attests,
     };
-    let mut rt = Runtime::start(cfg, store, tpm.clone(), net.clone(), dcfg, mcfg, attest)?;
+    let mut rt = Runtime::start(
+        cfg,
+        store,
+        tpm.clone(),
+        net.clone(),
+        dcfg,
+        mcfg,
+        attest,
+        (book, issuer),
+    )?;
     let handle = DaemonHandle {
         tx: cmd_tx,
         events: rt.events.clone(),
@@ -443,9 +466,15 @@ struct Runtime {
     status_dirty: bool,
     events: Arc<events::EventLog>,
     metrics: Arc<metrics::Metrics>,
+    /// The audit log (ledger and checkpoints) and the checkpoint issuer.
+    audit: audit::AuditLog,
+    issuer: audit::Issuer,
+    /// The log head to hand the driver once the decided block's step is done.
+    app_state: Option<(quorate_firmware::consensus::LogHead, bool)>,
 }
 
 impl Runtime {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         cfg: Config,
         store: Store,
@@ -454,6 +483,7 @@ impl Runtime {
         dcfg: DriverConfig,
         mcfg: MachineConfig,
         attest: AttestCtx,
+        (mut book, issuer): (audit::CheckpointBook, audit::Issuer),
     ) -> anyhow::Result<Runtime> {
         let me = cfg.me;
         // Restore what the driver told us to persist.
@@ -485,21 +515,13 @@ impl Runtime {
         for e in store.wal_entries(tip + 1)? {
             wal.push(dec("WAL record", &e)?);
         }
-        info!(height = tip, wal = wal.len(), "restoring consensus state");
-        let (driver, first) = ConsensusDriver::restore(
-            dcfg,
-            Restored {
-                chain,
-                recent,
-                sign_guard,
-                wal,
-                // The daemon does not keep the audit log yet: blocks carry
-                // the empty log head.
-                log_head: Default::default(),
-                log_pending: false,
-            },
-            now_ms(),
-        )?;
+        // The session machine and the audit log are rebuilt first (the
+        // driver's restored state needs the log head); until then a fresh
+        // driver stands in, its first step discarded (nothing acts on it).
+        let (placeholder, _) = ConsensusDriver::new(dcfg.clone(), now_ms());
+        if let Some((size, _)) = store.latest_checkpoint()? {
+            book.set_latest_certified(size);
+        }
 
         // Rebuild the session state by replaying every decided block.
         let machine = SessionMachine::new(mcfg).map_err(|e| anyhow!("cluster: {e}"))?;
@@ -525,7 +547,7 @@ impl Runtime {
             store,
             tpm,
             net,
-            driver,
+            driver: placeholder,
             machine,
             timers: BTreeMap::new(),
             sign_tx,
@@ -541,6 +563,9 @@ impl Runtime {
             status_dirty: true,
             events: Arc::default(),
             metrics: Arc::default(),
+            audit: audit::AuditLog::new(book),
+            issuer,
+            app_state: None,
         };
         let mut h = 1;
         while h <= tip {
@@ -551,6 +576,27 @@ impl Runtime {
                 h = sb.height + 1;
             }
         }
+        let (log_head, log_pending) = rt.audit.app_state();
+        info!(
+            height = tip,
+            wal = wal.len(),
+            log_size = log_head.size,
+            "restoring consensus state"
+        );
+        let (driver, first) = ConsensusDriver::restore(
+            dcfg,
+            Restored {
+                chain,
+                recent,
+                sign_guard,
+                wal,
+                log_head,
+                log_pending,
+            },
+            now_ms(),
+        )?;
+        rt.driver = driver;
+        rt.resume_checkpoints()?;
         // Verdict targets already queued (the outbox survives restarts).
         for (_, bytes) in rt.store.outbox()? {
             if let Ok(Operation {
@@ -590,6 +636,7 @@ impl Runtime {
                 Some(ev) = net_rx.recv() => match ev {
                     NetEvent::Frame(from, bytes) => self.peer_frame(from, &bytes)?,
                     NetEvent::Up(p) => {
+                        self.checkpoint_peer_up(p)?;
                         self.peers_up.insert(p);
                         self.status_dirty = true;
                         let mut nonce = vec![0u8; 32];
@@ -625,6 +672,7 @@ impl Runtime {
                     }
                 },
                 Some((seq, res)) = self.batch_rx.recv() => self.batch_signed(seq, res)?,
+                Some((size, res)) = self.issuer.rx.recv() => self.checkpoint_signed(size, res)?,
                 Some((h, res)) = self.record_rx.recv() => match res {
                     Ok(evidence) => {
                         let body = OpBody::AttestationRecord(quorate_firmware::sessions::ops::AttestationRecord {
@@ -655,6 +703,7 @@ impl Runtime {
                     }
                     self.input(Input::Tick)?;
                     self.maybe_batch()?;
+                    self.checkpoint_tick();
                     if self.status_dirty || last_status.elapsed() > Duration::from_secs(2) {
                         self.write_status();
                         last_status = Instant::now();
@@ -732,6 +781,11 @@ impl Runtime {
                     Err(reason) => self.refuse(from, &reason),
                 }
             }
+            admission::PeerFrame::Checkpoint(note) => {
+                if self.attest.admission.admitted(from) {
+                    self.checkpoint_frame(from, &note)?;
+                }
+            }
             admission::PeerFrame::CannotAttest(why) => {
                 if self.attest.admission.enforced() {
                     let reason = format!("the peer cannot attest: {why}");
@@ -791,6 +845,14 @@ impl Runtime {
                 Action::Decided(d) => {
                     self.decided(&d.block, &d.certificate)?;
                 }
+            }
+        }
+        // The decided block's audit step is stored: the driver may start
+        // the next height with the log head.
+        if let Some((head, pending)) = self.app_state.take() {
+            match self.driver.set_app_state(now_ms(), head, pending) {
+                Ok(step) => self.execute(step)?,
+                Err(e) => bail!("consensus halted: {e}"),
             }
         }
         Ok(())
@@ -902,6 +964,7 @@ impl Runtime {
                 debug!(seq = b.body.seq, ops = fl.outbox.len(), "own batch decided");
             }
         }
+        self.audit_decided(block, &outcome, replay)?;
         Ok(outcome)
     }
 
@@ -1171,6 +1234,14 @@ impl Runtime {
                 }))
             }
             Query::Blocks { from, limit } => self.blocks_view(from, limit),
+            // Beyond the log: `null` (the API answers 404).
+            Query::Log(q) => match audit::log_view(&self.store, q) {
+                Ok(v) => Some(v.unwrap_or(serde_json::Value::Null)),
+                Err(e) => {
+                    warn!(error = %e, "reading the audit log failed");
+                    None
+                }
+            },
         }
     }
 

@@ -9,6 +9,7 @@ fn main() -> anyhow::Result<()> {
     quorate_tests::bench_attestation::run(&mut rows)?;
     quorate_tests::bench_consensus::run_bench(&mut rows)?;
     quorate_tests::bench_audit::run(&mut rows)?;
+    quorate_tests::bench_audit_daemon::run(&mut rows)?;
     print!("{}", quorate_tests::bench::render(&rows));
     Ok(())
 }
