@@ -10,6 +10,7 @@
 //! result; no input, however malformed, makes it panic.
 
 pub mod attest;
+pub mod checkpoint_verify;
 pub mod credential;
 pub mod ekcert;
 pub mod enroll;

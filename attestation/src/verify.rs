@@ -724,8 +724,8 @@ fn check_attributes(
     }
 }
 
-/// Parses a TPMS_ATTEST, checks magic, and its signature by `ak`.
-fn signed_attest(
+/// Parses a TPMS_ATTEST, checks magic, type and its signature by `ak`.
+pub(crate) fn signed_attest(
     ak: &TpmtPublic,
     attest: &[u8],
     sig: &[u8],
