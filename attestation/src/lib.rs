@@ -10,12 +10,14 @@
 //! result; no input, however malformed, makes it panic.
 
 pub mod attest;
+pub mod checkpoint;
 pub mod checkpoint_verify;
 pub mod credential;
 pub mod ekcert;
 pub mod enroll;
 pub mod eventlog;
 pub mod evidence;
+pub mod measurement;
 pub mod pcr;
 pub mod policy;
 #[cfg(any(test, feature = "soft-tpm"))]

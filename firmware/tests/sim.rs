@@ -193,6 +193,8 @@ fn restarted_party_catches_up_many_heights() {
         let mut cfg = SimConfig::clean(9, n, model, 30, 2);
         cfg.crash = Some((n - 1, 50, 20_000));
         let r = run(cfg).unwrap_or_else(|e| panic!("n={n}: {e}"));
-        assert_eq!(r.heights, 30, "n={n}");
+        // One batch per block, sequential: 30 blocks, and the run may end
+        // before or after the carrier block that certifies the 30th.
+        assert!((30..=31).contains(&r.heights), "n={n}: {}", r.heights);
     }
 }

@@ -356,6 +356,28 @@ impl EntryBuilder {
         state: &State,
         source: &dyn MeasurementSource,
     ) -> Result<Vec<AuditEntry>, BuildError> {
+        let verdicts = |op: &OpId| {
+            state
+                .ops
+                .get(op)
+                .map(|r| r.verdicts.clone())
+                .unwrap_or_default()
+        };
+        self.build_block_with(block, signers, batches, outcome, &verdicts, source)
+    }
+
+    /// [`EntryBuilder::build_block`] with the verdicts of resolved
+    /// operations read through `verdicts` (for a block built after later
+    /// blocks were applied: see [`crate::audit::ledger`]).
+    pub fn build_block_with(
+        &mut self,
+        block: BlockRef,
+        signers: &BTreeSet<PartyId>,
+        batches: &[SignedBatch],
+        outcome: &BlockOutcome,
+        verdicts: &dyn Fn(&OpId) -> BTreeMap<PartyId, Decision>,
+        source: &dyn MeasurementSource,
+    ) -> Result<Vec<AuditEntry>, BuildError> {
         if outcome.height != block.height {
             return Err(BuildError::HeightMismatch {
                 block: block.height,
@@ -459,11 +481,7 @@ impl EntryBuilder {
                     accepted_now.push((p.author, p.entry, p.attests));
                 }
             }
-            let verdicts = state
-                .ops
-                .get(&op)
-                .map(|r| r.verdicts.clone())
-                .unwrap_or_default();
+            let verdicts = verdicts(&op);
             out.push(AuditEntry::Resolution(ResolutionEntry {
                 block,
                 op,

@@ -23,5 +23,6 @@
 
 pub mod checkpoint;
 pub mod entry;
+pub mod ledger;
 pub mod merkle;
 pub mod verify;

@@ -6,6 +6,7 @@
 //! ([`crate::consensus::driver`]), and the driver asks the host's TPM.
 
 use crate::batch::SignedBatch;
+use crate::consensus::certificate::CommitCertificate;
 use crate::crypto::{PublicKey, Signature};
 use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
 use malachitebft_core_types as mc;
@@ -64,6 +65,42 @@ pub struct BlockHeader {
     pub parent: BlockHash,
     /// The party that proposed the block.
     pub proposer: PartyId,
+    /// The canonical commit certificate of block `height - 1` (`None` at
+    /// height 1): the quorum of precommits that decided the parent, as this
+    /// block's proposer collected it. Every validator checks it, so every
+    /// party agrees on one signer set per block (the audit log's entries
+    /// name those signers).
+    pub last_commit: Option<CommitCertificate>,
+    /// The audit log's Merkle tree after the entries of every block up to
+    /// `height - 2` (entries of block h are built once block h+1 carries
+    /// h's canonical certificate). Every validator compares it with its own
+    /// tree, so consensus agrees on the log.
+    pub log: LogHead,
+}
+
+/// Size and root of the audit log's Merkle tree (RFC 6962).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogHead {
+    /// Number of entries.
+    pub size: u64,
+    /// Merkle tree hash of those entries (SHA-256 of "" when empty).
+    pub root: Sha256Digest,
+}
+
+impl LogHead {
+    /// The empty log.
+    pub fn empty() -> Self {
+        LogHead {
+            size: 0,
+            root: Sha256Digest::of(b""),
+        }
+    }
+}
+
+impl Default for LogHead {
+    fn default() -> Self {
+        LogHead::empty()
+    }
 }
 
 /// Two conflicting votes signed by one party for the same height, round and
@@ -782,6 +819,8 @@ mod tests {
                 time_ms: 5,
                 parent: BlockHash(Sha256Digest::default()),
                 proposer: PartyId(1),
+                last_commit: None,
+                log: LogHead::empty(),
             },
             batches: vec![],
             evidence: vec![],

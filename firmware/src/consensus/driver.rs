@@ -35,7 +35,7 @@ use crate::consensus::certificate::{
 };
 use crate::consensus::context::{
     round_from_i64, round_i64, threshold_params, Block, BlockContents, BlockHash, BlockHeader,
-    Equivocation, PartySet, QuorateContext, SignedBytes, SignedVoteWire, Step as MsgStep,
+    Equivocation, LogHead, PartySet, QuorateContext, SignedBytes, SignedVoteWire, Step as MsgStep,
     CONSENSUS_DOMAIN,
 };
 use crate::consensus::sign_guard::{GuardDecision, SignGuard};
@@ -86,6 +86,12 @@ pub struct DriverConfig {
     pub max_clock_skew_ms: u64,
     /// How many recent decided blocks to keep in memory to serve catch-up.
     pub recent_blocks: usize,
+    /// The host keeps the audit log: after every [`Action::Decided`] the
+    /// driver waits for [`ConsensusDriver::set_app_state`] before it starts
+    /// the next height (proposals and blocks for it are held until then).
+    /// Without it, blocks carry whatever head was last set (the simulator
+    /// sets it itself or not at all).
+    pub app_state: bool,
 }
 
 impl DriverConfig {
@@ -118,6 +124,7 @@ impl DriverConfig {
             tip_interval_ms: 1000,
             max_clock_skew_ms: 30_000,
             recent_blocks: 1024,
+            app_state: false,
         }
     }
 
@@ -247,7 +254,7 @@ pub enum Action {
         bytes: Vec<u8>,
     },
     /// A block was decided: apply it (height, time, batches) in order.
-    Decided(DecidedBlock),
+    Decided(Box<DecidedBlock>),
 }
 
 /// The outputs of one input. Contract: make every `persist` entry durable
@@ -307,6 +314,12 @@ pub struct Restored {
     pub sign_guard: SignGuard,
     /// The WAL records of height `chain.height + 1`, in append order.
     pub wal: Vec<WalRecord>,
+    /// The audit log's head after the host processed the last decided
+    /// block (see [`ConsensusDriver::set_app_state`]).
+    pub log_head: LogHead,
+    /// Whether the last decided block's entries await its canonical
+    /// certificate (the next block must be decided, even empty).
+    pub log_pending: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -360,6 +373,13 @@ pub struct ConsensusDriver {
     recovered_proposals: BTreeMap<(Height, i64), Block>,
     catch_up: CatchUp,
     halted: Option<String>,
+    /// Audit log head after the last decided block (carried by the next).
+    log_head: LogHead,
+    /// The last decided block's entries await its certificate.
+    log_pending: bool,
+    /// A block was decided and the host has not yet said what it did to
+    /// the log: hold the next height.
+    awaiting_app: bool,
 }
 
 impl ConsensusDriver {
@@ -422,6 +442,9 @@ impl ConsensusDriver {
             recovered_proposals: BTreeMap::new(),
             catch_up: CatchUp::default(),
             halted: None,
+            log_head: restored.log_head,
+            log_pending: restored.log_pending,
+            awaiting_app: false,
         };
         while d.recent.len() > recent_cap {
             d.recent.pop_front();
@@ -598,6 +621,43 @@ impl ConsensusDriver {
         }
     }
 
+    /// Tells the driver what the last decided block did to the audit log:
+    /// its `head` after the host's ledger processed the block, and whether
+    /// that block's own entries are `pending` (they await its canonical
+    /// certificate, carried by the next block: the driver then proposes a
+    /// block even with no other work). With [`DriverConfig::app_state`]
+    /// the host must call this after every [`Action::Decided`]; the next
+    /// height starts only then. Returns the step that follows (persist,
+    /// then act, as for [`ConsensusDriver::handle`]).
+    pub fn set_app_state(
+        &mut self,
+        now_ms: u64,
+        head: LogHead,
+        pending: bool,
+    ) -> Result<Step, DriverError> {
+        if let Some(h) = &self.halted {
+            return Err(DriverError::Halted(h.clone()));
+        }
+        self.io.now = self.io.now.max(now_ms);
+        self.log_head = head;
+        self.log_pending = pending;
+        self.awaiting_app = false;
+        let r = self.after_input();
+        let step = std::mem::take(&mut self.io.step);
+        match r {
+            Err(e @ DriverError::Halted(_)) => {
+                self.halted = Some(e.to_string());
+                Err(e)
+            }
+            _ => Ok(step),
+        }
+    }
+
+    /// The audit log head the next block must carry.
+    pub fn log_head(&self) -> LogHead {
+        self.log_head
+    }
+
     fn handle_inner(&mut self, input: Input) -> Result<(), DriverError> {
         match input {
             Input::Tick => {}
@@ -640,7 +700,8 @@ impl ConsensusDriver {
     }
 
     fn has_work(&self) -> bool {
-        !self.evidence_pool.is_empty()
+        self.log_pending
+            || !self.evidence_pool.is_empty()
             || self
                 .mempool
                 .keys()
@@ -648,7 +709,7 @@ impl ConsensusDriver {
     }
 
     fn maybe_start_height(&mut self) -> Result<(), DriverError> {
-        if self.started || self.pending_decision.is_some() {
+        if self.started || self.pending_decision.is_some() || self.awaiting_app {
             return Ok(());
         }
         // Unsigned tips alone never start a height (they only trigger block
@@ -800,7 +861,10 @@ impl ConsensusDriver {
             .step
             .persist
             .push(Persist::WalReset { height: next });
-        self.io.step.actions.push(Action::Decided(decided.clone()));
+        self.io
+            .step
+            .actions
+            .push(Action::Decided(Box::new(decided.clone())));
         self.recent.push_back(decided);
         while self.recent.len() > self.io.cfg.recent_blocks {
             self.recent.pop_front();
@@ -808,6 +872,7 @@ impl ConsensusDriver {
         // The same core state moves on with `StartHeight(next)` (fed when
         // there is work); it replays the inputs it buffered for that height.
         self.started = false;
+        self.awaiting_app = self.io.cfg.app_state;
     }
 
     fn on_signature(&mut self, request: SignRequestId, sig: Signature) -> Result<(), DriverError> {
@@ -917,6 +982,13 @@ impl ConsensusDriver {
                     }
                     return Ok(());
                 }
+                if self.awaiting_app {
+                    // Validated once the host has applied the parent.
+                    if self.future_proposals.len() < 64 {
+                        self.future_proposals.push(p);
+                    }
+                    return Ok(());
+                }
                 self.on_proposal(from, p)
             }
             PeerMessage::Polka(c) => {
@@ -957,7 +1029,7 @@ impl ConsensusDriver {
         cert: CommitCertificate,
     ) -> Result<(), DriverError> {
         let h = self.io.height_in_progress;
-        if block.header().height != h || self.pending_decision.is_some() {
+        if block.header().height != h || self.pending_decision.is_some() || self.awaiting_app {
             return Ok(());
         }
         verify_commit_certificate_cached(
@@ -1146,7 +1218,14 @@ impl ConsensusDriver {
         if block.encoded_len() > self.io.cfg.max_block_bytes {
             return Err("block too large".into());
         }
-        if block.batches().is_empty() && block.evidence().is_empty() {
+        self.validate_last_commit(block)?;
+        if h.log != self.log_head {
+            return Err(format!(
+                "audit log head is size {} root {}, ours is size {} root {}",
+                h.log.size, h.log.root, self.log_head.size, self.log_head.root
+            ));
+        }
+        if block.batches().is_empty() && block.evidence().is_empty() && !self.log_pending {
             return Err("empty block".into());
         }
         let mut seqs: BTreeMap<PartyId, u64> = BTreeMap::new();
@@ -1193,28 +1272,63 @@ impl ConsensusDriver {
         Ok(())
     }
 
+    /// Block h must carry a valid commit certificate of our block h-1.
+    fn validate_last_commit(&mut self, block: &Block) -> Result<(), String> {
+        let h = block.header().height;
+        match (&block.header().last_commit, h.0) {
+            (None, 1) => Ok(()),
+            (Some(_), 1) => Err("block 1 carries a parent certificate".into()),
+            (None, _) => Err("missing the parent's commit certificate".into()),
+            (Some(cert), _) => verify_commit_certificate_cached(
+                &self.io.cfg.parties,
+                self.io.cfg.fault_model,
+                self.io.cfg.cluster,
+                self.io.cfg.epoch,
+                self.chain.height,
+                self.chain.hash,
+                cert,
+                &mut self.io.cache,
+            )
+            .map_err(|e| format!("parent's commit certificate: {e}")),
+        }
+    }
+
     fn try_propose(&mut self) -> Result<(), DriverError> {
         let Some((h, r)) = self.io.want_value else {
             return Ok(());
         };
-        if !self.started || h != self.io.height_in_progress {
+        if !self.started || h != self.io.height_in_progress || self.awaiting_app {
             return Ok(());
         }
         let recovered = self.recovered_proposals.remove(&(h, round_i64(r)));
         if recovered.is_none() && !self.has_work() {
             return Ok(());
         }
-        self.io.want_value = None;
         let block = match recovered {
             Some(b) => b,
-            None => self.build_block(h),
+            None => match self.build_block(h) {
+                Some(b) => b,
+                // Our parent's certificate is gone (cannot happen with
+                // `recent_blocks` >= 1): let another party propose.
+                None => return Ok(()),
+            },
         };
+        self.io.want_value = None;
         self.run_core(mcc::Input::Propose(mcc::LocallyProposedValue::new(
             h, r, block,
         )))
     }
 
-    fn build_block(&self, h: Height) -> Block {
+    fn build_block(&self, h: Height) -> Option<Block> {
+        let last_commit = if h.0 <= 1 {
+            None
+        } else {
+            let d = self.recent.back()?;
+            if d.block.header().height != self.chain.height {
+                return None;
+            }
+            Some(d.certificate.clone())
+        };
         let budget = self.io.cfg.max_block_bytes.saturating_sub(256);
         let mut used = 0usize;
         let mut evidence = Vec::new();
@@ -1245,16 +1359,18 @@ impl ConsensusDriver {
             next_seq.insert(*author, seq + 1);
             batches.push(b.clone());
         }
-        Block::new(BlockContents {
+        Some(Block::new(BlockContents {
             header: BlockHeader {
                 height: h,
                 time_ms: self.io.now.max(self.chain.time_ms + 1),
                 parent: self.chain.hash,
                 proposer: self.io.cfg.me,
+                last_commit,
+                log: self.log_head,
             },
             batches,
             evidence,
-        })
+        }))
     }
 }
 
@@ -1798,7 +1914,7 @@ mod tests {
                             assert_ne!(p.signature, PLACEHOLDER);
                         }
                     }
-                    Action::Decided(b) => decided = Some(b),
+                    Action::Decided(b) => decided = Some(*b),
                     _ => {}
                 }
             }
@@ -1824,5 +1940,123 @@ mod tests {
             .actions
             .iter()
             .any(|a| matches!(a, Action::Sign { .. })));
+    }
+
+    /// Feeds `first` and then every signature the driver asks for, until
+    /// it is quiet; returns the decided blocks and whether it signed.
+    fn pump(d: &mut ConsensusDriver, k: &EcdsaKeyPair, first: Step) -> (Vec<DecidedBlock>, bool) {
+        let mut decided = Vec::new();
+        let mut signed = false;
+        let mut steps = vec![first];
+        let mut rounds = 0;
+        while let Some(step) = steps.pop() {
+            rounds += 1;
+            assert!(rounds < 200, "does not settle");
+            for a in step.actions {
+                match a {
+                    Action::Sign { request, bytes } => {
+                        signed = true;
+                        let signature = sign(k, &bytes);
+                        steps.push(
+                            d.handle(2_000, Input::SignatureReady { request, signature })
+                                .unwrap(),
+                        );
+                    }
+                    Action::Decided(b) => decided.push(*b),
+                    _ => {}
+                }
+            }
+        }
+        (decided, signed)
+    }
+
+    #[test]
+    fn next_block_carries_the_parents_certificate_and_the_hosts_log_head() {
+        let (k, pk) = key();
+        let me = PartyId(1);
+        let parties = PartySet::new(vec![Party {
+            id: me,
+            vote_key: pk,
+        }])
+        .unwrap();
+        let cluster = ClusterId(Sha256Digest::of(b"t"));
+        let mut cfg = DriverConfig::new(cluster, Epoch(0), me, parties, FaultModel::Byzantine);
+        cfg.app_state = true;
+        let (mut d, _) = ConsensusDriver::new(cfg, 1_000);
+        let body = BatchBody {
+            cluster,
+            author: me,
+            seq: 1,
+            ops: vec![b"op".to_vec()],
+        };
+        let batch = SignedBatch {
+            signature: sign(&k, &body.signing_bytes()),
+            body,
+        };
+        let first = d.handle(2_000, Input::SubmitBatch(batch)).unwrap();
+        let (decided, _) = pump(&mut d, &k, first);
+        assert_eq!(decided.len(), 1);
+        let b1 = &decided[0];
+        assert_eq!(b1.block.header().last_commit, None);
+        assert_eq!(b1.block.header().log, LogHead::empty());
+        // Until the host says what block 1 did to its log, nothing starts.
+        let idle = d.handle(2_500, Input::Tick).unwrap();
+        let (none, signed) = pump(&mut d, &k, idle);
+        assert!(none.is_empty() && !signed);
+        // Block 1's entries are pending: a carrier block follows at once,
+        // with block 1's certificate and the head the host reported.
+        let head = LogHead {
+            size: 7,
+            root: Sha256Digest::of(b"root"),
+        };
+        // What validators refuse at height 2 (checked before it starts).
+        d.log_head = head;
+        d.log_pending = true;
+        d.awaiting_app = false;
+        let good = d.build_block(Height(2)).unwrap();
+        assert_eq!(d.validate_block(&good, None, false), Ok(()));
+        let variant = |f: &dyn Fn(&mut BlockContents)| {
+            let mut c: BlockContents = good.clone().into();
+            f(&mut c);
+            Block::new(c)
+        };
+        let other_log = variant(&|c| c.header.log = LogHead::empty());
+        assert!(d
+            .validate_block(&other_log, None, false)
+            .unwrap_err()
+            .contains("audit log head"));
+        let no_cert = variant(&|c| c.header.last_commit = None);
+        assert!(d
+            .validate_block(&no_cert, None, false)
+            .unwrap_err()
+            .contains("missing the parent's commit certificate"));
+        let forged = variant(&|c| {
+            if let Some(cert) = c.header.last_commit.as_mut() {
+                cert.signatures[0].1 = Signature([9; 64]);
+            }
+        });
+        assert!(d
+            .validate_block(&forged, None, false)
+            .unwrap_err()
+            .contains("parent's commit certificate"));
+        d.log_pending = false;
+        assert_eq!(
+            d.validate_block(&good, None, false),
+            Err("empty block".to_string()),
+            "an empty block is valid only as a carrier"
+        );
+        let step = d.set_app_state(3_000, head, true).unwrap();
+        let (decided, _) = pump(&mut d, &k, step);
+        assert_eq!(decided.len(), 1);
+        let h2 = decided[0].block.header();
+        assert_eq!(h2.height, Height(2));
+        assert!(decided[0].block.batches().is_empty());
+        assert_eq!(h2.last_commit.as_ref(), Some(&b1.certificate));
+        assert_eq!(h2.log, head);
+        // Nothing pending after the carrier: the driver stays quiet.
+        let step = d.set_app_state(3_500, head, false).unwrap();
+        let (none, signed) = pump(&mut d, &k, step);
+        assert!(none.is_empty() && !signed);
+        assert_eq!(d.log_head(), head);
     }
 }

@@ -18,7 +18,7 @@ pub mod sync;
 pub mod wire;
 
 pub use certificate::{verify_commit_certificate, CertificateError, CommitCertificate};
-pub use context::{Block, BlockHash, BlockHeader, Equivocation, Party, PartySet};
+pub use context::{Block, BlockHash, BlockHeader, Equivocation, LogHead, Party, PartySet};
 pub use driver::{
     Action, ChainState, ConsensusDriver, DecidedBlock, DriverConfig, DriverError, Input, Persist,
     Restored, SignRequestId, Step, TimerId,

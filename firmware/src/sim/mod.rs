@@ -27,7 +27,7 @@
 )]
 
 use crate::batch::{BatchBody, SignedBatch};
-use crate::consensus::context::{Party, PartySet, SignedBytes, SignedVoteWire};
+use crate::consensus::context::{LogHead, Party, PartySet, SignedBytes, SignedVoteWire};
 use crate::consensus::driver::{
     Action, ChainState, ConsensusDriver, DecidedBlock, DriverConfig, Input, Persist, Restored,
     SignRequestId, Step,
@@ -319,6 +319,60 @@ struct Node {
     crash_mid_step: bool,
     next_seq: u64,
     decided: Vec<DecidedBlock>,
+    app: SimLog,
+}
+
+/// The application's stand-in for the audit log: a pure fold over decided
+/// blocks that, like the host's ledger, needs each block's canonical
+/// certificate (carried by the next block) and has a head every block
+/// must carry. It makes the simulation exercise carrier blocks, the
+/// `last_commit` and `log` header checks, and the driver's wait for the
+/// application.
+#[derive(Clone, Default)]
+struct SimLog {
+    head: LogHead,
+    /// Last block applied.
+    height: u64,
+    /// The last decided block had content: its "entry" awaits its
+    /// certificate.
+    prepared: Option<crate::consensus::BlockHash>,
+}
+
+impl SimLog {
+    fn on_decided(&mut self, d: &DecidedBlock) -> Result<(), Fail> {
+        let h = d.block.header();
+        if h.height.0 != self.height + 1 {
+            return Ok(());
+        }
+        self.height = h.height.0;
+        if let Some(prev) = self.prepared.take() {
+            let cert = h.last_commit.as_ref().ok_or_else(|| {
+                format!("block {} carries no certificate for its parent", h.height)
+            })?;
+            if cert.block != prev {
+                return Err(format!(
+                    "block {} carries a certificate for another parent",
+                    h.height
+                ));
+            }
+            let mut signers = Vec::new();
+            for (p, _) in &cert.signatures {
+                signers.extend_from_slice(&p.0.to_be_bytes());
+            }
+            self.head = LogHead {
+                size: self.head.size + 1,
+                root: Sha256Digest::of_parts(&[
+                    self.head.root.as_bytes(),
+                    prev.0.as_bytes(),
+                    &signers,
+                ]),
+            };
+        }
+        if !d.block.batches().is_empty() || !d.block.evidence().is_empty() {
+            self.prepared = Some(d.block.hash());
+        }
+        Ok(())
+    }
 }
 
 struct Sim {
@@ -579,7 +633,7 @@ impl Sim {
                         },
                     );
                 }
-                Action::Decided(d) => self.on_decided(i, d)?,
+                Action::Decided(d) => self.on_decided(i, *d)?,
             }
         }
         Ok(())
@@ -602,9 +656,34 @@ impl Sim {
                 i + 1
             )
         })?;
+        // The application (every party, honest or not, runs one) updates
+        // its log and tells the driver, which holds the next height until
+        // then.
+        self.nodes[i]
+            .app
+            .on_decided(&d)
+            .map_err(|e| format!("P{}: {e}", i + 1))?;
+        let (head, pending) = (self.nodes[i].app.head, self.nodes[i].app.prepared.is_some());
+        let now = EPOCH_MS + self.now;
+        if let Some(drv) = self.nodes[i].driver.as_mut() {
+            match drv.set_app_state(now, head, pending) {
+                Ok(step) => {
+                    if self.honest(i) {
+                        self.record_decided(i, d)?;
+                    }
+                    return self.apply(i, step);
+                }
+                Err(e) => return Err(format!("P{} halted: {e}", i + 1)),
+            }
+        }
         if !self.honest(i) {
             return Ok(());
         }
+        self.record_decided(i, d)
+    }
+
+    fn record_decided(&mut self, i: usize, d: DecidedBlock) -> Result<(), Fail> {
+        let h = d.block.header().height;
         match self.agreed.get(&h) {
             Some(x) if *x != d.block.hash() => {
                 return Err(format!(
@@ -672,6 +751,8 @@ impl Sim {
                 .filter(|(h, _)| *h == next)
                 .map(|(_, r)| r.clone())
                 .collect(),
+            log_head: self.nodes[i].app.head,
+            log_pending: self.nodes[i].app.prepared.is_some(),
         };
         let (d, step) =
             ConsensusDriver::restore(self.dcfg[i].clone(), restored, EPOCH_MS + self.now)
@@ -797,6 +878,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                 cfg.model,
             );
             c.max_block_bytes = 256 * 1024;
+            c.app_state = true;
             c
         })
         .collect();
@@ -809,6 +891,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
             crash_mid_step: false,
             next_seq: 0,
             decided: Vec::new(),
+            app: SimLog::default(),
         })
         .collect();
     let mut last_fault_end = 0;

@@ -486,6 +486,10 @@ impl Runtime {
                 recent,
                 sign_guard,
                 wal,
+                // The daemon does not keep the audit log yet: blocks carry
+                // the empty log head.
+                log_head: Default::default(),
+                log_pending: false,
             },
             now_ms(),
         )?;
