@@ -19,9 +19,9 @@
 //! host's measured launch does).
 
 use crate::attest::{Attested, ClockInfo, TPM_ST_ATTEST_QUOTE};
+use crate::checkpoint::CheckpointQuote;
 use crate::eventlog::reset_value;
-use crate::evidence::SignedAttest;
-use crate::pcr::{extend_sha256, pcr_composite_digest, PcrIndex, PcrSelection, PcrValue};
+use crate::pcr::{extend_sha256, pcr_composite_digest, PcrIndex, PcrSelection};
 use crate::policy::{Policy, PolicyError};
 use crate::tpm::{KeyError, TpmtPublic};
 use crate::verify::{signed_attest, AttestationError, Hex, Structure};
@@ -40,12 +40,12 @@ pub struct CheckpointQuoteResult {
 }
 
 /// Why a checkpoint quote does not verify. All but
-/// [`CheckpointQuoteError::Policy`] and
-/// [`CheckpointQuoteError::MalformedAkPublic`] mean the quote is forged,
+/// [`CheckpointVerifyError::Policy`] and
+/// [`CheckpointVerifyError::MalformedAkPublic`] mean the quote is forged,
 /// corrupt, over another checkpoint, or made by unapproved code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum CheckpointQuoteError {
+pub enum CheckpointVerifyError {
     /// The verifier's policy is unusable (a local configuration fault).
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -129,18 +129,20 @@ pub fn approved_measurement(policy: &Policy, executable: &Sha256Digest) -> Sha25
     }
 }
 
-/// Verifies a checkpoint's TPM quote: `quote` (TPMS_ATTEST and its AK
-/// signature) and the `pcr_values` it covers, made by the AK whose
-/// TPMT_PUBLIC is `ak_public` (from the issuer's enrollment), over
-/// `qualifying_data` (`Checkpoint::quote_qualifying_data`), against `policy`.
+/// Verifies a checkpoint's TPM quote ([`CheckpointQuote::decode`] of the
+/// `/tpm` line's signature bytes): the TPMS_ATTEST, its AK signature and
+/// the PCR values it covers, made by the AK whose TPMT_PUBLIC is
+/// `ak_public` (from the issuer's enrollment), over `qualifying_data`
+/// (`Checkpoint::quote_qualifying_data`), against `policy`.
 pub fn verify_checkpoint_quote(
     ak_public: &[u8],
-    quote: &SignedAttest,
-    pcr_values: &[PcrValue],
+    quote: &CheckpointQuote,
     qualifying_data: &Sha256Digest,
     policy: &Policy,
-) -> Result<CheckpointQuoteResult, CheckpointQuoteError> {
-    use CheckpointQuoteError as E;
+) -> Result<CheckpointQuoteResult, CheckpointVerifyError> {
+    use CheckpointVerifyError as E;
+    let pcr_values = quote.pcr_values.as_slice();
+    let quote = &quote.quote;
     policy.check()?;
     let ak = TpmtPublic::parse(ak_public).map_err(E::MalformedAkPublic)?;
     ak.ecc_p256_point().map_err(E::AkKeyType)?;
@@ -235,8 +237,17 @@ pub fn verify_checkpoint_quote(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::SignedAttest;
+    use crate::pcr::PcrValue;
     use crate::soft::SoftTpm;
     use ring::rand::SystemRandom;
+
+    fn cq(q: &SignedAttest, v: &[PcrValue]) -> CheckpointQuote {
+        CheckpointQuote {
+            quote: q.clone(),
+            pcr_values: v.to_vec(),
+        }
+    }
 
     fn setup() -> (SoftTpm, Policy, SystemRandom) {
         let rng = SystemRandom::new();
@@ -255,7 +266,7 @@ mod tests {
             .quote(&rng, &policy.quoted_pcrs(), qd.as_bytes())
             .unwrap();
         let ak = tpm.ak_public.as_bytes().to_vec();
-        let r = verify_checkpoint_quote(&ak, &q, &values, &qd, &policy).unwrap();
+        let r = verify_checkpoint_quote(&ak, &cq(&q, &values), &qd, &policy).unwrap();
         assert_eq!(r.executable, Sha256Digest::of(b"quorate executable"));
         assert_eq!(r.clock_info, tpm.clock);
         assert_eq!(
@@ -275,30 +286,30 @@ mod tests {
         // Another checkpoint.
         let other = Sha256Digest::of(b"another checkpoint");
         assert!(matches!(
-            verify_checkpoint_quote(&ak, &q, &values, &other, &policy),
-            Err(CheckpointQuoteError::QualifyingDataMismatch { .. })
+            verify_checkpoint_quote(&ak, &cq(&q, &values), &other, &policy),
+            Err(CheckpointVerifyError::QualifyingDataMismatch { .. })
         ));
         // Another PCR value supplied than quoted.
         let mut lied = values.clone();
         lied[0].value = Sha256Digest::of(b"approved-looking");
         assert!(matches!(
-            verify_checkpoint_quote(&ak, &q, &lied, &qd, &policy),
-            Err(CheckpointQuoteError::PcrDigestMismatch { .. })
+            verify_checkpoint_quote(&ak, &cq(&q, &lied), &qd, &policy),
+            Err(CheckpointVerifyError::PcrDigestMismatch { .. })
         ));
         // A quote over another PCR value (unapproved code), honestly reported.
         tpm.pcrs
             .insert(policy.measurement_pcr, Sha256Digest::of(b"other code"));
         let (q2, v2) = tpm.quote(&rng, &pcrs, qd.as_bytes()).unwrap();
         assert!(matches!(
-            verify_checkpoint_quote(&ak, &q2, &v2, &qd, &policy),
-            Err(CheckpointQuoteError::MeasurementNotApproved { .. })
+            verify_checkpoint_quote(&ak, &cq(&q2, &v2), &qd, &policy),
+            Err(CheckpointVerifyError::MeasurementNotApproved { .. })
         ));
         // Another AK.
         let (other_tpm, _, _) = setup();
         let other_ak = other_tpm.ak_public.as_bytes().to_vec();
         assert!(matches!(
-            verify_checkpoint_quote(&other_ak, &q, &values, &qd, &policy),
-            Err(CheckpointQuoteError::Attest(
+            verify_checkpoint_quote(&other_ak, &cq(&q, &values), &qd, &policy),
+            Err(CheckpointVerifyError::Attest(
                 AttestationError::BadSignature { .. }
             ))
         ));
@@ -307,15 +318,15 @@ mod tests {
             attest: vec![0xff; 7],
             signature: vec![1],
         };
-        assert!(verify_checkpoint_quote(&ak, &junk, &values, &qd, &policy).is_err());
+        assert!(verify_checkpoint_quote(&ak, &cq(&junk, &values), &qd, &policy).is_err());
         assert!(matches!(
-            verify_checkpoint_quote(&[1, 2], &q, &values, &qd, &policy),
-            Err(CheckpointQuoteError::MalformedAkPublic(_))
+            verify_checkpoint_quote(&[1, 2], &cq(&q, &values), &qd, &policy),
+            Err(CheckpointVerifyError::MalformedAkPublic(_))
         ));
         // Fewer values than quoted.
         assert!(matches!(
-            verify_checkpoint_quote(&ak, &q, &[], &qd, &policy),
-            Err(CheckpointQuoteError::SelectionMismatch { .. })
+            verify_checkpoint_quote(&ak, &cq(&q, &[]), &qd, &policy),
+            Err(CheckpointVerifyError::SelectionMismatch { .. })
         ));
     }
 }

@@ -26,18 +26,19 @@
 
 use super::bundle::{BundleBlock, BundleError, BundleHeader, BundleReader, Section};
 use crate::init::Enrollment;
+use quorate_attestation::checkpoint::CheckpointQuote;
 use quorate_attestation::checkpoint_verify::verify_checkpoint_quote;
-use quorate_attestation::evidence::{Freshness, SignedAttest};
-use quorate_attestation::pcr::PcrValue;
+use quorate_attestation::evidence::Freshness;
+use quorate_attestation::measurement::measurement_of_evidence;
 use quorate_attestation::policy::Policy;
 use quorate_firmware::audit::checkpoint::{origin_for, Checkpoint, NoteSignature};
 use quorate_firmware::audit::entry::{AuditEntry, BlockRef, Measurement, OperationEntry};
-use quorate_firmware::audit::merkle::LeafIndex;
+use quorate_firmware::audit::merkle::{leaf_hash, CompactTree, LeafIndex};
 use quorate_firmware::audit::verify::{AuditReport, EvidenceChecker, LogParams, Verifier};
 use quorate_firmware::consensus::certificate::{
     verify_commit_certificate, verify_equivocation, CommitCertificate, VerifyCache,
 };
-use quorate_firmware::consensus::context::{Block, Party, PartySet, QuorateContext};
+use quorate_firmware::consensus::context::{Block, LogHead, Party, PartySet, QuorateContext};
 use quorate_firmware::sessions::machine::OpStatus;
 use quorate_firmware::sessions::ops::{OpBody, OpId, Operation};
 use quorate_firmware::types::{Height, PartyId, Sha256Digest};
@@ -209,6 +210,8 @@ struct Prepared {
     precommits: u64,
     batches: u64,
     entries: Vec<Vec<u8>>,
+    /// The entries' leaf hashes, computed in the parallel pass.
+    leaves: Vec<Sha256Digest>,
 }
 
 /// A block waiting for its entries' check.
@@ -233,6 +236,12 @@ pub struct HostChecker {
     /// Hash of every block so far (index h-1), for the heights records bind.
     hashes: Vec<Sha256Digest>,
     last_time: u64,
+    /// The tree recomputed from the entries' leaf hashes, for the heads
+    /// block headers carry.
+    tree: CompactTree,
+    /// The head before the previous block's entries (after blocks <= h-2
+    /// when block h is next).
+    head_before_previous: LogHead,
     open: BTreeMap<Height, Open>,
     /// Records decided pending whose evidence fails: a later acceptance is an error.
     doubtful: BTreeMap<OpId, (LeafIndex, String)>,
@@ -246,24 +255,6 @@ fn ak_of(e: &Enrollment) -> Result<Vec<u8>, String> {
     hex::decode(&ak.tpmt_public).map_err(|err| format!("{}'s AK: {err}", e.party_id))
 }
 
-/// The signature bytes of a checkpoint's `/tpm` line: the quote (TPMS_ATTEST
-/// and its signature) and the PCR values it covers.
-// Stand-in for the attestation crate's `CheckpointQuote` until it lands.
-fn decode_checkpoint_quote(bytes: &[u8]) -> Result<(SignedAttest, Vec<PcrValue>), String> {
-    let ((q, v), rest): ((SignedAttest, Vec<PcrValue>), &[u8]) =
-        postcard::take_from_bytes(bytes).map_err(|e| format!("quote does not decode: {e}"))?;
-    if !rest.is_empty() {
-        return Err(format!("{} bytes follow the quote", rest.len()));
-    }
-    Ok((q, v))
-}
-
-/// The certificate of block h-1 that block h's header carries.
-// Stand-in until the consensus header carries `last_commit`.
-fn header_last_commit(_block: &Block) -> Option<&CommitCertificate> {
-    None
-}
-
 impl HostChecker {
     fn prepare(&self, b: BundleBlock, entries: Vec<Vec<u8>>) -> Prepared {
         let mut p = Prepared {
@@ -274,6 +265,7 @@ impl HostChecker {
             body: Ok(()),
             precommits: 0,
             batches: 0,
+            leaves: entries.iter().map(|e| leaf_hash(e)).collect(),
             entries,
         };
         let block = match Block::from_bytes(&b.block) {
@@ -302,7 +294,7 @@ impl HostChecker {
         if let Ok(c) = &p.stored {
             p.precommits += c.signatures.len() as u64;
         }
-        p.previous = header_last_commit(&block).map(|c| {
+        p.previous = block.header().last_commit.as_ref().map(|c| {
             let h = Height(b.height.0.saturating_sub(1));
             verify_commit_certificate(
                 &self.parties,
@@ -382,10 +374,26 @@ impl HostChecker {
                 self.counts.canonical_certificates += 1;
             }
             None if p.height.0 > 1 => {
-                // Until headers carry the previous block's certificate the
-                // stored one is canonical (see `stored_canonical`).
+                return Err(format!("its header carries no certificate of block {prev}"));
             }
             None => {}
+        }
+        // The log head it carries: the tree after the entries of every
+        // block up to h-2, as every validator checked against its own.
+        let expected = self.head_before_previous;
+        if h.log != expected {
+            return Err(format!(
+                "its header says the log held {} entries with root {}, the bundle's entries of blocks up to {} give {} with root {}",
+                h.log.size,
+                h.log.root,
+                p.height.0.saturating_sub(2),
+                expected.size,
+                expected.root
+            ));
+        }
+        self.head_before_previous = self.head();
+        for l in &p.leaves {
+            self.tree.push_leaf_hash(*l);
         }
         self.hashes.push(block.hash().0);
         self.last_time = h.time_ms;
@@ -401,12 +409,10 @@ impl HostChecker {
         Ok(())
     }
 
-    fn stored_canonical(&mut self, height: Height, cert: &CommitCertificate) {
-        if let Some(o) = self.open.get_mut(&height) {
-            if o.canonical.is_none() {
-                o.canonical = Some(cert.signatures.iter().map(|(s, _)| *s).collect());
-                self.counts.canonical_certificates += 1;
-            }
+    fn head(&self) -> LogHead {
+        LogHead {
+            size: self.tree.size().0,
+            root: self.tree.root(),
         }
     }
 
@@ -533,19 +539,27 @@ impl EvidenceChecker for HostChecker {
             .get(&party)
             .ok_or_else(|| format!("{party} is not enrolled"))?;
         let ak = ak_of(e)?;
-        let (q, values) = decode_checkpoint_quote(&quote.signature)?;
-        verify_checkpoint_quote(&ak, &q, &values, qualifying_data, &self.policy)
+        let q = CheckpointQuote::decode(&quote.signature).map_err(|e| e.to_string())?;
+        verify_checkpoint_quote(&ak, &q, qualifying_data, &self.policy)
             .map_err(|e| e.to_string())?;
         self.counts.quotes += 1;
         Ok(())
     }
 
     fn check_attestation(&mut self, index: LeafIndex, e: &OperationEntry) -> Result<(), String> {
+        let op = Operation::decode(&e.op_bytes).map_err(|x| x.to_string())?;
+        let OpBody::AttestationRecord(rec) = op.body else {
+            return Err("the operation is not an attestation record".into());
+        };
+        // What every party's ledger reads out of the evidence, valid or not.
+        let claimed = measurement_of_evidence(&rec.evidence.0);
+        if e.attests != claimed {
+            return Err(format!(
+                "the entry records measurement {:?}, its evidence claims {:?}",
+                e.attests, claimed
+            ));
+        }
         let verdict = (|| -> Result<Measurement, String> {
-            let op = Operation::decode(&e.op_bytes).map_err(|x| x.to_string())?;
-            let OpBody::AttestationRecord(rec) = op.body else {
-                return Err("the operation is not an attestation record".into());
-            };
             let block_hash = usize::try_from(rec.binds_height.0)
                 .ok()
                 .and_then(|h| h.checked_sub(1))
@@ -749,16 +763,9 @@ pub fn verify_bundle<R: Read>(input: R, policy: &Policy, policy_text: &[u8]) -> 
             parallel_map(chunk, threads, |(b, es)| c.prepare(b, es))
         };
         for mut p in prepared {
-            let stored = p.stored.as_ref().ok().cloned();
             if let Err(m) = checker.settle(&mut p) {
                 fail(&mut out, format!("block {}", p.height), m);
                 break;
-            }
-            if let Some(c) = stored {
-                // The header that would carry it is the next block's.
-                if header_last_commit_absent() {
-                    checker.stored_canonical(p.height, &c);
-                }
             }
             for e in &p.entries {
                 if !verifier.push_entry(e, &mut checker) {
@@ -796,12 +803,6 @@ pub fn verify_bundle<R: Read>(input: R, policy: &Policy, policy_text: &[u8]) -> 
         out.host.parties,
     ) = keep;
     out
-}
-
-/// Whether block headers lack the previous block's certificate (this
-/// build's consensus format), so the stored certificate is canonical.
-fn header_last_commit_absent() -> bool {
-    true
 }
 
 /// Checks the header against the enrollments and builds the checker.
@@ -885,6 +886,8 @@ fn setup(
         admission,
         hashes: Vec::new(),
         last_time: 0,
+        tree: CompactTree::new(),
+        head_before_previous: LogHead::empty(),
         open: BTreeMap::new(),
         doubtful: BTreeMap::new(),
         counts: HostCounts::default(),
@@ -925,8 +928,9 @@ mod tests {
         assert_eq!(v.host.quotes, 3);
         assert_eq!(v.host.blocks, 5);
         assert_eq!(v.host.records_verified, 4);
-        assert_eq!(v.host.batch_signatures, 10);
-        assert_eq!(v.host.precommit_signatures, 15);
+        assert_eq!(v.host.batch_signatures, 9);
+        assert_eq!(v.host.canonical_certificates, 4);
+        assert_eq!(v.host.precommit_signatures, 5 * 3 + 4 * 3);
         assert_eq!(v.host.operations_matched, 13);
         assert_eq!(v.host.policy_is_clusters, Some(true));
         // The later blocks were decided under all three attested measurements.
@@ -1048,6 +1052,38 @@ mod tests {
         let m = failure(&f.verify());
         assert!(
             m.contains("block 3") && m.contains("2 valid precommits, the quorum is 3"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_canonical_certificate_one_signature_short_is_detected() {
+        let f = Fixture::honest_with(|f| f.short_commit_at = Some(3));
+        let m = failure(&f.verify());
+        assert!(
+            m.contains("block 4")
+                && m.contains("certificate of block 3")
+                && m.contains("2 valid precommits, the quorum is 3"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_header_log_head_that_differs_from_the_entries_is_detected() {
+        // An entry of block 3 altered in a way only the tree shows (its
+        // status), with no checkpoint to catch it: block 5's header, which
+        // every validator checked, carries the true head.
+        let mut f = Fixture::honest();
+        f.checkpoints.clear();
+        let i = f.blocks[2].1.len() - 1;
+        tamper_entry(&mut f, 2, i, |e| {
+            if let AuditEntry::Resolution(r) = e {
+                r.verdicts.clear();
+            }
+        });
+        let m = failure(&f.verify());
+        assert!(
+            m.contains("block 5") && m.contains("its header says the log held"),
             "{m}"
         );
     }

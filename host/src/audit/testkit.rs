@@ -1,5 +1,5 @@
 //! Test kit: a real multi-party log built with the firmware's session
-//! machine and entry builder, software vote keys and software TPMs (exact
+//! machine and audit ledger, software vote keys and software TPMs (exact
 //! TPM formats: quotes, certifications, event logs), written as an audit
 //! bundle. For the host's tamper tests and `make bench`; never in the
 //! shipped binary (it needs the attestation crate's `soft-tpm` feature).
@@ -14,14 +14,14 @@ use super::bundle::{BundleBlock, BundleHeader, BundleWriter, Section};
 use super::check::{verify_bundle, Verification};
 use crate::init::{EnrolledKey, Enrollment};
 use quorate_attestation::evidence::Freshness;
+use quorate_attestation::measurement::EvidenceMeasurements;
 use quorate_attestation::pcr::{measurement_policy, PcrIndex};
 use quorate_attestation::policy::Policy;
 use quorate_attestation::soft::{SoftTpm, SOFT_VOTE_ATTRIBUTES};
 use quorate_attestation::tpm::TpmtPublic;
 use quorate_firmware::audit::checkpoint::{cosignature, quote_signature, SignedCheckpoint};
 use quorate_firmware::audit::checkpoint::{origin_for, Checkpoint};
-use quorate_firmware::audit::entry::EntryBuilder;
-use quorate_firmware::audit::entry::{AuditEntry, BlockRef, Measurement};
+use quorate_firmware::audit::ledger::Ledger;
 use quorate_firmware::audit::merkle::MemoryNodeStore;
 use quorate_firmware::batch::{BatchBody, SignedBatch};
 use quorate_firmware::consensus::certificate::precommit_bytes;
@@ -77,8 +77,11 @@ pub struct Fixture {
     pub enrollments: Vec<Vec<u8>>,
     /// The session machine, fed every block.
     pub machine: SessionMachine,
-    /// The entry builder.
-    pub builder: EntryBuilder,
+    /// The audit ledger, fed every block as a party's daemon feeds it.
+    pub ledger: Ledger,
+    /// Canonical certificates of this height carry two signatures, one
+    /// short of the quorum (for tamper tests).
+    pub short_commit_at: Option<u64>,
     /// The Merkle tree of the entries.
     pub tree: MemoryNodeStore,
     /// Each block with its entries.
@@ -173,7 +176,8 @@ impl Fixture {
             },
             enrollments,
             machine,
-            builder: EntryBuilder::new(),
+            ledger: Ledger::new(),
+            short_commit_at: None,
             tree: MemoryNodeStore::new(),
             blocks: Vec::new(),
             checkpoints: Vec::new(),
@@ -231,45 +235,47 @@ impl Fixture {
             let signature = sign(&party.vote, &self.rng, &body.signing_bytes());
             batches.push(SignedBatch { body, signature });
         }
+        let last_commit = self.blocks.last().map(|(b, _)| {
+            let signers = if Some(b.height.0) == self.short_commit_at {
+                2
+            } else {
+                3
+            };
+            let hash = BlockHash(self.hashes[b.height.0 as usize - 1]);
+            self.certificate(b.height, hash, signers)
+        });
         let block = Block::new(BlockContents {
             header: BlockHeader {
                 height,
                 time_ms: time,
                 parent: BlockHash(self.hashes.last().copied().unwrap_or_default()),
                 proposer: PartyId((height.0 % 3 + 1) as u32),
+                last_commit,
+                log: self.ledger.head(),
             },
             batches: batches.clone(),
             evidence: vec![],
         });
         let cert = self.certificate(height, block.hash(), 3);
         let outcome = self.machine.apply_block(height, time, &batches).unwrap();
-        let source = |_: PartyId, ev: &[u8]| {
-            let ev = quorate_attestation::evidence::Evidence::from_bytes(ev).ok()?;
-            Some(Measurement {
-                pcr: ev.pcr_values.first()?.value,
-                event_log: Sha256Digest::of(&ev.event_log),
-            })
-        };
-        let signers = self.parties.keys().copied().collect();
-        let r = BlockRef {
-            height,
-            time_ms: time,
-            block_hash: block.hash().0,
-        };
-        let entries = self
-            .builder
-            .build_block(
-                r,
-                &signers,
-                &batches,
+        let step = self
+            .ledger
+            .on_decided(
+                &block,
                 &outcome,
                 self.machine.state(),
-                &source,
+                &EvidenceMeasurements,
             )
             .unwrap();
-        let encoded: Vec<Vec<u8>> = entries.iter().map(|e| e.encode()).collect();
-        for e in &encoded {
+        // The entries of the previous block, now that this one carries
+        // its canonical certificate.
+        for e in &step.encoded {
             self.tree.append(e);
+        }
+        if let Some((_, es)) = self.blocks.last_mut() {
+            es.extend(step.encoded);
+        } else {
+            assert!(step.encoded.is_empty());
         }
         self.hashes.push(block.hash().0);
         self.blocks.push((
@@ -278,7 +284,7 @@ impl Fixture {
                 block: block.to_bytes(),
                 cert: postcard::to_stdvec(&cert).unwrap(),
             },
-            encoded,
+            Vec::new(),
         ));
     }
 
@@ -336,7 +342,11 @@ impl Fixture {
             &origin,
             PartyId(issuer),
             p.tpm.ak_public.as_bytes(),
-            postcard::to_stdvec(&(q, values)).unwrap(),
+            quorate_attestation::checkpoint::CheckpointQuote {
+                quote: q,
+                pcr_values: values,
+            }
+            .encode(),
         )];
         for (id, x) in &self.parties {
             let s = sign(&x.vote, &self.rng, &cp.cosign_message());
@@ -353,7 +363,13 @@ impl Fixture {
     /// A three-party history: attestation records, their approvals, a
     /// later record, with checkpoints along the way and at the end.
     pub fn honest() -> Fixture {
+        Fixture::honest_with(|_| {})
+    }
+
+    /// [`Fixture::honest`] with `tune` applied to the empty cluster first.
+    pub fn honest_with(tune: impl FnOnce(&mut Fixture)) -> Fixture {
         let mut f = Fixture::new(3);
+        tune(&mut f);
         f.block(vec![(1, vec![]), (2, vec![])]);
         let records = vec![
             (1, vec![f.evidence(1)]),
@@ -361,12 +377,18 @@ impl Fixture {
             (3, vec![f.evidence(3)]),
         ];
         f.block(records);
-        let ids: Vec<OpId> = f.blocks[1]
-            .1
-            .iter()
-            .map(|e| *AuditEntry::decode(e).unwrap().op())
+        let ids: Vec<OpId> = (1..=3)
+            .map(|p| {
+                OpId::derive(
+                    &f.header.cluster,
+                    Height(2),
+                    p - 1,
+                    PartyId(p),
+                    f.parties[&PartyId(p)].seq,
+                    0,
+                )
+            })
             .collect();
-        f.checkpoint(1);
         let approve = |t: OpId| {
             OpBody::Verdict(VerdictOp {
                 target: t,
@@ -378,10 +400,12 @@ impl Fixture {
             (2, ids.iter().map(|t| approve(*t)).collect()),
             (3, ids.iter().map(|t| approve(*t)).collect()),
         ]);
-        f.checkpoint(2);
+        f.checkpoint(1);
         let rec = f.evidence(2);
         f.block(vec![(2, vec![rec])]);
-        f.block(vec![(1, vec![])]);
+        f.checkpoint(2);
+        // A carrier block: it certifies block 4, whose entries follow.
+        f.block(vec![]);
         f.checkpoint(3);
         f
     }
@@ -413,7 +437,8 @@ impl Fixture {
                 f.checkpoint(ids[(b as usize) % ids.len()]);
             }
         }
-        // A last, empty-of-entries block keeps the tail checkpointed.
+        // A carrier block brings the last block's entries; checkpoint the tail.
+        f.block(vec![]);
         let last = f
             .checkpoints
             .last()
