@@ -21,10 +21,10 @@
 use crate::attest::{Attested, ClockInfo, TPM_ST_ATTEST_QUOTE};
 use crate::checkpoint::CheckpointQuote;
 use crate::eventlog::reset_value;
-use crate::pcr::{extend_sha256, pcr_composite_digest, PcrIndex, PcrSelection};
+use crate::pcr::{extend_sha256, PcrIndex, PcrSelection};
 use crate::policy::{Policy, PolicyError};
 use crate::tpm::{KeyError, TpmtPublic};
-use crate::verify::{signed_attest, AttestationError, Hex, Structure};
+use crate::verify::{check_pcr_digest, signed_attest, AttestationError, Hex, Structure};
 use crate::wire::{AlgId, ParseError};
 use quorate_firmware::types::Sha256Digest;
 
@@ -179,14 +179,8 @@ pub fn verify_checkpoint_quote(
             supplied,
         });
     }
-    let values: Vec<Sha256Digest> = pcr_values.iter().map(|v| v.value).collect();
-    let composite = pcr_composite_digest(&values);
-    if !quorate_firmware::crypto::ct_eq(composite.as_bytes(), pcr_digest) {
-        return Err(E::PcrDigestMismatch {
-            expected: Hex(composite.as_bytes().to_vec()),
-            found: Hex(pcr_digest.clone()),
-        });
-    }
+    check_pcr_digest(pcr_values, pcr_digest)
+        .map_err(|(expected, found)| E::PcrDigestMismatch { expected, found })?;
     let quoted = |pcr: PcrIndex| {
         pcr_values
             .iter()
