@@ -18,6 +18,7 @@ use super::bundle::{BundleBlock, BundleEnd, BundleError, BundleHeader, BundleWri
 use crate::config::Config;
 use crate::store::{Store, StoreError};
 use quorate_firmware::audit::entry::AuditEntry;
+use quorate_firmware::audit::merkle::{LeafIndex, TreeSize};
 use quorate_firmware::types::Height;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -118,13 +119,14 @@ impl ExportParams {
 /// What an export wrote.
 pub type ExportSummary = BundleEnd;
 
-/// The audit tables of the store, as the export reads them.
-// Stand-ins until the daemon's audit tables land in store.rs
-// (`Store::log_size`, `Store::entries`, `Store::checkpoints`).
-fn log_size(_store: &Store) -> Result<u64, StoreError> {
-    Ok(0)
+// Stand-ins, with the same signatures, for the store's audit tables until
+// the daemon's side (`Store::log_size`, `Store::entries`,
+// `Store::checkpoints`) is merged; then these three go and the calls
+// below become method calls.
+fn log_size(_store: &Store) -> Result<TreeSize, StoreError> {
+    Ok(TreeSize(0))
 }
-fn entries(_store: &Store, _start: u64, _end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+fn entries(_store: &Store, _start: LeafIndex, _end: LeafIndex) -> Result<Vec<Vec<u8>>, StoreError> {
     Ok(Vec::new())
 }
 fn checkpoints(_store: &Store) -> Result<Vec<String>, StoreError> {
@@ -145,7 +147,7 @@ pub fn export_store<W: Write>(
     for cp in checkpoints(store)? {
         w.write(&Section::Checkpoint(cp.into_bytes()))?;
     }
-    let size = log_size(store)?;
+    let size = log_size(store)?.0;
     let tip = store.tip()?;
     let mut next = 0u64;
     let mut queue: VecDeque<(Height, Vec<u8>)> = VecDeque::new();
@@ -154,14 +156,15 @@ pub fn export_store<W: Write>(
         |queue: &mut VecDeque<(Height, Vec<u8>)>| -> Result<Option<Height>, ExportError> {
             if queue.is_empty() && next < size {
                 let end = next.saturating_add(ENTRY_PAGE).min(size);
-                for bytes in entries(store, next, end)? {
+                // The store may return a shorter page than asked; none is a gap.
+                for bytes in entries(store, LeafIndex(next), LeafIndex(end))? {
                     let e = AuditEntry::decode(&bytes).map_err(|e| {
                         ExportError::Inconsistent(format!("entry {} does not decode: {e}", next))
                     })?;
                     queue.push_back((e.block().height, bytes));
                     next += 1;
                 }
-                if next < end {
+                if queue.is_empty() {
                     return Err(ExportError::Inconsistent(format!(
                         "the log holds {size} entries but entry {next} is missing"
                     )));
@@ -238,4 +241,50 @@ pub fn export(
     let summary = export_store(&store, &params, std::io::BufWriter::new(file))?;
     std::fs::rename(&tmp, out).map_err(BundleError::Io)?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::check::verify_bundle;
+    use crate::audit::testkit::Fixture;
+
+    #[test]
+    fn a_store_exports_beside_its_writer_and_the_bundle_verifies() {
+        let mut f = Fixture::new(3);
+        for _ in 0..4 {
+            f.block(vec![]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Store::open(dir.path(), "P1").unwrap();
+        for (b, _) in &f.blocks {
+            writer
+                .put_decided(b.height.0, &b.block, &b.cert, b"chain")
+                .unwrap();
+        }
+        let params = ExportParams {
+            header: f.header.clone(),
+            enrollments: f
+                .enrollments
+                .iter()
+                .map(|e| serde_bytes::ByteBuf::from(e.clone()))
+                .collect(),
+        };
+        params.save(dir.path()).unwrap();
+        assert_eq!(ExportParams::load(dir.path()).unwrap(), params);
+        let out = dir.path().join("log.qab");
+        // The writer keeps the database open, as the daemon does.
+        let end = export(dir.path(), None, &out).unwrap();
+        assert_eq!((end.enrollments, end.blocks, end.entries), (3, 4, 0));
+        let bytes = std::fs::read(&out).unwrap();
+        let v = verify_bundle(bytes.as_slice(), &f.policy, &f.policy_text);
+        assert!(v.is_ok(), "{v}");
+        assert_eq!(v.host.blocks, 4);
+        assert_eq!(v.host.canonical_certificates, 3);
+        drop(writer);
+        // No parameters: the error says how to get them.
+        let empty = tempfile::tempdir().unwrap();
+        let err = export(empty.path(), None, &out).unwrap_err();
+        assert!(err.to_string().contains("--config"), "{err}");
+    }
 }
