@@ -363,6 +363,9 @@ impl HostChecker {
         // The canonical certificate of the previous block.
         let prev = Height(p.height.0.saturating_sub(1));
         match p.previous.take() {
+            Some(_) if p.height.0 <= 1 => {
+                return Err("the first block's header carries a certificate of no block".into());
+            }
             Some(r) => {
                 let (cert, signers) = r?;
                 if cert.block.0 != parent || cert.height != prev {
