@@ -255,7 +255,16 @@ fn ak_of(e: &Enrollment) -> Result<Vec<u8>, String> {
     hex::decode(&ak.tpmt_public).map_err(|err| format!("{}'s AK: {err}", e.party_id))
 }
 
-impl HostChecker {
+/// What the parallel pass needs: the cluster and its vote keys.
+#[derive(Clone)]
+struct Keys {
+    cluster: quorate_firmware::types::ClusterId,
+    epoch: quorate_firmware::types::Epoch,
+    model: quorate_firmware::types::FaultModel,
+    parties: PartySet,
+}
+
+impl Keys {
     fn prepare(&self, b: BundleBlock, entries: Vec<Vec<u8>>) -> Prepared {
         let mut p = Prepared {
             height: b.height,
@@ -337,6 +346,17 @@ impl HostChecker {
         })();
         p.block = Ok(block);
         p
+    }
+}
+
+impl HostChecker {
+    fn keys(&self) -> Keys {
+        Keys {
+            cluster: self.cluster,
+            epoch: self.epoch,
+            model: self.model,
+            parties: self.parties.clone(),
+        }
     }
 
     /// Sequential checks of one prepared block, in height order.
@@ -642,7 +662,11 @@ fn parallel_map<T: Send, U: Send>(
 
 /// Verifies the bundle read from `input` against `policy` (the reference
 /// policy's TOML text, for the report's comparison with the cluster's).
-pub fn verify_bundle<R: Read>(input: R, policy: &Policy, policy_text: &[u8]) -> Verification {
+pub fn verify_bundle<R: Read + Send>(
+    input: R,
+    policy: &Policy,
+    policy_text: &[u8],
+) -> Verification {
     let mut out = Verification::default();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -717,73 +741,87 @@ pub fn verify_bundle<R: Read>(input: R, policy: &Policy, policy_text: &[u8]) -> 
     };
     let mut verifier = Verifier::new(&params, &checkpoints, &mut checker);
     drop(checkpoints);
-    let mut pending = first_body;
-    let mut done = false;
     // Whether the verifier core found a problem (it reads no further).
     let mut stopped = false;
-    while !done {
-        // Gather a chunk: blocks with the entries that follow each.
-        let mut chunk: Vec<(BundleBlock, Vec<Vec<u8>>)> = Vec::new();
-        let mut n_entries = 0usize;
-        loop {
-            let s = match pending.take() {
-                Some(s) => Some(s),
-                None => match reader.next_section() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        bundle_err(&mut out, e);
-                        done = true;
-                        break;
+    let keys = checker.keys();
+    // A producer thread reads chunks and checks their signatures over every
+    // core while this thread runs the verifier core over the previous chunk.
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Prepared>, BundleError>>(1);
+        let keys = &keys;
+        s.spawn(move || {
+            let mut pending = first_body;
+            loop {
+                // Gather a chunk: blocks with the entries that follow each.
+                let mut chunk: Vec<(BundleBlock, Vec<Vec<u8>>)> = Vec::new();
+                let mut n_entries = 0usize;
+                let mut done = false;
+                loop {
+                    let section = match pending.take() {
+                        Some(s) => Some(s),
+                        None => match reader.next_section() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        },
+                    };
+                    match section {
+                        Some(Section::Block(b)) => {
+                            if chunk.len() >= CHUNK_BLOCKS || n_entries >= CHUNK_ENTRIES {
+                                pending = Some(Section::Block(b));
+                                break;
+                            }
+                            chunk.push((b, Vec::new()));
+                        }
+                        Some(Section::Entry(e)) => {
+                            if let Some((_, es)) = chunk.last_mut() {
+                                es.push(e);
+                                n_entries += 1;
+                            }
+                        }
+                        Some(_) | None => {
+                            done = true;
+                            break;
+                        }
                     }
-                },
+                }
+                let prepared = parallel_map(chunk, threads, |(b, es)| keys.prepare(b, es));
+                // A closed channel: the verifier stopped at a problem.
+                if tx.send(Ok(prepared)).is_err() || done {
+                    return;
+                }
+            }
+        });
+        for msg in rx {
+            let prepared = match msg {
+                Ok(p) => p,
+                Err(e) => {
+                    bundle_err(&mut out, e);
+                    break;
+                }
             };
-            match s {
-                Some(Section::Block(b)) => {
-                    if chunk.len() >= CHUNK_BLOCKS || n_entries >= CHUNK_ENTRIES {
-                        pending = Some(Section::Block(b));
+            for mut p in prepared {
+                if let Err(m) = checker.settle(&mut p) {
+                    fail(&mut out, format!("block {}", p.height), m);
+                    break;
+                }
+                for e in &p.entries {
+                    if !verifier.push_entry(e, &mut checker) {
+                        stopped = true;
                         break;
                     }
-                    chunk.push((b, Vec::new()));
                 }
-                Some(Section::Entry(e)) => {
-                    if let Some((_, es)) = chunk.last_mut() {
-                        es.push(e);
-                        n_entries += 1;
-                    }
-                }
-                Some(_) | None => {
-                    done = true;
+                if stopped {
                     break;
                 }
             }
-        }
-        if out.problem.is_some() {
-            break;
-        }
-        // Decode and check signatures over every core.
-        let prepared = {
-            let c = &checker;
-            parallel_map(chunk, threads, |(b, es)| c.prepare(b, es))
-        };
-        for mut p in prepared {
-            if let Err(m) = checker.settle(&mut p) {
-                fail(&mut out, format!("block {}", p.height), m);
-                break;
-            }
-            for e in &p.entries {
-                if !verifier.push_entry(e, &mut checker) {
-                    stopped = true;
-                    break;
-                }
-            }
-            if stopped {
+            if out.problem.is_some() || stopped {
                 break;
             }
         }
-        if out.problem.is_some() || stopped {
-            break;
-        }
-    }
+    });
     out.report = verifier.finish(&mut checker);
     if out.problem.is_none() && out.report.is_ok() {
         // Blocks after the last with entries, but the tip, must be empty.
