@@ -31,7 +31,7 @@ use quorate_attestation::checkpoint_verify::verify_checkpoint_quote;
 use quorate_attestation::evidence::Freshness;
 use quorate_attestation::measurement::measurement_of_evidence;
 use quorate_attestation::policy::Policy;
-use quorate_firmware::audit::checkpoint::{origin_for, Checkpoint, NoteSignature};
+use quorate_firmware::audit::checkpoint::{origin_for, quote_key_id, Checkpoint, NoteSignature};
 use quorate_firmware::audit::entry::{AuditEntry, BlockRef, Measurement, OperationEntry};
 use quorate_firmware::audit::merkle::{leaf_hash, CompactTree, LeafIndex};
 use quorate_firmware::audit::verify::{AuditReport, EvidenceChecker, LogParams, Verifier};
@@ -562,6 +562,13 @@ impl EvidenceChecker for HostChecker {
             .get(&party)
             .ok_or_else(|| format!("{party} is not enrolled"))?;
         let ak = ak_of(e)?;
+        // The signed-note key ID binds the line to this AK (the cosignature
+        // check cannot: it knows only vote keys).
+        if quote.key_id != quote_key_id(&quote.name, &ak) {
+            return Err(format!(
+                "the line's key ID is not that of {party}'s enrolled AK"
+            ));
+        }
         let q = CheckpointQuote::decode(&quote.signature).map_err(|e| e.to_string())?;
         verify_checkpoint_quote(&ak, &q, qualifying_data, &self.policy)
             .map_err(|e| e.to_string())?;
@@ -1081,6 +1088,16 @@ mod tests {
                 && m.contains("not the launch measurement"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn a_quote_line_with_another_key_id_is_detected() {
+        let mut f = Fixture::honest();
+        let mut cp = SignedCheckpoint::parse(&f.checkpoints[0]).unwrap();
+        cp.signatures[0].key_id[0] ^= 1;
+        f.checkpoints[0] = cp.format().into_bytes();
+        let m = failure(&f.verify());
+        assert!(m.contains("checkpoint #0") && m.contains("key ID"), "{m}");
     }
 
     #[test]
