@@ -88,6 +88,8 @@ pub struct HostCounts {
     pub parties: u64,
     /// Whose store was exported.
     pub exporter: Option<PartyId>,
+    /// The fault model the header states (and its quorum).
+    pub fault_model: Option<(quorate_firmware::types::FaultModel, usize)>,
     /// Blocks decoded and chained.
     pub blocks: u64,
     /// Canonical certificates checked (and their signers handed on).
@@ -143,6 +145,13 @@ impl fmt::Display for Verification {
                 .map(|p| format!(", exported by {p}"))
                 .unwrap_or_default()
         )?;
+        if let Some((m, q)) = h.fault_model {
+            writeln!(
+                f,
+                "fault model        {m:?}: quorum {q} of {} (as the header states; compare with the cluster's rules)",
+                h.parties
+            )?;
+        }
         match h.policy_is_clusters {
             Some(true) => writeln!(
                 f,
@@ -850,6 +859,10 @@ pub fn verify_bundle<R: Read + Send>(
         out.host.policy_is_clusters,
         out.host.parties,
     ) = keep;
+    out.host.fault_model = Some((
+        header.fault_model,
+        header.fault_model.quorum(out.host.parties as usize),
+    ));
     out
 }
 
