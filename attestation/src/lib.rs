@@ -11,6 +11,7 @@
 
 pub mod attest;
 pub mod checkpoint;
+pub mod checkpoint_verify;
 pub mod credential;
 pub mod ekcert;
 pub mod enroll;

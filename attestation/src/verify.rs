@@ -40,7 +40,7 @@ use crate::attest::{
 use crate::ekcert::{verify_ek_chain, EkChainInfo, EkError};
 use crate::eventlog::{EventLog, EventType, QuorateEvent, ReplayError, TAG_CONFIG, TAG_EXECUTABLE};
 use crate::evidence::{qualifying_data, Evidence, Freshness};
-use crate::pcr::{measurement_policy, pcr_composite_digest, PcrIndex, PcrSelection};
+use crate::pcr::{measurement_policy, pcr_composite_digest, PcrIndex, PcrSelection, PcrValue};
 use crate::policy::{Policy, PolicyError};
 use crate::tpm::{
     verify_ecdsa_p256, KeyError, ObjectAttributes, SignatureError, TpmName, TpmSignature,
@@ -562,14 +562,8 @@ pub fn verify_at(
             found: supplied,
         });
     }
-    let values: Vec<Sha256Digest> = evidence.pcr_values.iter().map(|v| v.value).collect();
-    let composite = pcr_composite_digest(&values);
-    if !quorate_firmware::crypto::ct_eq(composite.as_bytes(), pcr_digest) {
-        return Err(E::PcrDigestMismatch {
-            expected: Hex(composite.as_bytes().to_vec()),
-            found: Hex(pcr_digest.clone()),
-        });
-    }
+    check_pcr_digest(&evidence.pcr_values, pcr_digest)
+        .map_err(|(expected, found)| E::PcrDigestMismatch { expected, found })?;
     let quoted = |pcr: PcrIndex| {
         evidence
             .pcr_values
@@ -710,6 +704,18 @@ pub fn verify_at(
     })
 }
 
+/// Checks that `values` are the quoted ones: their composite digest equals
+/// the quote's `pcr_digest`. On mismatch returns (computed, quoted).
+pub(crate) fn check_pcr_digest(values: &[PcrValue], pcr_digest: &[u8]) -> Result<(), (Hex, Hex)> {
+    let values: Vec<Sha256Digest> = values.iter().map(|v| v.value).collect();
+    let composite = pcr_composite_digest(&values);
+    if quorate_firmware::crypto::ct_eq(composite.as_bytes(), pcr_digest) {
+        Ok(())
+    } else {
+        Err((Hex(composite.as_bytes().to_vec()), Hex(pcr_digest.to_vec())))
+    }
+}
+
 type AttrMismatch = (ObjectAttributes, ObjectAttributes, ObjectAttributes);
 
 fn check_attributes(
@@ -724,8 +730,8 @@ fn check_attributes(
     }
 }
 
-/// Parses a TPMS_ATTEST, checks magic, and its signature by `ak`.
-fn signed_attest(
+/// Parses a TPMS_ATTEST, checks magic, type and its signature by `ak`.
+pub(crate) fn signed_attest(
     ak: &TpmtPublic,
     attest: &[u8],
     sig: &[u8],

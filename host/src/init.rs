@@ -131,45 +131,51 @@ impl Enrollment {
             reason,
         };
         let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let e: Enrollment = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        Enrollment::from_json(&bytes).map_err(bad)
+    }
+
+    /// Parses and checks enrollment.json bytes (as [`Enrollment::load`]
+    /// does), e.g. from an audit bundle; the error says what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<Enrollment, String> {
+        let e: Enrollment = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if e.format != ENROLLMENT_FORMAT {
-            return Err(bad(format!(
+            return Err(format!(
                 "format {} (this build reads {ENROLLMENT_FORMAT})",
                 e.format
-            )));
+            ));
         }
-        let tpmt = hex::decode(&e.vote_key.tpmt_public)
-            .map_err(|err| bad(format!("tpmt_public: {err}")))?;
+        let tpmt =
+            hex::decode(&e.vote_key.tpmt_public).map_err(|err| format!("tpmt_public: {err}"))?;
         let public = quorate_attestation::tpm::TpmtPublic::parse(&tpmt)
-            .map_err(|err| bad(format!("tpmt_public: {err}")))?;
+            .map_err(|err| format!("tpmt_public: {err}"))?;
         if hex::encode(public.name().as_bytes()) != e.vote_key.name {
-            return Err(bad("name does not match tpmt_public".into()));
+            return Err("name does not match tpmt_public".into());
         }
         let point = public
             .ecc_p256_point()
-            .map_err(|err| bad(format!("tpmt_public: {err}")))?;
+            .map_err(|err| format!("tpmt_public: {err}"))?;
         if hex::encode(point.0) != e.vote_key.point {
-            return Err(bad("point does not match tpmt_public".into()));
+            return Err("point does not match tpmt_public".into());
         }
         if let Some(ak) = &e.ak {
-            let tpmt = hex::decode(&ak.tpmt_public)
-                .map_err(|err| bad(format!("ak.tpmt_public: {err}")))?;
+            let tpmt =
+                hex::decode(&ak.tpmt_public).map_err(|err| format!("ak.tpmt_public: {err}"))?;
             let public = quorate_attestation::tpm::TpmtPublic::parse(&tpmt)
-                .map_err(|err| bad(format!("ak.tpmt_public: {err}")))?;
+                .map_err(|err| format!("ak.tpmt_public: {err}"))?;
             if hex::encode(public.name().as_bytes()) != ak.name {
-                return Err(bad("ak.name does not match ak.tpmt_public".into()));
+                return Err("ak.name does not match ak.tpmt_public".into());
             }
         }
         if let Some(ek) = &e.ek {
-            let tpmt = hex::decode(&ek.tpmt_public)
-                .map_err(|err| bad(format!("ek.tpmt_public: {err}")))?;
+            let tpmt =
+                hex::decode(&ek.tpmt_public).map_err(|err| format!("ek.tpmt_public: {err}"))?;
             let public = quorate_attestation::tpm::TpmtPublic::parse(&tpmt)
-                .map_err(|err| bad(format!("ek.tpmt_public: {err}")))?;
+                .map_err(|err| format!("ek.tpmt_public: {err}"))?;
             if hex::encode(public.name().as_bytes()) != ek.name {
-                return Err(bad("ek.name does not match ek.tpmt_public".into()));
+                return Err("ek.name does not match ek.tpmt_public".into());
             }
             ek.certificates()
-                .map_err(|err| bad(format!("ek certificates: {err}")))?;
+                .map_err(|err| format!("ek certificates: {err}"))?;
         }
         Ok(e)
     }

@@ -14,10 +14,12 @@
 //! - [`daemon`]: `quorate run`, the event loop driving the firmware.
 //! - [`api`], [`api_tls`], [`client`]: the party's local HTTP API, its optional TLS, and its client.
 //! - [`dev`]: `quorate dev`, a local cluster in one command.
+//! - [`audit`]: `quorate audit export` / `verify`: the audit bundle and its offline check.
 
 pub mod api;
 pub mod api_tls;
 pub mod attest_cli;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod daemon;

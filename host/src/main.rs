@@ -153,6 +153,11 @@ enum Command {
         #[arg(long)]
         api_tls: bool,
     },
+    /// The audit log: export a bundle, verify one offline.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Show a party's status: height, peers and their attestation, last decision.
     Status {
         /// The party's data dir.
@@ -199,6 +204,35 @@ enum EnrollStep {
         /// Where to write the record of the verified enrollment (JSON).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Write the party's log as a self-contained bundle: cluster, every
+    /// enrollment, certified checkpoints, blocks with certificates, entries.
+    /// Works while the daemon runs (the store is opened read-only).
+    Export {
+        /// The party's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where to write the bundle.
+        #[arg(long)]
+        out: PathBuf,
+        /// Read the cluster from this party configuration instead of
+        /// DATA_DIR/audit-params.bin (written by the daemon at start).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Verify a bundle offline (no TPM, no network) against a reference
+    /// policy; prints a report, exit status 1 on any problem.
+    Verify {
+        /// The bundle (from `quorate audit export`).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The reference-value policy (from `quorate measure`).
+        #[arg(long)]
+        policy: PathBuf,
     },
 }
 
@@ -459,6 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", policy.to_toml()?);
             Ok(())
         }
+        Command::Audit { command } => audit(command),
         Command::Status { data_dir, json } => {
             use quorate_host::daemon::status::StatusView;
             let s = StatusView::read(&data_dir).with_context(|| {
@@ -479,6 +514,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+    }
+}
+
+/// `quorate audit ...`.
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Export {
+            data_dir,
+            out,
+            config,
+        } => {
+            let s = quorate_host::audit::export::export(&data_dir, config.as_deref(), &out)?;
+            println!(
+                "wrote {}: {} parties, {} checkpoints, {} blocks, {} entries",
+                out.display(),
+                s.enrollments,
+                s.checkpoints,
+                s.blocks,
+                s.entries
+            );
+            Ok(())
+        }
+        AuditCommand::Verify { bundle, policy } => {
+            let text =
+                std::fs::read(&policy).with_context(|| format!("--policy {}", policy.display()))?;
+            let parsed = quorate_attestation::policy::Policy::from_toml(
+                std::str::from_utf8(&text).context("--policy is not UTF-8")?,
+            )
+            .with_context(|| format!("--policy {}", policy.display()))?;
+            let file = std::fs::File::open(&bundle)
+                .with_context(|| format!("--bundle {}", bundle.display()))?;
+            let v = quorate_host::audit::check::verify_bundle(
+                std::io::BufReader::new(file),
+                &parsed,
+                &text,
+            );
+            print!("{v}");
+            if v.is_ok() {
+                Ok(())
+            } else {
+                std::process::exit(1);
+            }
         }
     }
 }

@@ -27,7 +27,10 @@ use quorate_firmware::audit::merkle::{
     self, CompactTree, LeafIndex, NewNode, NodeId, NodeStore, ProofError, TreeSize,
 };
 use quorate_firmware::types::Sha256Digest;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use std::path::Path;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -93,6 +96,12 @@ pub enum StoreError {
     /// A proof or root could not be built from the stored tree.
     #[error(transparent)]
     Proof(#[from] ProofError),
+    /// A write through a handle opened with [`Store::open_read_only`].
+    #[error("{path} is open read-only (beside the running daemon); this operation writes")]
+    ReadOnly {
+        /// The database file.
+        path: String,
+    },
 }
 
 /// A decided block as stored: its height, encoded block and certificate.
@@ -108,8 +117,24 @@ pub struct StoredBlock {
 
 /// A party's database.
 pub struct Store {
-    db: Database,
+    db: Handle,
     path: String,
+}
+
+/// The daemon's writer, or a reader beside it (redb's single-writer mode
+/// lets other processes open the file read-only and follow its commits).
+enum Handle {
+    Writer(Database),
+    Reader(ReadOnlyDatabase),
+}
+
+impl Handle {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Handle::Writer(db) => db.begin_read(),
+            Handle::Reader(db) => db.begin_read(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -129,8 +154,14 @@ impl Store {
     pub fn open(data_dir: &Path, identity: &str) -> Result<Store, StoreError> {
         let path = data_dir.join(DB_FILE);
         let shown = path.display().to_string();
-        let db = Database::create(&path).map_err(|e| db_err(&shown, e))?;
-        let store = Store { db, path: shown };
+        let db = Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .create(&path)
+            .map_err(|e| db_err(&shown, e))?;
+        let store = Store {
+            db: Handle::Writer(db),
+            path: shown,
+        };
         store.write(|tx| {
             for t in [BLOCKS, CERTS, OUTBOX, LOG_ENTRIES] {
                 tx.open_table(t)?;
@@ -157,12 +188,33 @@ impl Store {
         }
     }
 
+    /// Opens `DB_FILE` in `data_dir` read-only, beside the daemon that
+    /// writes it (or without one), for exports and inspection. Reads see
+    /// the daemon's latest commit; writes fail with [`StoreError::ReadOnly`].
+    pub fn open_read_only(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let shown = path.display().to_string();
+        let db = Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open_read_only(&path)
+            .map_err(|e| db_err(&shown, e))?;
+        Ok(Store {
+            db: Handle::Reader(db),
+            path: shown,
+        })
+    }
+
     fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
+        let Handle::Writer(db) = &self.db else {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        };
         let run = || -> Result<T, redb::Error> {
-            let tx = self.db.begin_write()?;
+            let tx = db.begin_write()?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
@@ -670,6 +722,21 @@ fn db_err(path: &str, e: impl Into<redb::Error>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_handle_follows_the_writer_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Store::open(dir.path(), "party 1").unwrap();
+        w.put_decided(1, b"b1", b"c1", b"chain").unwrap();
+        let r = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(r.tip().unwrap(), 1);
+        w.put_decided(2, b"b2", b"c2", b"chain").unwrap();
+        assert_eq!(r.decided_range(1, 10).unwrap().len(), 2);
+        assert!(matches!(
+            r.set_meta("x", b"y"),
+            Err(StoreError::ReadOnly { .. })
+        ));
+    }
 
     #[test]
     fn blocks_are_stored_in_order_with_certificates() {

@@ -229,3 +229,63 @@ async fn evidence_from_the_tpm_verifies() {
     assert!(verify(&ev, &nonce, &other, &mut VerifierState::default()).is_err());
     tpm.close().await.unwrap();
 }
+
+/// A checkpoint quote made by a real TPM (swtpm) verifies offline with the
+/// enrolled AK; the same quote for another checkpoint, or under a policy
+/// that does not approve the running executable, does not.
+#[tokio::test]
+async fn a_checkpoint_quote_from_the_tpm_verifies() {
+    use quorate_attestation::checkpoint::CheckpointQuote;
+    use quorate_attestation::checkpoint_verify::{verify_checkpoint_quote, CheckpointVerifyError};
+    use quorate_attestation::evidence::SignedAttest;
+    use quorate_attestation::pcr::PcrValue;
+    use quorate_attestation::policy::Policy;
+    use quorate_firmware::audit::checkpoint::Checkpoint;
+    use quorate_firmware::audit::merkle::TreeSize;
+
+    let f = provisioned().await;
+    let m = measurement();
+    let tpm = f.open().await;
+    measured_launch(&tpm, &f.data(), &m, false).await.unwrap();
+    let cp = Checkpoint {
+        origin: "quorate/00ff".into(),
+        size: TreeSize(8),
+        root: Sha256Digest::of(b"root"),
+        extensions: vec![],
+    };
+    let qd = cp.quote_qualifying_data();
+    let q = tpm.quote(vec![m.pcr.get()], qd.0.to_vec()).await.unwrap();
+    let value = Sha256Digest(tpm.pcr_read(m.pcr.get()).await.unwrap());
+    let line = CheckpointQuote {
+        quote: SignedAttest {
+            attest: q.attest,
+            signature: q.signature,
+        },
+        pcr_values: vec![PcrValue {
+            index: m.pcr,
+            value,
+        }],
+    }
+    .encode();
+    let cq = CheckpointQuote::decode(&line).unwrap();
+    let e = Enrollment::load(&f.data().join(ENROLLMENT_FILE)).unwrap();
+    let ak = hex::decode(&e.ak.unwrap().tpmt_public).unwrap();
+    let policy = Policy::new(vec![m.executable], m.config);
+    let r = verify_checkpoint_quote(&ak, &cq, &qd, &policy).unwrap();
+    assert_eq!(r.measurement, m.expected_pcr());
+    assert_eq!(r.executable, m.executable);
+    let other = Checkpoint {
+        size: TreeSize(9),
+        ..cp.clone()
+    };
+    assert!(matches!(
+        verify_checkpoint_quote(&ak, &cq, &other.quote_qualifying_data(), &policy),
+        Err(CheckpointVerifyError::QualifyingDataMismatch { .. })
+    ));
+    let not_ours = Policy::new(vec![Sha256Digest::of(b"other exe")], m.config);
+    assert!(matches!(
+        verify_checkpoint_quote(&ak, &cq, &qd, &not_ours),
+        Err(CheckpointVerifyError::MeasurementNotApproved { .. })
+    ));
+    tpm.close().await.unwrap();
+}

@@ -236,6 +236,10 @@ pub async fn run(
         .get(&me)
         .ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
     let store = Store::open(&data_dir, &format!("{me} of cluster {}", cfg.cluster_id.0))?;
+    // What `quorate audit export --data-dir` needs to name the cluster.
+    crate::audit::export::ExportParams::from_config(&cfg)?
+        .save(&data_dir)
+        .with_context(|| format!("writing {}", crate::audit::export::PARAMS_FILE))?;
 
     // The TPM: a private swtpm (kept for the daemon's life) or a TCTI.
     let swtpm = match &cfg.tpm {

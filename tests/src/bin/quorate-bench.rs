@@ -1,15 +1,26 @@
 //! `make bench`: measures each area and prints one table.
 //!
-//! Each area registers its `run(&mut Vec<Row>)` here.
+//! Each area registers its `run(&mut Vec<Row>)` here. Arguments name the
+//! areas to run (`tpm`, `attestation`, `consensus`, `audit`); none runs all.
 
 fn main() -> anyhow::Result<()> {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let want = |area: &str| only.is_empty() || only.iter().any(|o| o == area);
     let mut rows: Vec<quorate_tests::bench::Row> = Vec::new();
     // Areas append their rows here.
-    quorate_tests::bench_tpm::run(&mut rows)?;
-    quorate_tests::bench_attestation::run(&mut rows)?;
-    quorate_tests::bench_consensus::run_bench(&mut rows)?;
-    quorate_tests::bench_audit::run(&mut rows)?;
-    quorate_tests::bench_audit_daemon::run(&mut rows)?;
+    if want("tpm") {
+        quorate_tests::bench_tpm::run(&mut rows)?;
+    }
+    if want("attestation") {
+        quorate_tests::bench_attestation::run(&mut rows)?;
+    }
+    if want("consensus") {
+        quorate_tests::bench_consensus::run_bench(&mut rows)?;
+    }
+    if want("audit") {
+        quorate_tests::bench_audit::run(&mut rows)?;
+        quorate_tests::bench_audit_daemon::run(&mut rows)?;
+    }
     print!("{}", quorate_tests::bench::render(&rows));
     Ok(())
 }
