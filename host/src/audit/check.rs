@@ -573,7 +573,7 @@ impl EvidenceChecker for HostChecker {
         let ak = ak_of(e)?;
         // The signed-note key ID binds the line to this AK (the cosignature
         // check cannot: it knows only vote keys).
-        if quote.key_id != quote_key_id(&quote.name, &ak) {
+        if quote.key_id != quote_key_id(&quote.name, &crate::daemon::audit::ak_tpm2b(&ak)) {
             return Err(format!(
                 "the line's key ID is not that of {party}'s enrolled AK"
             ));

@@ -342,7 +342,7 @@ impl Fixture {
         let mut sigs = vec![quote_signature(
             &origin,
             PartyId(issuer),
-            p.tpm.ak_public.as_bytes(),
+            &crate::daemon::audit::ak_tpm2b(p.tpm.ak_public.as_bytes()),
             quorate_attestation::checkpoint::CheckpointQuote {
                 quote: q,
                 pcr_values: values,
