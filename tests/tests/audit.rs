@@ -155,7 +155,9 @@ fn check_note(c: &TestCluster, note: &str) -> SignedCheckpoint {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_party_keeps_the_same_certified_log_and_a_restarted_party_catches_up() {
-    let mut c = TestCluster::provision_attested(4, "byzantine").unwrap();
+    // Epoch attestation records every 10 heights, so entries are decided
+    // under attested measurements (their `decided_under` references).
+    let mut c = TestCluster::provision_attested_every(4, "byzantine", 10).unwrap();
     c.start_all().unwrap();
     for id in 1..=4 {
         c.wait_api(id, Duration::from_secs(60)).await.unwrap();
@@ -315,6 +317,19 @@ async fn every_party_keeps_the_same_certified_log_and_a_restarted_party_catches_
         .find_map(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no number in {entries_line:?}"));
     assert!(counted >= last.checkpoint.size.0, "{report}");
+    // Attestation records were verified against the policy and entries
+    // point at them ("attestation  N records, M measurement references").
+    let numbers = |prefix: &str| -> Vec<u64> {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in the report: {report}"))
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    let att = numbers("attestation");
+    assert!(att.len() >= 2 && att[0] > 0 && att[1] > 0, "{report}");
     // One flipped byte anywhere past the header is found, never a panic.
     let bytes = std::fs::read(&bundle).unwrap();
     let mut bad = bytes.clone();
