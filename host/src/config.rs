@@ -218,14 +218,23 @@ struct MeasuredRules<'a> {
     parties: Vec<(u32, &'a str)>,
 }
 
+/// Domain tag of [`ClusterIdentity`].
+pub const CLUSTER_ID_DOMAIN: &str = "quorate/cluster-id/v1";
+
 /// The cluster's identity: the measured rules plus the digests of every
-/// enrollment bundle and of the reference policy.
-#[derive(Debug, Serialize)]
-struct Identity {
-    domain: &'static str,
-    rules: Sha256Digest,
-    reference_policy: Option<Sha256Digest>,
-    enrollments: Vec<(u32, Sha256Digest)>,
+/// enrollment bundle and of the reference policy. Its postcard encoding
+/// hashes to the cluster id; the audit bundle carries it so an auditor can
+/// bind the enrollments to that id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    /// [`CLUSTER_ID_DOMAIN`].
+    pub domain: String,
+    /// [`ClusterSection::measured_digest`].
+    pub rules: Sha256Digest,
+    /// SHA-256 of the reference policy file, if any.
+    pub reference_policy: Option<Sha256Digest>,
+    /// (party id, SHA-256 of its enrollment.json), in party order.
+    pub enrollments: Vec<(u32, Sha256Digest)>,
 }
 
 impl ClusterSection {
@@ -463,8 +472,8 @@ fn canonical_cluster(c: &ClusterSection, shown: &str) -> Result<(Vec<u8>, Cluste
         Some(p) => Some(digest_file("cluster.reference_policy".into(), p)?),
         None => None,
     };
-    let identity = Identity {
-        domain: "quorate/cluster-id/v1",
+    let identity = ClusterIdentity {
+        domain: CLUSTER_ID_DOMAIN.to_string(),
         rules: c.measured_digest(),
         reference_policy,
         enrollments,

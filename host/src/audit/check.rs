@@ -42,7 +42,6 @@ use quorate_firmware::consensus::context::{Block, LogHead, Party, PartySet, Quor
 use quorate_firmware::sessions::machine::OpStatus;
 use quorate_firmware::sessions::ops::{OpBody, OpId, Operation};
 use quorate_firmware::types::{Height, PartyId, Sha256Digest};
-use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Read;
@@ -51,18 +50,6 @@ use std::io::Read;
 const CHUNK_ENTRIES: usize = 8192;
 /// Blocks gathered before a chunk's signatures are checked in parallel.
 const CHUNK_BLOCKS: usize = 512;
-
-/// The cluster's identity as `config.rs` encodes it: its SHA-256 is the
-/// cluster id. Decoded here to bind the bundle's enrollments (and, for the
-/// report, the reference policy) to the id every signature names.
-#[derive(Debug, Deserialize)]
-struct IdentityView {
-    domain: String,
-    #[allow(dead_code)]
-    rules: Sha256Digest,
-    reference_policy: Option<Sha256Digest>,
-    enrollments: Vec<(u32, Sha256Digest)>,
-}
 
 /// A problem outside the entries: the bundle itself, a block, the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -884,13 +871,14 @@ fn setup(
             "the cluster identity does not hash to the cluster id".into(),
         ));
     }
-    let identity: IdentityView = postcard::from_bytes(&header.identity).map_err(|e| {
-        problem(
-            "header",
-            format!("the cluster identity does not decode: {e}"),
-        )
-    })?;
-    if identity.domain != "quorate/cluster-id/v1" {
+    let identity: crate::config::ClusterIdentity =
+        postcard::from_bytes(&header.identity).map_err(|e| {
+            problem(
+                "header",
+                format!("the cluster identity does not decode: {e}"),
+            )
+        })?;
+    if identity.domain != crate::config::CLUSTER_ID_DOMAIN {
         return Err(problem(
             "header",
             format!("unknown cluster identity domain {:?}", identity.domain),

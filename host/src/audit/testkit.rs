@@ -36,16 +36,7 @@ use quorate_firmware::types::{ClusterId, Epoch, FaultModel};
 use quorate_firmware::types::{Height, PartyId, Sha256Digest};
 use ring::rand::SystemRandom;
 use ring::signature::EcdsaKeyPair;
-use serde::Serialize;
 use std::collections::BTreeMap;
-
-#[derive(Serialize)]
-struct IdentityOut {
-    domain: &'static str,
-    rules: Sha256Digest,
-    reference_policy: Option<Sha256Digest>,
-    enrollments: Vec<(u32, Sha256Digest)>,
-}
 
 /// One party: its software vote key and software TPM.
 pub struct Party {
@@ -148,8 +139,8 @@ impl Fixture {
                 },
             );
         }
-        let identity = postcard::to_stdvec(&IdentityOut {
-            domain: "quorate/cluster-id/v1",
+        let identity = postcard::to_stdvec(&crate::config::ClusterIdentity {
+            domain: crate::config::CLUSTER_ID_DOMAIN.to_string(),
             rules: cfg,
             reference_policy: Some(Sha256Digest::of(&policy_text)),
             enrollments: listed,
