@@ -554,17 +554,7 @@ pub(crate) mod tests {
 
         pub fn block(&mut self, ops: Vec<(u32, OpBody)>) -> Vec<AuditEntry> {
             self.height += 1;
-            let mut batches = vec![];
-            for (author, body) in ops {
-                let seq = self.seq.entry(author).or_insert(0);
-                *seq += 1;
-                let bytes = Operation {
-                    author: PartyId(author),
-                    body,
-                }
-                .encode();
-                batches.push(self.c.batch(author, *seq, vec![bytes]));
-            }
+            let batches = self.c.op_batches(&mut self.seq, ops);
             let time = 1_700_000_000_000 + self.height * 1000;
             let outcome = self
                 .m

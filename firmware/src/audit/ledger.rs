@@ -238,7 +238,7 @@ mod tests {
     use crate::consensus::{BlockHash, CommitCertificate};
     use crate::crypto::Signature;
     use crate::sessions::machine::{MachineConfig, SessionMachine, SessionRules};
-    use crate::sessions::ops::{OpBody, Operation};
+    use crate::sessions::ops::OpBody;
     use crate::sessions::testkit::Cluster;
     use crate::types::{FaultModel, Sha256Digest};
 
@@ -287,17 +287,7 @@ mod tests {
         /// `signers`.
         fn decide(&mut self, ops: Vec<(u32, OpBody)>, signers: &[u32]) -> LedgerStep {
             let height = Height(self.ledger.height().0 + 1);
-            let mut batches = Vec::new();
-            for (author, body) in ops {
-                let seq = self.seq.entry(author).or_insert(0);
-                *seq += 1;
-                let bytes = Operation {
-                    author: PartyId(author),
-                    body,
-                }
-                .encode();
-                batches.push(self.c.batch(author, *seq, vec![bytes]));
-            }
+            let batches = self.c.op_batches(&mut self.seq, ops);
             let block = Block::new(BlockContents {
                 header: BlockHeader {
                     height,

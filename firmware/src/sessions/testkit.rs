@@ -66,4 +66,25 @@ impl Cluster {
             signature: Signature(sig.as_ref().try_into().unwrap()),
         }
     }
+
+    /// One single-operation batch per `(author, body)`, each signed by its
+    /// author with the author's next sequence number from `seq`.
+    pub fn op_batches(
+        &self,
+        seq: &mut BTreeMap<u32, u64>,
+        ops: Vec<(u32, crate::sessions::ops::OpBody)>,
+    ) -> Vec<SignedBatch> {
+        ops.into_iter()
+            .map(|(author, body)| {
+                let s = seq.entry(author).or_insert(0);
+                *s += 1;
+                let bytes = crate::sessions::ops::Operation {
+                    author: PartyId(author),
+                    body,
+                }
+                .encode();
+                self.batch(author, *s, vec![bytes])
+            })
+            .collect()
+    }
 }
