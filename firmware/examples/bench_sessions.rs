@@ -14,8 +14,8 @@
 use quorate_firmware::batch::{BatchBody, SignedBatch};
 use quorate_firmware::crypto::{PublicKey, Signature};
 use quorate_firmware::sessions::ops::{
-    Blob, CreateSession, Decision, KeygenSpec, OpBody, OpId, Operation, Recipient, SessionId,
-    SessionMessage, SessionResult, SessionSpec, VerdictOp,
+    Blob, CreateSession, Decision, KeygenSpec, OpBody, OpId, Operation, SessionId, SessionMessage,
+    SessionResult, SessionSpec, VerdictOp,
 };
 use quorate_firmware::sessions::{MachineConfig, SessionMachine, SessionRules};
 use quorate_firmware::types::{ClusterId, FaultModel, Height, PartyId, Sha256Digest};
@@ -111,8 +111,8 @@ impl Driver {
                         OpBody::SessionMessage(SessionMessage {
                             session: *s,
                             round: 1,
-                            to: Recipient::All,
-                            payload: Blob(vec![p as u8; 256]),
+                            broadcast: Some(Blob(vec![p as u8; 256])),
+                            direct: Vec::new(),
                         })
                     })
                     .collect();

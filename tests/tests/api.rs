@@ -172,7 +172,7 @@ async fn the_party_api_end_to_end() {
         let r = cl
             .submit_json(
                 &json!({"type": "session_message", "session": session, "round": 1,
-                "to": "all", "payload": format!("{:02x}{}", i + 1, "ab".repeat(16))}),
+                "broadcast": format!("{:02x}{}", i + 1, "ab".repeat(16))}),
             )
             .await
             .unwrap();

@@ -17,10 +17,10 @@
 
 use super::approval::{tally, ApprovalPolicy, ApprovalRules, Tally};
 use super::ops::{
-    check_batch_envelope, AbortSession, AttestationRecord, Blob, CreateSession, Decision,
-    DecodeError, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason, Recipient,
-    SessionId, SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp,
-    MAX_SCHEME_BYTES, MAX_TEXT_BYTES,
+    check_batch_envelope, AbortSession, AttestationRecord, BlameOp, Blob, CreateSession, Decision,
+    DecodeError, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason, SessionId,
+    SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp, MAX_SCHEME_BYTES,
+    MAX_TEXT_BYTES,
 };
 use super::root::{leaf, MerkleTree};
 use crate::batch::SignedBatch;
@@ -28,6 +28,7 @@ use crate::crypto::PublicKey;
 use crate::types::{ClusterId, FaultModel, Height, PartyId, Sha256Digest};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Domain tag of the state root.
 pub const STATE_ROOT_DOMAIN: &[u8] = b"quorate/sessions/state-root/v1";
@@ -180,6 +181,8 @@ pub enum OpKind {
     Evidence,
     /// Bytes that did not decode into an operation.
     Undecodable,
+    /// `Blame`.
+    Blame,
 }
 
 impl OpKind {
@@ -195,6 +198,7 @@ impl OpKind {
             OpBody::AbortSession(_) => OpKind::AbortSession,
             OpBody::AttestationRecord(_) => OpKind::AttestationRecord,
             OpBody::Evidence(_) => OpKind::Evidence,
+            OpBody::Blame(_) => OpKind::Blame,
         }
     }
 }
@@ -368,8 +372,15 @@ pub enum RuleViolation {
     /// Addressed to a party that is not another participant.
     #[error("recipient {0} is not another participant")]
     BadRecipient(PartyId),
-    /// The party already sent this message.
-    #[error("already sent a message for this round and recipient")]
+    /// Point-to-point parts not strictly ascending by recipient (a recipient
+    /// listed twice, or out of order).
+    #[error("point-to-point parts must be strictly ascending by recipient ({0} is out of order or repeated)")]
+    UnorderedParts(PartyId),
+    /// A message with neither a broadcast nor a point-to-point part.
+    #[error("message has neither a broadcast nor a point-to-point part")]
+    EmptyMessage,
+    /// The party already posted its message for this round.
+    #[error("already posted a message for this round")]
     DuplicateMessage,
     /// Payload, result or evidence too large.
     #[error("{len} bytes exceeds the limit of {max}")]
@@ -402,6 +413,15 @@ pub enum RuleViolation {
     /// This misbehaviour is already recorded.
     #[error("this misbehaviour is already recorded")]
     AlreadyProven,
+    /// A blame names the author itself, or a non-participant.
+    #[error("{0} cannot be blamed in this session (not another participant)")]
+    BadCulprit(PartyId),
+    /// No engine on this cluster judges blame for the session's scheme.
+    #[error("no engine judges blame for scheme {0:?}: such claims cannot be decided")]
+    UnjudgeableScheme(String),
+    /// The blame's proof is malformed or does not apply to this session.
+    #[error("blame proof does not apply: {0}")]
+    InvalidBlame(String),
 }
 
 /// The record of every decided operation (payloads live with their session).
@@ -527,6 +547,19 @@ pub enum FailureReason {
     },
     /// A participant was proven to misbehave.
     Misbehaviour,
+    /// A blame was judged: the culprit (or, for a false accusation, the
+    /// accuser) is in `proven_misbehaviour`.
+    Blame {
+        /// Who made the claim.
+        accuser: PartyId,
+        /// Who was accused.
+        accused: PartyId,
+        /// The engine's finding, e.g. `invalid_secret_share` or
+        /// `false_accusation`.
+        finding: String,
+        /// The `Blame` operation.
+        op: OpId,
+    },
 }
 
 /// One participant's posted result, by digest.
@@ -538,21 +571,21 @@ pub struct ResultClaim {
     pub digest: Sha256Digest,
 }
 
-/// A decided session message.
+/// A decided session message: one participant's whole round.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// The operation that carried it.
     pub op: OpId,
     /// When it was decided.
     pub height: Height,
-    /// The sender.
+    /// The sender (the batch signer).
     pub from: PartyId,
     /// The round.
     pub round: u32,
-    /// The recipient(s).
-    pub to: Recipient,
-    /// The payload.
-    pub payload: Blob,
+    /// The broadcast part.
+    pub broadcast: Option<Blob>,
+    /// The point-to-point parts, ascending by recipient.
+    pub direct: Vec<super::ops::DirectPart>,
 }
 
 /// A session, with its parameters recorded once.
@@ -589,20 +622,17 @@ pub struct Session {
 }
 
 impl Session {
-    fn has_message(&self, round: u32, from: PartyId, to: Recipient) -> bool {
+    fn has_message(&self, round: u32, from: PartyId) -> bool {
         self.messages
             .iter()
-            .any(|m| m.round == round && m.from == from && m.to == to)
+            .any(|m| m.round == round && m.from == from)
     }
 
-    /// True when `p` has done its part of `round`: posted its result, or a
-    /// broadcast, or a message to every other participant.
+    /// True when `p` has done its part of `round`: posted its result, or its
+    /// one message for the round (which carries all of that round's parts,
+    /// so a round is never half done).
     pub fn round_done_by(&self, p: PartyId, round: u32) -> bool {
-        if self.results.contains_key(&p) || self.has_message(round, p, Recipient::All) {
-            return true;
-        }
-        let mut others = self.participants.iter().filter(|q| **q != p).peekable();
-        others.peek().is_some() && others.all(|q| self.has_message(round, p, Recipient::Party(*q)))
+        self.results.contains_key(&p) || self.has_message(round, p)
     }
 
     fn claims(&self) -> Vec<ResultClaim> {
@@ -642,14 +672,12 @@ pub enum Conflict {
         /// The seq.
         seq: u64,
     },
-    /// Two messages for one slot.
+    /// Two different messages for one round of one session.
     Messages {
         /// Session.
         session: SessionId,
         /// Round.
         round: u32,
-        /// Recipient.
-        to: Recipient,
     },
     /// Two results for one session.
     Results {
@@ -777,8 +805,10 @@ pub enum Event {
         round: u32,
         /// Sender.
         from: PartyId,
-        /// Recipient(s).
-        to: Recipient,
+        /// True when the message has a broadcast part.
+        broadcast: bool,
+        /// Recipients of its point-to-point parts, ascending.
+        direct_to: Vec<PartyId>,
         /// The carrying operation.
         op: OpId,
     },
@@ -880,6 +910,51 @@ pub struct SessionMachine {
     dirty_sessions: BTreeSet<SessionId>,
     /// The state root after the last applied block.
     root: Sha256Digest,
+    /// Judges `Blame` claims for the schemes it knows (none: every blame is
+    /// refused as unjudgeable). Not state: a function of the binary.
+    judge: Option<JudgeHandle>,
+}
+
+/// What an MPC engine found when it checked a blame claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlameFinding {
+    /// The accused broke the protocol; `kind` says how (snake_case).
+    CulpritProven {
+        /// E.g. `invalid_proof_of_knowledge`, `invalid_secret_share`.
+        kind: String,
+    },
+    /// The proof shows the accused did nothing wrong: the accuser lied.
+    FalseAccusation,
+}
+
+/// Judges blame claims from a session's decided messages alone. Implemented
+/// by the host with its MPC engine, so the firmware stays scheme-agnostic;
+/// it must be a pure function of its arguments (every party runs the same
+/// measured code, so every party reaches the same finding).
+pub trait BlameJudge: Send + Sync {
+    /// True when this judge knows `scheme`.
+    fn judges(&self, scheme: &str) -> bool;
+    /// Judges `accuser`'s claim against `accused` in `session`. `Err` when
+    /// the proof is malformed or does not apply (the claim is then refused,
+    /// and convicts no one).
+    fn judge(
+        &self,
+        cluster: &ClusterId,
+        session: &Session,
+        accuser: PartyId,
+        accused: PartyId,
+        proof: &[u8],
+    ) -> Result<BlameFinding, String>;
+}
+
+/// A shared [`BlameJudge`].
+#[derive(Clone)]
+struct JudgeHandle(Arc<dyn BlameJudge>);
+
+impl std::fmt::Debug for JudgeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlameJudge")
+    }
 }
 
 /// The small part of the state, hashed whole into the root.
@@ -957,9 +1032,21 @@ impl SessionMachine {
             dirty_ops: BTreeSet::new(),
             dirty_sessions: BTreeSet::new(),
             root: Sha256Digest::default(),
+            judge: None,
         };
         m.rebuild_root();
         Ok(m)
+    }
+
+    /// Installs the judge of blame claims (the host's MPC engine).
+    pub fn with_judge(mut self, judge: Arc<dyn BlameJudge>) -> Self {
+        self.judge = Some(JudgeHandle(judge));
+        self
+    }
+
+    /// Installs the judge of blame claims in place (e.g. after a restore).
+    pub fn set_judge(&mut self, judge: Arc<dyn BlameJudge>) {
+        self.judge = Some(JudgeHandle(judge));
     }
 
     /// A machine restored from [`SessionMachine::encode_state`] bytes.
@@ -1280,6 +1367,7 @@ impl SessionMachine {
             OpBody::AbortSession(a) => self.abort(cx, author, a),
             OpBody::AttestationRecord(a) => self.attestation_record(cx, id, author, a),
             OpBody::Evidence(e) => self.evidence(cx, id, author, e),
+            OpBody::Blame(b) => self.blame(cx, id, author, b),
         }
     }
 
@@ -1619,29 +1707,45 @@ impl SessionMachine {
         if round > max_rounds {
             return Err(RuleViolation::RoundLimit(round));
         }
-        if let Recipient::Party(q) = m.to {
-            if q == author || !s.participants.contains(&q) {
-                return Err(RuleViolation::BadRecipient(q));
+        if m.broadcast.is_none() && m.direct.is_empty() {
+            return Err(RuleViolation::EmptyMessage);
+        }
+        let too_large = |len: usize| RuleViolation::TooLarge {
+            len,
+            max: max_payload,
+        };
+        if let Some(b) = &m.broadcast {
+            if b.len() > max_payload as usize {
+                return Err(too_large(b.len()));
             }
         }
-        if m.payload.len() > max_payload as usize {
-            return Err(RuleViolation::TooLarge {
-                len: m.payload.len(),
-                max: max_payload,
-            });
+        let mut last: Option<PartyId> = None;
+        for part in &m.direct {
+            if part.to == author || !s.participants.contains(&part.to) {
+                return Err(RuleViolation::BadRecipient(part.to));
+            }
+            if last.is_some_and(|l| l >= part.to) {
+                return Err(RuleViolation::UnorderedParts(part.to));
+            }
+            last = Some(part.to);
+            if part.payload.len() > max_payload as usize {
+                return Err(too_large(part.payload.len()));
+            }
         }
-        if s.has_message(round, author, m.to) {
+        if s.has_message(round, author) {
             return Err(RuleViolation::DuplicateMessage);
         }
         self.dirty_sessions.insert(m.session);
+        let direct_to = m.direct.iter().map(|d| d.to).collect();
+        let broadcast = m.broadcast.is_some();
         if let Some(s) = self.state.sessions.get_mut(&m.session) {
             s.messages.push(StoredMessage {
                 op: id,
                 height: cx.height,
                 from: author,
                 round,
-                to: m.to,
-                payload: m.payload,
+                broadcast: m.broadcast,
+                direct: m.direct,
             });
         }
         cx.touched.insert(m.session);
@@ -1649,9 +1753,64 @@ impl SessionMachine {
             session: m.session,
             round,
             from: author,
-            to: m.to,
+            broadcast,
+            direct_to,
             op: id,
         });
+        Ok(Applied::Executed)
+    }
+
+    /// A blame claim: the judge decides from the decided messages alone; the
+    /// session fails naming whom the proof convicts (the accused, or the
+    /// accuser for a false accusation).
+    fn blame(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        b: BlameOp,
+    ) -> Result<Applied, RuleViolation> {
+        let max_payload = self.config.rules.max_payload_bytes;
+        let (s, _) = self.active_session(b.session, author)?;
+        if b.culprit == author || !s.participants.contains(&b.culprit) {
+            return Err(RuleViolation::BadCulprit(b.culprit));
+        }
+        if b.proof.len() > max_payload as usize {
+            return Err(RuleViolation::TooLarge {
+                len: b.proof.len(),
+                max: max_payload,
+            });
+        }
+        let judge = match &self.judge {
+            Some(j) if j.0.judges(&s.scheme) => j,
+            _ => return Err(RuleViolation::UnjudgeableScheme(s.scheme.clone())),
+        };
+        let finding = judge
+            .0
+            .judge(
+                &self.config.cluster,
+                s,
+                author,
+                b.culprit,
+                b.proof.as_slice(),
+            )
+            .map_err(RuleViolation::InvalidBlame)?;
+        let (convicted, finding) = match finding {
+            BlameFinding::CulpritProven { kind } => (b.culprit, kind),
+            BlameFinding::FalseAccusation => (author, "false_accusation".to_string()),
+        };
+        self.fail(
+            cx,
+            b.session,
+            FailureReason::Blame {
+                accuser: author,
+                accused: b.culprit,
+                finding,
+                op: id,
+            },
+            Vec::new(),
+            vec![convicted],
+        );
         Ok(Applied::Executed)
     }
 
@@ -1940,15 +2099,11 @@ impl SessionMachine {
                 let b = op_at(second, *second_op)?;
                 let conflict = match (&a.body, &b.body) {
                     (OpBody::SessionMessage(x), OpBody::SessionMessage(y))
-                        if x.session == y.session
-                            && x.round == y.round
-                            && x.to == y.to
-                            && x.payload != y.payload =>
+                        if x.session == y.session && x.round == y.round && x != y =>
                     {
                         Conflict::Messages {
                             session: x.session,
                             round: x.round,
-                            to: x.to,
                         }
                     }
                     (OpBody::SessionResult(x), OpBody::SessionResult(y))

@@ -4,8 +4,8 @@
 use super::*;
 use crate::sessions::ops::{
     AbortSession, AttestationRecord, Blob, CreateSession, Decision, Evidence, KeygenSpec,
-    MisbehaviourProof, OpBody, Operation, Reason, ReasonCode, Recipient, SessionMessage,
-    SessionResult, SigningSpec, VerdictOp,
+    MisbehaviourProof, OpBody, Operation, Reason, ReasonCode, SessionMessage, SessionResult,
+    SigningSpec, VerdictOp,
 };
 use crate::sessions::testkit::Cluster;
 
@@ -181,17 +181,28 @@ pub(crate) fn broadcast(session: SessionId, round: u32, payload: &[u8]) -> OpBod
     OpBody::SessionMessage(SessionMessage {
         session,
         round,
-        to: Recipient::All,
-        payload: Blob(payload.to_vec()),
+        broadcast: Some(Blob(payload.to_vec())),
+        direct: Vec::new(),
     })
 }
 
 fn direct(session: SessionId, round: u32, to: u32, payload: &[u8]) -> OpBody {
+    directs(session, round, &[(to, payload)])
+}
+
+/// One message with point-to-point parts only.
+fn directs(session: SessionId, round: u32, parts: &[(u32, &[u8])]) -> OpBody {
     OpBody::SessionMessage(SessionMessage {
         session,
         round,
-        to: Recipient::Party(PartyId(to)),
-        payload: Blob(payload.to_vec()),
+        broadcast: None,
+        direct: parts
+            .iter()
+            .map(|(to, payload)| crate::sessions::ops::DirectPart {
+                to: PartyId(*to),
+                payload: Blob(payload.to_vec()),
+            })
+            .collect(),
     })
 }
 
@@ -370,21 +381,32 @@ fn full_keygen_then_signing_with_broadcast_and_direct_rounds() {
         session: sid,
         round: 2
     }));
-    // Round 2: each sends a direct message to each other participant.
+    // Round 2: each sends one message with a part for each other participant.
     let b: Vec<_> = (1..=3u32)
         .map(|p| {
-            let bodies = (1..=3u32)
+            let payloads: Vec<(u32, Vec<u8>)> = (1..=3u32)
                 .filter(|q| *q != p)
-                .map(|q| direct(sid, 2, q, &[p as u8, q as u8]))
+                .map(|q| (q, vec![p as u8, q as u8]))
                 .collect();
-            net.batch(p, bodies)
+            let parts: Vec<(u32, &[u8])> =
+                payloads.iter().map(|(q, v)| (*q, v.as_slice())).collect();
+            net.batch(p, vec![directs(sid, 2, &parts)])
         })
         .collect();
     net.block(b);
     assert!(matches!(phase(&net, sid), Phase::Active { round: 3, .. }));
-    // P2 reads what is for it: broadcasts, its own, and those to it.
+    // P2 reads its own message whole and, of the others', the part for it.
     let mine = net.m().messages(&sid, Some(2), Some(PartyId(2))).unwrap();
-    assert_eq!(mine.len(), 4); // two to P2, two from P2
+    assert_eq!(mine.len(), 3);
+    for m in &mine {
+        if m.from == PartyId(2) {
+            assert_eq!(m.direct.len(), 2);
+        } else {
+            assert_eq!(m.direct.len(), 1);
+            assert_eq!(m.direct[0].to, PartyId(2));
+            assert_eq!(m.direct[0].payload.0, vec![m.from.0 as u8, 2]);
+        }
+    }
     let b: Vec<_> = (1..=3)
         .map(|p| net.batch(p, vec![result(sid, b"GPK")]))
         .collect();
@@ -541,6 +563,12 @@ fn messages_only_in_an_active_session_its_current_round_once_per_party() {
     assert_eq!(rule(&st), &RuleViolation::BadRecipient(PartyId(1)));
     let (_, st) = net.one(1, direct(sid, 1, 7, b"to outsider"));
     assert_eq!(rule(&st), &RuleViolation::BadRecipient(PartyId(7)));
+    let (_, st) = net.one(2, directs(sid, 1, &[(3, b"b"), (1, b"a")]));
+    assert_eq!(rule(&st), &RuleViolation::UnorderedParts(PartyId(1)));
+    let (_, st) = net.one(2, directs(sid, 1, &[(3, b"a"), (3, b"b")]));
+    assert_eq!(rule(&st), &RuleViolation::UnorderedParts(PartyId(3)));
+    let (_, st) = net.one(2, directs(sid, 1, &[]));
+    assert_eq!(rule(&st), &RuleViolation::EmptyMessage);
     let big = vec![0u8; SessionRules::default().max_payload_bytes as usize + 1];
     let (_, st) = net.one(2, broadcast(sid, 1, &big));
     assert!(matches!(rule(&st), RuleViolation::TooLarge { .. }));
@@ -566,13 +594,13 @@ fn a_broadcast_is_seen_identically_by_every_party() {
             net.machines[p as usize - 1]
                 .messages(&sid, Some(1), Some(PartyId(p)))
                 .unwrap()
-                .into_iter()
-                .cloned()
-                .collect()
         })
         .collect();
     assert_eq!(views[0].len(), 1);
-    assert_eq!(views[0][0].payload.0, b"commitment of P2");
+    assert_eq!(
+        views[0][0].broadcast.as_ref().map(|b| b.0.clone()),
+        Some(b"commitment of P2".to_vec())
+    );
     for v in &views {
         assert_eq!(v, &views[0]);
     }
@@ -1432,7 +1460,7 @@ mod prop {
             for msg in &sess.messages {
                 assert!(sess.participants.contains(&msg.from));
                 assert!(
-                    slots.insert((msg.round, msg.from, msg.to)),
+                    slots.insert((msg.round, msg.from)),
                     "duplicate message slot"
                 );
             }
@@ -1480,5 +1508,113 @@ mod prop {
                 prop_assert_eq!(&fresh.encode_state(), &states[i]);
             }
         }
+    }
+}
+
+/// A judge for the blame tests: the proof's first byte decides (1: the
+/// accused is guilty, 2: the accusation is false, anything else: malformed),
+/// and it only judges sessions of the scheme `frost-secp256k1`.
+struct ByteJudge;
+
+impl crate::sessions::machine::BlameJudge for ByteJudge {
+    fn judges(&self, scheme: &str) -> bool {
+        scheme == "frost-secp256k1"
+    }
+    fn judge(
+        &self,
+        _cluster: &crate::types::ClusterId,
+        session: &Session,
+        _accuser: PartyId,
+        _accused: PartyId,
+        proof: &[u8],
+    ) -> Result<crate::sessions::machine::BlameFinding, String> {
+        assert!(
+            !session.messages.is_empty(),
+            "the judge sees the decided messages"
+        );
+        match proof.first() {
+            Some(1) => Ok(crate::sessions::machine::BlameFinding::CulpritProven {
+                kind: "invalid_secret_share".into(),
+            }),
+            Some(2) => Ok(crate::sessions::machine::BlameFinding::FalseAccusation),
+            _ => Err("proof is malformed".into()),
+        }
+    }
+}
+
+fn blame(session: SessionId, culprit: u32, proof: &[u8]) -> OpBody {
+    OpBody::Blame(crate::sessions::ops::BlameOp {
+        session,
+        culprit: PartyId(culprit),
+        proof: Blob(proof.to_vec()),
+    })
+}
+
+/// A running 3-party key generation whose round 1 is decided.
+fn session_in_round_2(net: &mut Net) -> SessionId {
+    let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+    net.approve_all(op, &[1, 2, 3]);
+    let sid = SessionId::from_op(&op);
+    let b: Vec<_> = (1..=3)
+        .map(|p| net.batch(p, vec![broadcast(sid, 1, &[p as u8])]))
+        .collect();
+    net.block(b);
+    sid
+}
+
+#[test]
+fn blame_without_a_judge_for_the_scheme_is_refused_and_convicts_no_one() {
+    let mut net = Net::new(3);
+    let sid = session_in_round_2(&mut net);
+    let (_, st) = net.one(2, blame(sid, 1, &[1]));
+    assert_eq!(
+        rule(&st),
+        &RuleViolation::UnjudgeableScheme("frost-secp256k1".into())
+    );
+    assert!(matches!(phase(&net, sid), Phase::Active { round: 2, .. }));
+}
+
+#[test]
+fn a_proven_blame_fails_the_session_naming_the_culprit_and_a_false_one_the_accuser() {
+    for (proof, convicted) in [(1u8, 1u32), (2, 2)] {
+        let mut net = Net::new(3);
+        for m in &mut net.machines {
+            m.set_judge(std::sync::Arc::new(ByteJudge));
+        }
+        let sid = session_in_round_2(&mut net);
+        // Blaming oneself or an outsider is refused before any judging.
+        let (_, st) = net.one(2, blame(sid, 2, &[1]));
+        assert_eq!(rule(&st), &RuleViolation::BadCulprit(PartyId(2)));
+        let (_, st) = net.one(2, blame(sid, 9, &[1]));
+        assert_eq!(rule(&st), &RuleViolation::BadCulprit(PartyId(9)));
+        // A malformed proof is refused and the session goes on.
+        let (_, st) = net.one(2, blame(sid, 1, &[0]));
+        assert!(matches!(rule(&st), RuleViolation::InvalidBlame(_)));
+        assert!(matches!(phase(&net, sid), Phase::Active { round: 2, .. }));
+        let (op, st) = net.one(2, blame(sid, 1, &[proof]));
+        assert!(matches!(st, OpStatus::Executed { .. }));
+        let f = failure(&net, sid);
+        assert_eq!(f.proven_misbehaviour, vec![PartyId(convicted)]);
+        assert!(f.omission_suspects.is_empty());
+        let FailureReason::Blame {
+            accuser,
+            accused,
+            finding,
+            op: blame_op,
+        } = &f.reason
+        else {
+            panic!("expected a blame failure, got {:?}", f.reason)
+        };
+        assert_eq!((*accuser, *accused), (PartyId(2), PartyId(1)));
+        assert_eq!(*blame_op, op);
+        let expected = if proof == 1 {
+            "invalid_secret_share"
+        } else {
+            "false_accusation"
+        };
+        assert_eq!(finding, expected);
+        // Every party's machine reached the same state.
+        let root = net.machines[0].state_root();
+        assert!(net.machines.iter().all(|m| m.state_root() == root));
     }
 }

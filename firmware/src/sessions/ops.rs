@@ -21,7 +21,7 @@ use std::fmt;
 
 /// The first byte of every encoded operation. Bumped on any incompatible
 /// change to [`Operation`]'s encoding.
-pub const OP_FORMAT_VERSION: u8 = 1;
+pub const OP_FORMAT_VERSION: u8 = 2;
 
 /// Hard cap on one encoded operation, before any cluster rule applies; keeps
 /// a hostile batch from making the decoder allocate without bound.
@@ -285,6 +285,9 @@ pub enum OpBody {
     AttestationRecord(AttestationRecord),
     /// A self-verifying proof that a party misbehaved.
     Evidence(Evidence),
+    /// A participant's claim, with proof, that another participant broke
+    /// the session's MPC protocol (judged by the scheme's engine).
+    Blame(BlameOp),
 }
 
 json_tagged!(OpBody, "type", {
@@ -295,6 +298,7 @@ json_tagged!(OpBody, "type", {
     AbortSession(AbortSession),
     AttestationRecord(AttestationRecord),
     Evidence(Evidence),
+    Blame(BlameOp),
 });
 
 impl OpBody {
@@ -311,6 +315,7 @@ impl OpBody {
             OpBody::AbortSession(_) => "abort_session",
             OpBody::AttestationRecord(_) => "attestation_record",
             OpBody::Evidence(_) => "evidence",
+            OpBody::Blame(_) => "blame",
         }
     }
 }
@@ -462,28 +467,48 @@ pub enum ReasonCode {
     Other,
 }
 
-/// To whom a session message is addressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Recipient {
-    /// Every participant (consistent broadcast: all see the same bytes).
-    All,
-    /// One participant. The payload is on the log for all to see, so MPC
-    /// engines must encrypt it end to end to the recipient.
-    Party(PartyId),
+/// One point-to-point part of a [`SessionMessage`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectPart {
+    /// The recipient: a participant other than the author.
+    pub to: PartyId,
+    /// The part's bytes. The log shows them to every party and auditor, so
+    /// an engine must encrypt them end to end to `to` (the built-in engine
+    /// seals them with HPKE to a key the recipient published in round 1).
+    pub payload: Blob,
 }
 
-/// `SessionMessage`: one MPC round message.
+/// `SessionMessage`: everything one participant posts for one MPC round, in
+/// one operation, so that a round enters the log atomically: a broadcast part
+/// that every participant sees identically, point-to-point parts, or both.
+/// A participant has done its part of a round once its message for that round
+/// is decided; a second message for the same round is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMessage {
     /// The session.
     pub session: SessionId,
-    /// The round it belongs to (the session's current round, from 1).
+    /// The session's current round, from 1.
     pub round: u32,
-    /// Broadcast or addressed to one participant.
-    pub to: Recipient,
-    /// Opaque MPC payload, at most the cluster's payload limit.
-    pub payload: Blob,
+    /// The part for every participant (consistent broadcast), at most the
+    /// cluster's payload limit.
+    #[serde(default)]
+    pub broadcast: Option<Blob>,
+    /// Point-to-point parts, strictly ascending by recipient, each at most
+    /// the cluster's payload limit.
+    #[serde(default)]
+    pub direct: Vec<DirectPart>,
+}
+
+impl SessionMessage {
+    /// The point-to-point part addressed to `p`, if any.
+    pub fn part_for(&self, p: PartyId) -> Option<&Blob> {
+        self.direct.iter().find(|d| d.to == p).map(|d| &d.payload)
+    }
+    /// Total payload bytes, broadcast and direct parts together.
+    pub fn payload_len(&self) -> usize {
+        self.broadcast.as_ref().map_or(0, Blob::len)
+            + self.direct.iter().map(|d| d.payload.len()).sum::<usize>()
+    }
 }
 
 /// `SessionResult`: a participant's final output.
@@ -493,6 +518,22 @@ pub struct SessionResult {
     pub session: SessionId,
     /// The result: the group public key (key generation) or the signature.
     pub result: Blob,
+}
+
+/// `Blame`: the author claims that `culprit` broke the MPC protocol of an
+/// active session, and gives a proof that every party's engine checks
+/// against the session's decided messages alone (for FROST key generation:
+/// nothing for a bad proof of knowledge, which round 1 shows publicly; the
+/// author's revealed decryption key for the culprit's share otherwise). A
+/// proof that does not hold convicts the author instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlameOp {
+    /// The session.
+    pub session: SessionId,
+    /// The accused participant.
+    pub culprit: PartyId,
+    /// The scheme-specific proof, at most the cluster's payload limit.
+    pub proof: Blob,
 }
 
 /// `AbortSession`: stop a session, naming who and why.
@@ -747,9 +788,9 @@ mod tests {
     #[test]
     fn known_answer_encoding_of_a_keygen_request() {
         let bytes = keygen_op().encode();
-        // version 1 | author 1 | OpBody::CreateSession (0) | SessionSpec::Keygen (0)
+        // version 2 | author 1 | OpBody::CreateSession (0) | SessionSpec::Keygen (0)
         // | 3 participants 1,2,3 | threshold 2 | "frost-secp256k1" (15) | 120 | None
-        let mut expected = vec![1, 1, 0, 0, 3, 1, 2, 3, 2, 15];
+        let mut expected = vec![2, 1, 0, 0, 3, 1, 2, 3, 2, 15];
         expected.extend_from_slice(b"frost-secp256k1");
         expected.extend_from_slice(&[120, 0]);
         assert_eq!(hex::encode(&bytes), hex::encode(&expected));
@@ -771,7 +812,7 @@ mod tests {
         let bytes = op.encode();
         // version | author 300 = varint ac 02 | Verdict (1) | 32 bytes | Reject (1)
         // | RateLimited (3) | "hi"
-        let mut expected = vec![1, 0xac, 0x02, 1];
+        let mut expected = vec![2, 0xac, 0x02, 1];
         expected.extend_from_slice(&[0xab; 32]);
         expected.extend_from_slice(&[1, 3, 2, b'h', b'i']);
         assert_eq!(hex::encode(&bytes), hex::encode(&expected));
@@ -782,11 +823,11 @@ mod tests {
     fn decode_refuses_bad_input() {
         let good = keygen_op().encode();
         assert_eq!(Operation::decode(&[]), Err(DecodeError::Empty));
-        let mut v2 = good.clone();
-        v2[0] = 2;
+        let mut v1 = good.clone();
+        v1[0] = 1;
         assert_eq!(
-            Operation::decode(&v2),
-            Err(DecodeError::UnsupportedVersion(2))
+            Operation::decode(&v1),
+            Err(DecodeError::UnsupportedVersion(1))
         );
         let mut trailing = good.clone();
         trailing.push(0);
@@ -799,14 +840,14 @@ mod tests {
             Err(DecodeError::Malformed(_))
         ));
         // Overlong varint for author 1 (0x81 0x00) is not canonical.
-        let mut overlong = vec![1, 0x81, 0x00];
+        let mut overlong = vec![2, 0x81, 0x00];
         overlong.extend_from_slice(&good[2..]);
         assert!(matches!(
             Operation::decode(&overlong),
             Err(DecodeError::NonCanonical) | Err(DecodeError::Malformed(_))
         ));
         assert_eq!(
-            Operation::decode(&vec![1u8; MAX_OP_BYTES + 1]),
+            Operation::decode(&vec![2u8; MAX_OP_BYTES + 1]),
             Err(DecodeError::TooLarge(MAX_OP_BYTES + 1))
         );
     }
@@ -824,13 +865,27 @@ mod tests {
         assert_eq!(back["session"]["threshold"], 2);
 
         let msg = r#"{"type": "session_message", "session": "0000000000000000000000000000000000000000000000000000000000000001",
-            "round": 1, "to": {"party": 2}, "payload": "deadbeef"}"#;
+            "round": 1, "broadcast": "0102", "direct": [{"to": 2, "payload": "deadbeef"}]}"#;
         let body: OpBody = serde_json::from_str(msg).unwrap();
         let OpBody::SessionMessage(m) = &body else {
             panic!("wrong variant")
         };
-        assert_eq!(m.to, Recipient::Party(PartyId(2)));
-        assert_eq!(m.payload.0, vec![0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(m.broadcast, Some(Blob(vec![1, 2])));
+        assert_eq!(
+            m.part_for(PartyId(2)),
+            Some(&Blob(vec![0xde, 0xad, 0xbe, 0xef]))
+        );
+        assert_eq!(m.part_for(PartyId(3)), None);
+        assert_eq!(m.payload_len(), 6);
+        let roundtrip = Operation {
+            author: PartyId(1),
+            body: body.clone(),
+        };
+        assert_eq!(Operation::decode(&roundtrip.encode()).unwrap(), roundtrip);
+        let blame = r#"{"type": "blame", "session": "0000000000000000000000000000000000000000000000000000000000000001",
+            "culprit": 3, "proof": "00ff"}"#;
+        let body: OpBody = serde_json::from_str(blame).unwrap();
+        assert_eq!(body.label(), "blame");
         let verdict = r#"{"type": "verdict", "target": "abababababababababababababababababababababababababababababababab",
             "decision": {"reject": {"code": "operator_rejected", "text": "no"}}}"#;
         let body: OpBody = serde_json::from_str(verdict).unwrap();

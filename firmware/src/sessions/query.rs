@@ -7,7 +7,7 @@ use super::machine::{
     AttestationStanding, GroupKey, OpRecord, Phase, ProvenMisbehaviour, Session, SessionMachine,
     StoredMessage,
 };
-use super::ops::{Blob, KeyId, OpId, Recipient, SessionId};
+use super::ops::{Blob, KeyId, OpId, SessionId};
 use crate::types::{Height, PartyId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,23 +53,32 @@ impl SessionMachine {
     }
 
     /// A session's messages in decided order, optionally only of `round`,
-    /// optionally only those `party` should read (broadcasts, and messages
-    /// to or from it). `None` if there is no such session.
+    /// optionally as `party` should read them: its own messages whole, and
+    /// of the others' the broadcast part and the point-to-point part
+    /// addressed to it (messages with neither are left out). `None` if there
+    /// is no such session.
     pub fn messages(
         &self,
         id: &SessionId,
         round: Option<u32>,
         party: Option<PartyId>,
-    ) -> Option<Vec<&StoredMessage>> {
+    ) -> Option<Vec<StoredMessage>> {
         let s = self.session(id)?;
         Some(
             s.messages
                 .iter()
                 .filter(|m| round.is_none_or(|r| m.round == r))
-                .filter(|m| {
-                    party.is_none_or(|p| {
-                        m.to == Recipient::All || m.to == Recipient::Party(p) || m.from == p
-                    })
+                .filter_map(|m| match party {
+                    None => Some(m.clone()),
+                    Some(p) if m.from == p => Some(m.clone()),
+                    Some(p) => {
+                        let direct: Vec<_> =
+                            m.direct.iter().filter(|d| d.to == p).cloned().collect();
+                        (m.broadcast.is_some() || !direct.is_empty()).then(|| StoredMessage {
+                            direct,
+                            ..m.clone()
+                        })
+                    }
                 })
                 .collect(),
         )

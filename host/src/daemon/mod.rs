@@ -1229,7 +1229,7 @@ impl Runtime {
             Query::Session(id) => self.session_view(&id),
             Query::Messages { session, round } => {
                 let id = parse_session_id(&session)?;
-                let msgs = self.machine.messages(&id, round, None)?;
+                let msgs = self.machine.messages(&id, round, Some(self.me))?;
                 Some(serde_json::json!({
                     "session": session,
                     "round": round,

@@ -336,7 +336,7 @@ async fn step_messages(d: &Demo, session: &str) -> anyhow::Result<Outcome> {
         let r = c
             .submit_json(
                 &json!({"type": "session_message", "session": session, "round": 1,
-                "to": "all", "payload": payload}),
+                "broadcast": payload}),
             )
             .await?;
         receipts.push((c, r.id));
