@@ -19,7 +19,7 @@ pub mod swtpm;
 pub mod tcti;
 
 pub use keys::{EkTemplate, KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
-pub use owner::{TpmHandle, TpmSigned};
+pub use owner::{SealedBlob, TpmHandle, TpmSigned, MAX_SEALED_BYTES};
 pub use swtpm::{EkCa, Swtpm, SwtpmError};
 pub use tcti::{Tcti, TctiParseError, TpmTarget};
 
@@ -119,6 +119,9 @@ pub enum TpmError {
     /// A PCR index outside 0..=23.
     #[error("PCR {0} does not exist (0..=23)")]
     BadPcr(u8),
+    /// A secret to seal is empty or larger than a sealed data object holds.
+    #[error("cannot seal {0} bytes: a TPM sealed data object holds 1..=128 bytes")]
+    SealSize(usize),
     /// The owner thread is gone (closed, or it panicked).
     #[error("the TPM owner thread has stopped")]
     OwnerGone,

@@ -37,6 +37,9 @@ use tss_esapi::{
 
 use quorate_firmware::crypto::{PublicKey, Signature};
 
+mod seal;
+pub use seal::{SealedBlob, MAX_SEALED_BYTES};
+
 use super::keys::{self, EkTemplate, KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
 use super::tcti::Tcti;
 use super::TpmError;
