@@ -1135,7 +1135,10 @@ impl Runtime {
         };
         let mut size = 0;
         for (seq, bytes) in outbox {
-            if size + bytes.len() > MAX_BATCH_BYTES && !fl.ops.is_empty() {
+            // Split at both limits the validators enforce, so an accepted
+            // operation is never decided as `too_many_ops`.
+            let full = fl.ops.len() >= quorate_firmware::sessions::ops::MAX_OPS_PER_BATCH;
+            if full || (size + bytes.len() > MAX_BATCH_BYTES && !fl.ops.is_empty()) {
                 break;
             }
             size += bytes.len();
