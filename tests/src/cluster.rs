@@ -213,6 +213,25 @@ impl TestCluster {
         Ok(path)
     }
 
+    /// Appends `text` (TOML, e.g. a `[party.engine]` table) to party
+    /// `id`'s config; takes effect at its next start.
+    pub fn append_config(&self, id: u32, text: &str) -> anyhow::Result<()> {
+        let p = self
+            .parties
+            .get(id as usize - 1)
+            .ok_or_else(|| anyhow!("no party {id}"))?;
+        let mut cfg = std::fs::read_to_string(&p.config)?;
+        cfg.push('\n');
+        cfg.push_str(text);
+        std::fs::write(&p.config, cfg)?;
+        Ok(())
+    }
+
+    /// The `quorate` binary the cluster runs.
+    pub fn binary(&self) -> &Path {
+        &self.bin
+    }
+
     /// The cluster's directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
