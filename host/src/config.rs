@@ -107,6 +107,9 @@ pub struct PartySection {
     /// This party's own approval rules (allowed keys, rate limits, manual approval).
     #[serde(default)]
     pub local_policy: LocalPolicy,
+    /// The built-in MPC engine: which schemes this daemon runs itself.
+    #[serde(default)]
+    pub engine: crate::engine::EngineConfig,
 }
 
 fn default_tpm() -> String {

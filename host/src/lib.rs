@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod engine;
 pub mod enroll_cli;
 pub mod evidence;
 pub mod fsutil;

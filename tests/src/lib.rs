@@ -8,5 +8,6 @@ pub mod bench_attestation;
 pub mod bench_audit;
 pub mod bench_audit_daemon;
 pub mod bench_consensus;
+pub mod bench_mpc;
 pub mod bench_tpm;
 pub mod cluster;

@@ -174,7 +174,9 @@ struct ReceiptRecord {
     height: Option<Height>,
 }
 
-fn parse_session_id(id: &str) -> Option<quorate_firmware::sessions::ops::SessionId> {
+use quorate_firmware::sessions::ops::SessionId;
+
+fn parse_session_id(id: &str) -> Option<SessionId> {
     let bytes: [u8; 32] = hex::decode(id).ok()?.try_into().ok()?;
     Some(quorate_firmware::sessions::ops::SessionId(
         quorate_firmware::types::Sha256Digest(bytes),
@@ -475,6 +477,10 @@ struct Runtime {
     issuer: audit::Issuer,
     /// The log head to hand the driver once the decided block's step is done.
     app_state: Option<(quorate_firmware::consensus::LogHead, bool)>,
+    /// The built-in MPC engine's participants.
+    engine: crate::engine::Engine,
+    seal_tx: mpsc::UnboundedSender<(SessionId, Result<crate::engine::StoredShare, String>)>,
+    seal_rx: mpsc::UnboundedReceiver<(SessionId, Result<crate::engine::StoredShare, String>)>,
 }
 
 impl Runtime {
@@ -528,7 +534,17 @@ impl Runtime {
         }
 
         // Rebuild the session state by replaying every decided block.
-        let machine = SessionMachine::new(mcfg).map_err(|e| anyhow!("cluster: {e}"))?;
+        let machine = SessionMachine::new(mcfg)
+            .map_err(|e| anyhow!("cluster: {e}"))?
+            .with_judge(Arc::new(crate::engine::MpcJudge));
+        let engine_cfg = &cfg.file.party.engine;
+        let engine = crate::engine::Engine::new(
+            me,
+            cfg.cluster_id,
+            engine_cfg.parsed_schemes()?,
+            engine_cfg.parsed_fault(cfg.file.party.dev)?,
+        );
+        let (seal_tx, seal_rx) = mpsc::unbounded_channel();
         // An empty value means "none in flight" (cleared when decided).
         let in_flight: Option<InFlight> = match store.meta("in_flight")? {
             Some(b) if !b.is_empty() => Some(dec("in-flight batch", &b)?),
@@ -570,6 +586,9 @@ impl Runtime {
             audit: audit::AuditLog::new(book),
             issuer,
             app_state: None,
+            engine,
+            seal_tx,
+            seal_rx,
         };
         let mut h = 1;
         while h <= tip {
@@ -612,6 +631,7 @@ impl Runtime {
             }
         }
         rt.post_verdicts()?;
+        rt.engine_restart()?;
         rt.execute(first)?;
         info!(height = tip, state_root = %rt.machine.state_root(), "state restored");
         Ok(rt)
@@ -676,6 +696,7 @@ impl Runtime {
                     }
                 },
                 Some((seq, res)) = self.batch_rx.recv() => self.batch_signed(seq, res)?,
+                Some((session, res)) = self.seal_rx.recv() => self.share_sealed(session, res)?,
                 Some((size, res)) = self.issuer.rx.recv() => self.checkpoint_signed(size, res)?,
                 Some((h, res)) = self.record_rx.recv() => match res {
                     Ok(evidence) => {
@@ -893,6 +914,8 @@ impl Runtime {
             .decided_ops
             .fetch_add(outcome.ops.len() as u64, Ordering::Relaxed);
         info!(height = h.height.0, ops = outcome.ops.len(), root = %outcome.state_root, "decided");
+        let actions = self.engine.on_block(&self.machine, &outcome.events);
+        self.engine_actions(actions)?;
         let every = self.cfg.file.cluster.attestation_every;
         if self.attest.attests && every > 0 && h.height.0 % every == 0 {
             self.spawn_epoch_record(h.height, block.hash().0);
@@ -970,6 +993,103 @@ impl Runtime {
         }
         self.audit_decided(block, &outcome, replay)?;
         Ok(outcome)
+    }
+
+    /// Carries out the MPC engine's actions: operations go to the outbox;
+    /// a finished key share is sealed by the TPM off the event loop.
+    fn engine_actions(&mut self, actions: Vec<crate::engine::EngineAction>) -> anyhow::Result<()> {
+        for a in actions {
+            match a {
+                crate::engine::EngineAction::Submit(body) => {
+                    self.store.outbox_push(
+                        &Operation {
+                            author: self.me,
+                            body,
+                        }
+                        .encode(),
+                    )?;
+                }
+                crate::engine::EngineAction::Seal {
+                    session,
+                    share,
+                    group_public_key,
+                } => {
+                    let tpm = self.tpm.clone();
+                    let tx = self.seal_tx.clone();
+                    let scheme = share.scheme.label().to_string();
+                    tokio::spawn(async move {
+                        let secret = share.secret.clone();
+                        let res = tpm
+                            .seal(secret)
+                            .await
+                            .map(|sealed| crate::engine::StoredShare {
+                                scheme,
+                                sealed,
+                                public: share.public.clone(),
+                                group_public_key,
+                            })
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send((session, res));
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A key share is sealed: store it, then post the group key as this
+    /// party's result (in that order, so a completed key always has its
+    /// share here).
+    fn share_sealed(
+        &mut self,
+        session: SessionId,
+        res: Result<crate::engine::StoredShare, String>,
+    ) -> anyhow::Result<()> {
+        let body = match res {
+            Ok(stored) => {
+                self.store
+                    .set_meta(&crate::engine::share_key(&session), &enc(&stored)?)?;
+                info!(session = %hex::encode(session.0.as_bytes()), "key share sealed in the TPM; posting the group key");
+                crate::engine::result_op(session, stored.group_public_key)
+            }
+            Err(e) => {
+                error!(error = %e, "sealing a key share in the TPM failed; aborting the key generation");
+                crate::engine::seal_failed_op(session, &e)
+            }
+        };
+        self.store.outbox_push(
+            &Operation {
+                author: self.me,
+                body,
+            }
+            .encode(),
+        )?;
+        Ok(())
+    }
+
+    /// At start: key generations that were running lost their round
+    /// secrets; re-post results whose share was sealed, abort the rest.
+    fn engine_restart(&mut self) -> anyhow::Result<()> {
+        let mut queued = BTreeSet::new();
+        for (_, bytes) in self.store.outbox()? {
+            match Operation::decode(&bytes).map(|o| o.body) {
+                Ok(OpBody::SessionResult(r)) => {
+                    queued.insert(r.session);
+                }
+                Ok(OpBody::AbortSession(a)) => {
+                    queued.insert(a.session);
+                }
+                _ => {}
+            }
+        }
+        let store = &self.store;
+        let sealed = |sid: &SessionId| -> Option<Vec<u8>> {
+            let b = store.meta(&crate::engine::share_key(sid)).ok()??;
+            let s: crate::engine::StoredShare = postcard::from_bytes(&b).ok()?;
+            Some(s.group_public_key)
+        };
+        let actions = self.engine.on_restart(&self.machine, &sealed, &queued);
+        self.engine_actions(actions)
     }
 
     /// Queues this party's verdict on every operation awaiting it.
@@ -1257,6 +1377,15 @@ impl Runtime {
         let s = self.machine.session(&sid)?;
         let mut v = serde_json::to_value(s).ok()?;
         if let serde_json::Value::Object(m) = &mut v {
+            // As this party reads them: no one else's point-to-point parts.
+            m.insert(
+                "messages".into(),
+                serde_json::to_value(self.machine.messages(&sid, None, Some(self.me))?).ok()?,
+            );
+            if let Some((gpk, key)) = crate::engine::key_view(&self.machine, s) {
+                m.insert("group_public_key".into(), gpk.into());
+                m.insert("key".into(), key.into());
+            }
             m.insert("phase_label".into(), s.phase.label().into());
             m.insert(
                 "results".into(),

@@ -1,7 +1,7 @@
 //! `make bench`: measures each area and prints one table.
 //!
 //! Each area registers its `run(&mut Vec<Row>)` here. Arguments name the
-//! areas to run (`tpm`, `attestation`, `consensus`, `audit`); none runs all.
+//! areas to run (`tpm`, `attestation`, `consensus`, `mpc`, `audit`); none runs all.
 
 fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<()> {
     }
     if want("consensus") {
         quorate_tests::bench_consensus::run_bench(&mut rows)?;
+    }
+    if want("mpc") {
+        quorate_tests::bench_mpc::run(&mut rows)?;
     }
     if want("audit") {
         quorate_tests::bench_audit::run(&mut rows)?;

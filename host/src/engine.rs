@@ -1,0 +1,543 @@
+//! The built-in MPC engine, run by the daemon for the schemes in
+//! `[party.engine] schemes`.
+//!
+//! The engine itself ([`quorate_mpc`]) is sans-IO: it takes the decided
+//! messages of a session in log order and returns what to post. This module
+//! is the glue: after each decided block it starts a participant for every
+//! key generation that began (this party taking part, its scheme enabled),
+//! feeds it every decided message of the session, and turns its outputs into
+//! operations for the outbox: round messages, blame claims, and — once the
+//! key share is sealed in the TPM — the session result (the group public
+//! key). External engines (any other scheme) keep using the API; the two
+//! paths coexist because the firmware is scheme-agnostic.
+//!
+//! Secrets: a participant's ephemeral round secrets (its DKG secret packages
+//! and HPKE decryption keys) live only in this process's memory and are
+//! zeroized when the session ends. They are never persisted, so a daemon
+//! restarted in the middle of a key generation cannot continue it: it aborts
+//! the session, naming itself (a clean failure with blame, never a half key).
+//! The finished key share leaves memory only sealed by the TPM
+//! ([`crate::tpm::TpmHandle::seal`]), under the vote key's PolicyPCR.
+//!
+//! Blame is judged by [`MpcJudge`], which the session machine calls for
+//! `Blame` operations: a pure function of the session's decided messages,
+//! identical at every party.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use quorate_firmware::sessions::machine::{
+    BlameFinding, BlameJudge, Event, Phase, Session, SessionMachine, StoredMessage,
+};
+use quorate_firmware::sessions::ops::{
+    AbortSession, BlameOp, Blob, DirectPart, KeyId, OpBody, Reason, ReasonCode, SessionId,
+    SessionKind, SessionMessage, SessionResult,
+};
+use quorate_firmware::types::{ClusterId, PartyId};
+use quorate_mpc as mpc;
+
+use crate::tpm::SealedBlob;
+
+/// `[party.engine]`: which schemes this daemon runs itself.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Scheme labels the built-in engine runs (`frost-ed25519`,
+    /// `frost-secp256k1-tr`); sessions of any other scheme are left to an
+    /// external engine through the API. Default: both.
+    #[serde(default = "default_schemes")]
+    pub schemes: Vec<String>,
+    /// Development only (ignored unless `[party] dev = true`): misbehave on
+    /// purpose, to show blame working. `bad_share_to:N` deals party N a
+    /// corrupted (but well-encrypted) DKG share.
+    #[serde(default)]
+    pub dev_fault: Option<String>,
+}
+
+fn default_schemes() -> Vec<String> {
+    vec![
+        mpc::Scheme::Ed25519.label().to_string(),
+        mpc::Scheme::Secp256k1Tr.label().to_string(),
+    ]
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            schemes: default_schemes(),
+            dev_fault: None,
+        }
+    }
+}
+
+/// Why `[party.engine]` is not usable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineConfigError {
+    /// A scheme the built-in engine does not implement.
+    #[error("[party.engine] schemes: `{0}` is not a built-in scheme (use frost-ed25519 or frost-secp256k1-tr; other schemes need an external engine)")]
+    UnknownScheme(String),
+    /// A `dev_fault` that does not parse.
+    #[error("[party.engine] dev_fault: `{0}` is not understood (expected bad_share_to:N)")]
+    BadFault(String),
+}
+
+impl EngineConfig {
+    /// The enabled schemes.
+    pub fn parsed_schemes(&self) -> Result<BTreeSet<mpc::Scheme>, EngineConfigError> {
+        self.schemes
+            .iter()
+            .map(|s| {
+                mpc::Scheme::from_label(s)
+                    .ok_or_else(|| EngineConfigError::UnknownScheme(s.clone()))
+            })
+            .collect()
+    }
+
+    /// The dev fault, if any (only in dev mode).
+    pub fn parsed_fault(&self, dev: bool) -> Result<Option<mpc::DkgFault>, EngineConfigError> {
+        let Some(f) = &self.dev_fault else {
+            return Ok(None);
+        };
+        let to = f
+            .strip_prefix("bad_share_to:")
+            .and_then(|n| n.parse::<u16>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| EngineConfigError::BadFault(f.clone()))?;
+        if !dev {
+            warn!("[party.engine] dev_fault is ignored: this party is not in dev mode");
+            return Ok(None);
+        }
+        Ok(Some(mpc::DkgFault::BadShareTo(mpc::PartyId(to))))
+    }
+}
+
+/// A key share as stored: sealed by this party's TPM, with its public part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredShare {
+    /// The scheme label.
+    pub scheme: String,
+    /// The 32-byte signing share, sealed (opaque without this TPM).
+    pub sealed: SealedBlob,
+    /// The share's public part (identifier, verifying share, group key).
+    #[serde(with = "serde_bytes")]
+    pub public: Vec<u8>,
+    /// The group public key this party posts as its result.
+    #[serde(with = "serde_bytes")]
+    pub group_public_key: Vec<u8>,
+}
+
+/// The store key under which a session's sealed share is kept.
+pub fn share_key(session: &SessionId) -> String {
+    format!("mpc/share/{}", hex::encode(session.0.as_bytes()))
+}
+
+/// What the daemon must do for the engine.
+#[derive(Debug)]
+pub enum EngineAction {
+    /// Queue this operation (authored by this party) in the outbox.
+    Submit(OpBody),
+    /// Seal `share` in the TPM, store it under [`share_key`], then submit
+    /// `group_public_key` as the session's result.
+    Seal {
+        /// The key generation.
+        session: SessionId,
+        /// The share (secret part zeroized on drop).
+        share: mpc::KeyShare,
+        /// The result to post once sealed.
+        group_public_key: Vec<u8>,
+    },
+}
+
+/// The engine's runs in this daemon: one participant per open key
+/// generation this party takes part in.
+pub struct Engine {
+    me: PartyId,
+    cluster: ClusterId,
+    schemes: BTreeSet<mpc::Scheme>,
+    fault: Option<mpc::DkgFault>,
+    runs: BTreeMap<SessionId, mpc::Dkg>,
+    /// Digests of the round messages this process posted, per session and
+    /// round: a decided message of ours that is not among them was posted
+    /// by an earlier run of this daemon, whose secrets are gone.
+    posted_here: BTreeMap<SessionId, BTreeMap<u32, [u8; 32]>>,
+    rng: rand_core::OsRng,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("me", &self.me)
+            .field("schemes", &self.schemes)
+            .field("runs", &self.runs.len())
+            .finish()
+    }
+}
+
+/// The engine's view of a session's parameters, when it is one the
+/// built-in engine knows.
+pub fn session_ctx(cluster: &ClusterId, s: &Session) -> Option<mpc::SessionCtx> {
+    let scheme = mpc::Scheme::from_label(&s.scheme)?;
+    let participants = s
+        .participants
+        .iter()
+        .map(|p| u16::try_from(p.0).ok().map(mpc::PartyId))
+        .collect::<Option<Vec<_>>>()?;
+    Some(mpc::SessionCtx {
+        cluster_id: *cluster.0.as_bytes(),
+        session_id: *s.id.0.as_bytes(),
+        scheme,
+        participants,
+        threshold: s.threshold,
+    })
+}
+
+/// A decided message as the engine reads it.
+pub fn posted(m: &StoredMessage) -> Option<mpc::Posted> {
+    let from = mpc::PartyId(u16::try_from(m.from.0).ok()?);
+    let mut direct = BTreeMap::new();
+    for d in &m.direct {
+        direct.insert(
+            mpc::PartyId(u16::try_from(d.to.0).ok()?),
+            d.payload.0.clone(),
+        );
+    }
+    Some(mpc::Posted {
+        round: m.round,
+        from,
+        message: mpc::RoundMessage {
+            broadcast: m.broadcast.as_ref().map(|b| b.0.clone()),
+            direct,
+        },
+    })
+}
+
+fn digest_of(m: &mpc::RoundMessage) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    if let Some(b) = &m.broadcast {
+        ctx.update(&(b.len() as u64).to_be_bytes());
+        ctx.update(b);
+    }
+    for (to, d) in &m.direct {
+        ctx.update(&to.0.to_be_bytes());
+        ctx.update(&(d.len() as u64).to_be_bytes());
+        ctx.update(d);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn message_op(session: SessionId, round: u32, m: mpc::RoundMessage) -> OpBody {
+    OpBody::SessionMessage(SessionMessage {
+        session,
+        round,
+        broadcast: m.broadcast.map(Blob),
+        direct: m
+            .direct
+            .into_iter()
+            .map(|(to, payload)| DirectPart {
+                to: PartyId(u32::from(to.0)),
+                payload: Blob(payload),
+            })
+            .collect(),
+    })
+}
+
+fn abort_op(session: SessionId, text: String) -> OpBody {
+    let mut text = text;
+    text.truncate(quorate_firmware::sessions::ops::MAX_TEXT_BYTES);
+    OpBody::AbortSession(AbortSession {
+        session,
+        reason: Reason {
+            code: ReasonCode::EngineFailure,
+            text,
+        },
+    })
+}
+
+impl Engine {
+    /// An engine for `me` running `schemes`.
+    pub fn new(
+        me: PartyId,
+        cluster: ClusterId,
+        schemes: BTreeSet<mpc::Scheme>,
+        fault: Option<mpc::DkgFault>,
+    ) -> Self {
+        Engine {
+            me,
+            cluster,
+            schemes,
+            fault,
+            runs: BTreeMap::new(),
+            posted_here: BTreeMap::new(),
+            rng: rand_core::OsRng,
+        }
+    }
+
+    /// True when the built-in engine runs `s` at this party.
+    fn runs_here(&self, s: &Session) -> bool {
+        s.spec.kind() == SessionKind::Keygen
+            && s.participants.contains(&self.me)
+            && mpc::Scheme::from_label(&s.scheme).is_some_and(|sc| self.schemes.contains(&sc))
+    }
+
+    /// Open key generations this party runs (for status).
+    pub fn running(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// What to do after a decided block (not during replay at start).
+    pub fn on_block(&mut self, machine: &SessionMachine, events: &[Event]) -> Vec<EngineAction> {
+        let mut actions = Vec::new();
+        for ev in events {
+            match ev {
+                Event::SessionStarted { session } => self.start(machine, *session, &mut actions),
+                Event::Message { session, op, .. } => {
+                    self.feed(machine, *session, op, &mut actions)
+                }
+                Event::SessionCompleted { session, .. } | Event::SessionFailed { session, .. } => {
+                    // Dropping the participant zeroizes its secrets.
+                    self.posted_here.remove(session);
+                    if self.runs.remove(session).is_some() {
+                        info!(session = %hex::encode(session.0.as_bytes()), "key generation ended; its round secrets are erased");
+                    }
+                }
+                _ => {}
+            }
+        }
+        actions
+    }
+
+    fn start(&mut self, machine: &SessionMachine, sid: SessionId, out: &mut Vec<EngineAction>) {
+        let Some(s) = machine.session(&sid) else {
+            return;
+        };
+        if !self.runs_here(s) {
+            return;
+        }
+        let (Some(ctx), Ok(me)) = (session_ctx(&self.cluster, s), u16::try_from(self.me.0)) else {
+            return;
+        };
+        let started = match &self.fault {
+            Some(f) => mpc::Dkg::start_with_fault(ctx, mpc::PartyId(me), *f, &mut self.rng),
+            None => mpc::Dkg::start(ctx, mpc::PartyId(me), &mut self.rng),
+        };
+        match started {
+            Ok((dkg, round1)) => {
+                info!(session = %hex::encode(sid.0.as_bytes()), scheme = %s.scheme, "key generation started: posting round 1");
+                self.runs.insert(sid, dkg);
+                self.posted_here
+                    .entry(sid)
+                    .or_default()
+                    .insert(1, digest_of(&round1));
+                out.push(EngineAction::Submit(message_op(sid, 1, round1)));
+            }
+            Err(e) => {
+                warn!(error = %e, "the MPC engine could not start a key generation");
+                out.push(EngineAction::Submit(abort_op(sid, format!("engine: {e}"))));
+            }
+        }
+    }
+
+    fn feed(
+        &mut self,
+        machine: &SessionMachine,
+        sid: SessionId,
+        op: &quorate_firmware::sessions::ops::OpId,
+        out: &mut Vec<EngineAction>,
+    ) {
+        if !self.runs.contains_key(&sid) {
+            return;
+        }
+        let Some(s) = machine.session(&sid) else {
+            return;
+        };
+        let Some(p) = s.messages.iter().find(|m| m.op == *op).and_then(posted) else {
+            return;
+        };
+        if p.from.0 as u32 == self.me.0 {
+            let ours = self
+                .posted_here
+                .get(&sid)
+                .and_then(|r| r.get(&p.round))
+                .is_some_and(|d| *d == digest_of(&p.message));
+            if !ours {
+                // An earlier run of this daemon posted it; its secrets are
+                // gone, so this run cannot continue the key generation.
+                self.runs.remove(&sid);
+                self.posted_here.remove(&sid);
+                out.push(EngineAction::Submit(abort_op(
+                    sid,
+                    format!(
+                        "{} restarted during the key generation; its round secrets are never persisted, so it cannot continue",
+                        self.me
+                    ),
+                )));
+                return;
+            }
+        }
+        let Some(dkg) = self.runs.get_mut(&sid) else {
+            return;
+        };
+        match dkg.on_message(&p, &mut self.rng) {
+            Ok(outputs) => {
+                for o in outputs {
+                    match o {
+                        mpc::DkgOutput::Submit { round, message } => {
+                            self.posted_here
+                                .entry(sid)
+                                .or_default()
+                                .insert(round, digest_of(&message));
+                            out.push(EngineAction::Submit(message_op(sid, round, message)))
+                        }
+                        mpc::DkgOutput::Complete {
+                            group_public_key,
+                            share,
+                        } => out.push(EngineAction::Seal {
+                            session: sid,
+                            share,
+                            group_public_key,
+                        }),
+                        mpc::DkgOutput::Blame { culprit, proof, .. } => {
+                            warn!(session = %hex::encode(sid.0.as_bytes()), culprit = culprit.0, "key generation: blaming a participant, with proof");
+                            out.push(EngineAction::Submit(OpBody::Blame(BlameOp {
+                                session: sid,
+                                culprit: PartyId(u32::from(culprit.0)),
+                                proof: Blob(proof),
+                            })))
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // A peer's malformed message is already public in the log;
+                // the engine names it via Blame where it can. Anything
+                // else ends our participation cleanly.
+                warn!(error = %e, "the MPC engine refused a decided message");
+            }
+        }
+    }
+
+    /// After a restart: the round secrets of any key generation that was
+    /// running are gone (by design). For each open key generation this
+    /// party takes part in: re-post the result if the share was already
+    /// sealed (`sealed` says which), otherwise abort it naming this party.
+    /// `queued` are sessions that already have a result or abort of ours in
+    /// the outbox.
+    pub fn on_restart(
+        &mut self,
+        machine: &SessionMachine,
+        sealed: &dyn Fn(&SessionId) -> Option<Vec<u8>>,
+        queued: &BTreeSet<SessionId>,
+    ) -> Vec<EngineAction> {
+        let mut out = Vec::new();
+        let open: Vec<&Session> = machine
+            .sessions()
+            .filter(|s| matches!(s.phase, Phase::Active { .. }))
+            .filter(|s| self.runs_here(s))
+            .filter(|s| !s.results.contains_key(&self.me))
+            .filter(|s| !queued.contains(&s.id))
+            .collect();
+        for s in open {
+            match sealed(&s.id) {
+                Some(gpk) => out.push(EngineAction::Submit(OpBody::SessionResult(SessionResult {
+                    session: s.id,
+                    result: Blob(gpk),
+                }))),
+                None => {
+                    warn!(session = %hex::encode(s.id.0.as_bytes()), "restarted mid key generation: its round secrets were erased; aborting it");
+                    out.push(EngineAction::Submit(abort_op(
+                        s.id,
+                        format!(
+                            "{} restarted during the key generation; its round secrets are never persisted, so it cannot continue",
+                            self.me
+                        ),
+                    )));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The result operation for a sealed share.
+pub fn result_op(session: SessionId, group_public_key: Vec<u8>) -> OpBody {
+    OpBody::SessionResult(SessionResult {
+        session,
+        result: Blob(group_public_key),
+    })
+}
+
+/// The abort operation when sealing failed.
+pub fn seal_failed_op(session: SessionId, error: &str) -> OpBody {
+    abort_op(
+        session,
+        format!("sealing the key share in the TPM failed: {error}"),
+    )
+}
+
+/// The group public key and key id of a completed key generation, for the
+/// API: `(group_public_key hex, key id hex)`.
+pub fn key_view(machine: &SessionMachine, s: &Session) -> Option<(String, String)> {
+    if s.spec.kind() != SessionKind::Keygen {
+        return None;
+    }
+    let key = machine.key(&KeyId::of_session(&s.id))?;
+    Some((
+        hex::encode(key.public_key.as_slice()),
+        hex::encode(key.id.0.as_bytes()),
+    ))
+}
+
+/// The snake_case name of a finding, as the session's failure records it.
+pub fn blame_label(kind: mpc::BlameKind) -> &'static str {
+    match kind {
+        mpc::BlameKind::MalformedRound1 => "malformed_round1",
+        mpc::BlameKind::InvalidProofOfKnowledge => "invalid_proof_of_knowledge",
+        mpc::BlameKind::MissingOrMisaddressedShare => "missing_or_misaddressed_share",
+        mpc::BlameKind::UndecryptableShare => "undecryptable_share",
+        mpc::BlameKind::InvalidSecretShare => "invalid_secret_share",
+        _ => "protocol_violation",
+    }
+}
+
+/// Judges `Blame` operations for the built-in schemes with the engine's
+/// public checks ([`mpc::check_blame`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MpcJudge;
+
+impl BlameJudge for MpcJudge {
+    fn judges(&self, scheme: &str) -> bool {
+        mpc::Scheme::from_label(scheme).is_some()
+    }
+
+    fn judge(
+        &self,
+        cluster: &ClusterId,
+        session: &Session,
+        accuser: PartyId,
+        accused: PartyId,
+        proof: &[u8],
+    ) -> Result<BlameFinding, String> {
+        if session.spec.kind() != SessionKind::Keygen {
+            return Err("blame is judged for key generations only".into());
+        }
+        let ctx = session_ctx(cluster, session).ok_or("not a built-in scheme session")?;
+        let log: Vec<mpc::Posted> = session.messages.iter().filter_map(posted).collect();
+        let party = |p: PartyId| {
+            u16::try_from(p.0)
+                .map(mpc::PartyId)
+                .map_err(|_| format!("{p} is out of range"))
+        };
+        match mpc::check_blame(&ctx, &log, party(accuser)?, party(accused)?, proof) {
+            Ok(mpc::BlameVerdict::Culprit(kind)) => Ok(BlameFinding::CulpritProven {
+                kind: blame_label(kind).to_string(),
+            }),
+            Ok(mpc::BlameVerdict::FalseAccusation) => Ok(BlameFinding::FalseAccusation),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
