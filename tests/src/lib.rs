@@ -10,3 +10,6 @@ pub mod bench_audit_daemon;
 pub mod bench_consensus;
 pub mod bench_tpm;
 pub mod cluster;
+pub mod netcluster;
+pub mod netns;
+pub mod proxy;
