@@ -93,7 +93,7 @@ pub struct ProxyStats {
     pub held: u64,
     /// Chunks stalled by loss.
     pub stalls: u64,
-    /// Connections reset by loss.
+    /// Connections reset, by loss or by [`FaultNet::reset`].
     pub resets: u64,
 }
 
@@ -128,6 +128,9 @@ struct Shared {
     parties: BTreeSet<u32>,
     rng: Mutex<u64>,
     counters: Counters,
+    /// Live connections by id: their link, and how to reset them.
+    live: Mutex<HashMap<u64, ((u32, u32), Arc<tokio::sync::Notify>)>>,
+    next_conn: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -252,6 +255,8 @@ impl FaultNet {
             parties,
             rng: Mutex::new(u64::from_le_bytes(seed)),
             counters: Counters::default(),
+            live: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
         });
         for r in routes {
             let addr = r.listen;
@@ -330,6 +335,21 @@ impl FaultNet {
         self.shared.update(|f| f.cut.clear());
     }
 
+    /// Resets (RST both ways) every live connection between `a` and `b`
+    /// now, whether the link is cut or not; returns how many. The parties
+    /// redial as after any connection loss.
+    pub fn reset(&self, a: u32, b: u32) -> usize {
+        let live = lock(&self.shared.live);
+        let mut n = 0;
+        for (l, kill) in live.values() {
+            if *l == link(a, b) {
+                kill.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Whether the link between `a` and `b` is cut.
     pub fn is_cut(&self, a: u32, b: u32) -> bool {
         self.shared.is_cut(a, b)
@@ -384,14 +404,19 @@ async fn connection(shared: Arc<Shared>, mut a: TcpStream, from: u32, route: Rou
     };
     let _ = a.set_nodelay(true);
     let _ = b.set_nodelay(true);
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let kill = Arc::new(tokio::sync::Notify::new());
+    lock(&shared.live).insert(id, (link(from, route.to), kill.clone()));
     let outcome = {
         let (ar, aw) = a.split();
         let (br, bw) = b.split();
         tokio::select! {
             o = pump(&shared, from, route.to, ar, bw) => o,
             o = pump(&shared, route.to, from, br, aw) => o,
+            _ = kill.notified() => Outcome::Reset,
         }
     };
+    lock(&shared.live).remove(&id);
     if outcome == Outcome::Reset {
         shared.counters.resets.fetch_add(1, Ordering::Relaxed);
         // Zero linger: closing sends an RST instead of a FIN.
@@ -433,7 +458,7 @@ async fn pump(
                 return Outcome::Broken;
             }
         }
-        // `tx` is dropped here, which lets the writer drain and finish.
+        // Every `return` drops `tx`, which lets the writer drain and finish.
     };
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
@@ -573,6 +598,31 @@ mod tests {
         );
         assert_eq!(net.stats().resets, 1);
         assert_eq!(net.stats().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn reset_aborts_the_live_connections_of_one_link_only() {
+        let thread = NsThread::enter(None).unwrap();
+        let (net, addr) = echo_behind_proxy(&thread).await;
+        let mut c1 = connect_from([127, 0, 0, 2], addr).await;
+        let mut c3 = connect_from([127, 0, 0, 3], addr).await;
+        let mut b = [0u8; 2];
+        for c in [&mut c1, &mut c3] {
+            c.write_all(b"up").await.unwrap();
+            c.read_exact(&mut b).await.unwrap();
+        }
+        assert_eq!(net.reset(1, 2), 1);
+        let r = c1.read(&mut b).await;
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{r:?}"
+        );
+        // The other link's connection still carries bytes.
+        c3.write_all(b"ok").await.unwrap();
+        c3.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ok");
+        assert_eq!(net.stats().resets, 1);
+        assert_eq!(net.reset(1, 2), 0);
     }
 
     #[tokio::test]
