@@ -8,6 +8,7 @@ pub mod bench_attestation;
 pub mod bench_audit;
 pub mod bench_audit_daemon;
 pub mod bench_consensus;
+pub mod bench_netfault;
 pub mod bench_tpm;
 pub mod cluster;
 pub mod netcluster;

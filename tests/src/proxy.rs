@@ -129,8 +129,17 @@ struct Shared {
     rng: Mutex<u64>,
     counters: Counters,
     /// Live connections by id: their link, and how to reset them.
-    live: Mutex<HashMap<u64, ((u32, u32), Arc<tokio::sync::Notify>)>>,
+    live: Mutex<HashMap<u64, LiveConn>>,
     next_conn: AtomicU64,
+}
+
+/// A connection the proxy is forwarding.
+#[derive(Debug)]
+struct LiveConn {
+    /// Its link, as (lower id, higher id).
+    link: (u32, u32),
+    /// Notified to reset it.
+    kill: Arc<tokio::sync::Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -341,9 +350,9 @@ impl FaultNet {
     pub fn reset(&self, a: u32, b: u32) -> usize {
         let live = lock(&self.shared.live);
         let mut n = 0;
-        for (l, kill) in live.values() {
-            if *l == link(a, b) {
-                kill.notify_one();
+        for c in live.values() {
+            if c.link == link(a, b) {
+                c.kill.notify_one();
                 n += 1;
             }
         }
@@ -406,7 +415,13 @@ async fn connection(shared: Arc<Shared>, mut a: TcpStream, from: u32, route: Rou
     let _ = b.set_nodelay(true);
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let kill = Arc::new(tokio::sync::Notify::new());
-    lock(&shared.live).insert(id, (link(from, route.to), kill.clone()));
+    lock(&shared.live).insert(
+        id,
+        LiveConn {
+            link: link(from, route.to),
+            kill: kill.clone(),
+        },
+    );
     let outcome = {
         let (ar, aw) = a.split();
         let (br, bw) = b.split();
