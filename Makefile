@@ -4,10 +4,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # System packages the build (libtss2-dev, pkg-config) and the tests (swtpm,
-# swtpm-tools, tpm2-tools) need.
-APT_PACKAGES := libtss2-dev swtpm swtpm-tools tpm2-tools pkg-config
+# swtpm-tools, tpm2-tools; iproute2 for the netfault tests' namespaces) need.
+APT_PACKAGES := libtss2-dev swtpm swtpm-tools tpm2-tools pkg-config iproute2
 
-.PHONY: all deps build test fmt clippy check bench fuzz soak demo clean
+.PHONY: all deps build test fmt clippy check bench fuzz soak demo netfault clean
 
 all: build
 
@@ -40,11 +40,20 @@ clippy: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 ## test: the one test command: deps, format, lints with warnings as errors, every test.
+## The long network-fault tests (netfault_long::) are left to `make netfault`;
+## the shortest one runs here.
 test: deps fmt clippy
-	TSS2_LOG=all+none $(CARGO) test --workspace --locked --no-fail-fast
+	TSS2_LOG=all+none $(CARGO) test --workspace --locked --no-fail-fast -- --skip netfault_long::
+
+## netfault: every network-fault test (parties in their own network
+## namespaces behind the fault proxy; needs root), one at a time.
+netfault: deps
+	$(CARGO) build --locked -p quorate-host --bin quorate
+	TSS2_LOG=all+none $(CARGO) test --locked -p quorate-tests --test netfault -- --test-threads=1
 
 ## bench: measurements, printed as tables (never timing assertions in tests).
 bench: deps
+	$(CARGO) build --release --locked -p quorate-host --bin quorate
 	TSS2_LOG=all+none $(CARGO) run --release --locked -p quorate-tests --bin quorate-bench
 
 ## fuzz: run each cargo-fuzz target briefly (FUZZ_SECONDS each, default 30).

@@ -19,6 +19,11 @@ pub fn quorate_bin() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
+    // A binary of this package (target/<profile>/quorate-bench) lies beside it.
+    let beside = exe.with_file_name("quorate");
+    if beside.exists() {
+        return Ok(beside);
+    }
     // target/<profile>/deps/<test> -> target/<profile>/quorate
     let profile_dir = exe
         .parent()
@@ -78,6 +83,9 @@ pub struct TestParty {
     log: PathBuf,
     /// Runs this executable instead of the cluster's (a modified build).
     pub binary: Option<PathBuf>,
+    /// Runs its daemon inside this network namespace (`ip netns exec`),
+    /// when set (see [`crate::netcluster`]).
+    pub netns: Option<String>,
 }
 
 /// A cluster of daemons in a temporary directory.
@@ -137,6 +145,7 @@ impl TestCluster {
                 peer: free_addr(),
                 child: None,
                 binary: None,
+                netns: None,
             });
         }
         let mut members = String::new();
@@ -256,7 +265,15 @@ impl TestCluster {
             .create(true)
             .append(true)
             .open(&p.log)?;
-        let child = Command::new(&bin)
+        let mut cmd = match &p.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&p.config)
             .env("TSS2_LOG", "all+none")

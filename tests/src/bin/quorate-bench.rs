@@ -1,7 +1,8 @@
 //! `make bench`: measures each area and prints one table.
 //!
 //! Each area registers its `run(&mut Vec<Row>)` here. Arguments name the
-//! areas to run (`tpm`, `attestation`, `consensus`, `mpc`, `audit`); none runs all.
+//! areas to run (`tpm`, `attestation`, `consensus`, `mpc`, `audit`,
+//! `network`); none runs all.
 
 fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +24,9 @@ fn main() -> anyhow::Result<()> {
     if want("audit") {
         quorate_tests::bench_audit::run(&mut rows)?;
         quorate_tests::bench_audit_daemon::run(&mut rows)?;
+    }
+    if want("network") {
+        quorate_tests::bench_netfault::run(&mut rows)?;
     }
     print!("{}", quorate_tests::bench::render(&rows));
     Ok(())
