@@ -331,6 +331,9 @@ pub enum RuleViolation {
         /// The key's threshold.
         threshold: u16,
     },
+    /// A taproot merkle root that is not 32 bytes.
+    #[error("taproot merkle root of {0} bytes (expected 32)")]
+    BadMerkleRoot(usize),
     /// Message digest empty or too long.
     #[error("message digest of {0} bytes is not within 1..=64")]
     BadDigest(usize),
@@ -622,6 +625,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// True for sessions whose rounds are open (signing): messages for any
+    /// round up to the limit, no round deadline, and completion once
+    /// `threshold` participants posted the same result.
+    pub fn has_open_rounds(&self) -> bool {
+        self.spec.kind() == SessionKind::Signing
+    }
+
     fn has_message(&self, round: u32, from: PartyId) -> bool {
         self.messages
             .iter()
@@ -1452,6 +1462,11 @@ impl SessionMachine {
                 if s.message_digest.is_empty() || s.message_digest.len() > MAX_DIGEST_BYTES {
                     return Err(RuleViolation::BadDigest(s.message_digest.len()));
                 }
+                if let Some(root) = s.taproot.as_ref().and_then(|t| t.merkle_root.as_ref()) {
+                    if root.len() != 32 {
+                        return Err(RuleViolation::BadMerkleRoot(root.len()));
+                    }
+                }
                 (ps, key.threshold, key.scheme.clone())
             }
         };
@@ -1697,13 +1712,25 @@ impl SessionMachine {
     ) -> Result<Applied, RuleViolation> {
         let max_rounds = self.config.rules.max_rounds;
         let max_payload = self.config.rules.max_payload_bytes;
-        let (s, round) = self.active_session(m.session, author)?;
-        if m.round != round {
-            return Err(RuleViolation::WrongRound {
-                got: m.round,
-                current: round,
-            });
-        }
+        let (s, current) = self.active_session(m.session, author)?;
+        // Key generation runs in lockstep rounds. A signing session's rounds
+        // are open (any round up to the limit): a robust engine (ROAST)
+        // moves on without the signers that stall, which lockstep rounds
+        // would make fail the session.
+        let round = if s.has_open_rounds() {
+            if m.round == 0 {
+                return Err(RuleViolation::WrongRound { got: 0, current: 1 });
+            }
+            m.round
+        } else {
+            if m.round != current {
+                return Err(RuleViolation::WrongRound {
+                    got: m.round,
+                    current,
+                });
+            }
+            current
+        };
         if round > max_rounds {
             return Err(RuleViolation::RoundLimit(round));
         }
@@ -1841,7 +1868,13 @@ impl SessionMachine {
         };
         s.results.insert(author, r.result);
         cx.touched.insert(sid);
-        if s.results.len() == s.participants.len() {
+        let mine = s.results.get(&author).cloned().unwrap_or_default();
+        let agreeing = s.results.values().filter(|v| **v == mine).count();
+        if s.has_open_rounds() && agreeing >= usize::from(s.threshold) {
+            // `threshold` participants computed the same result: a
+            // signature anyone can check, computed from the log alone.
+            self.complete(cx, sid, mine);
+        } else if s.results.len() == s.participants.len() {
             self.conclude(cx, sid);
         }
         Ok(Applied::Executed)
@@ -1862,31 +1895,7 @@ impl SessionMachine {
             _ => None,
         };
         match agreed {
-            Some(result) => {
-                if let SessionSpec::Keygen(_) = s.spec {
-                    let key = GroupKey {
-                        id: KeyId::of_session(&sid),
-                        scheme: s.scheme.clone(),
-                        participants: s.participants.clone(),
-                        threshold: s.threshold,
-                        public_key: result.clone(),
-                        height: cx.height,
-                    };
-                    self.state.keys.insert(key.id, key);
-                }
-                self.dirty_sessions.insert(sid);
-                if let Some(s) = self.state.sessions.get_mut(&sid) {
-                    s.phase = Phase::Completed {
-                        result: result.clone(),
-                        height: cx.height,
-                    };
-                }
-                self.state.open_sessions.remove(&sid);
-                cx.events.push(Event::SessionCompleted {
-                    session: sid,
-                    result,
-                });
-            }
+            Some(result) => self.complete(cx, sid, result),
             None => self.fail(
                 cx,
                 sid,
@@ -1895,6 +1904,36 @@ impl SessionMachine {
                 Vec::new(),
             ),
         }
+    }
+
+    /// The session completes with `result` (a key generation's records its key).
+    fn complete(&mut self, cx: &mut BlockCtx, sid: SessionId, result: Blob) {
+        let Some(s) = self.state.sessions.get(&sid) else {
+            return;
+        };
+        if let SessionSpec::Keygen(_) = s.spec {
+            let key = GroupKey {
+                id: KeyId::of_session(&sid),
+                scheme: s.scheme.clone(),
+                participants: s.participants.clone(),
+                threshold: s.threshold,
+                public_key: result.clone(),
+                height: cx.height,
+            };
+            self.state.keys.insert(key.id, key);
+        }
+        self.dirty_sessions.insert(sid);
+        if let Some(s) = self.state.sessions.get_mut(&sid) {
+            s.phase = Phase::Completed {
+                result: result.clone(),
+                height: cx.height,
+            };
+        }
+        self.state.open_sessions.remove(&sid);
+        cx.events.push(Event::SessionCompleted {
+            session: sid,
+            result,
+        });
     }
 
     fn fail(
@@ -2225,7 +2264,7 @@ impl SessionMachine {
                     .copied()
                     .collect();
                 self.fail(cx, sid, FailureReason::DeadlinePassed, missing, Vec::new());
-            } else if now > round_started_ms.saturating_add(s.round_ms) {
+            } else if !s.has_open_rounds() && now > round_started_ms.saturating_add(s.round_ms) {
                 let missing: Vec<PartyId> = s
                     .participants
                     .iter()
@@ -2252,6 +2291,9 @@ impl SessionMachine {
             let Phase::Active { round, .. } = s.phase else {
                 continue;
             };
+            if s.has_open_rounds() {
+                continue;
+            }
             if s.participants.iter().all(|p| s.round_done_by(*p, round)) {
                 self.dirty_sessions.insert(sid);
                 let next = round.saturating_add(1);

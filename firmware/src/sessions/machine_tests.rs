@@ -156,6 +156,7 @@ pub(crate) fn signing(key: KeyId, signers: &[u32]) -> OpBody {
             signers: signers.iter().map(|p| PartyId(*p)).collect(),
             deadline_secs: 120,
             round_secs: None,
+            taproot: None,
         }),
     })
 }
@@ -1617,4 +1618,74 @@ fn a_proven_blame_fails_the_session_naming_the_culprit_and_a_false_one_the_accus
         let root = net.machines[0].state_root();
         assert!(net.machines.iter().all(|m| m.state_root() == root));
     }
+}
+
+#[test]
+fn a_signing_session_has_open_rounds_and_completes_once_threshold_signers_agree() {
+    let mut net = Net::new(4);
+    let key = net.completed_keygen(&[1, 2, 3, 4], 3, b"GPK");
+    let (op, _) = net.one(1, signing(key, &[1, 2, 3, 4]));
+    net.approve_all(op, &[1, 2, 3, 4]);
+    let sid = SessionId::from_op(&op);
+    // Round 1 from three candidates only; P4 stalls.
+    let b: Vec<_> = (1..=3)
+        .map(|p| net.batch(p, vec![broadcast(sid, 1, &[p as u8])]))
+        .collect();
+    net.block(b);
+    // Rounds do not advance in lockstep, and no round deadline fails the
+    // session while P4 stalls (past the 60 s default round length).
+    net.block_after(61_000, vec![]);
+    assert!(matches!(phase(&net, sid), Phase::Active { .. }));
+    // Any later round is open, once per sender; round 0 and rounds past
+    // the limit are refused.
+    let (_, st) = net.one(2, broadcast(sid, 3, b"attempt 2 share"));
+    assert!(matches!(st, OpStatus::Executed { .. }), "{st:?}");
+    let (_, st) = net.one(2, broadcast(sid, 3, b"again"));
+    assert_eq!(rule(&st), &RuleViolation::DuplicateMessage);
+    let (_, st) = net.one(2, broadcast(sid, 0, b"zero"));
+    assert!(matches!(
+        rule(&st),
+        RuleViolation::WrongRound { got: 0, .. }
+    ));
+    let max = SessionRules::default().max_rounds;
+    let (_, st) = net.one(2, broadcast(sid, max + 1, b"late"));
+    assert_eq!(rule(&st), &RuleViolation::RoundLimit(max + 1));
+    // A dissenting result does not block; `threshold` equal results complete.
+    let (_, st) = net.one(4, result(sid, b"forged"));
+    assert!(matches!(st, OpStatus::Executed { .. }));
+    let b: Vec<_> = (1..=2)
+        .map(|p| net.batch(p, vec![result(sid, b"SIG")]))
+        .collect();
+    net.block(b);
+    assert!(matches!(phase(&net, sid), Phase::Active { .. }));
+    let b3 = net.batch(3, vec![result(sid, b"SIG")]);
+    let out = net.block(vec![b3]);
+    assert!(out.events.contains(&Event::SessionCompleted {
+        session: sid,
+        result: Blob(b"SIG".to_vec())
+    }));
+    let root = net.machines[0].state_root();
+    assert!(net.machines.iter().all(|m| m.state_root() == root));
+}
+
+#[test]
+fn a_signing_session_with_a_bad_taproot_root_is_refused() {
+    let mut net = Net::new(3);
+    let key = net.completed_keygen(&[1, 2, 3], 2, b"GPK");
+    let OpBody::CreateSession(CreateSession {
+        session: SessionSpec::Signing(mut spec),
+    }) = signing(key, &[1, 2, 3])
+    else {
+        panic!("signing() builds a signing session")
+    };
+    spec.taproot = Some(crate::sessions::ops::TaprootSpec {
+        merkle_root: Some(Blob(vec![1; 31])),
+    });
+    let (_, st) = net.one(
+        1,
+        OpBody::CreateSession(CreateSession {
+            session: SessionSpec::Signing(spec),
+        }),
+    );
+    assert_eq!(rule(&st), &RuleViolation::BadMerkleRoot(31));
 }

@@ -400,13 +400,28 @@ pub struct SigningSpec {
     pub key: KeyId,
     /// The digest of the message to sign (1..=64 bytes; the scheme decides).
     pub message_digest: Blob,
-    /// The signers: at least `threshold` distinct holders of the key.
+    /// The candidate signers: at least `threshold` distinct holders of the
+    /// key. More than the threshold lets a robust engine (ROAST) finish
+    /// without the ones that stall or cheat.
     pub signers: Vec<PartyId>,
+    /// secp256k1-tr only: sign under the BIP-341 key-path tweak of the group
+    /// key with this script tree (absent: the key as generated).
+    #[serde(default)]
+    pub taproot: Option<TaprootSpec>,
     /// Overall deadline in seconds from the creating block's time.
     pub deadline_secs: u32,
     /// Per-round deadline in seconds; the cluster default when absent.
     #[serde(default)]
     pub round_secs: Option<u32>,
+}
+
+/// A BIP-341 key-path tweak request for a signing session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaprootSpec {
+    /// The script tree's 32-byte merkle root; absent for a key with no
+    /// script path.
+    #[serde(default)]
+    pub merkle_root: Option<Blob>,
 }
 
 /// `Verdict`: the author's approval or rejection of a pending operation.
