@@ -341,16 +341,7 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
             Some(s) => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                st.daemon
-                    .metrics()
-                    .render(
-                        s.party,
-                        s.height,
-                        s.peers_connected,
-                        s.peers_attested,
-                        s.outbox,
-                    )
-                    .into_bytes(),
+                st.daemon.metrics().render(&s).into_bytes(),
             ),
             None => unavailable(),
         },
