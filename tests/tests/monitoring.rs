@@ -3,7 +3,12 @@
 //! not on a healthy neighbour), and every metric the rules and the Grafana
 //! dashboard name is one the daemon exports — a rule over a misspelt
 //! metric would never fire, and nothing else would notice.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use quorate_host::daemon::metrics::Metrics;
 use quorate_host::daemon::status::{PeerStatus, StatusView};
