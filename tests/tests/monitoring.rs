@@ -70,6 +70,22 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     }
     let test = promtool_ok(&["test", "rules", "quorate.rules.test.yml"]);
     assert!(test.contains("SUCCESS"), "{test}");
+    // The example scrape configuration, with its installed paths pointed
+    // at this tree (the token file must exist for promtool).
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("quorate.token");
+    std::fs::write(&token, "t\n").unwrap();
+    let config = std::fs::read_to_string(deploy().join("prometheus.yml"))
+        .unwrap()
+        .replace("/etc/prometheus/quorate.token", token.to_str().unwrap())
+        .replace(
+            "/usr/share/quorate/prometheus/quorate.rules.yml",
+            deploy().join("quorate.rules.yml").to_str().unwrap(),
+        );
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    let checked = promtool_ok(&["check", "config", path.to_str().unwrap()]);
+    assert!(checked.contains("15 rules found"), "{checked}");
 }
 
 /// The metric names in the exposition `text` (histograms with their series).
