@@ -20,8 +20,11 @@ use quorate_firmware::types::PartyId;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// No decision for this long while operations or batches wait: stalled.
+/// No decision for this long while operations or batches wait: stalled
+/// (`QUORATE_STALL_AFTER_SECS` in the daemon's environment overrides it).
 pub const STALL_AFTER: Duration = Duration::from_secs(60);
+/// The environment variable that overrides [`STALL_AFTER`] (whole seconds, > 0).
+pub const STALL_AFTER_ENV: &str = "QUORATE_STALL_AFTER_SECS";
 /// How often the runtime's tick refreshes the health gauges.
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -47,8 +50,14 @@ pub struct Watch {
 }
 
 impl Default for Watch {
+    /// A watcher with [`STALL_AFTER`], or the whole seconds in
+    /// `$QUORATE_STALL_AFTER_SECS` when that is a positive number.
     fn default() -> Self {
-        Watch::new(STALL_AFTER)
+        let secs = std::env::var(STALL_AFTER_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0);
+        Watch::new(secs.map_or(STALL_AFTER, Duration::from_secs))
     }
 }
 
