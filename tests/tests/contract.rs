@@ -65,10 +65,13 @@ async fn the_api_conforms_to_its_openapi_document() {
     let token = std::fs::read_to_string(cluster.parties[0].data_dir.join("api.token")).unwrap();
     let tool = schemathesis();
     let out = Command::new(&tool)
-        .current_dir(&root)
+        // Its cache (.schemathesis/) goes to the cluster's temp dir.
+        .current_dir(cluster.dir())
         .arg("--config-file")
         .arg(root.join("tests/schemathesis.toml"))
-        .args(["run", "docs/openapi.json", "--url"])
+        .arg("run")
+        .arg(root.join("docs/openapi.json"))
+        .arg("--url")
         .arg(format!("http://{}", cluster.parties[0].api))
         .arg("--header")
         .arg(format!("Authorization: Bearer {}", token.trim()))
