@@ -167,6 +167,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Packaging only: write a man page per (sub)command and the bash, zsh
+    /// and fish completions into OUT_DIR (see `make package`).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write `man/*.1` and `completions/*`.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -494,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit(command),
+        Command::GenerateDocs { out_dir } => generate_docs(&out_dir),
         Command::Status { data_dir, json } => {
             use quorate_host::daemon::status::StatusView;
             let s = StatusView::read(&data_dir).with_context(|| {
@@ -559,6 +568,34 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `quorate generate-docs`: the man pages and completions come from the
+/// very command definition this binary parses, so they cannot drift from
+/// it (a build script would need that definition outside main.rs).
+fn generate_docs(out_dir: &Path) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let man = out_dir.join("man");
+    let completions = out_dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man)
+        .with_context(|| format!("writing man pages to {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "quorate", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    println!(
+        "man pages in {}, completions in {}",
+        man.display(),
+        completions.display()
+    );
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -737,9 +737,7 @@ impl super::Runtime {
 
     fn store_certified(&mut self, c: &SignedCheckpoint) -> anyhow::Result<()> {
         self.store.put_checkpoint(c.checkpoint.size, &c.format())?;
-        self.metrics
-            .checkpoints_certified
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.checkpoint_certified(c.checkpoint.size.0);
         info!(
             size = c.checkpoint.size.0,
             lines = c.signatures.len(),
@@ -765,6 +763,7 @@ impl super::Runtime {
                 }
             }
             Err(e @ Refused::Fork { .. }) => {
+                self.fork_noted(from, &e.to_string());
                 tracing::error!(peer = %from, error = %e, "AUDIT LOG FORK: a peer signed another root for the same size");
             }
             Err(e) => warn!(peer = %from, error = %e, "checkpoint note refused"),

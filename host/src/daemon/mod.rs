@@ -26,6 +26,7 @@
 pub mod admission;
 pub mod audit;
 pub mod events;
+pub mod health;
 pub mod metrics;
 pub mod status;
 
@@ -472,6 +473,7 @@ struct Runtime {
     status_dirty: bool,
     events: Arc<events::EventLog>,
     metrics: Arc<metrics::Metrics>,
+    health: health::Watch,
     /// The audit log (ledger and checkpoints) and the checkpoint issuer.
     audit: audit::AuditLog,
     issuer: audit::Issuer,
@@ -550,6 +552,7 @@ impl Runtime {
             Some(b) if !b.is_empty() => Some(dec("in-flight batch", &b)?),
             _ => None,
         };
+        let metrics = Arc::new(metrics::Metrics::new(&cfg.file.party.data_dir));
         let (sign_tx, sign_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (evidence_tx, evidence_rx) = mpsc::unbounded_channel();
@@ -582,7 +585,8 @@ impl Runtime {
             last: None,
             status_dirty: true,
             events: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
+            health: health::Watch::default(),
             audit: audit::AuditLog::new(book),
             issuer,
             app_state: None,
@@ -691,6 +695,7 @@ impl Runtime {
                 Some((req, bytes, res)) = self.sign_rx.recv() => match res {
                     Ok(signature) => self.input(Input::SignatureReady { request: req, signature })?,
                     Err(e) => {
+                        self.metrics.tpm_errors.fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "TPM signing failed; retrying in 1 s");
                         self.spawn_sign(req, bytes, Duration::from_secs(1));
                     }
@@ -729,6 +734,7 @@ impl Runtime {
                     self.input(Input::Tick)?;
                     self.maybe_batch()?;
                     self.checkpoint_tick();
+                    self.health_tick();
                     if self.status_dirty || last_status.elapsed() > Duration::from_secs(2) {
                         self.write_status();
                         last_status = Instant::now();
@@ -748,6 +754,7 @@ impl Runtime {
         match self.driver.handle(now_ms(), input) {
             Ok(step) => self.execute(step),
             Err(DriverError::Halted(why)) => {
+                self.halted_noted(&why);
                 error!(reason = %why, "consensus halted");
                 Err(anyhow!("consensus halted: {why}"))
             }
@@ -823,6 +830,7 @@ impl Runtime {
     }
 
     fn refuse(&mut self, peer: PartyId, reason: &str) {
+        self.refusal_noted(peer, reason);
         warn!(peer = %peer, reason, "peer's attestation refused; excluding it");
         self.net
             .exclude(peer, &format!("attestation refused: {reason}"));
@@ -910,6 +918,7 @@ impl Runtime {
         });
         self.status_dirty = true;
         self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+        self.decided_health(block);
         self.metrics
             .decided_ops
             .fetch_add(outcome.ops.len() as u64, Ordering::Relaxed);
@@ -1313,6 +1322,7 @@ impl Runtime {
             }
             (Ok(_), _) => Ok(()), // decided meanwhile (a resubmission's twin)
             (Err(e), _) => {
+                self.metrics.tpm_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "signing a batch failed; will retry");
                 Ok(())
             }
