@@ -572,13 +572,14 @@ pub fn parse_operation(value: serde_json::Value) -> Result<OpBody, (String, Stri
         Some(_) => return Err(("type".into(), "expected a string".into())),
         None => return Err(("type".into(), "missing".into())),
     };
-    const API_TYPES: [&str; 6] = [
+    const API_TYPES: [&str; 7] = [
         "create_session",
         "verdict",
         "session_message",
         "session_result",
         "abort_session",
         "evidence",
+        "blame",
     ];
     if !API_TYPES.contains(&kind.as_str()) {
         return Err((
