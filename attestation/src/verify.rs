@@ -1286,7 +1286,10 @@ mod tests {
         let good = fx.evidence();
         fx.verify(&good).unwrap();
         let header = EventLog::new_sha256().header_bytes().len();
-        assert_eq!(good.event_log[..header], EventLog::new_sha256().header_bytes());
+        assert_eq!(
+            good.event_log[..header],
+            EventLog::new_sha256().header_bytes()
+        );
         for i in 0..header {
             for bit in [0x01u8, 0x80] {
                 let mut ev = good.clone();
@@ -1295,14 +1298,16 @@ mod tests {
                 assert!(
                     matches!(
                         e,
-                        AttestationError::MalformedEventLog(_) | AttestationError::EventLogHeader(_)
+                        AttestationError::MalformedEventLog(_)
+                            | AttestationError::EventLogHeader(_)
                     ),
                     "byte {i} bit {bit:#x}: {e}"
                 );
             }
         }
         // Each header field has its own error.
-        let cases: Vec<(Box<dyn Fn(&mut SpecIdEvent)>, fn(&SpecIdError) -> bool)> = vec![
+        type Case = (Box<dyn Fn(&mut SpecIdEvent)>, fn(&SpecIdError) -> bool);
+        let cases: Vec<Case> = vec![
             (Box::new(|h| h.platform_class = 1), |e| {
                 matches!(e, SpecIdError::PlatformClass { found: 1 })
             }),
@@ -1315,10 +1320,9 @@ mod tests {
             (Box::new(|h| h.uintn_size = 1), |e| {
                 matches!(e, SpecIdError::UintnSize { found: 1 })
             }),
-            (
-                Box::new(|h| h.algorithms.push((AlgId::SHA1, 20))),
-                |e| matches!(e, SpecIdError::Algorithms { .. }),
-            ),
+            (Box::new(|h| h.algorithms.push((AlgId::SHA1, 20))), |e| {
+                matches!(e, SpecIdError::Algorithms { .. })
+            }),
             (
                 Box::new(|h| h.algorithms.insert(0, (AlgId::SHA384, 48))),
                 |e| matches!(e, SpecIdError::Algorithms { .. }),

@@ -13,7 +13,8 @@
 //!   the entries of *h* name) is verified and its signers returned to the
 //!   verifier; the entries of a block are exactly its operations, in order;
 //! - every checkpoint's TPM quote, with the issuer's enrolled AK, against
-//!   the policy ([`verify_checkpoint_quote`]);
+//!   the policy (`quorate_attestation::checkpoint_verify`, through
+//!   [`crate::daemon::audit::verify_quote`], the daemon's own check);
 //! - every attestation record's evidence against the policy, with the
 //!   issuer's enrollment and the block hash it binds, and that it
 //!   establishes the measurement its entry records; a record the parties
@@ -26,8 +27,6 @@
 
 use super::bundle::{BundleBlock, BundleError, BundleHeader, BundleReader, Section};
 use crate::init::Enrollment;
-use quorate_attestation::checkpoint::CheckpointQuote;
-use quorate_attestation::checkpoint_verify::verify_checkpoint_quote;
 use quorate_attestation::evidence::Freshness;
 use quorate_attestation::measurement::measurement_of_evidence;
 use quorate_attestation::policy::Policy;
@@ -565,9 +564,13 @@ impl EvidenceChecker for HostChecker {
                 "the line's key ID is not that of {party}'s enrolled AK"
             ));
         }
-        let q = CheckpointQuote::decode(&quote.signature).map_err(|e| e.to_string())?;
-        verify_checkpoint_quote(&ak, &q, qualifying_data, &self.policy)
-            .map_err(|e| e.to_string())?;
+        // The daemon's check, with the reference policy.
+        crate::daemon::audit::verify_quote(
+            &ak,
+            qualifying_data,
+            &quote.signature,
+            Some(&self.policy),
+        )?;
         self.counts.quotes += 1;
         Ok(())
     }

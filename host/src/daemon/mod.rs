@@ -358,6 +358,7 @@ pub async fn run(
         p
     });
     let (book, issuer) = audit::setup(&cfg, &enrollments, quote_pcrs)?;
+    let book = book.with_quote_policy(admission.policy().cloned());
     let mcfg = MachineConfig {
         cluster: cfg.cluster_id,
         fault_model: cfg.file.cluster.fault_model,
