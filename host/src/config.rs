@@ -16,6 +16,7 @@
 //! Unknown keys are errors (a typo must not silently fall back to a
 //! default), and every error names the key and what is wrong with it.
 
+use quorate_attestation::policy::Policy;
 use quorate_firmware::audit::checkpoint::CheckpointPolicy;
 use quorate_firmware::sessions::machine::SessionRules;
 use quorate_firmware::sessions::policy::LocalPolicy;
@@ -445,6 +446,35 @@ impl Config {
     pub fn epoch(&self) -> Epoch {
         Epoch(self.file.cluster.epoch)
     }
+
+    /// Reads the cluster's reference-value policy (`cluster.reference_policy`;
+    /// none in dev mode without one). A party with `dev = false` refuses a
+    /// policy with `dev = true`: such a policy lets the measurement live in a
+    /// PCR any process can reset, so one dev party would make the whole
+    /// cluster's attestation worthless. The error names the file.
+    pub fn reference_policy(&self) -> Result<Option<Policy>, ConfigError> {
+        let Some(path) = &self.file.cluster.reference_policy else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            key: "cluster.reference_policy".into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let policy =
+            Policy::from_toml(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        if policy.dev && !self.file.party.dev {
+            return Err(invalid(format!(
+                "{} is a development policy (dev = true: the measurement may be in a resettable PCR) \
+                 and this party runs with dev = false: write a production policy with \
+                 `quorate measure` (without --dev) for every party",
+                path.display()
+            )));
+        }
+        Ok(Some(policy))
+    }
 }
 
 /// Computes the cluster's identity from its measured rules and the digests
@@ -676,6 +706,32 @@ enrollment = "e3.json"
             c.file.party.api_tls_key,
             Some(PathBuf::from("/etc/q/api.key"))
         );
+    }
+
+    #[test]
+    fn a_production_party_refuses_a_dev_policy_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let text = sample(dir.path(), "", "");
+        let exe = "11".repeat(32);
+        let cfg = "22".repeat(32);
+        let prod = format!("allowed_executables = [\"{exe}\"]\nexpected_config = \"{cfg}\"\n");
+        write(dir.path(), "policy.toml", &prod);
+        let c = Config::parse(&text, &path).unwrap();
+        assert!(!c.reference_policy().unwrap().unwrap().dev);
+        let dev = format!("dev = true\nmeasurement_pcr = 23\n{prod}");
+        write(dir.path(), "policy.toml", &dev);
+        let c = Config::parse(&text, &path).unwrap();
+        let err = c.reference_policy().unwrap_err().to_string();
+        assert!(
+            err.contains("policy.toml") && err.contains("development policy"),
+            "{err}"
+        );
+        // A dev party may use it.
+        let text = sample(dir.path(), "dev = true", "");
+        write(dir.path(), "policy.toml", &dev);
+        let c = Config::parse(&text, &path).unwrap();
+        assert!(c.reference_policy().unwrap().unwrap().dev);
     }
 
     #[test]

@@ -233,6 +233,9 @@ enum AuditCommand {
         /// The reference-value policy (from `quorate measure`).
         #[arg(long)]
         policy: PathBuf,
+        /// Accept a development policy (dev = true); refused without it.
+        #[arg(long)]
+        allow_dev: bool,
     },
 }
 
@@ -537,7 +540,11 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AuditCommand::Verify { bundle, policy } => {
+        AuditCommand::Verify {
+            bundle,
+            policy,
+            allow_dev,
+        } => {
             let text =
                 std::fs::read(&policy).with_context(|| format!("--policy {}", policy.display()))?;
             let parsed = quorate_attestation::policy::Policy::from_toml(
@@ -546,10 +553,12 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             .with_context(|| format!("--policy {}", policy.display()))?;
             let file = std::fs::File::open(&bundle)
                 .with_context(|| format!("--bundle {}", bundle.display()))?;
-            let v = quorate_host::audit::check::verify_bundle(
+            let opts = quorate_host::audit::check::VerifyOptions { allow_dev };
+            let v = quorate_host::audit::check::verify_bundle_with(
                 std::io::BufReader::new(file),
                 &parsed,
                 &text,
+                &opts,
             );
             print!("{v}");
             if v.is_ok() {

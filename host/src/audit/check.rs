@@ -96,6 +96,8 @@ pub struct HostCounts {
     pub policy_is_clusters: Option<bool>,
     /// Threads the signature checks ran on.
     pub threads: usize,
+    /// Whether the policy checked against is a development policy.
+    pub dev_policy: bool,
 }
 
 /// The outcome of verifying a bundle.
@@ -136,6 +138,12 @@ impl fmt::Display for Verification {
                 f,
                 "fault model        {m:?}: quorum {q} of {} (as the header states; compare with the cluster's rules)",
                 h.parties
+            )?;
+        }
+        if h.dev_policy {
+            writeln!(
+                f,
+                "policy             DEV: a development policy (dev = true); the measurements prove nothing against the parties' own users"
             )?;
         }
         match h.policy_is_clusters {
@@ -666,22 +674,56 @@ fn parallel_map<T: Send, U: Send>(
     })
 }
 
+/// How `quorate audit verify` is asked to judge a bundle beyond the
+/// policy itself.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Accept a development policy (`dev = true`: the measurement may sit in
+    /// a PCR any process resets, so the attestation proves nothing against
+    /// the machine's own users). Without it such a policy fails the check.
+    pub allow_dev: bool,
+}
+
 /// Verifies the bundle read from `input` against `policy` (the reference
-/// policy's TOML text, for the report's comparison with the cluster's).
+/// policy's TOML text, for the report's comparison with the cluster's),
+/// accepting a development policy (tests and the dev cluster); see
+/// [`verify_bundle_with`].
 pub fn verify_bundle<R: Read + Send>(
     input: R,
     policy: &Policy,
     policy_text: &[u8],
+) -> Verification {
+    let opts = VerifyOptions { allow_dev: true };
+    verify_bundle_with(input, policy, policy_text, &opts)
+}
+
+/// Verifies the bundle read from `input` against `policy` with `opts`.
+pub fn verify_bundle_with<R: Read + Send>(
+    input: R,
+    policy: &Policy,
+    policy_text: &[u8],
+    opts: &VerifyOptions,
 ) -> Verification {
     let mut out = Verification::default();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     out.host.threads = threads;
+    out.host.dev_policy = policy.dev;
     if let Err(e) = policy.check() {
         out.problem = Some(BundleProblem {
             location: "policy".into(),
             message: e.to_string(),
+        });
+        return out;
+    }
+    if policy.dev && !opts.allow_dev {
+        out.problem = Some(BundleProblem {
+            location: "policy".into(),
+            message: "it is a DEVELOPMENT policy (dev = true): a measurement in a resettable \
+                      PCR proves nothing about the code that ran; verify with the cluster's \
+                      production policy, or pass --allow-dev to check a dev cluster"
+                .into(),
         });
         return out;
     }
@@ -842,6 +884,7 @@ pub fn verify_bundle<R: Read + Send>(
         out.host.parties,
     );
     out.host = checker.counts;
+    out.host.dev_policy = policy.dev;
     out.host.cluster = Some(header.cluster.0);
     out.host.exporter = Some(header.exporter);
     (
@@ -964,6 +1007,36 @@ mod tests {
             (None, Some(p)) => p.to_string(),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_dev_policy_fails_unless_allowed_and_is_flagged() {
+        let f = Fixture::honest();
+        let mut dev = f.policy.clone();
+        dev.dev = true;
+        let bundle = f.bundle();
+        let v = verify_bundle_with(
+            bundle.as_slice(),
+            &dev,
+            &f.policy_text,
+            &VerifyOptions::default(),
+        );
+        let why = failure(&v);
+        assert!(
+            why.starts_with("policy: ") && why.contains("--allow-dev"),
+            "{why}"
+        );
+        let v = verify_bundle_with(
+            bundle.as_slice(),
+            &dev,
+            &f.policy_text,
+            &VerifyOptions { allow_dev: true },
+        );
+        assert!(v.is_ok(), "{v}");
+        assert!(v.to_string().contains("DEV: a development policy"), "{v}");
+        // A production policy prints no DEV warning.
+        let v = f.verify();
+        assert!(v.is_ok() && !v.to_string().contains("DEV"), "{v}");
     }
 
     #[test]

@@ -296,16 +296,8 @@ pub async fn run(
     } else {
         warn!("this party has no attestation key (provisioned without --config): it cannot prove what it runs");
     }
-    let policy = match &cfg.file.cluster.reference_policy {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| {
-                format!("cluster.reference_policy: cannot read {}", p.display())
-            })?;
-            Some(
-                quorate_attestation::policy::Policy::from_toml(&text)
-                    .with_context(|| format!("cluster.reference_policy {}", p.display()))?,
-            )
-        }
+    let policy = match cfg.reference_policy()? {
+        Some(p) => Some(p),
         None => {
             warn!(
                 "DEV MODE: no reference policy; peers are admitted on their TLS certificate alone"

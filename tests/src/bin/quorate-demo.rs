@@ -796,12 +796,13 @@ async fn step_audit(d: &Demo) -> anyhow::Result<Outcome> {
             .arg(path)
             .arg("--policy")
             .arg(d.dir.join("policy.toml"))
+            .arg("--allow-dev")
             .output()
     };
     let out = verify(&bundle)?;
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     println!("    $ quorate audit export --data-dir p2 --out p2-audit.qab");
-    println!("    $ quorate audit verify --bundle p2-audit.qab --policy policy.toml");
+    println!("    $ quorate audit verify --bundle p2-audit.qab --policy policy.toml --allow-dev");
     for l in report.lines() {
         println!("      {l}");
     }
