@@ -219,17 +219,29 @@ struct MeasuredRules<'a> {
     parties: Vec<(u32, &'a str)>,
 }
 
-/// Domain tag of [`ClusterIdentity`].
-pub const CLUSTER_ID_DOMAIN: &str = "quorate/cluster-id/v1";
+/// Domain tag of [`ClusterIdentity`]. Version 2 added the fault model and
+/// the epoch in clear (issue 17): every cluster id changed with it.
+pub const CLUSTER_ID_DOMAIN: &str = "quorate/cluster-id/v2";
 
 /// The cluster's identity: the measured rules plus the digests of every
 /// enrollment bundle and of the reference policy. Its postcard encoding
 /// hashes to the cluster id; the audit bundle carries it so an auditor can
 /// bind the enrollments to that id.
+///
+/// The rules an offline verifier applies are in it in clear, not only
+/// inside the `rules` digest: the fault model (which sets the certificate
+/// and cosignature quorum) and the epoch (which attestation records bind).
+/// Every signature in a bundle names the cluster id, so a bundle header
+/// that states another fault model or epoch than these is refused — two
+/// colluders of three cannot present a history by claiming `majority`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
     /// [`CLUSTER_ID_DOMAIN`].
     pub domain: String,
+    /// The fault model (also inside `rules`).
+    pub fault_model: FaultModel,
+    /// The membership epoch (also inside `rules`).
+    pub epoch: u64,
     /// [`ClusterSection::measured_digest`].
     pub rules: Sha256Digest,
     /// SHA-256 of the reference policy file, if any.
@@ -504,6 +516,8 @@ fn canonical_cluster(c: &ClusterSection, shown: &str) -> Result<(Vec<u8>, Cluste
     };
     let identity = ClusterIdentity {
         domain: CLUSTER_ID_DOMAIN.to_string(),
+        fault_model: c.fault_model,
+        epoch: c.epoch,
         rules: c.measured_digest(),
         reference_policy,
         enrollments,

@@ -74,7 +74,7 @@ pub struct HostCounts {
     pub parties: u64,
     /// Whose store was exported.
     pub exporter: Option<PartyId>,
-    /// The fault model the header states (and its quorum).
+    /// The fault model the cluster id commits to (and its quorum).
     pub fault_model: Option<(quorate_firmware::types::FaultModel, usize)>,
     /// Blocks decoded and chained.
     pub blocks: u64,
@@ -136,7 +136,7 @@ impl fmt::Display for Verification {
         if let Some((m, q)) = h.fault_model {
             writeln!(
                 f,
-                "fault model        {m:?}: quorum {q} of {} (as the header states; compare with the cluster's rules)",
+                "fault model        {m:?}: quorum {q} of {} (bound by the cluster id)",
                 h.parties
             )?;
         }
@@ -930,6 +930,26 @@ fn setup(
             format!("unknown cluster identity domain {:?}", identity.domain),
         ));
     }
+    // The rules the verifier applies come from the identity, which every
+    // signature binds; the header's copies must agree with it.
+    if header.fault_model != identity.fault_model {
+        return Err(problem(
+            "header",
+            format!(
+                "states fault model {:?}, but the cluster id commits to {:?}: the header was altered",
+                header.fault_model, identity.fault_model
+            ),
+        ));
+    }
+    if header.epoch.0 != identity.epoch {
+        return Err(problem(
+            "header",
+            format!(
+                "states epoch {}, but the cluster id commits to epoch {}: the header was altered",
+                header.epoch.0, identity.epoch
+            ),
+        ));
+    }
     let mut enrollments = BTreeMap::new();
     let mut parties = Vec::new();
     let listed: BTreeMap<u32, Sha256Digest> = identity.enrollments.iter().copied().collect();
@@ -1007,6 +1027,24 @@ mod tests {
             (None, Some(p)) => p.to_string(),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_header_stating_another_fault_model_or_epoch_than_the_cluster_id_fails() {
+        let mut f = Fixture::honest();
+        assert!(f.verify().is_ok());
+        // Two colluders of three would need only `majority` to present a
+        // history of their own: the header's claim is checked against the id.
+        f.header.fault_model = quorate_firmware::types::FaultModel::Majority;
+        let why = failure(&f.verify());
+        assert!(
+            why.starts_with("header: ") && why.contains("fault model Majority"),
+            "{why}"
+        );
+        let mut f = Fixture::honest();
+        f.header.epoch = quorate_firmware::types::Epoch(1);
+        let why = failure(&f.verify());
+        assert!(why.contains("epoch 1"), "{why}");
     }
 
     #[test]
