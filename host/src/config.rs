@@ -181,6 +181,13 @@ pub struct PartyEntry {
     pub address: String,
     /// Its enrollment bundle (enrollment.json from its `quorate init`).
     pub enrollment: PathBuf,
+    /// The record `quorate enroll complete` wrote when this party's AK was
+    /// activated against its EK (credential activation). Required for
+    /// every party outside dev mode: `quorate run` checks it matches the
+    /// enrollment and pins the activated AK. Not part of the cluster id
+    /// (each party's operator verifies the others' TPMs itself).
+    #[serde(default)]
+    pub enrollment_record: Option<PathBuf>,
 }
 
 /// A validated configuration, paths resolved.
@@ -412,6 +419,7 @@ impl Config {
                 ));
             }
             p.enrollment = resolve(&p.enrollment);
+            p.enrollment_record = p.enrollment_record.as_deref().map(resolve);
         }
         let me = file
             .cluster

@@ -232,6 +232,9 @@ pub async fn run(
     let me = cfg.me;
     info!(party = %me, cluster = %cfg.cluster_id.0, data_dir = %data_dir.display(), "starting");
     let (parties, enrollments) = party_set(&cfg)?;
+    // Outside dev mode every party's AK must have been activated against its
+    // EK (`quorate enroll complete`): admission pins what the records bind.
+    let activated = crate::enroll_cli::enrollment_records(&cfg)?;
     let own = enrollments
         .get(&me)
         .ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
@@ -306,7 +309,7 @@ pub async fn run(
         }
     };
     let policy_pcrs = policy.as_ref().map(|p| p.quoted_pcrs()).unwrap_or_default();
-    let admission = admission::Admission::new(policy, me, &enrollments);
+    let admission = admission::Admission::new(policy, me, &enrollments).with_activated(activated);
 
     // Peers.
     let identity = TlsIdentity::load(&data_dir)?;
