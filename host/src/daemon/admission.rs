@@ -293,8 +293,11 @@ fn check(
     let mut trial = state.clone();
     let result = verify(&evidence, freshness, policy, &mut trial).map_err(|e| e.to_string())?;
     if let Some(a) = activated {
-        a.check(&result.ak_name, evidence.ek_certificate.as_ref().map(|c| c.as_slice()))
-            .map_err(|e| e.to_string())?;
+        a.check(
+            &result.ak_name,
+            evidence.ek_certificate.as_ref().map(|c| c.as_slice()),
+        )
+        .map_err(|e| e.to_string())?;
     }
     match enrolled_tls {
         Some(t) if t == evidence.tls_key_hash => {}
