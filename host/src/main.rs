@@ -224,12 +224,18 @@ enum AuditCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Verify a bundle offline (no TPM, no network) against a reference
-    /// policy; prints a report, exit status 1 on any problem.
+    /// Verify bundles offline (no TPM, no network) against a reference
+    /// policy, and compare their certified checkpoints (a fork names its
+    /// signers); prints a report, exit status 1 on any problem.
     Verify {
-        /// The bundle (from `quorate audit export`).
+        /// A bundle (from `quorate audit export`); repeat for bundles of
+        /// several parties.
+        #[arg(long, required = true)]
+        bundle: Vec<PathBuf>,
+        /// Remember the last verified checkpoint of each cluster in this
+        /// file and require the next bundles to be consistent with it.
         #[arg(long)]
-        bundle: PathBuf,
+        state: Option<PathBuf>,
         /// The reference-value policy (from `quorate measure`).
         #[arg(long)]
         policy: PathBuf,
@@ -542,6 +548,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Verify {
             bundle,
+            state,
             policy,
             allow_dev,
         } => {
@@ -551,14 +558,13 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 std::str::from_utf8(&text).context("--policy is not UTF-8")?,
             )
             .with_context(|| format!("--policy {}", policy.display()))?;
-            let file = std::fs::File::open(&bundle)
-                .with_context(|| format!("--bundle {}", bundle.display()))?;
             let opts = quorate_host::audit::check::VerifyOptions { allow_dev };
-            let v = quorate_host::audit::check::verify_bundle_with(
-                std::io::BufReader::new(file),
+            let v = quorate_host::audit::views::verify_many(
+                &bundle,
                 &parsed,
                 &text,
                 &opts,
+                state.as_deref(),
             );
             print!("{v}");
             if v.is_ok() {

@@ -13,3 +13,4 @@ pub mod check;
 pub mod export;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod views;
