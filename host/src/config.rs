@@ -108,6 +108,24 @@ pub struct PartySection {
     /// This party's own approval rules (allowed keys, rate limits, manual approval).
     #[serde(default)]
     pub local_policy: LocalPolicy,
+    /// Start-up double-sign check (CometBFT ADR-051): when the sign-guard
+    /// state is missing or older than the chain's last height signed by this
+    /// party, sign nothing until this many heights are decided without it
+    /// (0 disables the check). See [`crate::sign_watch`].
+    #[serde(default = "default_double_sign_heights")]
+    pub double_sign_check_heights: u64,
+    /// ...or until no block was decided for this many seconds (a cluster
+    /// that cannot decide without this party).
+    #[serde(default = "default_double_sign_idle")]
+    pub double_sign_check_idle_secs: u64,
+}
+
+fn default_double_sign_heights() -> u64 {
+    3
+}
+
+fn default_double_sign_idle() -> u64 {
+    10
 }
 
 fn default_tpm() -> String {

@@ -30,5 +30,6 @@ pub mod fsutil;
 pub mod init;
 pub mod launch;
 pub mod net;
+pub mod sign_watch;
 pub mod store;
 pub mod tpm;

@@ -80,6 +80,9 @@ pub struct Metrics {
     pub checkpoints_certified: AtomicU64,
     /// Issuing this party's checkpoint lines (TPM quote and cosignature).
     pub checkpoint_issue_latency: Histogram,
+    /// Consensus signatures refused: by the sign guard, or withheld by the
+    /// start-up double-sign watch (`crate::sign_watch`).
+    pub signatures_refused: AtomicU64,
     batch_started: Mutex<Option<(u64, Instant)>>,
 }
 
@@ -221,6 +224,13 @@ impl Metrics {
             self.checkpoints_certified
                 .load(Ordering::Relaxed)
                 .to_string(),
+        );
+        gauge(
+            &mut out,
+            "quorate_signatures_refused_total",
+            "Consensus signatures refused by the sign guard or withheld by the start-up double-sign watch.",
+            "counter",
+            self.signatures_refused.load(Ordering::Relaxed).to_string(),
         );
         self.checkpoint_issue_latency.render(
             "quorate_checkpoint_issue_latency_seconds",

@@ -471,6 +471,44 @@ struct Runtime {
     issuer: audit::Issuer,
     /// The log head to hand the driver once the decided block's step is done.
     app_state: Option<(quorate_firmware::consensus::LogHead, bool)>,
+    /// The start-up double-sign check (ADR-051).
+    sign_watch: crate::sign_watch::DoubleSignWatch,
+}
+
+/// The start-up double-sign watch of this party, from its guard and the
+/// stored certificates of the `recent` blocks.
+fn start_watch(
+    cfg: &Config,
+    guard: &quorate_firmware::consensus::sign_guard::SignGuard,
+    tip: Height,
+    recent: &[DecidedBlock],
+) -> crate::sign_watch::DoubleSignWatch {
+    let chain_signed = recent
+        .iter()
+        .filter(|d| d.certificate.signatures.iter().any(|(p, _)| *p == cfg.me))
+        .map(|d| d.block.header().height)
+        .max();
+    let w = crate::sign_watch::DoubleSignWatch::at_start(
+        guard
+            .last(quorate_firmware::consensus::context::Step::Precommit)
+            .map(|l| l.height),
+        tip,
+        chain_signed,
+        cfg.file.party.double_sign_check_heights,
+        cfg.file
+            .party
+            .double_sign_check_idle_secs
+            .saturating_mul(1000),
+        now_ms(),
+    );
+    if let Some(r) = w.reason() {
+        warn!(
+            reason = %r,
+            heights = cfg.file.party.double_sign_check_heights,
+            "double-sign check: signing nothing until the cluster decides without this party"
+        );
+    }
+    w
 }
 
 impl Runtime {
@@ -507,10 +545,11 @@ impl Runtime {
                 certificate: dec("certificate", &sb.cert)?,
             });
         }
-        let sign_guard = match store.guard()? {
+        let sign_guard: quorate_firmware::consensus::sign_guard::SignGuard = match store.guard()? {
             Some(b) => dec("sign guard", &b)?,
             None => Default::default(),
         };
+        let sign_watch = start_watch(&cfg, &sign_guard, Height(tip), &recent);
         let mut wal = Vec::new();
         for e in store.wal_entries(tip + 1)? {
             wal.push(dec("WAL record", &e)?);
@@ -566,6 +605,7 @@ impl Runtime {
             audit: audit::AuditLog::new(book),
             issuer,
             app_state: None,
+            sign_watch,
         };
         let mut h = 1;
         while h <= tip {
@@ -807,6 +847,12 @@ impl Runtime {
 
     /// Carries out a step: persist everything durably, then act.
     fn execute(&mut self, step: Step) -> anyhow::Result<()> {
+        for e in self.driver.take_sign_refusals() {
+            self.metrics
+                .signatures_refused
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "the sign guard refused a signature");
+        }
         for p in &step.persist {
             match p {
                 Persist::WalAppend { height, record } => {
@@ -841,7 +887,16 @@ impl Runtime {
                 Action::CancelTimeout { id } => {
                     self.timers.remove(&id);
                 }
-                Action::Sign { request, bytes } => self.spawn_sign(request, bytes, Duration::ZERO),
+                Action::Sign { request, bytes } => {
+                    if self.sign_watch.may_sign(now_ms()) {
+                        self.spawn_sign(request, bytes, Duration::ZERO)
+                    } else {
+                        self.metrics
+                            .signatures_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!("signature withheld: the start-up double-sign check is watching");
+                    }
+                }
                 Action::Decided(d) => {
                     self.decided(&d.block, &d.certificate)?;
                 }
@@ -876,6 +931,15 @@ impl Runtime {
     fn decided(&mut self, block: &Block, cert: &CommitCertificate) -> anyhow::Result<()> {
         let outcome = self.apply(block, false)?;
         let h = block.header();
+        let ours = cert.signatures.iter().any(|(p, _)| *p == self.me);
+        if self.sign_watch.on_decided(h.height, ours, now_ms())?
+            == crate::sign_watch::WatchEvent::Ended
+        {
+            info!(
+                height = h.height.0,
+                "double-sign check passed: signing resumes"
+            );
+        }
         self.last = Some(status::LastDecision {
             height: h.height.0,
             time_ms: h.time_ms,
