@@ -242,6 +242,14 @@ enum AuditCommand {
         /// Accept a development policy (dev = true); refused without it.
         #[arg(long)]
         allow_dev: bool,
+        /// An outside witness's verifier key (C2SP vkey,
+        /// `name+keyid+base64`); repeat for several.
+        #[arg(long)]
+        witness: Vec<String>,
+        /// How many of the --witness keys must have cosigned the latest
+        /// checkpoint.
+        #[arg(long, default_value_t = 0)]
+        witness_quorum: usize,
     },
 }
 
@@ -551,6 +559,8 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             state,
             policy,
             allow_dev,
+            witness,
+            witness_quorum,
         } => {
             let text =
                 std::fs::read(&policy).with_context(|| format!("--policy {}", policy.display()))?;
@@ -558,7 +568,16 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 std::str::from_utf8(&text).context("--policy is not UTF-8")?,
             )
             .with_context(|| format!("--policy {}", policy.display()))?;
-            let opts = quorate_host::audit::check::VerifyOptions { allow_dev };
+            let witnesses = witness
+                .iter()
+                .map(|w| quorate_host::audit::witness::WitnessKey::parse(w))
+                .collect::<Result<Vec<_>, _>>()
+                .context("--witness")?;
+            let opts = quorate_host::audit::check::VerifyOptions {
+                allow_dev,
+                witnesses,
+                witness_quorum,
+            };
             let v = quorate_host::audit::views::verify_many(
                 &bundle,
                 &parsed,

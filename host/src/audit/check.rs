@@ -98,6 +98,11 @@ pub struct HostCounts {
     pub threads: usize,
     /// Whether the policy checked against is a development policy.
     pub dev_policy: bool,
+    /// Valid outside-witness cosignatures, over every checkpoint.
+    pub witness_cosignatures: u64,
+    /// (witnesses that cosigned the latest checkpoint, required), when
+    /// witnesses were configured.
+    pub witnessed: Option<(usize, usize)>,
 }
 
 /// The outcome of verifying a bundle.
@@ -177,6 +182,13 @@ impl fmt::Display for Verification {
             "tpm                {} checkpoint quotes, {} attestation records verified against the policy ({} rejected records confirmed)",
             h.quotes, h.records_verified, h.records_rejected_confirmed
         )?;
+        if let Some((got, need)) = h.witnessed {
+            writeln!(
+                f,
+                "witnesses          {got} cosigned the latest checkpoint ({need} required), {} valid cosignatures in all",
+                h.witness_cosignatures
+            )?;
+        }
         let core = self.report.to_string();
         // The core's last line is its verdict; ours replaces it.
         for line in core.lines().filter(|l| !l.starts_with("result")) {
@@ -682,6 +694,11 @@ pub struct VerifyOptions {
     /// a PCR any process resets, so the attestation proves nothing against
     /// the machine's own users). Without it such a policy fails the check.
     pub allow_dev: bool,
+    /// Outside witnesses' verifier keys (C2SP vkeys, `cosignature/v1`).
+    pub witnesses: Vec<super::witness::WitnessKey>,
+    /// How many of them must have cosigned the bundle's latest certified
+    /// checkpoint (0: none required; their lines are still checked).
+    pub witness_quorum: usize,
 }
 
 /// Verifies the bundle read from `input` against `policy` (the reference
@@ -693,8 +710,53 @@ pub fn verify_bundle<R: Read + Send>(
     policy: &Policy,
     policy_text: &[u8],
 ) -> Verification {
-    let opts = VerifyOptions { allow_dev: true };
+    let opts = VerifyOptions {
+        allow_dev: true,
+        ..Default::default()
+    };
     verify_bundle_with(input, policy, policy_text, &opts)
+}
+
+/// Checks the outside witnesses' cosignatures: every line of a configured
+/// witness on any checkpoint must verify, and the latest checkpoint must
+/// carry `opts.witness_quorum` of them.
+fn check_witnesses(
+    checkpoints: &[Vec<u8>],
+    opts: &VerifyOptions,
+    host: &mut HostCounts,
+) -> Result<(), BundleProblem> {
+    use quorate_firmware::audit::checkpoint::SignedCheckpoint;
+    if opts.witnesses.is_empty() && opts.witness_quorum == 0 {
+        return Ok(());
+    }
+    let mut latest: Option<(u64, usize)> = None;
+    for bytes in checkpoints {
+        // A note that does not parse is reported by the verifier core.
+        let Ok(cp) = SignedCheckpoint::parse(bytes) else {
+            continue;
+        };
+        let size = cp.checkpoint.size.0;
+        let got = super::witness::cosigned_by(&cp, &opts.witnesses).map_err(|e| BundleProblem {
+            location: format!("checkpoint of size {size}"),
+            message: e.to_string(),
+        })?;
+        host.witness_cosignatures += got.len() as u64;
+        if latest.is_none_or(|(s, _)| size >= s) {
+            latest = Some((size, got.len()));
+        }
+    }
+    let (size, got) = latest.unwrap_or((0, 0));
+    host.witnessed = Some((got, opts.witness_quorum));
+    if got < opts.witness_quorum {
+        return Err(BundleProblem {
+            location: format!("checkpoint of size {size}"),
+            message: format!(
+                "{got} of the configured witnesses cosigned the latest checkpoint, {} required: no outside party vouches that this is the history everyone sees",
+                opts.witness_quorum
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Verifies the bundle read from `input` against `policy` with `opts`.
@@ -767,6 +829,10 @@ pub fn verify_bundle_with<R: Read + Send>(
         fail(&mut out, "bundle".into(), "no header".into());
         return out;
     };
+    if let Err(p) = check_witnesses(&checkpoints, opts, &mut out.host) {
+        out.problem = Some(p);
+        return out;
+    }
     out.host.cluster = Some(header.cluster.0);
     out.host.exporter = Some(header.exporter);
     let mut checker = match setup(&header, &enrollment_bytes, policy, policy_text, &mut out) {
@@ -883,8 +949,10 @@ pub fn verify_bundle_with<R: Read + Send>(
         out.host.policy_is_clusters,
         out.host.parties,
     );
+    let witnessed = (out.host.witness_cosignatures, out.host.witnessed);
     out.host = checker.counts;
     out.host.dev_policy = policy.dev;
+    (out.host.witness_cosignatures, out.host.witnessed) = witnessed;
     out.host.cluster = Some(header.cluster.0);
     out.host.exporter = Some(header.exporter);
     (
@@ -1068,7 +1136,10 @@ mod tests {
             bundle.as_slice(),
             &dev,
             &f.policy_text,
-            &VerifyOptions { allow_dev: true },
+            &VerifyOptions {
+                allow_dev: true,
+                ..Default::default()
+            },
         );
         assert!(v.is_ok(), "{v}");
         assert!(v.to_string().contains("DEV: a development policy"), "{v}");

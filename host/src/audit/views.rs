@@ -624,7 +624,7 @@ mod tests {
         let p1 = dir.path().join("p1.qab");
         std::fs::write(&p1, f.bundle()).unwrap();
         let state = dir.path().join("state.json");
-        let opts = crate::audit::check::VerifyOptions { allow_dev: false };
+        let opts = crate::audit::check::VerifyOptions::default();
         let r = verify_many(
             &[p1.clone(), p1.clone()],
             &f.policy,
