@@ -171,6 +171,39 @@ pub struct ClusterSection {
     pub sessions: SessionRules,
     /// Every party, this one included.
     pub parties: Vec<PartyEntry>,
+    /// Outside C2SP tlog-witnesses each party submits its certified
+    /// checkpoints to (their cosignatures are added to the stored notes).
+    /// Not part of the cluster id: auditors choose the witnesses they trust
+    /// (`quorate audit verify --witness`).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessEntry>,
+}
+
+/// One `[[cluster.witnesses]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEntry {
+    /// Its submission prefix, `http://host:port[/prefix]`.
+    pub url: String,
+    /// Its C2SP verifier key, `name+keyid+base64(0x04 || Ed25519 key)`.
+    pub key: String,
+}
+
+impl ClusterSection {
+    /// The configured witnesses, keys parsed (checked by [`Config::parse`]).
+    pub fn witness_list(&self) -> Vec<crate::audit::witness::Witness> {
+        self.witnesses
+            .iter()
+            .filter_map(|w| {
+                crate::audit::witness::WitnessKey::parse(&w.key)
+                    .ok()
+                    .map(|key| crate::audit::witness::Witness {
+                        url: w.url.clone(),
+                        key,
+                    })
+            })
+            .collect()
+    }
 }
 
 fn default_attest_every() -> u64 {
@@ -438,6 +471,20 @@ impl Config {
             }
             p.enrollment = resolve(&p.enrollment);
             p.enrollment_record = p.enrollment_record.as_deref().map(resolve);
+        }
+        for (i, w) in file.cluster.witnesses.iter().enumerate() {
+            if let Err(e) = crate::audit::witness::WitnessKey::parse(&w.key) {
+                return Err(invalid(
+                    &format!("cluster.witnesses[{i}].key"),
+                    e.to_string(),
+                ));
+            }
+            if !w.url.starts_with("http://") {
+                return Err(invalid(
+                    &format!("cluster.witnesses[{i}].url"),
+                    format!("`{}` is not an http:// URL", w.url),
+                ));
+            }
         }
         let me = file
             .cluster

@@ -1115,6 +1115,87 @@ mod tests {
         assert!(why.contains("epoch 1"), "{why}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn witness_cosignatures_from_a_spec_witness_verify_and_a_quorum_is_enforced() {
+        use crate::audit::test_witness::TestWitness;
+        use crate::audit::witness::{submit, Submitted};
+        use quorate_firmware::audit::checkpoint::{origin_for, SignedCheckpoint};
+        let mut f = Fixture::honest();
+        let w = TestWitness::start("witness.test/w1").unwrap();
+        w.trust(
+            &origin_for(&f.header.cluster),
+            f.parties.iter().map(|(p, x)| (*p, x.vote_key)).collect(),
+        );
+        // The bundle's checkpoints, oldest first, submitted as a log does.
+        let mut old: Option<(u64, usize)> = None;
+        for i in 0..f.checkpoints.len() {
+            let mut cp = SignedCheckpoint::parse(&f.checkpoints[i]).unwrap();
+            let proof = match old {
+                Some((o, _)) if o < cp.checkpoint.size.0 => {
+                    // The consistency proof from the fixture's own tree.
+                    quorate_firmware::audit::merkle::consistency_proof(
+                        &f.tree,
+                        quorate_firmware::audit::merkle::TreeSize(o),
+                        cp.checkpoint.size,
+                    )
+                    .unwrap()
+                }
+                _ => Vec::new(),
+            };
+            let o = old.map(|(o, _)| o).unwrap_or(0);
+            match submit(&w.url(), o, &proof, &cp.checkpoint, &cp.format())
+                .await
+                .unwrap()
+            {
+                Submitted::Cosigned(lines) => cp.signatures.extend(lines),
+                other => panic!("witness answered {other:?}"),
+            }
+            f.checkpoints[i] = cp.format().into_bytes();
+            old = Some((cp.checkpoint.size.0, i));
+        }
+        let opts = |need| VerifyOptions {
+            allow_dev: false,
+            witnesses: vec![w.key()],
+            witness_quorum: need,
+        };
+        let bundle = f.bundle();
+        let v = verify_bundle_with(bundle.as_slice(), &f.policy, &f.policy_text, &opts(1));
+        assert!(v.is_ok(), "{v}");
+        assert!(
+            v.to_string()
+                .contains("witnesses          1 cosigned the latest checkpoint (1 required)"),
+            "{v}"
+        );
+        // Two required, one configured: refused.
+        let v = verify_bundle_with(bundle.as_slice(), &f.policy, &f.policy_text, &opts(2));
+        assert!(failure(&v).contains("1 of the configured witnesses"), "{v}");
+        // Another witness's key: its lines are not there.
+        let stranger = TestWitness::start("witness.test/w2").unwrap();
+        let v = verify_bundle_with(
+            bundle.as_slice(),
+            &f.policy,
+            &f.policy_text,
+            &VerifyOptions {
+                witnesses: vec![stranger.key()],
+                witness_quorum: 1,
+                ..Default::default()
+            },
+        );
+        assert!(failure(&v).contains("0 of the configured witnesses"), "{v}");
+        // A forged witness line fails even when no quorum is required.
+        let last = f.checkpoints.len() - 1;
+        let mut cp = SignedCheckpoint::parse(&f.checkpoints[last]).unwrap();
+        let wl = cp
+            .signatures
+            .iter_mut()
+            .find(|l| l.name == "witness.test/w1")
+            .unwrap();
+        wl.signature[20] ^= 1;
+        f.checkpoints[last] = cp.format().into_bytes();
+        let v = verify_bundle_with(f.bundle().as_slice(), &f.policy, &f.policy_text, &opts(0));
+        assert!(failure(&v).contains("does not verify"), "{v}");
+    }
+
     #[test]
     fn a_dev_policy_fails_unless_allowed_and_is_flagged() {
         let f = Fixture::honest();

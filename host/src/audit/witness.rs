@@ -139,8 +139,9 @@ impl WitnessKey {
     /// and checks its ID.
     pub fn parse(s: &str) -> Result<WitnessKey, WitnessError> {
         let bad = || WitnessError::BadKey(s.chars().take(200).collect());
-        let mut parts = s.rsplitn(3, '+');
-        let (Some(b64), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // The name has no '+'; the base64 key may.
+        let mut parts = s.splitn(3, '+');
+        let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad());
         };
         if name.is_empty()
@@ -436,6 +437,188 @@ pub async fn submit(
     }
 }
 
+/// One configured witness: where to submit and the key its lines verify
+/// under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Witness {
+    /// Its submission prefix (`http://host:port[/prefix]`).
+    pub url: String,
+    /// Its verifier key.
+    pub key: WitnessKey,
+}
+
+/// What a submission task reports back.
+type Report = (usize, u64, Result<Submitted, WitnessError>);
+
+/// The daemon's side of the witness protocol: after each certified
+/// checkpoint it submits the stored note with a consistency proof from the
+/// size each witness is known to hold, re-submits once from the size a 409
+/// names, verifies the cosignatures that come back and adds them to the
+/// stored note (so exports carry them). Submissions run as tasks; their
+/// results are applied by [`Submitter::poll`] on the daemon's tick.
+pub struct Submitter {
+    witnesses: Vec<Witness>,
+    /// Per witness: the size it is known to hold.
+    known: Vec<u64>,
+    /// (witness, size, old) submissions made, to re-submit at most once.
+    tried: BTreeSet<(usize, u64, u64)>,
+    /// Cosignature lines added per size (the latest few), put back if a
+    /// fuller note from the parties replaces the stored one.
+    added: std::collections::BTreeMap<u64, Vec<NoteSignature>>,
+    tx: tokio::sync::mpsc::UnboundedSender<Report>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Report>,
+}
+
+impl std::fmt::Debug for Submitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submitter")
+            .field("witnesses", &self.witnesses)
+            .field("known", &self.known)
+            .finish()
+    }
+}
+
+impl Submitter {
+    /// A submitter for `witnesses` (none: it does nothing).
+    pub fn new(witnesses: Vec<Witness>) -> Submitter {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Submitter {
+            known: vec![0; witnesses.len()],
+            witnesses,
+            tried: BTreeSet::new(),
+            added: std::collections::BTreeMap::new(),
+            tx,
+            rx,
+        }
+    }
+
+    /// The certified checkpoint `cp` was stored: submit it to every witness.
+    pub fn certified(&mut self, store: &crate::store::Store, cp: &SignedCheckpoint) {
+        if let Some(lines) = self.added.get(&cp.checkpoint.size.0) {
+            let mut fuller = cp.clone();
+            for l in lines {
+                if !fuller
+                    .signatures
+                    .iter()
+                    .any(|x| x.name == l.name && x.key_id == l.key_id)
+                {
+                    fuller.signatures.push(l.clone());
+                }
+            }
+            if fuller != *cp {
+                if let Err(e) = store.put_checkpoint(cp.checkpoint.size, &fuller.format()) {
+                    tracing::warn!(error = %e, "cannot keep the witness cosignatures");
+                }
+            }
+        }
+        for i in 0..self.witnesses.len() {
+            self.send(store, i, cp);
+        }
+    }
+
+    fn send(&mut self, store: &crate::store::Store, i: usize, cp: &SignedCheckpoint) {
+        let (Some(w), Some(old)) = (self.witnesses.get(i), self.known.get(i).copied()) else {
+            return;
+        };
+        let size = cp.checkpoint.size.0;
+        if old > size || !self.tried.insert((i, size, old)) {
+            return;
+        }
+        let proof = if old == 0 || old == size {
+            Vec::new()
+        } else {
+            match store.consistency_proof(
+                quorate_firmware::audit::merkle::TreeSize(old),
+                cp.checkpoint.size,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(witness = %w.url, error = %e, "no consistency proof for the witness");
+                    return;
+                }
+            }
+        };
+        let url = w.url.clone();
+        let note = cp.format();
+        let checkpoint = cp.checkpoint.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let r = submit(&url, old, &proof, &checkpoint, &note).await;
+            let _ = tx.send((i, size, r));
+        });
+    }
+
+    /// Applies the answers received since the last call: verified
+    /// cosignatures are added to the stored note of their size; a 409
+    /// re-submits from the size the witness holds. Returns how many
+    /// cosignatures were added.
+    pub fn poll(&mut self, store: &crate::store::Store) -> usize {
+        let mut added = 0;
+        while let Ok((i, size, r)) = self.rx.try_recv() {
+            let Some(w) = self.witnesses.get(i).cloned() else {
+                continue;
+            };
+            let stored = match store.checkpoint(quorate_firmware::audit::merkle::TreeSize(size)) {
+                Ok(Some(n)) => n,
+                _ => continue,
+            };
+            let Ok(mut cp) = SignedCheckpoint::parse(stored.as_bytes()) else {
+                continue;
+            };
+            match r {
+                Ok(Submitted::Cosigned(lines)) => {
+                    let mine: Vec<NoteSignature> = lines
+                        .into_iter()
+                        .filter(|l| l.name == w.key.name && l.key_id == w.key.key_id())
+                        .collect();
+                    let mut ok = false;
+                    for l in mine {
+                        match verify_cosignature(&l, &w.key, &cp.checkpoint) {
+                            Ok(_) => {
+                                cp.signatures
+                                    .retain(|x| !(x.name == l.name && x.key_id == l.key_id));
+                                cp.signatures.push(l.clone());
+                                let kept = self.added.entry(size).or_default();
+                                kept.retain(|x| x.name != l.name);
+                                kept.push(l);
+                                while self.added.len() > 16 {
+                                    self.added.pop_first();
+                                }
+                                ok = true;
+                            }
+                            Err(e) => {
+                                tracing::warn!(witness = %w.url, error = %e, "witness cosignature refused")
+                            }
+                        }
+                    }
+                    if ok {
+                        if let Some(k) = self.known.get_mut(i) {
+                            *k = (*k).max(size);
+                        }
+                        match store.put_checkpoint(cp.checkpoint.size, &cp.format()) {
+                            Ok(()) => {
+                                added += 1;
+                                tracing::info!(witness = %w.key.name, size, "checkpoint cosigned by a witness");
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot store the witness cosignature")
+                            }
+                        }
+                    }
+                }
+                Ok(Submitted::Conflict(held)) => {
+                    if let Some(k) = self.known.get_mut(i) {
+                        *k = held;
+                    }
+                    self.send(store, i, &cp);
+                }
+                Err(e) => tracing::warn!(witness = %w.url, error = %e, "witness submission failed"),
+            }
+        }
+        added
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,8 +716,12 @@ mod tests {
             String::from_utf8(cosigned_message(&cp, 1_679_315_147)).unwrap(),
             "cosignature/v1\ntime 1679315147\nexample.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
         );
+        // Many keys: base64 key material containing '+' must round-trip.
+        for _ in 0..64 {
+            let (_, k) = witness("witness.example.com/w1");
+            assert_eq!(WitnessKey::parse(&k.vkey()).unwrap(), k);
+        }
         let (_, key) = witness("witness.example.com/w1");
-        assert_eq!(WitnessKey::parse(&key.vkey()).unwrap(), key);
         let v = key.vkey();
         let (head, tail) = v.split_at(key.name.len() + 1);
         let mut id = tail[..8].to_string();
@@ -590,6 +777,139 @@ mod tests {
         assert_eq!(parse_response(&cp, lines.as_bytes()).unwrap(), vec![line]);
         assert!(parse_response(&cp, b"garbage\n").is_err());
         assert!(parse_response(&cp, b"").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_daemon_submits_to_a_witness_with_consistency_proofs_and_stores_its_cosignatures() {
+        use crate::audit::test_witness::TestWitness;
+        use quorate_firmware::audit::checkpoint::{cosignature, origin_for};
+        use quorate_firmware::audit::merkle::{CompactTree, LeafIndex};
+        use quorate_firmware::crypto::{PublicKey, Signature};
+        use quorate_firmware::types::{ClusterId, PartyId};
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let vote = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let public = PublicKey(vote.public_key().as_ref().try_into().unwrap());
+        let origin = origin_for(&ClusterId(Sha256Digest::of(b"witness test")));
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), "p").unwrap();
+        let mut tree = CompactTree::new();
+        let mut roots = std::collections::BTreeMap::new();
+        let entries: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let mut nodes = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            nodes.extend(tree.append(e).1);
+            roots.insert(i as u64 + 1, tree.root());
+        }
+        store.append_log(LeafIndex(0), &entries, &nodes).unwrap();
+        let signed = |size: u64, root: Sha256Digest| {
+            let checkpoint = Checkpoint {
+                origin: origin.clone(),
+                size: TreeSize(size),
+                root,
+                extensions: vec![],
+            };
+            let sig = vote.sign(&rng, &checkpoint.cosign_message()).unwrap();
+            let line = cosignature(
+                &origin,
+                PartyId(1),
+                &public,
+                &Signature(sig.as_ref().try_into().unwrap()),
+            );
+            SignedCheckpoint {
+                checkpoint,
+                signatures: vec![line],
+            }
+        };
+        let w = TestWitness::start("witness.test/w1").unwrap();
+        w.trust(
+            &origin,
+            std::collections::BTreeMap::from([(PartyId(1), public)]),
+        );
+        let witness = Witness {
+            url: w.url(),
+            key: w.key(),
+        };
+        let wait_for = |sub: &mut Submitter, n: usize| {
+            let mut got = 0;
+            for _ in 0..500 {
+                got += sub.poll(&store);
+                if got >= n {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!(
+                "no cosignature within 5 s; witness answered {:?}",
+                w.answered()
+            );
+        };
+        let mut sub = Submitter::new(vec![witness.clone()]);
+        for size in [100u64, 300] {
+            let cp = signed(size, roots[&size]);
+            store.put_checkpoint(TreeSize(size), &cp.format()).unwrap();
+            sub.certified(&store, &cp);
+            wait_for(&mut sub, 1);
+            let stored = store.checkpoint(TreeSize(size)).unwrap().unwrap();
+            let stored = SignedCheckpoint::parse(stored.as_bytes()).unwrap();
+            assert_eq!(require_witnesses(&stored, &[w.key()], 1).unwrap().len(), 1);
+            // The parties' own line is still there.
+            assert_eq!(stored.signatures.len(), 2);
+        }
+        assert_eq!(w.latest(&origin), Some((300, roots[&300])));
+        // Another party's daemon, not knowing the witness's size: 409, then
+        // from the size the witness holds.
+        let mut other = Submitter::new(vec![witness.clone()]);
+        other.certified(&store, &signed(300, roots[&300]));
+        wait_for(&mut other, 1);
+        assert_eq!(w.answered(), vec![200, 200, 409, 200]);
+        // A forked checkpoint of the same size, and one of a larger size
+        // with a proof from another tree: the witness refuses both.
+        let fork = signed(300, Sha256Digest::of(b"fork"));
+        let r = submit(&w.url(), 300, &[], &fork.checkpoint, &fork.format()).await;
+        assert!(matches!(r, Err(WitnessError::Http { .. })), "{r:?}");
+        let ahead = signed(400, Sha256Digest::of(b"ahead"));
+        let proof = store
+            .consistency_proof(TreeSize(100), TreeSize(300))
+            .unwrap();
+        let r = submit(&w.url(), 300, &proof, &ahead.checkpoint, &ahead.format()).await;
+        assert!(
+            matches!(&r, Err(WitnessError::Http { reason, .. }) if reason.contains("422")),
+            "{r:?}"
+        );
+        // A log it does not know, and one signed by an untrusted key.
+        let mut foreign = signed(300, roots[&300]);
+        foreign.checkpoint.origin = "quorate/other".into();
+        let r = submit(&w.url(), 0, &[], &foreign.checkpoint, &foreign.format()).await;
+        assert!(
+            matches!(&r, Err(WitnessError::Http { reason, .. }) if reason.contains("404")),
+            "{r:?}"
+        );
+        let mut untrusted = signed(300, roots[&300]);
+        untrusted.signatures[0].signature[10] ^= 1;
+        let r = submit(
+            &w.url(),
+            300,
+            &[],
+            &untrusted.checkpoint,
+            &untrusted.format(),
+        )
+        .await;
+        assert!(
+            matches!(&r, Err(WitnessError::Http { reason, .. }) if reason.contains("403")),
+            "{r:?}"
+        );
+        // A forged witness line in a note is refused by the verifier.
+        let stored = store.checkpoint(TreeSize(300)).unwrap().unwrap();
+        let mut forged = SignedCheckpoint::parse(stored.as_bytes()).unwrap();
+        forged.signatures[1].signature[30] ^= 1;
+        assert!(matches!(
+            cosigned_by(&forged, &[w.key()]),
+            Err(WitnessError::BadCosignature(_))
+        ));
     }
 
     proptest::proptest! {

@@ -601,6 +601,7 @@ pub(super) fn setup(
         rx,
         signing: BTreeSet::new(),
         last_resend: Instant::now(),
+        witnesses: crate::audit::witness::Submitter::new(cfg.file.cluster.witness_list()),
     };
     Ok((book, issuer))
 }
@@ -620,6 +621,8 @@ pub(super) struct Issuer {
     /// Checkpoints being signed by the TPM now.
     signing: BTreeSet<TreeSize>,
     last_resend: Instant,
+    /// Submissions to outside witnesses (`cluster.witnesses`).
+    witnesses: crate::audit::witness::Submitter,
 }
 
 impl super::Runtime {
@@ -740,6 +743,7 @@ impl super::Runtime {
 
     fn store_certified(&mut self, c: &SignedCheckpoint) -> anyhow::Result<()> {
         self.store.put_checkpoint(c.checkpoint.size, &c.format())?;
+        self.issuer.witnesses.certified(&self.store, c);
         self.metrics
             .checkpoints_certified
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -789,6 +793,7 @@ impl super::Runtime {
     /// On the tick: retry failed signing and re-send lines still short of
     /// a quorum, every [`RESEND_EVERY`].
     pub(super) fn checkpoint_tick(&mut self) {
+        self.issuer.witnesses.poll(&self.store);
         if self.issuer.last_resend.elapsed() < RESEND_EVERY || !self.audit.book.waiting() {
             return;
         }
