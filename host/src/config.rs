@@ -562,6 +562,42 @@ impl Config {
     }
 }
 
+/// What `quorate run` says at start about the strength of the cluster's
+/// rules (issue 17 point 5): one line per caveat that applies, for the
+/// operator to read in the log.
+pub fn trust_caveats(cfg: &Config, policy: Option<&Policy>) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.file.cluster.fault_model == FaultModel::Majority {
+        out.push(
+            "fault_model = majority tolerates crashed parties only, not Byzantine ones: its safety \
+             rests on the attested code never equivocating, and against a party's own root the \
+             attestation is only as strong as the measured boot / IMA PCRs its policy requires"
+                .to_string(),
+        );
+    }
+    match policy {
+        Some(p) if p.required_pcrs.is_empty() => out.push(
+            "the reference policy requires no platform PCRs (0-7, 10): root on a party's own \
+             server can fake its measured launch; write the policy with \
+             `quorate measure --required-pcrs` on a reference machine"
+                .to_string(),
+        ),
+        Some(_) => {}
+        None => out.push(
+            "no reference policy: peers are admitted on their TLS certificate alone (dev mode)"
+                .to_string(),
+        ),
+    }
+    if cfg.file.party.dev {
+        out.push(
+            "DEV MODE: the measurement is in PCR 23, which any process can reset: this party's \
+             attestation proves nothing"
+                .to_string(),
+        );
+    }
+    out
+}
+
 /// Computes the cluster's identity from its measured rules and the digests
 /// of the files it references (enrollments, reference policy), and returns
 /// the encoded identity with its digest.
@@ -819,6 +855,31 @@ enrollment = "e3.json"
         write(dir.path(), "policy.toml", &dev);
         let c = Config::parse(&text, &path).unwrap();
         assert!(c.reference_policy().unwrap().unwrap().dev);
+    }
+
+    #[test]
+    fn majority_and_a_policy_without_platform_pcrs_are_called_out_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let policy = Policy::new(vec![Sha256Digest::of(b"exe")], Sha256Digest::of(b"rules"));
+        let c = Config::parse(&sample(dir.path(), "", ""), &path).unwrap();
+        let lines = trust_caveats(&c, Some(&policy));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("--required-pcrs"));
+        let c =
+            Config::parse(&sample(dir.path(), "", "fault_model = \"majority\""), &path).unwrap();
+        let mut anchored = policy.clone();
+        crate::measure::require(
+            &mut anchored,
+            vec![quorate_attestation::policy::RequiredPcr {
+                index: quorate_attestation::pcr::PcrIndex::new(0).unwrap(),
+                value: quorate_attestation::policy::HexDigest(Sha256Digest::of(b"fw")),
+            }],
+        );
+        let lines = trust_caveats(&c, Some(&anchored));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("crashed parties only"), "{lines:?}");
+        assert!(trust_caveats(&c, Some(&policy)).len() == 2);
     }
 
     #[test]

@@ -96,6 +96,14 @@ enum Command {
         /// The party configuration whose [cluster] rules are measured.
         #[arg(long)]
         config: PathBuf,
+        /// Also require this machine's measured-boot and IMA PCRs (0-7 and
+        /// 10, SHA-256 bank, read from --tpm): without them root on a party's
+        /// own server can fake the measured launch.
+        #[arg(long)]
+        required_pcrs: bool,
+        /// The TPM whose PCRs --required-pcrs reads.
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tpm: TpmTarget,
     },
     /// Write attestation evidence for a verifier's nonce (runs the measured
     /// launch first if this TPM boot has none). Not while the daemon runs
@@ -496,7 +504,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
-        Command::Measure { exe, config } => {
+        Command::Measure {
+            exe,
+            config,
+            required_pcrs,
+            tpm,
+        } => {
             let executable = file_digest(&exe)
                 .with_context(|| format!("--exe {}: cannot read it", exe.display()))?;
             let (config_digest, dev) =
@@ -506,6 +519,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if dev {
                 policy.dev = true;
                 policy.measurement_pcr = PcrIndex::DEV_MEASUREMENT;
+            }
+            if required_pcrs {
+                let pcrs = quorate_host::measure::platform_pcrs(&tpm)
+                    .await
+                    .context("--required-pcrs")?;
+                quorate_host::measure::require(&mut policy, pcrs);
             }
             print!("{}", policy.to_toml()?);
             Ok(())

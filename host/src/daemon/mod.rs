@@ -308,6 +308,9 @@ pub async fn run(
             None
         }
     };
+    for caveat in crate::config::trust_caveats(&cfg, policy.as_ref()) {
+        warn!("{caveat}");
+    }
     let policy_pcrs = policy.as_ref().map(|p| p.quoted_pcrs()).unwrap_or_default();
     let admission = admission::Admission::new(policy, me, &enrollments).with_activated(activated);
 
