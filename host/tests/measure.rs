@@ -25,7 +25,9 @@ async fn measure_required_pcrs_pins_the_machines_boot_pcrs() {
     let tpm = TpmHandle::open(&swtpm.tcti()).await.unwrap();
     let ima = Sha256Digest::of(b"ima boot_aggregate");
     tpm.pcr_extend(10, ima.0).await.unwrap();
-    tpm.pcr_extend(4, Sha256Digest::of(b"grub").0).await.unwrap();
+    tpm.pcr_extend(4, Sha256Digest::of(b"grub").0)
+        .await
+        .unwrap();
     let mut expected = Vec::new();
     for i in [0u8, 1, 2, 3, 4, 5, 6, 7, 10] {
         expected.push((i, Sha256Digest(tpm.pcr_read(i).await.unwrap())));
