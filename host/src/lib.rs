@@ -30,6 +30,8 @@ pub mod evidence;
 pub mod fsutil;
 pub mod init;
 pub mod launch;
+pub mod measure;
 pub mod net;
+pub mod sign_watch;
 pub mod store;
 pub mod tpm;

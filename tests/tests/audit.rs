@@ -296,6 +296,7 @@ async fn every_party_keeps_the_same_certified_log_and_a_restarted_party_catches_
             .arg(path)
             .arg("--policy")
             .arg(&policy)
+            .arg("--allow-dev")
             .output()
             .unwrap()
     };

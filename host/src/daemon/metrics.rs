@@ -123,6 +123,9 @@ pub struct Metrics {
     pub checkpoints_certified: AtomicU64,
     /// Issuing this party's checkpoint lines (TPM quote and cosignature).
     pub checkpoint_issue_latency: Histogram,
+    /// Consensus signatures refused: by the sign guard, or withheld by the
+    /// start-up double-sign watch (`crate::sign_watch`).
+    pub signatures_refused: AtomicU64,
     /// Signatures the sign guard refused since start (the driver's count:
     /// should stay 0; a refusal means the WAL or the guard was lost or
     /// rolled back and the party was about to double-sign).
@@ -172,6 +175,7 @@ impl Default for Metrics {
             checkpoints_certified: AtomicU64::new(0),
             checkpoint_issue_latency: Histogram::default(),
             sign_refusals: AtomicU64::new(0),
+            signatures_refused: AtomicU64::new(0),
             core_errors: AtomicU64::new(0),
             pending_batches: AtomicU64::new(0),
             equivocations: PerParty::default(),
@@ -489,6 +493,13 @@ impl Metrics {
             "Peer checkpoint notes signing another root for a size held here (an audit log fork).",
             "counter",
             load(&self.checkpoint_forks),
+        );
+        gauge(
+            &mut out,
+            "quorate_signatures_refused_total",
+            "Consensus signatures refused by the sign guard or withheld by the start-up double-sign watch.",
+            "counter",
+            self.signatures_refused.load(Ordering::Relaxed).to_string(),
         );
         self.checkpoint_issue_latency.render(
             "quorate_checkpoint_issue_latency_seconds",

@@ -235,6 +235,9 @@ pub async fn run(
     let me = cfg.me;
     info!(party = %me, cluster = %cfg.cluster_id.0, data_dir = %data_dir.display(), "starting");
     let (parties, enrollments) = party_set(&cfg)?;
+    // Outside dev mode every party's AK must have been activated against its
+    // EK (`quorate enroll complete`): admission pins what the records bind.
+    let activated = crate::enroll_cli::enrollment_records(&cfg)?;
     let own = enrollments
         .get(&me)
         .ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
@@ -299,16 +302,8 @@ pub async fn run(
     } else {
         warn!("this party has no attestation key (provisioned without --config): it cannot prove what it runs");
     }
-    let policy = match &cfg.file.cluster.reference_policy {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| {
-                format!("cluster.reference_policy: cannot read {}", p.display())
-            })?;
-            Some(
-                quorate_attestation::policy::Policy::from_toml(&text)
-                    .with_context(|| format!("cluster.reference_policy {}", p.display()))?,
-            )
-        }
+    let policy = match cfg.reference_policy()? {
+        Some(p) => Some(p),
         None => {
             warn!(
                 "DEV MODE: no reference policy; peers are admitted on their TLS certificate alone"
@@ -316,8 +311,11 @@ pub async fn run(
             None
         }
     };
+    for caveat in crate::config::trust_caveats(&cfg, policy.as_ref()) {
+        warn!("{caveat}");
+    }
     let policy_pcrs = policy.as_ref().map(|p| p.quoted_pcrs()).unwrap_or_default();
-    let admission = admission::Admission::new(policy, me, &enrollments);
+    let admission = admission::Admission::new(policy, me, &enrollments).with_activated(activated);
 
     // Peers.
     let identity = TlsIdentity::load(&data_dir)?;
@@ -361,6 +359,7 @@ pub async fn run(
         p
     });
     let (book, issuer) = audit::setup(&cfg, &enrollments, quote_pcrs)?;
+    let book = book.with_quote_policy(admission.policy().cloned());
     let mcfg = MachineConfig {
         cluster: cfg.cluster_id,
         fault_model: cfg.file.cluster.fault_model,
@@ -483,6 +482,44 @@ struct Runtime {
     engine: crate::engine::Engine,
     seal_tx: mpsc::UnboundedSender<(SessionId, Result<crate::engine::StoredShare, String>)>,
     seal_rx: mpsc::UnboundedReceiver<(SessionId, Result<crate::engine::StoredShare, String>)>,
+    /// The start-up double-sign check (ADR-051).
+    sign_watch: crate::sign_watch::DoubleSignWatch,
+}
+
+/// The start-up double-sign watch of this party, from its guard and the
+/// stored certificates of the `recent` blocks.
+fn start_watch(
+    cfg: &Config,
+    guard: &quorate_firmware::consensus::sign_guard::SignGuard,
+    tip: Height,
+    recent: &[DecidedBlock],
+) -> crate::sign_watch::DoubleSignWatch {
+    let chain_signed = recent
+        .iter()
+        .filter(|d| d.certificate.signatures.iter().any(|(p, _)| *p == cfg.me))
+        .map(|d| d.block.header().height)
+        .max();
+    let w = crate::sign_watch::DoubleSignWatch::at_start(
+        guard
+            .last(quorate_firmware::consensus::context::Step::Precommit)
+            .map(|l| l.height),
+        tip,
+        chain_signed,
+        cfg.file.party.double_sign_check_heights,
+        cfg.file
+            .party
+            .double_sign_check_idle_secs
+            .saturating_mul(1000),
+        now_ms(),
+    );
+    if let Some(r) = w.reason() {
+        warn!(
+            reason = %r,
+            heights = cfg.file.party.double_sign_check_heights,
+            "double-sign check: signing nothing until the cluster decides without this party"
+        );
+    }
+    w
 }
 
 impl Runtime {
@@ -519,10 +556,11 @@ impl Runtime {
                 certificate: dec("certificate", &sb.cert)?,
             });
         }
-        let sign_guard = match store.guard()? {
+        let sign_guard: quorate_firmware::consensus::sign_guard::SignGuard = match store.guard()? {
             Some(b) => dec("sign guard", &b)?,
             None => Default::default(),
         };
+        let sign_watch = start_watch(&cfg, &sign_guard, Height(tip), &recent);
         let mut wal = Vec::new();
         for e in store.wal_entries(tip + 1)? {
             wal.push(dec("WAL record", &e)?);
@@ -593,6 +631,7 @@ impl Runtime {
             engine,
             seal_tx,
             seal_rx,
+            sign_watch,
         };
         let mut h = 1;
         while h <= tip {
@@ -840,6 +879,12 @@ impl Runtime {
 
     /// Carries out a step: persist everything durably, then act.
     fn execute(&mut self, step: Step) -> anyhow::Result<()> {
+        for e in self.driver.take_sign_refusals() {
+            self.metrics
+                .signatures_refused
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "the sign guard refused a signature");
+        }
         for p in &step.persist {
             match p {
                 Persist::WalAppend { height, record } => {
@@ -874,7 +919,16 @@ impl Runtime {
                 Action::CancelTimeout { id } => {
                     self.timers.remove(&id);
                 }
-                Action::Sign { request, bytes } => self.spawn_sign(request, bytes, Duration::ZERO),
+                Action::Sign { request, bytes } => {
+                    if self.sign_watch.may_sign(now_ms()) {
+                        self.spawn_sign(request, bytes, Duration::ZERO)
+                    } else {
+                        self.metrics
+                            .signatures_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!("signature withheld: the start-up double-sign check is watching");
+                    }
+                }
                 Action::Decided(d) => {
                     self.decided(&d.block, &d.certificate)?;
                 }
@@ -909,6 +963,15 @@ impl Runtime {
     fn decided(&mut self, block: &Block, cert: &CommitCertificate) -> anyhow::Result<()> {
         let outcome = self.apply(block, false)?;
         let h = block.header();
+        let ours = cert.signatures.iter().any(|(p, _)| *p == self.me);
+        if self.sign_watch.on_decided(h.height, ours, now_ms())?
+            == crate::sign_watch::WatchEvent::Ended
+        {
+            info!(
+                height = h.height.0,
+                "double-sign check passed: signing resumes"
+            );
+        }
         self.last = Some(status::LastDecision {
             height: h.height.0,
             time_ms: h.time_ms,
