@@ -412,10 +412,22 @@ impl Engine {
                     }
                 }
             }
+            Err(e @ mpc::EngineError::Oversized { .. }) => {
+                // The firmware's payload limit is the cluster's, larger than
+                // the engine's part limit: a decided message no engine will
+                // read would stall the key generation until its deadline.
+                // End it now, naming the sender.
+                warn!(error = %e, from = p.from.0, "a decided round message is over the engine's part limit; aborting the key generation");
+                self.runs.remove(&sid);
+                self.posted_here.remove(&sid);
+                out.push(EngineAction::Submit(abort_op(
+                    sid,
+                    format!("P{}'s round-{} message: {e}", p.from.0, p.round),
+                )));
+            }
             Err(e) => {
                 // A peer's malformed message is already public in the log;
-                // the engine names it via Blame where it can. Anything
-                // else ends our participation cleanly.
+                // the engine names it via Blame where it can.
                 warn!(error = %e, "the MPC engine refused a decided message");
             }
         }
