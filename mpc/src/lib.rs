@@ -77,6 +77,7 @@ mod dkg;
 mod error;
 mod keyshare;
 mod seal;
+mod sign;
 mod suite;
 mod types;
 mod wire;
@@ -87,6 +88,10 @@ pub use dkg::{
 };
 pub use error::{BlameError, ContextProblem, EngineError};
 pub use keyshare::KeyShare;
+pub use sign::{
+    decode_signing_message, share_round, Roast, RoastEvent, SignBlameKind, SignFailure, SignOutput,
+    Signer, SigningCtx, TaprootTweak, SIGN_ROUND_COMMIT,
+};
 pub use types::{
     PartyId, Posted, RoundMessage, Scheme, SessionCtx, MAX_PARTICIPANTS, MAX_PART_BYTES,
 };
