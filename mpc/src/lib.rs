@@ -83,8 +83,8 @@ mod types;
 mod wire;
 
 pub use dkg::{
-    check_blame, decode_round1_broadcast, BlameKind, BlameVerdict, Dkg, DkgFault, DkgOutput,
-    DKG_ROUND_1, DKG_ROUND_2,
+    check_blame, check_refresh_blame, decode_round1_broadcast, BlameKind, BlameVerdict, Dkg,
+    DkgFault, DkgOutput, DKG_ROUND_1, DKG_ROUND_2,
 };
 pub use error::{BlameError, ContextProblem, EngineError};
 pub use keyshare::KeyShare;
@@ -95,6 +95,13 @@ pub use sign::{
 pub use types::{
     PartyId, Posted, RoundMessage, Scheme, SessionCtx, MAX_PARTICIPANTS, MAX_PART_BYTES,
 };
+
+/// Decodes one sealed direct part's envelope (version, encapsulated key,
+/// ciphertext) without opening it: for tools and the fuzzer; [`Dkg`] applies
+/// the same decoder before decrypting.
+pub fn decode_sealed_share(bytes: &[u8]) -> Result<(), EngineError> {
+    wire::decode_sealed(bytes).map(|_| ())
+}
 
 /// The group public key that signatures verify under, as the session result
 /// bytes: 32 bytes for both schemes (Ed25519: the compressed point;

@@ -3,7 +3,12 @@
 //! signer; every signature checked by frost's own verify (inside the
 //! engine's aggregate) and by an independent library.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // a failure is the test failing
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // a failure is the test failing
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -435,4 +440,31 @@ fn bad_signing_input_is_refused_with_a_typed_reason() {
         quorate_mpc::decode_signing_message(Scheme::Ed25519, &p1.message.broadcast.unwrap())
             .is_err()
     );
+}
+
+#[test]
+fn a_refresh_keeps_the_group_key_rotates_every_share_and_still_signs() {
+    for scheme in Scheme::ALL {
+        let old = common::keygen(scheme, 4, 3, 90);
+        let group = old.values().next().unwrap().0.clone();
+        let (log, outputs) = common::run_refresh(&common::ctx(scheme, 4, 3), &old, 91);
+        let new = common::shares(&outputs);
+        assert_eq!(new.len(), 4);
+        for (p, (key, share)) in &new {
+            assert_eq!(key, &group, "the group key is kept");
+            assert_ne!(share.secret, old[p].1.secret, "the share is rotated");
+        }
+        // Round-2 refresh parts are sealed too.
+        for posted in log.iter().filter(|p| p.round == 2) {
+            for (to, ct) in &posted.message.direct {
+                assert!(!ct.windows(32).any(|w| w == new[to].1.secret.as_slice()));
+            }
+        }
+        let ctx = signing_ctx(scheme, &new, 3, None);
+        let o = run_signing(&ctx, &new, &BTreeMap::new(), 92);
+        let (_, _, key) = one_signature(&ctx, &o);
+        assert_eq!(key, group);
+        // Old and new shares do not mix: the old public key package differs.
+        assert_ne!(old[&PartyId(1)].1.public, new[&PartyId(1)].1.public);
+    }
 }

@@ -87,3 +87,44 @@ pub fn keygen(scheme: Scheme, n: u16, t: u16, seed: u64) -> BTreeMap<PartyId, (V
     assert_eq!(s.len(), usize::from(n));
     s
 }
+
+/// Runs a share refresh over `old` shares with a random decided order;
+/// returns the log and each party's outputs.
+pub fn run_refresh(
+    ctx: &SessionCtx,
+    old: &BTreeMap<PartyId, (Vec<u8>, KeyShare)>,
+    seed: u64,
+) -> (Vec<Posted>, BTreeMap<PartyId, Vec<DkgOutput>>) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut parties = BTreeMap::new();
+    let mut pending = Vec::new();
+    for &p in &ctx.participants {
+        let (d, m) = Dkg::start_refresh(ctx.clone(), p, &old[&p].1, &mut rng).unwrap();
+        parties.insert(p, d);
+        pending.push(Posted {
+            round: 1,
+            from: p,
+            message: m,
+        });
+    }
+    let mut log = Vec::new();
+    let mut outputs: BTreeMap<PartyId, Vec<DkgOutput>> = BTreeMap::new();
+    while !pending.is_empty() {
+        let i = (rng.next_u64() % pending.len() as u64) as usize;
+        let decided = pending.swap_remove(i);
+        for (p, d) in parties.iter_mut() {
+            for out in d.on_message(&decided, &mut rng).unwrap() {
+                if let DkgOutput::Submit { round, message } = &out {
+                    pending.push(Posted {
+                        round: *round,
+                        from: *p,
+                        message: message.clone(),
+                    });
+                }
+                outputs.entry(*p).or_default().push(out);
+            }
+        }
+        log.push(decided);
+    }
+    (log, outputs)
+}
