@@ -866,3 +866,168 @@ impl Signer {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+mod tests {
+    use super::*;
+    use frost_core::keys::IdentifierList;
+    use rand_chacha_06::rand_core::SeedableRng;
+    use rand_chacha_06::ChaCha20Rng;
+
+    /// Dealer-generated shares (fast; the DKG has its own tests).
+    fn dealt<C: Suite>(n: u16, t: u16) -> (Vec<KeyShare>, Vec<u8>) {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let (secret_shares, pkp) =
+            frost_core::keys::generate_with_dealer::<C, _>(n, t, IdentifierList::Default, &mut rng)
+                .unwrap();
+        let mut shares = Vec::new();
+        for p in 1..=n {
+            let id = PartyId(p).identifier::<C>().unwrap();
+            let kp = KeyPackage::try_from(secret_shares[&id].clone()).unwrap();
+            shares.push(KeyShare::from_frost(PartyId(p), &kp, &pkp).unwrap());
+        }
+        (shares, pkp.serialize().unwrap())
+    }
+
+    fn sctx(scheme: Scheme, n: u16, t: u16, pkp: Vec<u8>) -> SigningCtx {
+        SigningCtx {
+            cluster_id: [1; 32],
+            session_id: [2; 32],
+            scheme,
+            candidates: (1..=n).map(PartyId).collect(),
+            threshold: t,
+            message: vec![3; 32],
+            taproot: None,
+            public_key_package: pkp,
+        }
+    }
+
+    #[test]
+    fn context_rules() {
+        let (_, pkp) = dealt::<Ed>(3, 2);
+        let c = sctx(Scheme::Ed25519, 3, 2, pkp);
+        assert_eq!(c.max_attempts(), 2);
+        assert_eq!(share_round(1), 2);
+        let mut bad = c.clone();
+        bad.taproot = Some(TaprootTweak { merkle_root: None });
+        assert_eq!(
+            bad.validate(),
+            Err(EngineError::InvalidContext(
+                ContextProblem::TweakWithoutTaproot
+            ))
+        );
+        let mut bad = c.clone();
+        bad.threshold = 3;
+        assert!(matches!(
+            Roast::new(bad),
+            Err(EngineError::InvalidContext(
+                ContextProblem::ThresholdOutOfRange
+            ))
+        ));
+        let mut bad = c.clone();
+        bad.public_key_package = vec![1, 2, 3];
+        assert!(matches!(
+            Roast::new(bad),
+            Err(EngineError::InvalidContext(
+                ContextProblem::PublicKeyPackage
+            ))
+        ));
+        let mut bad = c;
+        bad.candidates.push(PartyId(9));
+        assert!(matches!(
+            Roast::new(bad),
+            Err(EngineError::InvalidContext(
+                ContextProblem::PublicKeyPackage
+            ))
+        ));
+        let (_, tr_pkp) = dealt::<Tr>(3, 2);
+        let mut short = sctx(Scheme::Secp256k1Tr, 3, 2, tr_pkp);
+        short.message = vec![0; 33];
+        assert_eq!(
+            short.validate(),
+            Err(EngineError::InvalidContext(ContextProblem::MessageLength))
+        );
+    }
+
+    #[test]
+    fn two_coordinators_fed_the_same_log_agree_and_a_wrong_key_share_is_refused() {
+        let (shares, pkp) = dealt::<Tr>(4, 3);
+        let c = sctx(Scheme::Secp256k1Tr, 4, 3, pkp);
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let mut signers = Vec::new();
+        let mut pending = Vec::new();
+        for (i, share) in shares.iter().enumerate() {
+            let p = PartyId(u16::try_from(i).unwrap() + 1);
+            let (s, m) = Signer::start(c.clone(), p, share, &mut rng).unwrap();
+            signers.push((p, s));
+            pending.push(Posted {
+                round: 1,
+                from: p,
+                message: m,
+            });
+        }
+        let (mut a, mut b) = (
+            Roast::new(c.clone()).unwrap(),
+            Roast::new(c.clone()).unwrap(),
+        );
+        let (mut ea, mut eb) = (Vec::new(), Vec::new());
+        while let Some(posted) = pending.pop() {
+            ea.extend(a.on_message(&posted).unwrap());
+            eb.extend(b.on_message(&posted).unwrap());
+            for (p, s) in signers.iter_mut() {
+                for o in s.on_message(&posted, &mut rng).unwrap() {
+                    if let SignOutput::Submit { round, message } = o {
+                        pending.insert(
+                            0,
+                            Posted {
+                                round,
+                                from: *p,
+                                message,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(ea, eb);
+        assert!(matches!(
+            ea.last(),
+            Some(RoastEvent::Signature { attempt: 1, .. })
+        ));
+        // Share 2 presented as party 1's.
+        assert!(matches!(
+            Signer::start(c.clone(), PartyId(1), &shares[1], &mut rng),
+            Err(EngineError::InvalidContext(
+                ContextProblem::KeyShareMismatch
+            ))
+        ));
+        let mut ed = c;
+        ed.scheme = Scheme::Ed25519;
+        assert!(Signer::start(ed, PartyId(1), &shares[0], &mut rng).is_err());
+    }
+
+    #[test]
+    fn signing_wire_is_strict_and_scheme_tagged() {
+        let (shares, pkp) = dealt::<Ed>(2, 2);
+        let c = sctx(Scheme::Ed25519, 2, 2, pkp);
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let (_, m) = Signer::start(c, PartyId(1), &shares[0], &mut rng).unwrap();
+        let b = m.broadcast.clone().unwrap();
+        assert_eq!(decode_signing_message(Scheme::Ed25519, &b), Ok(()));
+        assert!(matches!(
+            decode_signing_message(Scheme::Secp256k1Tr, &b),
+            Err(EngineError::WrongCiphersuite { .. })
+        ));
+        let mut long = b.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_signing_message(Scheme::Ed25519, &long),
+            Err(EngineError::Malformed { .. })
+        ));
+        // Corrupting touches only share messages.
+        let mut same = m.clone();
+        Signer::corrupt_next_share(&mut same);
+        assert_eq!(same, m);
+    }
+}

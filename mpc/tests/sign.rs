@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod common;
 
+use proptest::prelude::*;
 use quorate_mpc::{
     EngineError, KeyShare, PartyId, Posted, Roast, RoastEvent, Scheme, SignBlameKind, SignOutput,
     Signer, SigningCtx, TaprootTweak,
@@ -21,7 +22,7 @@ use quorate_mpc::{
 use rand_chacha_06::rand_core::{RngCore, SeedableRng};
 use rand_chacha_06::ChaCha20Rng;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Behaviour {
     Honest,
     /// Posts its commitments, then never answers a selection.
@@ -466,5 +467,44 @@ fn a_refresh_keeps_the_group_key_rotates_every_share_and_still_signs() {
         assert_eq!(key, group);
         // Old and new shares do not mix: the old public key package differs.
         assert_ne!(old[&PartyId(1)].1.public, new[&PartyId(1)].1.public);
+    }
+}
+
+fn scheme() -> impl Strategy<Value = Scheme> {
+    prop_oneof![Just(Scheme::Ed25519), Just(Scheme::Secp256k1Tr)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// With any n - t (or fewer) silent or cheating candidates and any
+    /// decided order, ROAST ends with one signature, identical everywhere,
+    /// within n - t + 1 attempts, naming exactly the cheaters it selected.
+    #[test]
+    fn roast_always_signs_despite_up_to_n_minus_t_faulty(
+        s in scheme(),
+        (n, t) in (2u16..=5).prop_flat_map(|n| (Just(n), 2u16..=n)),
+        faults in proptest::collection::vec((any::<u16>(), any::<bool>()), 0..4),
+        seed in any::<u64>(),
+    ) {
+        let shares = common::keygen(s, n, t, seed);
+        let ctx = signing_ctx(s, &shares, t, None);
+        let mut behaviour = BTreeMap::new();
+        for (p, cheat) in faults.into_iter().take(usize::from(n - t)) {
+            behaviour.insert(PartyId(p % n + 1), if cheat { Behaviour::Cheat } else { Behaviour::Silent });
+        }
+        let o = run_signing(&ctx, &shares, &behaviour, seed ^ 1);
+        let (attempt, ..) = one_signature(&ctx, &o);
+        prop_assert!(attempt <= ctx.max_attempts());
+        for e in &o.observer {
+            if let RoastEvent::Blame { culprit, .. } = e {
+                prop_assert_eq!(behaviour.get(culprit), Some(&Behaviour::Cheat));
+            }
+            if let RoastEvent::Suspected { parties, .. } = e {
+                for p in parties {
+                    prop_assert_eq!(behaviour.get(p), Some(&Behaviour::Silent));
+                }
+            }
+        }
     }
 }
