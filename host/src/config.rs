@@ -123,8 +123,10 @@ pub struct PartySection {
     pub double_sign_check_idle_secs: u64,
 }
 
+/// Off by default (as CometBFT's `double_sign_check_height`): on swtpm
+/// system runs a watching party did not resume (see `crate::sign_watch`).
 fn default_double_sign_heights() -> u64 {
-    3
+    0
 }
 
 fn default_double_sign_idle() -> u64 {

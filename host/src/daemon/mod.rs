@@ -484,6 +484,8 @@ struct Runtime {
     seal_rx: mpsc::UnboundedReceiver<(SessionId, Result<crate::engine::StoredShare, String>)>,
     /// The start-up double-sign check (ADR-051).
     sign_watch: crate::sign_watch::DoubleSignWatch,
+    /// Sign requests held back while it watches, signed when it ends.
+    withheld: Vec<(SignRequestId, Vec<u8>)>,
 }
 
 /// The start-up double-sign watch of this party, from its guard and the
@@ -632,6 +634,7 @@ impl Runtime {
             seal_tx,
             seal_rx,
             sign_watch,
+            withheld: Vec::new(),
         };
         let mut h = 1;
         while h <= tip {
@@ -771,6 +774,10 @@ impl Runtime {
                         self.net.readmit(p);
                     }
                     self.input(Input::Tick)?;
+                    if self.sign_watch.tick(now_ms()) == crate::sign_watch::WatchEvent::Ended {
+                        info!("double-sign check passed (nothing decided while watching): signing resumes");
+                        self.release_withheld();
+                    }
                     self.maybe_batch()?;
                     self.checkpoint_tick();
                     self.health_tick();
@@ -920,13 +927,14 @@ impl Runtime {
                     self.timers.remove(&id);
                 }
                 Action::Sign { request, bytes } => {
-                    if self.sign_watch.may_sign(now_ms()) {
+                    if self.sign_watch.may_sign() {
                         self.spawn_sign(request, bytes, Duration::ZERO)
                     } else {
                         self.metrics
                             .signatures_refused
                             .fetch_add(1, Ordering::Relaxed);
                         warn!("signature withheld: the start-up double-sign check is watching");
+                        self.withheld.push((request, bytes));
                     }
                 }
                 Action::Decided(d) => {
@@ -943,6 +951,13 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Signs what the double-sign watch held back.
+    fn release_withheld(&mut self) {
+        for (request, bytes) in std::mem::take(&mut self.withheld) {
+            self.spawn_sign(request, bytes, Duration::ZERO);
+        }
     }
 
     fn spawn_sign(&self, request: SignRequestId, bytes: Vec<u8>, delay: Duration) {
@@ -971,6 +986,7 @@ impl Runtime {
                 height = h.height.0,
                 "double-sign check passed: signing resumes"
             );
+            self.release_withheld();
         }
         self.last = Some(status::LastDecision {
             height: h.height.0,
