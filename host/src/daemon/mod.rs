@@ -666,18 +666,25 @@ impl Runtime {
         )?;
         rt.driver = driver;
         rt.resume_checkpoints()?;
-        // Verdict targets already queued (the outbox survives restarts).
+        // What is already queued (the outbox survives restarts): verdict
+        // targets, and sessions with a result or abort of ours.
+        let mut sessions_queued = BTreeSet::new();
         for (_, bytes) in rt.store.outbox()? {
-            if let Ok(Operation {
-                body: OpBody::Verdict(v),
-                ..
-            }) = Operation::decode(&bytes)
-            {
-                rt.verdicts_queued.insert(v.target);
+            match Operation::decode(&bytes).map(|o| o.body) {
+                Ok(OpBody::Verdict(v)) => {
+                    rt.verdicts_queued.insert(v.target);
+                }
+                Ok(OpBody::SessionResult(r)) => {
+                    sessions_queued.insert(r.session);
+                }
+                Ok(OpBody::AbortSession(a)) => {
+                    sessions_queued.insert(a.session);
+                }
+                _ => {}
             }
         }
         rt.post_verdicts()?;
-        rt.engine_restart()?;
+        rt.engine_restart(&sessions_queued)?;
         rt.execute(first)?;
         info!(height = tip, state_root = %rt.machine.state_root(), "state restored");
         Ok(rt)
@@ -751,7 +758,7 @@ impl Runtime {
                             binds_height: h,
                             evidence: quorate_firmware::sessions::ops::Blob(evidence),
                         });
-                        self.store.outbox_push(&Operation { author: self.me, body }.encode())?;
+                        self.queue(body)?;
                         info!(height = h.0, "epoch attestation record queued");
                     }
                     Err(e) => warn!(height = h.0, error = %e, "cannot produce the epoch attestation record"),
@@ -1083,19 +1090,24 @@ impl Runtime {
         Ok(outcome)
     }
 
+    /// Queues an operation of this party's in the durable outbox.
+    fn queue(&self, body: OpBody) -> anyhow::Result<u64> {
+        Ok(self.store.outbox_push(
+            &Operation {
+                author: self.me,
+                body,
+            }
+            .encode(),
+        )?)
+    }
+
     /// Carries out the MPC engine's actions: operations go to the outbox;
     /// a finished key share is sealed by the TPM off the event loop.
     fn engine_actions(&mut self, actions: Vec<crate::engine::EngineAction>) -> anyhow::Result<()> {
         for a in actions {
             match a {
                 crate::engine::EngineAction::Submit(body) => {
-                    self.store.outbox_push(
-                        &Operation {
-                            author: self.me,
-                            body,
-                        }
-                        .encode(),
-                    )?;
+                    self.queue(body)?;
                 }
                 crate::engine::EngineAction::Seal {
                     session,
@@ -1145,38 +1157,22 @@ impl Runtime {
                 crate::engine::seal_failed_op(session, &e)
             }
         };
-        self.store.outbox_push(
-            &Operation {
-                author: self.me,
-                body,
-            }
-            .encode(),
-        )?;
+        self.queue(body)?;
         Ok(())
     }
 
     /// At start: key generations that were running lost their round
     /// secrets; re-post results whose share was sealed, abort the rest.
-    fn engine_restart(&mut self) -> anyhow::Result<()> {
-        let mut queued = BTreeSet::new();
-        for (_, bytes) in self.store.outbox()? {
-            match Operation::decode(&bytes).map(|o| o.body) {
-                Ok(OpBody::SessionResult(r)) => {
-                    queued.insert(r.session);
-                }
-                Ok(OpBody::AbortSession(a)) => {
-                    queued.insert(a.session);
-                }
-                _ => {}
-            }
-        }
+    /// `queued`: sessions that already have a result or abort of ours in
+    /// the outbox.
+    fn engine_restart(&mut self, queued: &BTreeSet<SessionId>) -> anyhow::Result<()> {
         let store = &self.store;
         let sealed = |sid: &SessionId| -> Option<Vec<u8>> {
             let b = store.meta(&crate::engine::share_key(sid)).ok()??;
-            let s: crate::engine::StoredShare = postcard::from_bytes(&b).ok()?;
+            let s: crate::engine::StoredShare = dec("stored key share", &b).ok()?;
             Some(s.group_public_key)
         };
-        let actions = self.engine.on_restart(&self.machine, &sealed, &queued);
+        let actions = self.engine.on_restart(&self.machine, &sealed, queued);
         self.engine_actions(actions)
     }
 
