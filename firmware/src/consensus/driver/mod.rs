@@ -31,40 +31,36 @@
 use crate::batch::SignedBatch;
 use crate::consensus::certificate::{
     canonical_equivocation, from_malachite, precommit_bytes, to_malachite_extended,
-    verify_commit_certificate_cached, verify_equivocation, CommitCertificate, VerifyCache,
+    verify_commit_certificate_cached, CommitCertificate, VerifyCache,
 };
 use crate::consensus::context::{
-    round_from_i64, round_i64, threshold_params, Block, BlockContents, BlockHash, BlockHeader,
-    Equivocation, LogHead, PartySet, QuorateContext, SignedBytes, SignedVoteWire, Step as MsgStep,
-    CONSENSUS_DOMAIN,
+    round_from_i64, round_i64, threshold_params, Block, BlockHash, Equivocation, LogHead, PartySet,
+    QuorateContext, SignedVoteWire, Step as MsgStep,
 };
-use crate::consensus::sign_guard::{GuardDecision, SignGuard, SignGuardError};
-
-/// Refusal reasons kept between two [`ConsensusDriver::take_sign_refusals`].
-const MAX_REFUSALS_KEPT: usize = 64;
+use crate::consensus::sign_guard::{SignGuard, SignGuardError};
 use crate::consensus::sync::{peer_id_of, CatchUp};
 use crate::consensus::wire::{
-    input_of_wal_record, polka_from_mc, polka_to_mc, proposal_from_mc, proposal_to_mc,
-    round_cert_from_mc, round_cert_to_mc, vote_from_mc, vote_to_mc, wal_record_of, DecodeError,
+    input_of_wal_record, polka_to_mc, proposal_to_mc, round_cert_to_mc, vote_to_mc, DecodeError,
     PeerMessage, SignedProposalWire, WalRecord,
 };
 use crate::crypto::Signature;
 use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
 use malachitebft_core_consensus as mcc;
-use malachitebft_core_consensus::{Effect, Resumable, Resume};
+use malachitebft_core_consensus::Resume;
 use malachitebft_core_types as mc;
-use malachitebft_core_types::{NilOrVal, Round, Timeout, Validity, ValueOrigin};
+use malachitebft_core_types::{Round, Timeout};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+mod effects;
+mod mempool;
+mod signing;
+mod validate;
+
+pub use mempool::MAX_PENDING_PER_AUTHOR;
+pub use signing::PLACEHOLDER;
+
 type Ctx = QuorateContext;
-
-/// The all-zero placeholder the core sees until the TPM's signature arrives.
-/// r = 0 is never a valid ECDSA signature, so it can never verify.
-pub const PLACEHOLDER: Signature = Signature([0u8; 64]);
-
-/// Most undecided batches kept per author (a member cannot exhaust memory).
-pub const MAX_PENDING_PER_AUTHOR: usize = 4096;
 
 /// Static configuration of one party's driver.
 #[derive(Clone, Debug)]
@@ -359,7 +355,7 @@ struct Io {
     step_errors: u64,
     sign_refusals: u64,
     /// Why the guard refused, since the host last asked (at most
-    /// [`MAX_REFUSALS_KEPT`]; the count above is exact).
+    /// [`signing::MAX_REFUSALS_KEPT`]; the count above is exact).
     refused: Vec<SignGuardError>,
     own_proposal: Option<SignedProposalWire>,
 }
@@ -888,48 +884,6 @@ impl ConsensusDriver {
         self.awaiting_app = self.io.cfg.app_state;
     }
 
-    fn on_signature(&mut self, request: SignRequestId, sig: Signature) -> Result<(), DriverError> {
-        let key = self
-            .io
-            .cfg
-            .parties
-            .key_of(self.io.cfg.me)
-            .copied()
-            .ok_or_else(|| DriverError::BadLocalSignature("we are not a member".into()))?;
-        let Some(m) = self.io.own.get_mut(&request.0) else {
-            // A late answer for a height already decided: harmless.
-            return Ok(());
-        };
-        if m.signature.is_some() {
-            return Ok(());
-        }
-        if !self.io.cache.verify(&key, &m.bytes, &sig) {
-            return Err(DriverError::BadLocalSignature(
-                "does not verify under our vote key".into(),
-            ));
-        }
-        m.signature = Some(sig);
-        let h = m.height;
-        self.io.step.persist.push(Persist::WalAppend {
-            height: h,
-            record: WalRecord::OwnSignature {
-                digest: request.0,
-                signature: sig,
-            },
-        });
-        let held = std::mem::take(&mut self.io.held);
-        for (d, msg) in held {
-            if d == request.0 {
-                if let Some(msg) = self.io.patch(msg) {
-                    self.io.broadcast(&msg);
-                }
-            } else {
-                self.io.held.push((d, msg));
-            }
-        }
-        self.try_complete_decision()
-    }
-
     fn on_peer(&mut self, from: PartyId, bytes: &[u8]) -> Result<(), DriverError> {
         if from == self.io.cfg.me || !self.io.cfg.parties.contains(from) {
             return Err(DriverError::UnknownPeer(from));
@@ -1123,57 +1077,6 @@ impl ConsensusDriver {
         Ok(())
     }
 
-    fn add_batch(&mut self, b: SignedBatch) -> Result<(), DriverError> {
-        if b.body.cluster != self.io.cfg.cluster {
-            return Err(DriverError::BadBatch("batch for another cluster".into()));
-        }
-        let key = self
-            .io
-            .cfg
-            .parties
-            .key_of(b.body.author)
-            .copied()
-            .ok_or_else(|| {
-                DriverError::BadBatch(format!("author {} is not a member", b.body.author))
-            })?;
-        let last = self
-            .chain
-            .last_seq
-            .get(&b.body.author)
-            .copied()
-            .unwrap_or(0);
-        if b.body.seq <= last {
-            return Ok(()); // already decided: a replay or a late gossip
-        }
-        if b.encoded_len() + 256 > self.io.cfg.max_block_bytes {
-            return Err(DriverError::BadBatch("batch larger than a block".into()));
-        }
-        if self.mempool.contains_key(&(b.body.author, b.body.seq)) {
-            return Ok(());
-        }
-        let pending_of_author = self
-            .mempool
-            .range((b.body.author, 0)..=(b.body.author, u64::MAX))
-            .count();
-        if pending_of_author >= MAX_PENDING_PER_AUTHOR {
-            return Err(DriverError::BadBatch(format!(
-                "{} already has {MAX_PENDING_PER_AUTHOR} undecided batches",
-                b.body.author
-            )));
-        }
-        if !self
-            .io
-            .cache
-            .verify(&key, &b.body.signing_bytes(), &b.signature)
-        {
-            return Err(DriverError::BadBatch(
-                "batch signature does not verify".into(),
-            ));
-        }
-        self.mempool.insert((b.body.author, b.body.seq), b);
-        Ok(())
-    }
-
     fn record_vote(&mut self, v: &SignedVoteWire) {
         // Bounded like the core's own lookahead: a member cannot grow this
         // log without limit by signing votes for far-future rounds.
@@ -1195,114 +1098,6 @@ impl ConsensusDriver {
                 }
             }
             Some(_) => {}
-        }
-    }
-
-    /// Checks a block against the chain: header, batches, evidence, size.
-    fn validate_block(
-        &mut self,
-        block: &Block,
-        proposer: Option<PartyId>,
-        check_clock: bool,
-    ) -> Result<(), String> {
-        let h = block.header();
-        if h.height != self.io.height_in_progress {
-            return Err(format!(
-                "height {} is not {}",
-                h.height, self.io.height_in_progress
-            ));
-        }
-        if h.parent != self.chain.hash {
-            return Err("parent is not our last decided block".into());
-        }
-        // The header names the party that built the block; a later round
-        // may re-propose it (proof-of-lock), so it need not be the proposer
-        // of the proposal that carries it.
-        let _ = proposer;
-        if !self.io.cfg.parties.contains(h.proposer) {
-            return Err("proposer is not a member".into());
-        }
-        if h.time_ms <= self.chain.time_ms {
-            return Err("time does not advance".into());
-        }
-        if check_clock && h.time_ms > self.io.now.saturating_add(self.io.cfg.max_clock_skew_ms) {
-            return Err("time too far in the future".into());
-        }
-        if block.encoded_len() > self.io.cfg.max_block_bytes {
-            return Err("block too large".into());
-        }
-        self.validate_last_commit(block)?;
-        if h.log != self.log_head {
-            return Err(format!(
-                "audit log head is size {} root {}, ours is size {} root {}",
-                h.log.size, h.log.root, self.log_head.size, self.log_head.root
-            ));
-        }
-        if block.batches().is_empty() && block.evidence().is_empty() && !self.log_pending {
-            return Err("empty block".into());
-        }
-        let mut seqs: BTreeMap<PartyId, u64> = BTreeMap::new();
-        for b in block.batches() {
-            if b.body.cluster != self.io.cfg.cluster {
-                return Err("batch for another cluster".into());
-            }
-            let key = self
-                .io
-                .cfg
-                .parties
-                .key_of(b.body.author)
-                .copied()
-                .ok_or("batch author is not a member")?;
-            let last = seqs
-                .get(&b.body.author)
-                .copied()
-                .or_else(|| self.chain.last_seq.get(&b.body.author).copied())
-                .unwrap_or(0);
-            if b.body.seq <= last {
-                return Err(format!(
-                    "batch {}#{} replays or reorders",
-                    b.body.author, b.body.seq
-                ));
-            }
-            seqs.insert(b.body.author, b.body.seq);
-            if !self
-                .io
-                .cache
-                .verify(&key, &b.body.signing_bytes(), &b.signature)
-            {
-                return Err("batch signature does not verify".into());
-            }
-        }
-        let mut keys = BTreeSet::new();
-        for ev in block.evidence() {
-            verify_equivocation(&self.io.ctx, &self.io.cfg.parties, ev, &mut self.io.cache)
-                .map_err(|e| e.to_string())?;
-            let k = ev.key();
-            if self.chain.evidence.contains(&k) || !keys.insert(k) {
-                return Err("evidence already recorded".into());
-            }
-        }
-        Ok(())
-    }
-
-    /// Block h must carry a valid commit certificate of our block h-1.
-    fn validate_last_commit(&mut self, block: &Block) -> Result<(), String> {
-        let h = block.header().height;
-        match (&block.header().last_commit, h.0) {
-            (None, 1) => Ok(()),
-            (Some(_), 1) => Err("block 1 carries a parent certificate".into()),
-            (None, _) => Err("missing the parent's commit certificate".into()),
-            (Some(cert), _) => verify_commit_certificate_cached(
-                &self.io.cfg.parties,
-                self.io.cfg.fault_model,
-                self.io.cfg.cluster,
-                self.io.cfg.epoch,
-                self.chain.height,
-                self.chain.hash,
-                cert,
-                &mut self.io.cache,
-            )
-            .map_err(|e| format!("parent's commit certificate: {e}")),
         }
     }
 
@@ -1330,60 +1125,6 @@ impl ConsensusDriver {
         self.run_core(mcc::Input::Propose(mcc::LocallyProposedValue::new(
             h, r, block,
         )))
-    }
-
-    fn build_block(&self, h: Height) -> Option<Block> {
-        let last_commit = if h.0 <= 1 {
-            None
-        } else {
-            let d = self.recent.back()?;
-            if d.block.header().height != self.chain.height {
-                return None;
-            }
-            Some(d.certificate.clone())
-        };
-        let budget = self.io.cfg.max_block_bytes.saturating_sub(256);
-        let mut used = 0usize;
-        let mut evidence = Vec::new();
-        for ev in self.evidence_pool.values() {
-            let len = postcard::experimental::serialized_size(ev).unwrap_or(usize::MAX);
-            if used.saturating_add(len) <= budget {
-                used += len;
-                evidence.push(ev.clone());
-            }
-        }
-        let mut batches = Vec::new();
-        let mut next_seq: BTreeMap<PartyId, u64> = BTreeMap::new();
-        for ((author, seq), b) in &self.mempool {
-            let expect = next_seq
-                .get(author)
-                .copied()
-                .unwrap_or_else(|| self.chain.last_seq.get(author).copied().unwrap_or(0) + 1);
-            // Honest proposers include consecutive runs only, so that a
-            // batch delayed in gossip is never overtaken by its successor.
-            if *seq != expect {
-                continue;
-            }
-            let len = b.encoded_len();
-            if used.saturating_add(len) > budget {
-                break;
-            }
-            used += len;
-            next_seq.insert(*author, seq + 1);
-            batches.push(b.clone());
-        }
-        Some(Block::new(BlockContents {
-            header: BlockHeader {
-                height: h,
-                time_ms: self.io.now.max(self.chain.time_ms + 1),
-                parent: self.chain.hash,
-                proposer: self.io.cfg.me,
-                last_commit,
-                log: self.log_head,
-            },
-            batches,
-            evidence,
-        }))
     }
 }
 
@@ -1452,383 +1193,6 @@ impl Io {
             .actions
             .push(Action::Broadcast { bytes: m.encode() });
     }
-
-    /// Replaces our placeholder signatures in an outgoing message by the real
-    /// ones; `None` if one is not available yet (or was refused).
-    fn patch(&self, msg: PeerMessage) -> Option<PeerMessage> {
-        let me = self.cfg.me;
-        let real = |sb: SignedBytes| -> Option<Signature> {
-            self.own
-                .get(&Sha256Digest::of(&sb.encode()))
-                .and_then(|m| m.signature)
-        };
-        let base = |h: Height, round: i64, step: MsgStep, value: Option<BlockHash>| SignedBytes {
-            domain: CONSENSUS_DOMAIN.to_string(),
-            cluster: self.cfg.cluster,
-            epoch: self.cfg.epoch,
-            height: h,
-            round,
-            step,
-            value,
-            pol_round: -1,
-            signer: me,
-        };
-        match msg {
-            PeerMessage::Vote(mut v) => {
-                if v.signature == PLACEHOLDER {
-                    v.signature = real(v.vote.signed_bytes(&self.ctx))?;
-                }
-                Some(PeerMessage::Vote(v))
-            }
-            PeerMessage::Proposal(mut p) => {
-                if p.signature == PLACEHOLDER {
-                    p.signature = real(p.proposal.signed_bytes(&self.ctx))?;
-                }
-                Some(PeerMessage::Proposal(p))
-            }
-            PeerMessage::Polka(mut c) => {
-                for (party, sig) in c.signatures.iter_mut() {
-                    if *party == me && *sig == PLACEHOLDER {
-                        *sig = real(base(c.height, c.round, MsgStep::Prevote, Some(c.value)))?;
-                    }
-                }
-                Some(PeerMessage::Polka(c))
-            }
-            PeerMessage::RoundCert(mut c) => {
-                for s in c.signatures.iter_mut() {
-                    if s.party == me && s.signature == PLACEHOLDER {
-                        let step = if s.precommit {
-                            MsgStep::Precommit
-                        } else {
-                            MsgStep::Prevote
-                        };
-                        s.signature = real(base(c.height, c.round, step, s.value))?;
-                    }
-                }
-                Some(PeerMessage::RoundCert(c))
-            }
-            other => Some(other),
-        }
-    }
-
-    /// Sends a message of ours now, or holds it until its signature is back.
-    fn publish(&mut self, msg: PeerMessage) {
-        let pending_digest = match &msg {
-            PeerMessage::Vote(v) if v.signature == PLACEHOLDER => {
-                Some(Sha256Digest::of(&v.vote.signed_bytes(&self.ctx).encode()))
-            }
-            PeerMessage::Proposal(p) if p.signature == PLACEHOLDER => Some(Sha256Digest::of(
-                &p.proposal.signed_bytes(&self.ctx).encode(),
-            )),
-            _ => None,
-        };
-        match self.patch(msg.clone()) {
-            Some(m) => self.broadcast(&m),
-            None => {
-                if let Some(d) = pending_digest {
-                    self.held.push((d, msg));
-                }
-                // Certificates carrying a pending signature of ours are
-                // dropped: the core republishes them.
-            }
-        }
-    }
-
-    /// Registers one of our messages for signing: the guard first, then the
-    /// request. Returns the signature the core should see.
-    fn sign(&mut self, sb: SignedBytes) -> Signature {
-        let bytes = sb.encode();
-        let digest = Sha256Digest::of(&bytes);
-        if let Some(m) = self.own.get(&digest) {
-            return m.signature.unwrap_or(PLACEHOLDER);
-        }
-        match self
-            .guard
-            .check_and_record(sb.step, sb.height, sb.round, sb.value)
-        {
-            Ok(decision) => {
-                if decision == GuardDecision::Advanced {
-                    self.step
-                        .persist
-                        .push(Persist::SignGuard(self.guard.clone()));
-                }
-                self.signatures_requested += 1;
-                self.step.actions.push(Action::Sign {
-                    request: SignRequestId(digest),
-                    bytes: bytes.clone(),
-                });
-                self.own.insert(
-                    digest,
-                    OwnMessage {
-                        bytes,
-                        height: sb.height,
-                        signature: None,
-                    },
-                );
-            }
-            Err(e) => {
-                // Refused: the core sees a placeholder that is never
-                // released, so the message never leaves this party.
-                self.sign_refusals += 1;
-                if self.refused.len() < MAX_REFUSALS_KEPT {
-                    self.refused.push(e);
-                }
-            }
-        }
-        PLACEHOLDER
-    }
-
-    fn verify_consensus_sig(&mut self, sb: SignedBytes, sig: &Signature) -> bool {
-        let bytes = sb.encode();
-        if *sig == PLACEHOLDER {
-            return sb.signer == self.cfg.me && self.own.contains_key(&Sha256Digest::of(&bytes));
-        }
-        match self.cfg.parties.key_of(sb.signer).copied() {
-            Some(k) => self.cache.verify(&k, &bytes, sig),
-            None => false,
-        }
-    }
-
-    fn sb(
-        &self,
-        h: Height,
-        round: Round,
-        step: MsgStep,
-        value: NilOrVal<BlockHash>,
-        signer: PartyId,
-    ) -> SignedBytes {
-        SignedBytes {
-            domain: CONSENSUS_DOMAIN.to_string(),
-            cluster: self.cfg.cluster,
-            epoch: self.cfg.epoch,
-            height: h,
-            round: round_i64(round),
-            step,
-            value: match value {
-                NilOrVal::Nil => None,
-                NilOrVal::Val(v) => Some(v),
-            },
-            pol_round: -1,
-            signer,
-        }
-    }
-
-    fn count_cert(
-        &mut self,
-        entries: Vec<(SignedBytes, Signature)>,
-        threshold: mc::ThresholdParam,
-    ) -> Result<(), mc::CertificateError<Ctx>> {
-        let mut seen = BTreeSet::new();
-        for (sb, sig) in entries {
-            let signer = sb.signer;
-            if !self.cfg.parties.contains(signer) {
-                return Err(mc::CertificateError::UnknownValidator(signer));
-            }
-            if !seen.insert(signer) {
-                return Err(mc::CertificateError::DuplicateVote(signer));
-            }
-            if !self.verify_consensus_sig(sb, &sig) {
-                return Err(mc::CertificateError::VerificationError(None));
-            }
-        }
-        let total = self.cfg.parties.len() as u64;
-        let signed = seen.len() as u64;
-        if !threshold.is_met(signed, total) {
-            return Err(mc::CertificateError::NotEnoughVotingPower {
-                signed,
-                total,
-                expected: threshold.min_expected(total),
-            });
-        }
-        Ok(())
-    }
-
-    fn commit_entries(
-        &self,
-        h: Height,
-        round: Round,
-        value: BlockHash,
-        sigs: impl Iterator<Item = (PartyId, Signature)>,
-    ) -> Vec<(SignedBytes, Signature)> {
-        sigs.map(|(p, s)| {
-            (
-                self.sb(h, round, MsgStep::Precommit, NilOrVal::Val(value), p),
-                s,
-            )
-        })
-        .collect()
-    }
-
-    fn on_effect(&mut self, effect: Effect<Ctx>) -> Resume<Ctx> {
-        match effect {
-            Effect::CancelAllTimeouts(r) => {
-                self.cancel_core_timers();
-                r.resume_with(())
-            }
-            Effect::CancelTimeout(t, r) => {
-                self.cancel_where(|k| *k == TimerKind::Core(t));
-                r.resume_with(())
-            }
-            Effect::ScheduleTimeout(t, r) => {
-                self.cancel_where(|k| *k == TimerKind::Core(t));
-                let ms = u64::try_from(self.cfg.timeouts.duration_for(t).as_millis())
-                    .unwrap_or(u64::MAX);
-                self.schedule(TimerKind::Core(t), ms);
-                r.resume_with(())
-            }
-            Effect::StartRound(_, _, _, _, r) => {
-                self.want_value = None;
-                r.resume_with(())
-            }
-            Effect::PublishConsensusMsg(m, r) => {
-                let msg = match m {
-                    mcc::SignedConsensusMsg::Vote(v) => PeerMessage::Vote(vote_from_mc(&v)),
-                    mcc::SignedConsensusMsg::Proposal(p) => {
-                        PeerMessage::Proposal(proposal_from_mc(&p))
-                    }
-                };
-                self.publish(msg);
-                r.resume_with(())
-            }
-            Effect::PublishLivenessMsg(m, r) => {
-                let msg = match m {
-                    mcc::LivenessMsg::Vote(v) => PeerMessage::Vote(vote_from_mc(&v)),
-                    mcc::LivenessMsg::PolkaCertificate(c) => PeerMessage::Polka(polka_from_mc(&c)),
-                    mcc::LivenessMsg::SkipRoundCertificate(c) => {
-                        PeerMessage::RoundCert(round_cert_from_mc(&c))
-                    }
-                };
-                self.publish(msg);
-                r.resume_with(())
-            }
-            Effect::RepublishVote(v, r) => {
-                self.publish(PeerMessage::Vote(vote_from_mc(&v)));
-                r.resume_with(())
-            }
-            Effect::RepublishRoundCertificate(c, r) => {
-                self.publish(PeerMessage::RoundCert(round_cert_from_mc(&c)));
-                r.resume_with(())
-            }
-            Effect::GetValue(h, round, _, r) => {
-                self.want_value = Some((h, round));
-                r.resume_with(())
-            }
-            Effect::RestreamProposal(.., r) => r.resume_with(()),
-            Effect::CertVerifiedSyncValue(resp, proposer, r) => {
-                if let Ok(block) = Block::from_bytes(&resp.value_bytes) {
-                    self.queue.push_back(mcc::Input::ProposedValue(
-                        mcc::ProposedValue {
-                            height: resp.certificate.height,
-                            round: resp.certificate.round,
-                            valid_round: Round::Nil,
-                            proposer,
-                            value: block,
-                            validity: Validity::Valid,
-                        },
-                        ValueOrigin::Sync,
-                    ));
-                }
-                r.resume_with(())
-            }
-            Effect::CertRejectedSyncValue(.., r) => r.resume_with(()),
-            Effect::Decide(_, _, r) => r.resume_with(()),
-            Effect::Finalize(cert, _, _, r) => {
-                self.finalized = Some(cert);
-                r.resume_with(())
-            }
-            Effect::SignVote(vote, r) => {
-                let sb = vote.signed_bytes(&self.ctx);
-                let sig = self.sign(sb);
-                r.resume_with(mc::SignedMessage::new(vote, sig))
-            }
-            Effect::SignProposal(p, r) => {
-                let sb = p.signed_bytes(&self.ctx);
-                let sig = self.sign(sb);
-                r.resume_with(mc::SignedMessage::new(p, sig))
-            }
-            Effect::VerifySignature(m, _pk, r) => {
-                let sb = match &m.message {
-                    mcc::ConsensusMsg::Vote(v) => v.signed_bytes(&self.ctx),
-                    mcc::ConsensusMsg::Proposal(p) => p.signed_bytes(&self.ctx),
-                };
-                let ok = self.verify_consensus_sig(sb, &m.signature);
-                r.resume_with(ok)
-            }
-            Effect::VerifyCommitCertificate(c, _, tp, r) => {
-                let e = self.commit_entries(
-                    c.height,
-                    c.round,
-                    c.value_id,
-                    c.commit_signatures.iter().map(|s| (s.address, s.signature)),
-                );
-                let res = self.count_cert(e, tp.quorum);
-                r.resume_with(res)
-            }
-            Effect::VerifyExtendedCommitCertificate(c, _, tp, _, r) => {
-                let e = self.commit_entries(
-                    c.height,
-                    c.round,
-                    c.value_id,
-                    c.commit_signatures.iter().map(|s| (s.address, s.signature)),
-                );
-                let res = self.count_cert(e, tp.quorum);
-                r.resume_with(res)
-            }
-            Effect::VerifyPolkaCertificate(c, _, tp, r) => {
-                let e = c
-                    .polka_signatures
-                    .iter()
-                    .map(|s| {
-                        (
-                            self.sb(
-                                c.height,
-                                c.round,
-                                MsgStep::Prevote,
-                                NilOrVal::Val(c.value_id),
-                                s.address,
-                            ),
-                            s.signature,
-                        )
-                    })
-                    .collect();
-                let res = self.count_cert(e, tp.quorum);
-                r.resume_with(res)
-            }
-            Effect::VerifyRoundCertificate(c, _, tp, r) => {
-                let e = c
-                    .round_signatures
-                    .iter()
-                    .map(|s| {
-                        let step = if s.vote_type == mc::VoteType::Precommit {
-                            MsgStep::Precommit
-                        } else {
-                            MsgStep::Prevote
-                        };
-                        (
-                            self.sb(c.height, c.round, step, s.value_id, s.address),
-                            s.signature,
-                        )
-                    })
-                    .collect();
-                let th = match c.cert_type {
-                    mc::RoundCertificateType::Skip => tp.honest,
-                    mc::RoundCertificateType::Precommit => tp.quorum,
-                };
-                let res = self.count_cert(e, th);
-                r.resume_with(res)
-            }
-            Effect::WalAppend(h, input, r) => {
-                if let Some(record) = wal_record_of(&input) {
-                    self.step
-                        .persist
-                        .push(Persist::WalAppend { height: h, record });
-                }
-                r.resume_with(())
-            }
-            Effect::ExtendVote(.., r) => r.resume_with(None),
-            Effect::VerifyVoteExtension(.., r) => r.resume_with(Ok(())),
-        }
-    }
 }
 
 /// Unused import guard for `round_from_i64` in some cfgs.
@@ -1842,6 +1206,7 @@ mod tests {
     use super::*;
     use crate::batch::BatchBody;
     use crate::consensus::context::Party;
+    use crate::consensus::context::{BlockContents, SignedBytes};
     use crate::crypto::PublicKey;
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
