@@ -729,12 +729,12 @@ impl Sim {
             return Ok(());
         };
         match d.handle(now, input) {
-            Ok(step) => self.apply(i, step),
-            Err(crate::consensus::DriverError::Halted(e)) => Err(format!("P{} halted: {e}", i + 1)),
-            Err(_) => {
-                self.report.refused_frames += 1;
-                Ok(())
+            Ok(step) => {
+                self.report.refused_frames += step.faults.len() as u64;
+                self.apply(i, step)
             }
+            Err(crate::consensus::DriverError::Halted(e)) => Err(format!("P{} halted: {e}", i + 1)),
+            Err(_) => Ok(()),
         }
     }
 
@@ -787,12 +787,7 @@ impl Sim {
         self.nodes[i].next_seq += 1;
         let seq = self.nodes[i].next_seq;
         let ops = (0..self.cfg.ops_per_batch)
-            .map(|k| {
-                let mut op = vec![0u8; self.cfg.op_bytes];
-                op[..8].copy_from_slice(&seq.to_be_bytes());
-                op[8] = k as u8;
-                op
-            })
+            .map(|k| sim_op(author, seq, k, self.cfg.op_bytes))
             .collect();
         let body = BatchBody {
             cluster: cluster(),
@@ -826,6 +821,27 @@ impl Sim {
                         >= total
             })
     }
+}
+
+/// A valid encoded operation of `author` (validators refuse batches whose
+/// operations do not decode): a session message whose broadcast part,
+/// `bytes` long, names the batch and the index.
+pub fn sim_op(author: PartyId, seq: u64, k: usize, bytes: usize) -> Vec<u8> {
+    use crate::sessions::ops::{Blob, SessionId, SessionMessage};
+    use crate::sessions::{OpBody, Operation};
+    let mut payload = vec![0u8; bytes.max(16)];
+    payload[..8].copy_from_slice(&seq.to_be_bytes());
+    payload[8..16].copy_from_slice(&(k as u64).to_be_bytes());
+    Operation {
+        author,
+        body: OpBody::SessionMessage(SessionMessage {
+            session: SessionId(Sha256Digest::of(b"quorate-sim-session")),
+            round: 1,
+            broadcast: Some(Blob(payload)),
+            direct: Vec::new(),
+        }),
+    }
+    .encode()
 }
 
 fn trace() -> bool {

@@ -55,10 +55,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 mod effects;
 mod mempool;
 mod signing;
-mod validate;
+pub mod validate;
 
-pub use mempool::MAX_PENDING_PER_AUTHOR;
+#[cfg(test)]
+mod testkit;
+
+pub use mempool::{
+    BadBatch, MAX_PENDING_PER_AUTHOR, MAX_POOL_BYTES, MAX_POOL_BYTES_PER_AUTHOR, PARK_TIMEOUT_MS,
+};
 pub use signing::PLACEHOLDER;
+pub use validate::{InvalidBlock, MAX_OPS_PER_BLOCK};
 
 type Ctx = QuorateContext;
 
@@ -91,6 +97,15 @@ pub struct DriverConfig {
     /// Without it, blocks carry whatever head was last set (the simulator
     /// sets it itself or not at all).
     pub app_state: bool,
+    /// Most bytes of undecided batches kept per author (never less than
+    /// `max_block_bytes`); default [`MAX_POOL_BYTES_PER_AUTHOR`].
+    pub max_pool_bytes_per_author: usize,
+    /// Most bytes of undecided batches kept in all; default
+    /// [`MAX_POOL_BYTES`].
+    pub max_pool_bytes: usize,
+    /// How long a batch whose predecessor is missing is kept, in ms;
+    /// default [`PARK_TIMEOUT_MS`].
+    pub park_timeout_ms: u64,
 }
 
 impl DriverConfig {
@@ -124,6 +139,9 @@ impl DriverConfig {
             max_clock_skew_ms: 30_000,
             recent_blocks: 1024,
             app_state: false,
+            max_pool_bytes_per_author: MAX_POOL_BYTES_PER_AUTHOR,
+            max_pool_bytes: MAX_POOL_BYTES,
+            park_timeout_ms: PARK_TIMEOUT_MS,
         }
     }
 
@@ -264,32 +282,54 @@ pub struct Step {
     pub persist: Vec<Persist>,
     /// Actions to carry out after.
     pub actions: Vec<Action>,
+    /// What peers (or the local application) sent that was refused, for
+    /// the host's log and metrics: diagnostics, nothing to carry out.
+    pub faults: Vec<PeerFault>,
 }
 
-/// What a peer did wrong, or what went wrong locally.
+/// What a peer (or the local application) sent that the driver refused.
+/// The input is dropped and the driver goes on: these are diagnostics in
+/// [`Step::faults`], never an `Err`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum DriverError {
+pub enum PeerFault {
     /// The frame did not decode.
-    #[error("dropping peer frame: {0}")]
-    Decode(#[from] DecodeError),
+    #[error("dropping a frame from {from}: {error}")]
+    Decode {
+        /// The sender.
+        from: PartyId,
+        /// Why.
+        error: DecodeError,
+    },
     /// The sender is not a member (or is ourselves).
     #[error("frame from {0}, which is not a peer in this cluster")]
     UnknownPeer(PartyId),
     /// A signature in the message does not verify.
     #[error("message from {0} carries a signature that does not verify")]
     BadSignature(PartyId),
-    /// A proposed block is invalid.
+    /// A proposed or fetched block is invalid: it is never fed to the core
+    /// (for a proposal, this party prevotes nil).
     #[error("invalid block from {from}: {reason}")]
     InvalidBlock {
         /// The sender.
         from: PartyId,
         /// Why.
-        reason: String,
+        reason: InvalidBlock,
     },
-    /// A submitted batch was refused.
-    #[error("batch refused: {0}")]
-    BadBatch(String),
+    /// A batch was refused (`from` is this party for a local submission).
+    #[error("batch from {from} refused: {reason}")]
+    BadBatch {
+        /// The peer that sent it, or this party.
+        from: PartyId,
+        /// Why.
+        reason: BadBatch,
+    },
+}
+
+/// What went wrong locally: the input could not be handled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
     /// The TPM returned a signature that does not verify under our key, or
     /// answered a request we did not make.
     #[error("signature from the TPM refused: {0}")]
@@ -300,6 +340,26 @@ pub enum DriverError {
     /// Persisted state does not decode.
     #[error("persisted consensus state is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Why an input stopped short inside the driver: a peer's fault (reported
+/// in the step) or a local one (returned).
+#[derive(Debug)]
+enum Refusal {
+    Peer(PeerFault),
+    Local(DriverError),
+}
+
+impl From<PeerFault> for Refusal {
+    fn from(f: PeerFault) -> Self {
+        Refusal::Peer(f)
+    }
+}
+
+impl From<DriverError> for Refusal {
+    fn from(e: DriverError) -> Self {
+        Refusal::Local(e)
+    }
 }
 
 /// What the host restores on restart (everything it was told to persist).
@@ -367,7 +427,7 @@ pub struct ConsensusDriver {
     chain: ChainState,
     started: bool,
     pending_decision: Option<(Block, mc::CommitCertificate<Ctx>)>,
-    mempool: BTreeMap<(PartyId, u64), SignedBatch>,
+    mempool: mempool::Mempool,
     evidence_pool: BTreeMap<(PartyId, Height, i64, MsgStep), Equivocation>,
     vote_log: HashMap<(PartyId, i64, bool), SignedVoteWire>,
     recent: VecDeque<DecidedBlock>,
@@ -437,7 +497,7 @@ impl ConsensusDriver {
             chain: restored.chain,
             started: false,
             pending_decision: None,
-            mempool: BTreeMap::new(),
+            mempool: mempool::Mempool::default(),
             evidence_pool: BTreeMap::new(),
             vote_log: HashMap::new(),
             recent: restored.recent.into_iter().collect(),
@@ -454,13 +514,18 @@ impl ConsensusDriver {
         }
         d.io.schedule(TimerKind::Tip, d.io.cfg.tip_interval_ms);
         if !restored.wal.is_empty() {
-            d.replay_wal(&restored.wal)?;
+            match d.replay_wal(&restored.wal) {
+                Ok(()) => {}
+                Err(Refusal::Local(e)) => return Err(e),
+                // Replay feeds only our own records to the core.
+                Err(Refusal::Peer(f)) => d.io.step.faults.push(f),
+            }
         }
         let step = std::mem::take(&mut d.io.step);
         Ok((d, step))
     }
 
-    fn replay_wal(&mut self, wal: &[WalRecord]) -> Result<(), DriverError> {
+    fn replay_wal(&mut self, wal: &[WalRecord]) -> Result<(), Refusal> {
         let me = self.io.cfg.me;
         // Our own signatures recorded after the messages they belong to.
         for r in wal {
@@ -600,9 +665,19 @@ impl ConsensusDriver {
         self.io.step_errors
     }
 
-    /// Number of batches waiting to be decided.
+    /// Number of batches ready to be decided (their predecessors are).
     pub fn pending_batches(&self) -> usize {
-        self.mempool.len()
+        self.mempool.ready(&self.chain)
+    }
+
+    /// Number of batches parked: their author's previous batch is missing.
+    pub fn parked_batches(&self) -> usize {
+        self.mempool.len().saturating_sub(self.pending_batches())
+    }
+
+    /// Bytes of undecided batches held, ready or parked.
+    pub fn pool_bytes(&self) -> usize {
+        self.mempool.bytes()
     }
 
     /// Handles one input at time `now_ms` (milliseconds since the Unix epoch).
@@ -612,14 +687,18 @@ impl ConsensusDriver {
         }
         self.io.now = self.io.now.max(now_ms);
         let r = self.handle_inner(input);
-        let step = std::mem::take(&mut self.io.step);
+        let mut step = std::mem::take(&mut self.io.step);
         match r {
             Ok(()) => Ok(step),
-            Err(e @ DriverError::Halted(_)) => {
+            Err(Refusal::Peer(f)) => {
+                step.faults.push(f);
+                Ok(step)
+            }
+            Err(Refusal::Local(e @ DriverError::Halted(_))) => {
                 self.halted = Some(e.to_string());
                 Err(e)
             }
-            Err(e) => {
+            Err(Refusal::Local(e)) => {
                 if step.persist.is_empty() && step.actions.is_empty() {
                     Err(e)
                 } else {
@@ -652,11 +731,15 @@ impl ConsensusDriver {
         self.log_pending = pending;
         self.awaiting_app = false;
         let r = self.after_input();
-        let step = std::mem::take(&mut self.io.step);
+        let mut step = std::mem::take(&mut self.io.step);
         match r {
-            Err(e @ DriverError::Halted(_)) => {
+            Err(Refusal::Local(e @ DriverError::Halted(_))) => {
                 self.halted = Some(e.to_string());
                 Err(e)
+            }
+            Err(Refusal::Peer(f)) => {
+                step.faults.push(f);
+                Ok(step)
             }
             _ => Ok(step),
         }
@@ -667,7 +750,7 @@ impl ConsensusDriver {
         self.log_head
     }
 
-    fn handle_inner(&mut self, input: Input) -> Result<(), DriverError> {
+    fn handle_inner(&mut self, input: Input) -> Result<(), Refusal> {
         match input {
             Input::Tick => {}
             Input::Peer { from, bytes } => self.on_peer(from, &bytes)?,
@@ -683,7 +766,9 @@ impl ConsensusDriver {
                 self.on_signature(request, signature)?
             }
             Input::SubmitBatch(b) => {
-                self.add_batch(b.clone())?;
+                let from = self.io.cfg.me;
+                self.add_batch(b.clone())
+                    .map_err(|reason| PeerFault::BadBatch { from, reason })?;
                 self.io.broadcast(&PeerMessage::Batch(b));
             }
         }
@@ -692,7 +777,7 @@ impl ConsensusDriver {
 
     /// Work common to every input: start a height when there is work, propose
     /// when asked and able.
-    fn after_input(&mut self) -> Result<(), DriverError> {
+    fn after_input(&mut self) -> Result<(), Refusal> {
         // Far behind (a peer decided two or more heights past ours): fetch
         // the next block at once rather than at the next tip, so catch-up
         // runs at network speed. (One height behind usually resolves by
@@ -708,16 +793,14 @@ impl ConsensusDriver {
         Ok(())
     }
 
+    /// Whether there is something to decide: a ready batch (a parked one,
+    /// whose predecessor is missing, is not work), evidence, or audit
+    /// entries awaiting a carrier block.
     fn has_work(&self) -> bool {
-        self.log_pending
-            || !self.evidence_pool.is_empty()
-            || self
-                .mempool
-                .keys()
-                .any(|(a, s)| *s > self.chain.last_seq.get(a).copied().unwrap_or(0))
+        self.log_pending || !self.evidence_pool.is_empty() || self.mempool.has_ready(&self.chain)
     }
 
-    fn maybe_start_height(&mut self) -> Result<(), DriverError> {
+    fn maybe_start_height(&mut self) -> Result<(), Refusal> {
         if self.started || self.pending_decision.is_some() || self.awaiting_app {
             return Ok(());
         }
@@ -732,7 +815,11 @@ impl ConsensusDriver {
             let early: Vec<SignedProposalWire> = std::mem::take(&mut self.future_proposals);
             for p in early {
                 if p.proposal.height == h {
-                    let _ = self.on_proposal(p.proposal.proposer, p);
+                    match self.on_proposal(p.proposal.proposer, p) {
+                        Ok(()) => {}
+                        Err(Refusal::Peer(f)) => self.io.step.faults.push(f),
+                        Err(e) => return Err(e),
+                    }
                 } else if p.proposal.height > h {
                     self.future_proposals.push(p);
                 }
@@ -753,12 +840,12 @@ impl ConsensusDriver {
         ));
     }
 
-    fn run_core(&mut self, input: mcc::Input<Ctx>) -> Result<(), DriverError> {
+    fn run_core(&mut self, input: mcc::Input<Ctx>) -> Result<(), Refusal> {
         self.io.queue.push_back(input);
         self.drain_queue()
     }
 
-    fn drain_queue(&mut self) -> Result<(), DriverError> {
+    fn drain_queue(&mut self) -> Result<(), Refusal> {
         while let Some(input) = self.io.queue.pop_front() {
             let io = &mut self.io;
             let core = &mut self.core;
@@ -771,7 +858,7 @@ impl ConsensusDriver {
             match r {
                 Ok(()) => {}
                 Err(e @ mcc::Error::ReplayDivergence(..)) => {
-                    return Err(DriverError::Halted(format!("{e}")));
+                    return Err(DriverError::Halted(format!("{e}")).into());
                 }
                 Err(e) => {
                     // The core refused this input (e.g. out of order); it
@@ -784,7 +871,7 @@ impl ConsensusDriver {
                 let block = self.core.decided_value().map(|(_, b)| b);
                 match block {
                     Some(b) => self.pending_decision = Some((b, cert)),
-                    None => return Err(DriverError::Halted("decided value missing".into())),
+                    None => return Err(DriverError::Halted("decided value missing".into()).into()),
                 }
                 self.try_complete_decision()?;
                 // Inputs queued for the finished height are moot.
@@ -795,7 +882,7 @@ impl ConsensusDriver {
         Ok(())
     }
 
-    fn try_complete_decision(&mut self) -> Result<(), DriverError> {
+    fn try_complete_decision(&mut self) -> Result<(), Refusal> {
         let Some((block, mcert)) = self.pending_decision.take() else {
             return Ok(());
         };
@@ -838,19 +925,8 @@ impl ConsensusDriver {
 
     fn apply_decided(&mut self, decided: DecidedBlock) {
         let header = decided.block.header().clone();
-        let mut chain = self.chain.clone();
-        chain.height = header.height;
-        chain.hash = decided.block.hash();
-        chain.time_ms = header.time_ms;
-        for b in decided.block.batches() {
-            let e = chain.last_seq.entry(b.body.author).or_insert(0);
-            *e = (*e).max(b.body.seq);
-        }
-        for ev in decided.block.evidence() {
-            chain.evidence.insert(ev.key());
-        }
-        self.mempool
-            .retain(|(a, s), _| *s > chain.last_seq.get(a).copied().unwrap_or(0));
+        let chain = self.chain.after(&decided.block);
+        self.mempool.prune_decided(&chain, &decided.block);
         self.evidence_pool
             .retain(|k, _| !chain.evidence.contains(k));
         self.vote_log.clear();
@@ -884,14 +960,17 @@ impl ConsensusDriver {
         self.awaiting_app = self.io.cfg.app_state;
     }
 
-    fn on_peer(&mut self, from: PartyId, bytes: &[u8]) -> Result<(), DriverError> {
+    fn on_peer(&mut self, from: PartyId, bytes: &[u8]) -> Result<(), Refusal> {
         if from == self.io.cfg.me || !self.io.cfg.parties.contains(from) {
-            return Err(DriverError::UnknownPeer(from));
+            return Err(PeerFault::UnknownPeer(from).into());
         }
-        let msg = PeerMessage::decode(bytes, self.io.cfg.max_message_bytes())?;
+        let msg = PeerMessage::decode(bytes, self.io.cfg.max_message_bytes())
+            .map_err(|error| PeerFault::Decode { from, error })?;
         let h = self.io.height_in_progress;
         match msg {
-            PeerMessage::Batch(b) => self.add_batch(b),
+            PeerMessage::Batch(b) => self
+                .add_batch(b)
+                .map_err(|reason| PeerFault::BadBatch { from, reason }.into()),
             PeerMessage::Tip { height } => {
                 self.catch_up.note_tip(from, height);
                 if height >= h {
@@ -973,15 +1052,14 @@ impl ConsensusDriver {
         }
     }
 
-    fn on_proposal(&mut self, from: PartyId, p: SignedProposalWire) -> Result<(), DriverError> {
+    fn on_proposal(&mut self, from: PartyId, p: SignedProposalWire) -> Result<(), Refusal> {
         let bytes = p.proposal.signed_bytes(&self.io.ctx).encode();
         self.io
             .check_peer_signature(from, p.proposal.proposer, &bytes, &p.signature)?;
         self.catch_up.note_active(from, p.proposal.height);
         self.maybe_start_height()?;
-        if let Err(reason) = self.validate_block(&p.proposal.block, Some(p.proposal.proposer), true)
-        {
-            return Err(DriverError::InvalidBlock { from, reason });
+        if let Err(reason) = self.validate_block(&p.proposal.block, true) {
+            return Err(PeerFault::InvalidBlock { from, reason }.into());
         }
         if !self.started {
             return Ok(());
@@ -994,7 +1072,7 @@ impl ConsensusDriver {
         from: PartyId,
         block: Block,
         cert: CommitCertificate,
-    ) -> Result<(), DriverError> {
+    ) -> Result<(), Refusal> {
         let h = self.io.height_in_progress;
         if block.header().height != h || self.pending_decision.is_some() || self.awaiting_app {
             return Ok(());
@@ -1009,12 +1087,12 @@ impl ConsensusDriver {
             &cert,
             &mut self.io.cache,
         )
-        .map_err(|e| DriverError::InvalidBlock {
+        .map_err(|e| PeerFault::InvalidBlock {
             from,
-            reason: format!("certificate: {e}"),
+            reason: InvalidBlock::Uncertified(e),
         })?;
-        if let Err(reason) = self.validate_block(&block, None, false) {
-            return Err(DriverError::InvalidBlock { from, reason });
+        if let Err(reason) = self.validate_block(&block, false) {
+            return Err(PeerFault::InvalidBlock { from, reason }.into());
         }
         if !self.started {
             self.start_height_now();
@@ -1040,23 +1118,18 @@ impl ConsensusDriver {
         }
     }
 
-    fn on_tip_timer(&mut self) -> Result<(), DriverError> {
+    fn on_tip_timer(&mut self) -> Result<(), Refusal> {
         self.io
             .schedule(TimerKind::Tip, self.io.cfg.tip_interval_ms);
         self.io.broadcast(&PeerMessage::Tip {
             height: self.chain.height,
         });
         // Re-gossip our own undecided batches: the first broadcast may have been lost.
-        let me = self.io.cfg.me;
-        let mine: Vec<SignedBatch> = self
-            .mempool
-            .iter()
-            .filter(|((a, _), _)| *a == me)
-            .map(|(_, b)| b.clone())
-            .collect();
+        let mine: Vec<SignedBatch> = self.mempool.of(self.io.cfg.me);
         for b in mine {
             self.io.broadcast(&PeerMessage::Batch(b));
         }
+        self.evict_parked();
         // Ask a peer that is ahead for the block we are missing.
         if let Some(p) = self.catch_up.a_peer_ahead_of(self.chain.height) {
             self.request_block(p);
@@ -1101,7 +1174,7 @@ impl ConsensusDriver {
         }
     }
 
-    fn try_propose(&mut self) -> Result<(), DriverError> {
+    fn try_propose(&mut self) -> Result<(), Refusal> {
         let Some((h, r)) = self.io.want_value else {
             return Ok(());
         };
@@ -1144,15 +1217,15 @@ impl Io {
         signer: PartyId,
         bytes: &[u8],
         sig: &Signature,
-    ) -> Result<(), DriverError> {
+    ) -> Result<(), PeerFault> {
         let key = self
             .cfg
             .parties
             .key_of(signer)
             .copied()
-            .ok_or(DriverError::UnknownPeer(signer))?;
+            .ok_or(PeerFault::UnknownPeer(signer))?;
         if *sig == PLACEHOLDER || !self.cache.verify(&key, bytes, sig) {
-            return Err(DriverError::BadSignature(from));
+            return Err(PeerFault::BadSignature(from));
         }
         Ok(())
     }
@@ -1255,7 +1328,7 @@ mod tests {
             cluster,
             author: me,
             seq: 1,
-            ops: vec![b"op".to_vec()],
+            ops: vec![testkit::op(1, 1, 8)],
         };
         let batch = SignedBatch {
             signature: sign(&k, &body.signing_bytes()),
@@ -1368,7 +1441,7 @@ mod tests {
             cluster,
             author: me,
             seq: 1,
-            ops: vec![b"op".to_vec()],
+            ops: vec![testkit::op(1, 1, 8)],
         };
         let batch = SignedBatch {
             signature: sign(&k, &body.signing_bytes()),
@@ -1395,35 +1468,35 @@ mod tests {
         d.log_pending = true;
         d.awaiting_app = false;
         let good = d.build_block(Height(2)).unwrap();
-        assert_eq!(d.validate_block(&good, None, false), Ok(()));
+        assert_eq!(d.validate_block(&good, false), Ok(()));
         let variant = |f: &dyn Fn(&mut BlockContents)| {
             let mut c: BlockContents = good.clone().into();
             f(&mut c);
             Block::new(c)
         };
         let other_log = variant(&|c| c.header.log = LogHead::empty());
-        assert!(d
-            .validate_block(&other_log, None, false)
-            .unwrap_err()
-            .contains("audit log head"));
+        assert!(matches!(
+            d.validate_block(&other_log, false),
+            Err(InvalidBlock::LogHeadMismatch { expected, .. }) if expected == head
+        ));
         let no_cert = variant(&|c| c.header.last_commit = None);
-        assert!(d
-            .validate_block(&no_cert, None, false)
-            .unwrap_err()
-            .contains("missing the parent's commit certificate"));
+        assert_eq!(
+            d.validate_block(&no_cert, false),
+            Err(InvalidBlock::MissingParentCertificate(Height(2)))
+        );
         let forged = variant(&|c| {
             if let Some(cert) = c.header.last_commit.as_mut() {
                 cert.signatures[0].1 = Signature([9; 64]);
             }
         });
-        assert!(d
-            .validate_block(&forged, None, false)
-            .unwrap_err()
-            .contains("parent's commit certificate"));
+        assert!(matches!(
+            d.validate_block(&forged, false),
+            Err(InvalidBlock::ParentCertificate(_))
+        ));
         d.log_pending = false;
         assert_eq!(
-            d.validate_block(&good, None, false),
-            Err("empty block".to_string()),
+            d.validate_block(&good, false),
+            Err(InvalidBlock::Empty),
             "an empty block is valid only as a carrier"
         );
         let step = d.set_app_state(3_000, head, true).unwrap();

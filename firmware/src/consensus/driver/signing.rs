@@ -2,7 +2,7 @@
 //! signs, the sign guard consulted before every request, and the
 //! substitution of real signatures into held messages.
 
-use super::{ConsensusDriver, DriverError, Io, OwnMessage, Persist, SignRequestId};
+use super::{ConsensusDriver, DriverError, Io, OwnMessage, Persist, Refusal, SignRequestId};
 use crate::consensus::context::{SignedBytes, Step as MsgStep, CONSENSUS_DOMAIN};
 use crate::consensus::driver::Action;
 use crate::consensus::sign_guard::GuardDecision;
@@ -23,7 +23,7 @@ impl ConsensusDriver {
         &mut self,
         request: SignRequestId,
         sig: Signature,
-    ) -> Result<(), DriverError> {
+    ) -> Result<(), Refusal> {
         let key = self
             .io
             .cfg
@@ -41,7 +41,8 @@ impl ConsensusDriver {
         if !self.io.cache.verify(&key, &m.bytes, &sig) {
             return Err(DriverError::BadLocalSignature(
                 "does not verify under our vote key".into(),
-            ));
+            )
+            .into());
         }
         m.signature = Some(sig);
         let h = m.height;
