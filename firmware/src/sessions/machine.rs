@@ -17,10 +17,10 @@
 
 use super::approval::{tally, ApprovalPolicy, ApprovalRules, Tally};
 use super::ops::{
-    check_batch_envelope, AbortSession, AttestationRecord, BlameOp, Blob, CreateSession, Decision,
-    DecodeError, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason, SessionId,
-    SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp, MAX_SCHEME_BYTES,
-    MAX_TEXT_BYTES,
+    check_batch_envelope, decode_batch_ops, AbortSession, AttestationRecord, BlameOp, Blob,
+    CreateSession, Decision, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason,
+    SessionId, SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp,
+    MAX_SCHEME_BYTES, MAX_TEXT_BYTES,
 };
 use super::root::{leaf, MerkleTree};
 use crate::batch::SignedBatch;
@@ -1234,27 +1234,31 @@ impl SessionMachine {
     ) {
         let author = batch.body.author;
         let seq = batch.body.seq;
-        // A batch-level fault rejects every operation in it.
-        let batch_fault =
-            match check_batch_envelope(batch, &self.config.cluster, &self.config.members) {
-                Err(super::ops::BatchError::WrongCluster { .. }) => {
-                    Some(RuleViolation::WrongCluster)
-                }
-                Err(super::ops::BatchError::UnknownAuthor(p)) => {
-                    Some(RuleViolation::UnknownAuthor(p))
-                }
-                Err(_) => Some(RuleViolation::TooManyOps),
-                Ok(()) => match self.state.last_seq.get(&author) {
-                    Some(last) if seq <= *last => {
-                        Some(RuleViolation::Replayed { seq, last: *last })
-                    }
-                    _ => None,
-                },
-            };
-        if batch_fault.is_none() {
-            self.state.last_seq.insert(author, seq);
+        // A batch that breaks the batch rules (cluster, author, op count,
+        // every op decodes and is the signer's) or replays a sequence
+        // number leaves no trace: no record, no sequence number, no audit
+        // entry. Validators refuse any block carrying one
+        // (`consensus::validate::check_block`, which also checked the
+        // signature and that sequence numbers have no gaps), so only a
+        // quorum that broke the rules could have decided it; recording its
+        // operations would let one signed batch of a million empty
+        // operations become a million records.
+        let ops = match check_batch_envelope(batch, &self.config.cluster, &self.config.members)
+            .and_then(|()| decode_batch_ops(batch))
+        {
+            Ok(ops) => ops,
+            Err(_) => return,
+        };
+        if self
+            .state
+            .last_seq
+            .get(&author)
+            .is_some_and(|last| seq <= *last)
+        {
+            return;
         }
-        for (i, bytes) in batch.body.ops.iter().enumerate() {
+        self.state.last_seq.insert(author, seq);
+        for (i, op) in ops.into_iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let id = OpId::derive(&self.config.cluster, cx.height, bi, author, seq, index);
             let position = OpPosition {
@@ -1265,91 +1269,50 @@ impl SessionMachine {
                 ordinal: self.state.op_count,
             };
             self.state.op_count = self.state.op_count.saturating_add(1);
-            let decoded = match &batch_fault {
-                Some(v) => Err(v.clone()),
-                None => Operation::decode(bytes)
-                    .map_err(|e: DecodeError| RuleViolation::Undecodable(e.to_string()))
-                    .and_then(|op| {
-                        if op.author == author {
-                            Ok(op)
-                        } else {
-                            Err(RuleViolation::AuthorMismatch {
-                                claimed: op.author,
-                                signer: author,
-                            })
-                        }
-                    }),
+            let kind = OpKind::of(&op.body);
+            let session = match &op.body {
+                OpBody::CreateSession(_) => Some(SessionId::from_op(&id)),
+                OpBody::SessionMessage(m) => Some(m.session),
+                OpBody::SessionResult(r) => Some(r.session),
+                OpBody::AbortSession(a) => Some(a.session),
+                _ => None,
             };
-            let (kind, status) = match decoded {
-                Err(v) => {
-                    let status = OpStatus::Rejected {
-                        height: cx.height,
-                        reasons: vec![RejectReason::Rule(v)],
-                    };
-                    self.dirty_ops.insert(id);
-                    self.state.ops.insert(
-                        id,
-                        OpRecord {
-                            id,
-                            position,
-                            author,
-                            kind: OpKind::Undecodable,
-                            session: None,
-                            status: status.clone(),
-                            verdicts: BTreeMap::new(),
-                            approval: None,
-                        },
-                    );
-                    (OpKind::Undecodable, status)
-                }
-                Ok(op) => {
-                    let kind = OpKind::of(&op.body);
-                    let session = match &op.body {
-                        OpBody::CreateSession(_) => Some(SessionId::from_op(&id)),
-                        OpBody::SessionMessage(m) => Some(m.session),
-                        OpBody::SessionResult(r) => Some(r.session),
-                        OpBody::AbortSession(a) => Some(a.session),
-                        _ => None,
-                    };
-                    // Recorded before it is applied, so that approval logic
-                    // finds the record.
-                    self.dirty_ops.insert(id);
-                    self.state.ops.insert(
-                        id,
-                        OpRecord {
-                            id,
-                            position,
-                            author,
-                            kind,
-                            session,
-                            status: OpStatus::Pending,
-                            verdicts: BTreeMap::new(),
-                            approval: None,
-                        },
-                    );
-                    let result = self.apply_op(cx, id, author, op.body);
-                    self.dirty_ops.insert(id);
-                    let status = match self.state.ops.get_mut(&id) {
-                        Some(rec) => {
-                            match result {
-                                Ok(Applied::Executed) => {
-                                    rec.status = OpStatus::Executed { height: cx.height }
-                                }
-                                // Already settled if its approvals were complete at once.
-                                Ok(Applied::Pending) => {}
-                                Err(v) => {
-                                    rec.status = OpStatus::Rejected {
-                                        height: cx.height,
-                                        reasons: vec![RejectReason::Rule(v)],
-                                    }
-                                }
-                            }
-                            rec.status.clone()
+            // Recorded before it is applied, so that approval logic finds
+            // the record.
+            self.dirty_ops.insert(id);
+            self.state.ops.insert(
+                id,
+                OpRecord {
+                    id,
+                    position,
+                    author,
+                    kind,
+                    session,
+                    status: OpStatus::Pending,
+                    verdicts: BTreeMap::new(),
+                    approval: None,
+                },
+            );
+            let result = self.apply_op(cx, id, author, op.body);
+            self.dirty_ops.insert(id);
+            let status = match self.state.ops.get_mut(&id) {
+                Some(rec) => {
+                    match result {
+                        Ok(Applied::Executed) => {
+                            rec.status = OpStatus::Executed { height: cx.height }
                         }
-                        None => OpStatus::Pending,
-                    };
-                    (kind, status)
+                        // Already settled if its approvals were complete at once.
+                        Ok(Applied::Pending) => {}
+                        Err(v) => {
+                            rec.status = OpStatus::Rejected {
+                                height: cx.height,
+                                reasons: vec![RejectReason::Rule(v)],
+                            }
+                        }
+                    }
+                    rec.status.clone()
                 }
+                None => OpStatus::Pending,
             };
             outcomes.push(OpOutcome {
                 op: id,

@@ -67,12 +67,6 @@ impl Cluster {
         }
     }
 
-    /// `author`'s signature over `bytes`, as its TPM would make it.
-    pub fn sign(&self, author: u32, bytes: &[u8]) -> Signature {
-        let sig = self.pairs[&PartyId(author)].sign(&self.rng, bytes).unwrap();
-        Signature(sig.as_ref().try_into().unwrap())
-    }
-
     /// One single-operation batch per `(author, body)`, each signed by its
     /// author with the author's next sequence number from `seq`.
     pub fn op_batches(

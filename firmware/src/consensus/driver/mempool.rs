@@ -447,3 +447,201 @@ impl ConsensusDriver {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::super::testkit::{starts_work, Net};
+    use super::super::{Input, PeerFault};
+    use super::*;
+
+    fn authors(b: &Block) -> Vec<(u32, u64)> {
+        b.batches()
+            .iter()
+            .map(|b| (b.body.author.0, b.body.seq))
+            .collect()
+    }
+
+    /// One author's backlog does not own the blocks: P3's single batch goes
+    /// into the next block although P2 has many waiting, each a third of a
+    /// block. Before, blocks were filled in (author, seq) order and stopped
+    /// at the first batch that did not fit: P2's backlog took every block.
+    #[test]
+    fn a_flooding_author_does_not_starve_another() {
+        let net = Net::new(4);
+        let mut cfg = net.cfg(1);
+        cfg.max_block_bytes = 64 * 1024;
+        let (mut d, _) = net.driver(cfg);
+        let third = d.batch_budget() / 3 - 200;
+        for seq in 1..=12 {
+            let b = net.batch(2, seq, 1, third);
+            assert!(Net::gossip(&mut d, 1_100, 2, &b).faults.is_empty());
+        }
+        let mine = net.batch(3, 1, 1, 64);
+        assert!(Net::gossip(&mut d, 1_200, 3, &mine).faults.is_empty());
+        let block = d.build_block(Height(1)).unwrap();
+        assert!(authors(&block).contains(&(3, 1)), "{:?}", authors(&block));
+        // P2 still fills the rest of the block, in order.
+        let p2: Vec<u64> = authors(&block)
+            .iter()
+            .filter(|(a, _)| *a == 2)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(p2, vec![1, 2]);
+        assert_eq!(d.validate_block(&block, false), Ok(()));
+    }
+
+    /// A batch that does not fit ends its author's share of the block, not
+    /// the block: P4's small batch still goes in after P3's large one is
+    /// skipped. Before, the block ended at P3's batch.
+    #[test]
+    fn what_does_not_fit_is_skipped() {
+        let net = Net::new(4);
+        let mut cfg = net.cfg(1);
+        cfg.max_block_bytes = 64 * 1024;
+        let (mut d, _) = net.driver(cfg);
+        let big = d.batch_budget() * 6 / 10;
+        for (a, bytes) in [(2, big), (3, big), (4, 64)] {
+            let b = net.batch(a, 1, 1, bytes);
+            assert!(Net::gossip(&mut d, 1_100, a, &b).faults.is_empty());
+        }
+        let block = d.build_block(Height(1)).unwrap();
+        let got = authors(&block);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.contains(&(4, 1)), "{got:?}");
+    }
+
+    /// Authors whose batches were decided longest ago come first: after P2
+    /// filled a block, P3's batch leads the next one.
+    #[test]
+    fn the_author_served_longest_ago_goes_first() {
+        let net = Net::new(4);
+        let (mut d, _) = net.driver(net.cfg(1));
+        let b = net.batch(2, 1, 1, 64);
+        Net::gossip(&mut d, 1_100, 2, &b);
+        let block = d.build_block(Height(1)).unwrap();
+        let chain = d.chain.after(&block);
+        d.mempool.prune_decided(&chain, &block);
+        d.chain = chain;
+        for (a, seq) in [(2, 2), (3, 1)] {
+            let b = net.batch(a, seq, 1, 64);
+            Net::gossip(&mut d, 1_200, a, &b);
+        }
+        let parties: Vec<PartyId> = (1..=4).map(PartyId).collect();
+        let picked = d.mempool.pick(&d.chain, &parties, Height(2), usize::MAX);
+        let order: Vec<u32> = picked.iter().map(|b| b.body.author.0).collect();
+        assert_eq!(order, vec![3, 2]);
+    }
+
+    /// A batch whose predecessor is missing is parked: it does not make
+    /// work (no height starts, no timers climb), it is proposed once the gap
+    /// closes, and it is dropped after the park timeout. Before, any batch
+    /// above the author's last made `has_work()` true forever.
+    #[test]
+    fn a_seq_gap_is_parked_makes_no_work_and_is_evicted() {
+        let net = Net::new(4);
+        let (mut d, _) = net.driver(net.cfg(1));
+        let two = net.batch(2, 2, 1, 64);
+        let step = Net::gossip(&mut d, 1_100, 2, &two);
+        assert!(step.faults.is_empty());
+        assert!(!starts_work(&step), "{:?}", step.actions);
+        assert_eq!((d.pending_batches(), d.parked_batches()), (0, 1));
+        assert!(!d.has_work());
+        let step = d.handle(2_000, Input::Tick).unwrap();
+        assert!(!starts_work(&step));
+        // The gap closes: both are ready, and work starts.
+        let one = net.batch(2, 1, 1, 64);
+        let step = Net::gossip(&mut d, 2_100, 2, &one);
+        assert!(starts_work(&step));
+        assert_eq!((d.pending_batches(), d.parked_batches()), (2, 0));
+        let block = d.build_block(Height(1)).unwrap();
+        assert_eq!(authors(&block), vec![(2, 1), (2, 2)]);
+
+        // Another gap, from P3, outlives the park timeout.
+        let net = Net::new(4);
+        let (mut d, tip) = net.driver(net.cfg(1));
+        let far = net.batch(3, 5, 1, 64);
+        Net::gossip(&mut d, 1_100, 3, &far);
+        let step = d.handle(2_000, Input::TimeoutFired(tip)).unwrap();
+        assert_eq!(d.parked_batches(), 1, "kept within the timeout");
+        let next_tip = step
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                super::super::Action::ScheduleTimeout { id, .. } => Some(*id),
+                _ => None,
+            })
+            .unwrap();
+        d.handle(1_100 + PARK_TIMEOUT_MS + 1, Input::TimeoutFired(next_tip))
+            .unwrap();
+        assert_eq!((d.parked_batches(), d.pool_bytes()), (0, 0));
+    }
+
+    /// The byte caps: an author may hold at most its share, and when the
+    /// whole pool is full the author holding the most gives way to one
+    /// holding less. Before, only the count (4096 batches) was capped.
+    #[test]
+    fn byte_caps_per_author_and_in_all() {
+        let net = Net::new(4);
+        let mut cfg = net.cfg(1);
+        cfg.max_block_bytes = 8 * 1024;
+        cfg.max_pool_bytes_per_author = 8 * 1024;
+        cfg.max_pool_bytes = 16 * 1024;
+        let (mut d, _) = net.driver(cfg);
+        let batch = |a: u32, seq: u64| net.batch(a, seq, 1, 1_800);
+        let len = batch(2, 1).encoded_len();
+        assert!(len * 4 <= 8 * 1024 && len * 5 > 8 * 1024);
+        for seq in 1..=4 {
+            assert!(Net::gossip(&mut d, 1_100, 2, &batch(2, seq))
+                .faults
+                .is_empty());
+        }
+        let step = Net::gossip(&mut d, 1_100, 2, &batch(2, 5));
+        assert!(matches!(
+            &step.faults[..],
+            [PeerFault::BadBatch {
+                reason: BadBatch::AuthorBytesFull {
+                    author: PartyId(2),
+                    cap: 8192,
+                    ..
+                },
+                ..
+            }]
+        ));
+        for seq in 1..=4 {
+            assert!(Net::gossip(&mut d, 1_100, 3, &batch(3, seq))
+                .faults
+                .is_empty());
+        }
+        assert_eq!(d.pool_bytes(), 8 * len);
+        // P4 gets in: P2 (the largest, lowest id first) drops its latest.
+        assert!(Net::gossip(&mut d, 1_100, 4, &batch(4, 1))
+            .faults
+            .is_empty());
+        assert!(d.mempool.contains(PartyId(4), 1));
+        assert!(!d.mempool.contains(PartyId(2), 4));
+        assert_eq!(d.mempool.count_of(PartyId(2)), 3);
+        assert!(d.pool_bytes() <= 16 * 1024);
+        // Nobody gives way to an author that would hold as much as they do.
+        for seq in 2..=3 {
+            Net::gossip(&mut d, 1_100, 4, &batch(4, seq));
+        }
+        let step = Net::gossip(&mut d, 1_100, 4, &batch(4, 4));
+        assert!(matches!(
+            &step.faults[..],
+            [PeerFault::BadBatch {
+                reason: BadBatch::PoolFull { .. },
+                ..
+            }]
+        ));
+        // A batch larger than a block never enters.
+        let huge = net.batch(2, 4, 1, 9 * 1024);
+        assert!(matches!(
+            &Net::gossip(&mut d, 1_100, 2, &huge).faults[..],
+            [PeerFault::BadBatch {
+                reason: BadBatch::LargerThanBlock { .. },
+                ..
+            }]
+        ));
+    }
+}
