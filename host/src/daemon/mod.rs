@@ -815,8 +815,9 @@ impl Runtime {
                 Err(anyhow!("persisted consensus state is corrupt: {why}"))
             }
             Err(e) => {
-                // A peer's bad frame (or a refused local input): drop it, stay up.
-                debug!(peer = ?peer, error = %e, "input refused");
+                // A local fault with this input (the TPM's signature did not
+                // verify): drop it, stay up.
+                warn!(peer = ?peer, error = %e, "input refused");
                 Ok(())
             }
         }
@@ -898,6 +899,11 @@ impl Runtime {
                 .signatures_refused
                 .fetch_add(1, Ordering::Relaxed);
             warn!(error = %e, "the sign guard refused a signature");
+        }
+        // What peers sent that the driver refused: diagnostics (the input
+        // was dropped; nothing to undo).
+        for f in &step.faults {
+            debug!(fault = %f, "peer input refused");
         }
         for p in &step.persist {
             match p {

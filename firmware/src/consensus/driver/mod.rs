@@ -1491,7 +1491,7 @@ mod tests {
         });
         assert!(matches!(
             d.validate_block(&forged, false),
-            Err(InvalidBlock::ParentCertificate(_))
+            Err(InvalidBlock::ParentCertificate { .. })
         ));
         d.log_pending = false;
         assert_eq!(

@@ -132,8 +132,13 @@ pub enum InvalidBlock {
     #[error("block {0} is missing its parent's commit certificate")]
     MissingParentCertificate(Height),
     /// The carried certificate does not verify.
-    #[error("the parent's commit certificate in the header does not verify: {0}")]
-    ParentCertificate(CertificateError),
+    #[error("its header's commit certificate of block {height} does not verify: {error}")]
+    ParentCertificate {
+        /// The parent's height.
+        height: Height,
+        /// Why.
+        error: CertificateError,
+    },
     /// The carried certificate is valid, but for another block.
     #[error(
         "the header's certificate is for block {block} at height {height}, not for the parent"
@@ -149,7 +154,7 @@ pub enum InvalidBlock {
     #[error("the block's own commit certificate does not verify: {0}")]
     Uncertified(CertificateError),
     /// The audit log head differs from ours.
-    #[error("block says the audit log holds {} entries with root {}, ours holds {} with root {}", got.size, got.root, expected.size, expected.root)]
+    #[error("its header says the log held {} entries with root {}, but the log before its parent's entries holds {} with root {}", got.size, got.root, expected.size, expected.root)]
     LogHeadMismatch {
         /// Ours.
         expected: LogHead,
@@ -261,7 +266,10 @@ pub fn check_block_contents(
             cert,
             cache,
         )
-        .map_err(InvalidBlock::ParentCertificate)?,
+        .map_err(|error| InvalidBlock::ParentCertificate {
+            height: Height(h.height.0 - 1),
+            error,
+        })?,
     }
     for (index, b) in block.batches().iter().enumerate() {
         check_batch_cached(rules, b, cache).map_err(|error| InvalidBlock::Batch {
