@@ -194,3 +194,58 @@ fn restarted_party_catches_up_many_heights() {
         assert!((30..=31).contains(&r.heights), "n={n}: {}", r.heights);
     }
 }
+
+/// The named adversary models, each over its own seeds, one line per model:
+/// seeds run and violations of agreement, validity, no double sign,
+/// liveness after heal, the fairness bound and idleness. Each model runs
+/// `QUORATE_SIM_SEEDS` / 300 seeds (333 each at the soak's 100,000, 7 at
+/// the default 2,100 of `make test`), or `QUORATE_SIM_MODEL_SEEDS`.
+#[test]
+fn seeds_part_models() {
+    use quorate_firmware::sim::{run, Byzantine, SimConfig};
+    let per_model = std::env::var("QUORATE_SIM_MODEL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| (seeds_total() / 300).max(6));
+    let columns = [
+        ("agreement", "agreement violated"),
+        ("validity", "validity violated"),
+        ("double_sign", "signed two different"),
+        ("liveness", "liveness violated"),
+        ("fairness", "fairness violated"),
+        ("idle", "idle violated"),
+    ];
+    let mut failures = Vec::new();
+    for (name, model) in Byzantine::MODELS {
+        let mut counts = [0u64; 7];
+        let mut max_wait = 0;
+        for seed in 0..per_model {
+            let cfg = SimConfig::model(seed, model);
+            match run(cfg.clone()) {
+                Ok(r) => max_wait = max_wait.max(r.max_wait_heights),
+                Err(e) => {
+                    let col = columns
+                        .iter()
+                        .position(|(_, m)| e.contains(m))
+                        .unwrap_or(columns.len());
+                    counts[col] += 1;
+                    if failures.len() < 5 {
+                        eprintln!("model {name} seed {seed} failed: {e}\n  config: {cfg:?}");
+                    }
+                    failures.push((name, seed));
+                }
+            }
+        }
+        let cols: Vec<String> = columns
+            .iter()
+            .zip(counts)
+            .map(|((c, _), k)| format!("{c} {k}"))
+            .collect();
+        println!(
+            "model {name:<18} seeds {per_model:>5}  {}  other {}  (max wait {max_wait} heights)",
+            cols.join("  "),
+            counts[columns.len()]
+        );
+    }
+    assert!(failures.is_empty(), "failing (model, seed): {failures:?}");
+}
