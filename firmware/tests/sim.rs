@@ -198,7 +198,7 @@ fn restarted_party_catches_up_many_heights() {
 /// The named adversary models, each over its own seeds, one line per model:
 /// seeds run and violations of agreement, validity, no double sign,
 /// liveness after heal, the fairness bound and idleness. Each model runs
-/// `QUORATE_SIM_SEEDS` / 300 seeds (333 each at the soak's 100,000, 7 at
+/// `QUORATE_SIM_SEEDS` / 500 seeds (200 each at the soak's 100,000, 4 at
 /// the default 2,100 of `make test`), or `QUORATE_SIM_MODEL_SEEDS`.
 #[test]
 fn seeds_part_models() {
@@ -206,7 +206,7 @@ fn seeds_part_models() {
     let per_model = std::env::var("QUORATE_SIM_MODEL_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| (seeds_total() / 300).max(6));
+        .unwrap_or_else(|| (seeds_total() / 500).max(4));
     let columns = [
         ("agreement", "agreement violated"),
         ("validity", "validity violated"),
