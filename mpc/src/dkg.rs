@@ -11,14 +11,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use frost_core::keys::dkg::{self, round1, round2};
-use frost_core::keys::{SecretShare, SigningShare};
+use frost_core::keys::{
+    refresh, CoefficientCommitment, KeyPackage, PublicKeyPackage, SecretShare, SigningShare,
+    VerifiableSecretSharingCommitment,
+};
+use frost_core::Group;
 use frost_core::Identifier;
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::error::{BlameError, EngineError};
 use crate::keyshare::KeyShare;
-use crate::seal::{self, RecipientSecret, ShareBinding, DKG_SHARE_DOMAIN};
+use crate::seal::{self, RecipientSecret, ShareBinding, DKG_SHARE_DOMAIN, REFRESH_SHARE_DOMAIN};
 use crate::suite::{Ed, Suite, Tr};
 use crate::wire::{decode, encode, BlameProofWire, Evidence, Round1Wire, WIRE_VERSION};
 use crate::{PartyId, Posted, RoundMessage, Scheme, SessionCtx};
@@ -27,6 +31,27 @@ use crate::{PartyId, Posted, RoundMessage, Scheme, SessionCtx};
 pub const DKG_ROUND_1: u32 = 1;
 /// Round number of the round-2 sealed shares.
 pub const DKG_ROUND_2: u32 = 2;
+
+/// Which two-round protocol a [`Dkg`] runs: a fresh key generation, or a
+/// share refresh (frost `refresh_dkg_*`) that keeps the group key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// frost `dkg::part1..3`.
+    Dkg,
+    /// frost `refresh_dkg_part1/part2/refresh_dkg_shares`: commitments to a
+    /// zero constant term (sent without it, t − 1 entries, and without a
+    /// meaningful proof of knowledge, which frost does not verify).
+    Refresh,
+}
+
+impl Protocol {
+    fn domain(self) -> &'static [u8] {
+        match self {
+            Protocol::Dkg => DKG_SHARE_DOMAIN,
+            Protocol::Refresh => REFRESH_SHARE_DOMAIN,
+        }
+    }
+}
 
 /// What a proven culprit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -139,7 +164,7 @@ impl Dkg {
         me: PartyId,
         rng: &mut R,
     ) -> Result<(Dkg, RoundMessage), EngineError> {
-        Self::start_inner(ctx, me, None, rng)
+        Self::start_inner(ctx, me, None, None, rng)
     }
 
     /// TEST-ONLY: [`Dkg::start`] with a deliberate fault (see [`DkgFault`]).
@@ -150,18 +175,40 @@ impl Dkg {
         fault: DkgFault,
         rng: &mut R,
     ) -> Result<(Dkg, RoundMessage), EngineError> {
-        Self::start_inner(ctx, me, Some(fault), rng)
+        Self::start_inner(ctx, me, Some(fault), None, rng)
+    }
+
+    /// Share refresh (proactive security): the same two rounds, with frost
+    /// `refresh_dkg_part1/part2/refresh_dkg_shares`, over `old`, my current
+    /// share. [`DkgOutput::Complete`] then carries my NEW share under the SAME
+    /// group key (the engine checks it); the host seals the new share and
+    /// erases the old one once the session executes. `ctx.participants` must
+    /// be exactly the key's parties and `ctx.threshold` its `min_signers`.
+    /// Blame is checked with [`check_refresh_blame`].
+    pub fn start_refresh<R: RngCore + CryptoRng>(
+        ctx: SessionCtx,
+        me: PartyId,
+        old: &KeyShare,
+        rng: &mut R,
+    ) -> Result<(Dkg, RoundMessage), EngineError> {
+        if old.scheme != ctx.scheme {
+            return Err(EngineError::InvalidContext(
+                crate::error::ContextProblem::KeyShareMismatch,
+            ));
+        }
+        Self::start_inner(ctx, me, None, Some(old), rng)
     }
 
     fn start_inner<R: RngCore + CryptoRng>(
         ctx: SessionCtx,
         me: PartyId,
         fault: Option<DkgFault>,
+        refresh_of: Option<&KeyShare>,
         rng: &mut R,
     ) -> Result<(Dkg, RoundMessage), EngineError> {
         Ok(match ctx.scheme {
             Scheme::Ed25519 => {
-                let (c, m) = Core::<Ed>::start(ctx, me, fault, rng)?;
+                let (c, m) = Core::<Ed>::start(ctx, me, fault, refresh_of, rng)?;
                 (
                     Dkg {
                         inner: Inner::Ed(Box::new(c)),
@@ -170,7 +217,7 @@ impl Dkg {
                 )
             }
             Scheme::Secp256k1Tr => {
-                let (c, m) = Core::<Tr>::start(ctx, me, fault, rng)?;
+                let (c, m) = Core::<Tr>::start(ctx, me, fault, refresh_of, rng)?;
                 (
                     Dkg {
                         inner: Inner::Tr(Box::new(c)),
@@ -245,6 +292,9 @@ pub(crate) struct Round1<C: Suite> {
 
 struct Core<C: Suite> {
     ctx: SessionCtx,
+    protocol: Protocol,
+    /// Refresh only: my current key package and the group's public key package.
+    old: Option<(KeyPackage<C>, PublicKeyPackage<C>)>,
     me: PartyId,
     fault: Option<DkgFault>,
     my_round1: RoundMessage,
@@ -261,6 +311,7 @@ impl<C: Suite> Core<C> {
         ctx: SessionCtx,
         me: PartyId,
         fault: Option<DkgFault>,
+        refresh_of: Option<&KeyShare>,
         rng: &mut R,
     ) -> Result<(Self, RoundMessage), EngineError> {
         ctx.validate()?;
@@ -269,8 +320,42 @@ impl<C: Suite> Core<C> {
                 crate::error::ContextProblem::NotAParticipant,
             ));
         }
-        let (secret1, package) =
-            dkg::part1::<C, _>(me.identifier::<C>()?, ctx.n(), ctx.threshold, &mut *rng)?;
+        let id = me.identifier::<C>()?;
+        let (protocol, old, (secret1, package)) = match refresh_of {
+            None => (
+                Protocol::Dkg,
+                None,
+                dkg::part1::<C, _>(id, ctx.n(), ctx.threshold, &mut *rng)?,
+            ),
+            Some(share) => {
+                let old = share.decode::<C>()?;
+                let mismatch =
+                    EngineError::InvalidContext(crate::error::ContextProblem::KeyShareMismatch);
+                // A refresh covers exactly the key's parties at its threshold.
+                let ids: Vec<Identifier<C>> = ctx
+                    .participants
+                    .iter()
+                    .map(|p| p.identifier::<C>())
+                    .collect::<Result<_, _>>()?;
+                if old.party != me
+                    || old.public_key_package.min_signers() != Some(ctx.threshold)
+                    || !old
+                        .public_key_package
+                        .verifying_shares()
+                        .keys()
+                        .eq(ids.iter())
+                {
+                    return Err(mismatch);
+                }
+                let round1 =
+                    refresh::refresh_dkg_part1::<C, _>(id, ctx.n(), ctx.threshold, &mut *rng)?;
+                (
+                    Protocol::Refresh,
+                    Some((old.key_package, old.public_key_package)),
+                    round1,
+                )
+            }
+        };
         let mut secrets = BTreeMap::new();
         let mut recipient_keys = BTreeMap::new();
         for j in ctx.others(me) {
@@ -287,6 +372,8 @@ impl<C: Suite> Core<C> {
         let message = RoundMessage::broadcast(encode(&wire)?);
         let core = Core {
             ctx,
+            protocol,
+            old,
             me,
             fault,
             my_round1: message.clone(),
@@ -346,7 +433,7 @@ impl<C: Suite> Core<C> {
             }
         }
         if posted.round == DKG_ROUND_1 {
-            let parsed = parse_round1::<C>(&self.ctx, from, &posted.message);
+            let parsed = parse_round1::<C>(&self.ctx, self.protocol, from, &posted.message);
             self.round1.insert(from, parsed);
             if self.round1.len() == self.ctx.participants.len()
                 && matches!(self.phase, Phase::AwaitRound1(_))
@@ -403,7 +490,10 @@ impl<C: Suite> Core<C> {
             return Ok(Vec::new());
         };
         let map = self.round1_map()?;
-        let (secret2, packages) = dkg::part2(secret1, &map)?;
+        let (secret2, packages) = match self.protocol {
+            Protocol::Dkg => dkg::part2(secret1, &map)?,
+            Protocol::Refresh => refresh::refresh_dkg_part2(secret1, &map)?,
+        };
         let mut direct = BTreeMap::new();
         for j in self.ctx.others(self.me).collect::<Vec<_>>() {
             let package = packages
@@ -438,7 +528,7 @@ impl<C: Suite> Core<C> {
 
     fn binding(&self, round: u32, sender: PartyId, recipient: PartyId) -> ShareBinding<'_> {
         ShareBinding {
-            domain: DKG_SHARE_DOMAIN,
+            domain: self.protocol.domain(),
             cluster_id: &self.ctx.cluster_id,
             session_id: &self.ctx.session_id,
             round,
@@ -472,7 +562,7 @@ impl<C: Suite> Core<C> {
                 .get(&self.me)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            match judge_share::<C>(&self.ctx, s, self.me, sk, &r1.package, ct) {
+            match judge_share::<C>(&self.ctx, self.protocol, s, self.me, sk, &r1.package, ct) {
                 Ok(p) => {
                     shares.insert(s.identifier::<C>()?, p);
                 }
@@ -497,7 +587,23 @@ impl<C: Suite> Core<C> {
             return Ok(Vec::new());
         };
         let map = self.round1_map()?;
-        let (key_package, public_key_package) = dkg::part3(&secret2, &map, &shares)?;
+        let (key_package, public_key_package) = match &self.old {
+            None => dkg::part3(&secret2, &map, &shares)?,
+            Some((old_kp, old_pkp)) => {
+                let (kp, pkp) = refresh::refresh_dkg_shares(
+                    &secret2,
+                    &map,
+                    &shares,
+                    old_pkp.clone(),
+                    old_kp.clone(),
+                )?;
+                if pkp.verifying_key() != old_pkp.verifying_key() {
+                    return Err(EngineError::Frost("refresh changed the group key".into()));
+                }
+                (kp, pkp)
+            }
+        };
+        self.old = None;
         drop(secret2);
         let share = KeyShare::from_frost(self.me, &key_package, &public_key_package)?;
         let group_public_key = C::group_key_bytes(public_key_package.verifying_key())?;
@@ -542,6 +648,7 @@ fn corrupt_share<C: Suite>(
 /// THE round-1 rule: decodes `sender`'s round-1 message or names its fault.
 pub(crate) fn parse_round1<C: Suite>(
     ctx: &SessionCtx,
+    protocol: Protocol,
     sender: PartyId,
     msg: &RoundMessage,
 ) -> Result<Round1<C>, BlameKind> {
@@ -561,8 +668,17 @@ pub(crate) fn parse_round1<C: Suite>(
         .commitment()
         .serialize()
         .map_err(|_| BlameKind::MalformedRound1)?;
-    if coefficients.len() != usize::from(ctx.threshold) {
+    let expected = match protocol {
+        Protocol::Dkg => usize::from(ctx.threshold),
+        Protocol::Refresh => usize::from(ctx.threshold) - 1,
+    };
+    if coefficients.len() != expected {
         return Err(BlameKind::MalformedRound1);
+    }
+    if protocol == Protocol::Refresh {
+        // frost does not verify refresh proofs of knowledge (the constant
+        // term is forced to zero by prepending the identity instead).
+        return Ok(Round1 { package, keys });
     }
     let id = sender
         .identifier::<C>()
@@ -608,6 +724,7 @@ pub(crate) fn round2_addressing_ok(ctx: &SessionCtx, sender: PartyId, msg: &Roun
 /// round-1 commitment.
 fn judge_share<C: Suite>(
     ctx: &SessionCtx,
+    protocol: Protocol,
     sender: PartyId,
     recipient: PartyId,
     sk: &RecipientSecret,
@@ -615,7 +732,7 @@ fn judge_share<C: Suite>(
     ciphertext: &[u8],
 ) -> Result<round2::Package<C>, BlameKind> {
     let binding = ShareBinding {
-        domain: DKG_SHARE_DOMAIN,
+        domain: protocol.domain(),
         cluster_id: &ctx.cluster_id,
         session_id: &ctx.session_id,
         round: DKG_ROUND_2,
@@ -630,13 +747,18 @@ fn judge_share<C: Suite>(
     let id = recipient
         .identifier::<C>()
         .map_err(|_| BlameKind::UndecryptableShare)?;
-    SecretShare::new(
-        id,
-        *package.signing_share(),
-        sender_round1.commitment().clone(),
-    )
-    .verify()
-    .map_err(|_| BlameKind::InvalidSecretShare)?;
+    let commitment = match protocol {
+        Protocol::Dkg => sender_round1.commitment().clone(),
+        // Refresh commitments travel without their identity constant term.
+        Protocol::Refresh => VerifiableSecretSharingCommitment::new(
+            std::iter::once(CoefficientCommitment::new(<C::Group as Group>::identity()))
+                .chain(sender_round1.commitment().coefficients().iter().copied())
+                .collect(),
+        ),
+    };
+    SecretShare::new(id, *package.signing_share(), commitment)
+        .verify()
+        .map_err(|_| BlameKind::InvalidSecretShare)?;
     Ok(package)
 }
 
@@ -655,8 +777,30 @@ pub fn check_blame(
     proof: &[u8],
 ) -> Result<BlameVerdict, BlameError> {
     match ctx.scheme {
-        Scheme::Ed25519 => check_blame_for::<Ed>(ctx, log, accuser, culprit, proof),
-        Scheme::Secp256k1Tr => check_blame_for::<Tr>(ctx, log, accuser, culprit, proof),
+        Scheme::Ed25519 => check_blame_for::<Ed>(ctx, Protocol::Dkg, log, accuser, culprit, proof),
+        Scheme::Secp256k1Tr => {
+            check_blame_for::<Tr>(ctx, Protocol::Dkg, log, accuser, culprit, proof)
+        }
+    }
+}
+
+/// [`check_blame`] for a share-refresh session ([`Dkg::start_refresh`]):
+/// the same rules, with refresh commitments (t − 1 entries, no proof of
+/// knowledge) and the refresh HPKE domain.
+pub fn check_refresh_blame(
+    ctx: &SessionCtx,
+    log: &[Posted],
+    accuser: PartyId,
+    culprit: PartyId,
+    proof: &[u8],
+) -> Result<BlameVerdict, BlameError> {
+    match ctx.scheme {
+        Scheme::Ed25519 => {
+            check_blame_for::<Ed>(ctx, Protocol::Refresh, log, accuser, culprit, proof)
+        }
+        Scheme::Secp256k1Tr => {
+            check_blame_for::<Tr>(ctx, Protocol::Refresh, log, accuser, culprit, proof)
+        }
     }
 }
 
@@ -668,6 +812,7 @@ fn first_message(log: &[Posted], round: u32, from: PartyId) -> Option<&RoundMess
 
 fn check_blame_for<C: Suite>(
     ctx: &SessionCtx,
+    protocol: Protocol,
     log: &[Posted],
     accuser: PartyId,
     culprit: PartyId,
@@ -684,7 +829,7 @@ fn check_blame_for<C: Suite>(
         decode(proof, "blame proof").map_err(|_| BlameError::MalformedProof)?;
     let culprit_r1 = first_message(log, DKG_ROUND_1, culprit)
         .ok_or(BlameError::LogIncomplete("the culprit's round-1 message"))?;
-    let culprit_r1 = match parse_round1::<C>(ctx, culprit, culprit_r1) {
+    let culprit_r1 = match parse_round1::<C>(ctx, protocol, culprit, culprit_r1) {
         Ok(r) => r,
         Err(kind) => return Ok(BlameVerdict::Culprit(kind)),
     };
@@ -700,7 +845,7 @@ fn check_blame_for<C: Suite>(
     };
     let accuser_r1 = first_message(log, DKG_ROUND_1, accuser)
         .ok_or(BlameError::LogIncomplete("the accuser's round-1 message"))?;
-    let accuser_r1 = parse_round1::<C>(ctx, accuser, accuser_r1)
+    let accuser_r1 = parse_round1::<C>(ctx, protocol, accuser, accuser_r1)
         .map_err(|_| BlameError::LogIncomplete("the accuser's round-1 broadcast is invalid"))?;
     let sk = seal::secret_from_bytes(&revealed).map_err(|_| BlameError::MalformedProof)?;
     if accuser_r1.keys.get(&culprit) != Some(&seal::public_of(&sk)) {
@@ -714,7 +859,15 @@ fn check_blame_for<C: Suite>(
         .map(Vec::as_slice)
         .unwrap_or_default();
     Ok(
-        match judge_share::<C>(ctx, culprit, accuser, &sk, &culprit_r1.package, ct) {
+        match judge_share::<C>(
+            ctx,
+            protocol,
+            culprit,
+            accuser,
+            &sk,
+            &culprit_r1.package,
+            ct,
+        ) {
             Ok(_) => BlameVerdict::FalseAccusation,
             Err(kind) => BlameVerdict::Culprit(kind),
         },
@@ -1299,6 +1452,100 @@ pub(crate) mod tests {
                 check_blame(&c, &log_b, PartyId(1), PartyId(2), &public),
                 Ok(BlameVerdict::Culprit(BlameKind::MissingOrMisaddressedShare))
             );
+        }
+    }
+
+    #[test]
+    fn refresh_blame_uses_refresh_commitments_and_domain() {
+        for s in Scheme::ALL {
+            let c = ctx(s, 3, 2);
+            let done = completed(&run(&c, &[], 31));
+            let mut rng = ChaCha20Rng::seed_from_u64(32);
+            let mut parties: Vec<(PartyId, Dkg)> = Vec::new();
+            let mut log = Vec::new();
+            for p in c.participants.clone() {
+                let (d, m) = Dkg::start_refresh(c.clone(), p, &done[&p].1, &mut rng).unwrap();
+                parties.push((p, d));
+                log.push(Posted {
+                    round: 1,
+                    from: p,
+                    message: m,
+                });
+            }
+            let proof = parties[0].1.false_accusation_proof(PartyId(2)).unwrap();
+            let mut round2 = Vec::new();
+            for posted in &log {
+                for (p, d) in parties.iter_mut() {
+                    for o in d.on_message(posted, &mut rng).unwrap() {
+                        if let DkgOutput::Submit { round, message } = o {
+                            round2.push(Posted {
+                                round,
+                                from: *p,
+                                message,
+                            });
+                        }
+                    }
+                }
+            }
+            let mut honest = log.clone();
+            honest.extend(round2.iter().cloned());
+            // Party 2's share to party 1 is valid under its refresh commitment.
+            assert_eq!(
+                check_refresh_blame(&c, &honest, PartyId(1), PartyId(2), &proof),
+                Ok(BlameVerdict::FalseAccusation)
+            );
+            // Read as a DKG log the same messages are malformed (t - 1 commitments).
+            assert_eq!(
+                check_blame(&c, &honest, PartyId(1), PartyId(2), &proof),
+                Ok(BlameVerdict::Culprit(BlameKind::MalformedRound1))
+            );
+            // A swapped ciphertext is undecryptable, proven with the reveal.
+            let mut tampered = log.clone();
+            for p in &round2 {
+                let mut p = p.clone();
+                if p.from == PartyId(2) {
+                    let a = p.message.direct.remove(&PartyId(1)).unwrap();
+                    let b = p.message.direct.remove(&PartyId(3)).unwrap();
+                    p.message.direct.insert(PartyId(1), b);
+                    p.message.direct.insert(PartyId(3), a);
+                }
+                tampered.push(p);
+            }
+            assert_eq!(
+                check_refresh_blame(&c, &tampered, PartyId(1), PartyId(2), &proof),
+                Ok(BlameVerdict::Culprit(BlameKind::UndecryptableShare))
+            );
+            // All three complete with the old group key.
+            for posted in &round2 {
+                for (p, d) in parties.iter_mut() {
+                    for o in d.on_message(posted, &mut rng).unwrap() {
+                        if let DkgOutput::Complete {
+                            group_public_key, ..
+                        } = o
+                        {
+                            assert_eq!(group_public_key, done[p].0);
+                        }
+                    }
+                }
+            }
+            assert!(parties.iter().all(|(_, d)| d.is_finished()));
+            // A share of another party, or another threshold, is refused.
+            let wrong = Dkg::start_refresh(c.clone(), PartyId(1), &done[&PartyId(2)].1, &mut rng);
+            assert!(matches!(
+                wrong,
+                Err(EngineError::InvalidContext(
+                    crate::ContextProblem::KeyShareMismatch
+                ))
+            ));
+            let mut c3 = c.clone();
+            c3.threshold = 3;
+            let wrong = Dkg::start_refresh(c3, PartyId(1), &done[&PartyId(1)].1, &mut rng);
+            assert!(matches!(
+                wrong,
+                Err(EngineError::InvalidContext(
+                    crate::ContextProblem::KeyShareMismatch
+                ))
+            ));
         }
     }
 }

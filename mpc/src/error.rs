@@ -56,6 +56,15 @@ pub enum EngineError {
         /// Round posted twice.
         round: u32,
     },
+    /// A signature share from a candidate that the attempt's signing
+    /// package does not include (a share for another package).
+    #[error("party {from:?} posted a share for attempt {attempt}, whose signing package does not include it")]
+    NotSelected {
+        /// Author of the share.
+        from: PartyId,
+        /// The attempt it claimed.
+        attempt: u32,
+    },
     /// A message part larger than the engine accepts.
     #[error("a message part of {len} bytes exceeds the limit of {limit} bytes")]
     Oversized {

@@ -59,8 +59,7 @@ impl Versioned for PublicShareWire {
     }
 }
 
-/// A key share decoded for one ciphersuite (the signer uses every field).
-#[allow(dead_code)]
+/// A key share decoded for one ciphersuite.
 pub(crate) struct Decoded<C: Suite> {
     /// Whose share.
     pub party: PartyId,

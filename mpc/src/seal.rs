@@ -24,6 +24,8 @@ pub(crate) type RecipientSecret = <Kem as hpke::Kem>::PrivateKey;
 
 /// Domain tag of DKG round-2 shares.
 pub(crate) const DKG_SHARE_DOMAIN: &[u8] = b"quorate-mpc/v1/dkg-share";
+/// Domain tag of refresh round-2 shares.
+pub(crate) const REFRESH_SHARE_DOMAIN: &[u8] = b"quorate-mpc/v1/refresh-share";
 
 /// The parameters one ciphertext is bound to.
 #[derive(Debug, Clone, Copy)]
@@ -226,7 +228,7 @@ mod tests {
         b.scheme = Scheme::Secp256k1Tr;
         assert_ne!(base, share_context(&b));
         b = binding(2, 1, 2);
-        b.domain = b"quorate-mpc/v1/other";
+        b.domain = REFRESH_SHARE_DOMAIN;
         assert_ne!(base, share_context(&b));
     }
 }

@@ -2,6 +2,7 @@
 //! protocol code is written once, generic over [`Suite`], and dispatched on
 //! the scheme at the public API.
 
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use frost_core::{Ciphersuite, VerifyingKey};
 
 use crate::error::EngineError;
@@ -20,6 +21,14 @@ pub(crate) trait Suite: Ciphersuite + 'static {
     /// The 32-byte key that signatures verify under: Ed25519's compressed
     /// point, or secp256k1's x-only (BIP-340) key.
     fn group_key_bytes(vk: &VerifyingKey<Self>) -> Result<Vec<u8>, EngineError>;
+
+    /// Applies a signing session's Taproot tweak (secp256k1-tr only) to the
+    /// public key package and, for a signer, its key package.
+    fn tweak(
+        pkp: PublicKeyPackage<Self>,
+        kp: Option<KeyPackage<Self>>,
+        taproot: Option<&crate::TaprootTweak>,
+    ) -> Result<(PublicKeyPackage<Self>, Option<KeyPackage<Self>>), EngineError>;
 }
 
 impl Suite for Ed {
@@ -27,6 +36,19 @@ impl Suite for Ed {
 
     fn group_key_bytes(vk: &VerifyingKey<Self>) -> Result<Vec<u8>, EngineError> {
         Ok(vk.serialize()?)
+    }
+
+    fn tweak(
+        pkp: PublicKeyPackage<Self>,
+        kp: Option<KeyPackage<Self>>,
+        taproot: Option<&crate::TaprootTweak>,
+    ) -> Result<(PublicKeyPackage<Self>, Option<KeyPackage<Self>>), EngineError> {
+        match taproot {
+            None => Ok((pkp, kp)),
+            Some(_) => Err(EngineError::InvalidContext(
+                crate::ContextProblem::TweakWithoutTaproot,
+            )),
+        }
     }
 }
 
@@ -41,6 +63,21 @@ impl Suite for Tr {
             _ => Err(EngineError::Malformed {
                 what: "secp256k1 verifying key",
             }),
+        }
+    }
+
+    fn tweak(
+        pkp: PublicKeyPackage<Self>,
+        kp: Option<KeyPackage<Self>>,
+        taproot: Option<&crate::TaprootTweak>,
+    ) -> Result<(PublicKeyPackage<Self>, Option<KeyPackage<Self>>), EngineError> {
+        use frost_secp256k1_tr::keys::Tweak;
+        match taproot {
+            None => Ok((pkp, kp)),
+            Some(t) => {
+                let root = t.merkle_root.as_ref().map(|r| r.as_slice());
+                Ok((pkp.tweak(root), kp.map(|k| k.tweak(root))))
+            }
         }
     }
 }
