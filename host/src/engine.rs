@@ -51,7 +51,8 @@ pub struct EngineConfig {
     pub schemes: Vec<String>,
     /// Development only (ignored unless `[party] dev = true`): misbehave on
     /// purpose, to show blame working. `bad_share_to:N` deals party N a
-    /// corrupted (but well-encrypted) DKG share.
+    /// corrupted (but well-encrypted) DKG share; `bad_signature_share`
+    /// corrupts every signature share this party posts when signing.
     #[serde(default)]
     pub dev_fault: Option<String>,
 }
@@ -80,7 +81,7 @@ pub enum EngineConfigError {
     #[error("[party.engine] schemes: `{0}` is not a built-in scheme (use frost-ed25519 or frost-secp256k1-tr; other schemes need an external engine)")]
     UnknownScheme(String),
     /// A `dev_fault` that does not parse.
-    #[error("[party.engine] dev_fault: `{0}` is not understood (expected bad_share_to:N)")]
+    #[error("[party.engine] dev_fault: `{0}` is not understood (expected bad_share_to:N or bad_signature_share)")]
     BadFault(String),
 }
 
@@ -101,6 +102,9 @@ impl EngineConfig {
         let Some(f) = &self.dev_fault else {
             return Ok(None);
         };
+        if f == BAD_SIGNATURE_SHARE {
+            return Ok(None);
+        }
         let to = f
             .strip_prefix("bad_share_to:")
             .and_then(|n| n.parse::<u16>().ok())
@@ -111,6 +115,20 @@ impl EngineConfig {
             return Ok(None);
         }
         Ok(Some(mpc::DkgFault::BadShareTo(mpc::PartyId(to))))
+    }
+}
+
+const BAD_SIGNATURE_SHARE: &str = "bad_signature_share";
+
+impl EngineConfig {
+    /// The signing dev fault: corrupt every signature share this party
+    /// posts (only in dev mode).
+    pub fn corrupt_signature_shares(&self, dev: bool) -> bool {
+        let on = self.dev_fault.as_deref() == Some(BAD_SIGNATURE_SHARE);
+        if on && !dev {
+            warn!("[party.engine] dev_fault is ignored: this party is not in dev mode");
+        }
+        on && dev
     }
 }
 
@@ -230,7 +248,7 @@ fn digest_of(m: &mpc::RoundMessage) -> [u8; 32] {
     out
 }
 
-fn message_op(session: SessionId, round: u32, m: mpc::RoundMessage) -> OpBody {
+pub(crate) fn message_op(session: SessionId, round: u32, m: mpc::RoundMessage) -> OpBody {
     OpBody::SessionMessage(SessionMessage {
         session,
         round,
@@ -246,7 +264,7 @@ fn message_op(session: SessionId, round: u32, m: mpc::RoundMessage) -> OpBody {
     })
 }
 
-fn abort_op(session: SessionId, text: String) -> OpBody {
+pub(crate) fn abort_op(session: SessionId, text: String) -> OpBody {
     let mut text = text;
     text.truncate(quorate_firmware::sessions::ops::MAX_TEXT_BYTES);
     OpBody::AbortSession(AbortSession {

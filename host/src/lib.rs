@@ -31,5 +31,6 @@ pub mod fsutil;
 pub mod init;
 pub mod launch;
 pub mod net;
+pub mod signing;
 pub mod store;
 pub mod tpm;

@@ -481,7 +481,14 @@ struct Runtime {
     engine: crate::engine::Engine,
     seal_tx: mpsc::UnboundedSender<(SessionId, Result<crate::engine::StoredShare, String>)>,
     seal_rx: mpsc::UnboundedReceiver<(SessionId, Result<crate::engine::StoredShare, String>)>,
+    /// The built-in engine's signing sessions (ROAST).
+    signing: crate::signing::SignEngine,
+    unseal_tx: mpsc::UnboundedSender<(SessionId, UnsealResult)>,
+    unseal_rx: mpsc::UnboundedReceiver<(SessionId, UnsealResult)>,
 }
+
+/// A share unsealed for signing: the secret and its stored record.
+type UnsealResult = Result<(zeroize::Zeroizing<Vec<u8>>, crate::engine::StoredShare), String>;
 
 impl Runtime {
     #[allow(clippy::too_many_arguments)]
@@ -545,6 +552,13 @@ impl Runtime {
             engine_cfg.parsed_fault(cfg.file.party.dev)?,
         );
         let (seal_tx, seal_rx) = mpsc::unbounded_channel();
+        let signing = crate::signing::SignEngine::new(
+            me,
+            cfg.cluster_id,
+            engine_cfg.parsed_schemes()?,
+            engine_cfg.corrupt_signature_shares(cfg.file.party.dev),
+        );
+        let (unseal_tx, unseal_rx) = mpsc::unbounded_channel();
         // An empty value means "none in flight" (cleared when decided).
         let in_flight: Option<InFlight> = match store.meta("in_flight")? {
             Some(b) if !b.is_empty() => Some(dec("in-flight batch", &b)?),
@@ -589,13 +603,18 @@ impl Runtime {
             engine,
             seal_tx,
             seal_rx,
+            signing,
+            unseal_tx,
+            unseal_rx,
         };
         let mut h = 1;
         while h <= tip {
             for sb in rt.store.decided_range(h, 256)? {
                 let block = Block::from_bytes(&sb.block)
                     .map_err(|e| anyhow!("stored block {} is corrupt: {e}", sb.height))?;
-                rt.apply(&block, true)?;
+                let outcome = rt.apply(&block, true)?;
+                // The ROAST observers catch up (nothing is posted).
+                rt.signing_block(block.header().time_ms, &outcome.events, false)?;
                 h = sb.height + 1;
             }
         }
@@ -697,6 +716,10 @@ impl Runtime {
                 },
                 Some((seq, res)) = self.batch_rx.recv() => self.batch_signed(seq, res)?,
                 Some((session, res)) = self.seal_rx.recv() => self.share_sealed(session, res)?,
+                Some((session, res)) = self.unseal_rx.recv() => {
+                    let actions = self.signing.share_unsealed(session, res);
+                    self.signing_actions(actions)?;
+                }
                 Some((size, res)) = self.issuer.rx.recv() => self.checkpoint_signed(size, res)?,
                 Some((h, res)) = self.record_rx.recv() => match res {
                     Ok(evidence) => {
@@ -916,6 +939,7 @@ impl Runtime {
         info!(height = h.height.0, ops = outcome.ops.len(), root = %outcome.state_root, "decided");
         let actions = self.engine.on_block(&self.machine, &outcome.events);
         self.engine_actions(actions)?;
+        self.signing_block(h.time_ms, &outcome.events, true)?;
         let every = self.cfg.file.cluster.attestation_every;
         if self.attest.attests && every > 0 && h.height.0 % every == 0 {
             self.spawn_epoch_record(h.height, block.hash().0);
@@ -1037,6 +1061,85 @@ impl Runtime {
         Ok(())
     }
 
+    /// Runs the signing sessions' ROAST observers (and, when `live`, their
+    /// signers) over a decided block.
+    fn signing_block(
+        &mut self,
+        time_ms: u64,
+        events: &[quorate_firmware::sessions::machine::Event],
+        live: bool,
+    ) -> anyhow::Result<()> {
+        let store = &self.store;
+        let stored = |key: &quorate_firmware::sessions::ops::KeyId| {
+            let b = store
+                .meta(&crate::engine::share_key(&key.session()))
+                .ok()??;
+            postcard::from_bytes::<crate::engine::StoredShare>(&b).ok()
+        };
+        let actions = self
+            .signing
+            .on_block(&self.machine, time_ms, events, &stored, live);
+        if live {
+            self.signing_actions(actions)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out the signing engine's actions, in order: a "nonce used"
+    /// record is written before the share that used it is queued.
+    fn signing_actions(&mut self, actions: Vec<crate::signing::SignAction>) -> anyhow::Result<()> {
+        for a in actions {
+            match a {
+                crate::signing::SignAction::Submit(body) => {
+                    self.store.outbox_push(
+                        &Operation {
+                            author: self.me,
+                            body,
+                        }
+                        .encode(),
+                    )?;
+                }
+                crate::signing::SignAction::NonceUsed { session, slot } => {
+                    let key = crate::signing::nonce_used_key(&session);
+                    let mut used: BTreeSet<u32> = match self.store.meta(&key)? {
+                        Some(b) => dec("used nonces", &b)?,
+                        None => BTreeSet::new(),
+                    };
+                    used.insert(slot);
+                    self.store.set_meta(&key, &enc(&used)?)?;
+                }
+                crate::signing::SignAction::Unseal { session, sealed } => {
+                    let tpm = self.tpm.clone();
+                    let tx = self.unseal_tx.clone();
+                    let store = &self.store;
+                    let Some(stored) = self
+                        .machine
+                        .session(&session)
+                        .and_then(|s| match &s.spec {
+                            quorate_firmware::sessions::ops::SessionSpec::Signing(sp) => {
+                                Some(sp.key.session())
+                            }
+                            _ => None,
+                        })
+                        .and_then(|k| store.meta(&crate::engine::share_key(&k)).ok()?)
+                        .and_then(|b| postcard::from_bytes::<crate::engine::StoredShare>(&b).ok())
+                    else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let res = tpm
+                            .unseal(sealed)
+                            .await
+                            .map(|secret| (secret, stored))
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send((session, res));
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A key share is sealed: store it, then post the group key as this
     /// party's result (in that order, so a completed key always has its
     /// share here).
@@ -1089,7 +1192,9 @@ impl Runtime {
             Some(s.group_public_key)
         };
         let actions = self.engine.on_restart(&self.machine, &sealed, &queued);
-        self.engine_actions(actions)
+        self.engine_actions(actions)?;
+        let actions = self.signing.on_restart(&self.machine, &queued);
+        self.signing_actions(actions)
     }
 
     /// Queues this party's verdict on every operation awaiting it.
@@ -1385,6 +1490,16 @@ impl Runtime {
             if let Some((gpk, key)) = crate::engine::key_view(&self.machine, s) {
                 m.insert("group_public_key".into(), gpk.into());
                 m.insert("key".into(), key.into());
+            }
+            if let Some(sv) = self.signing.view(&sid) {
+                if let Some(sig) = &sv.signature {
+                    m.insert("signature".into(), sig.clone().into());
+                }
+                if let Some(vk) = &sv.verifying_key {
+                    m.insert("verifying_key".into(), vk.clone().into());
+                }
+                m.insert("roast".into(), serde_json::to_value(sv).ok()?);
+                m.insert("attempts".into(), serde_json::to_value(&sv.attempts).ok()?);
             }
             m.insert("phase_label".into(), s.phase.label().into());
             m.insert(
