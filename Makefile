@@ -4,10 +4,19 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # System packages the build (libtss2-dev, pkg-config) and the tests (swtpm,
-# swtpm-tools, tpm2-tools; iproute2 for the netfault tests' namespaces) need.
-APT_PACKAGES := libtss2-dev swtpm swtpm-tools tpm2-tools pkg-config iproute2
+# swtpm-tools, tpm2-tools; iproute2 for the netfault tests' namespaces;
+# man-db and python3-venv for the package and API contract tests) need.
+APT_PACKAGES := libtss2-dev swtpm swtpm-tools tpm2-tools pkg-config iproute2 man-db python3-venv
 
-.PHONY: all deps build test fmt clippy check bench fuzz soak demo netfault clean
+# Tools the tests run, kept under target/tools: promtool (unpacked from
+# Debian's prometheus package: installing that package would start a
+# Prometheus server, and with its recommends a node exporter, on the test
+# machine), schemathesis (PyPI, in a venv). cargo-deb goes to ~/.cargo/bin.
+TOOLS_DIR := target/tools
+PROMTOOL := $(TOOLS_DIR)/promtool
+SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-venv/bin/schemathesis
+
+.PHONY: all deps tools build test fmt clippy check bench fuzz soak demo netfault package clean
 
 all: build
 
@@ -29,6 +38,27 @@ deps:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing \
 	  || { echo "deps: apt-get failed; run: sudo apt-get update && sudo apt-get install -y$$missing" >&2; exit 1; }
 
+## tools: cargo-deb, promtool and schemathesis, each only when missing.
+tools: deps
+	@mkdir -p $(TOOLS_DIR)
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
+	@if [ ! -x $(PROMTOOL) ]; then \
+	  if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $(PROMTOOL); \
+	  else \
+	    echo "tools: promtool from Debian's prometheus package"; \
+	    d=$$(mktemp -d) && cd $$d && \
+	    { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; } && \
+	    dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > $(CURDIR)/$(PROMTOOL).part && \
+	    chmod 755 $(CURDIR)/$(PROMTOOL).part && mv $(CURDIR)/$(PROMTOOL).part $(CURDIR)/$(PROMTOOL); \
+	    rc=$$?; cd $(CURDIR); rm -rf $$d; exit $$rc; \
+	  fi; \
+	fi
+	@if [ ! -x $(SCHEMATHESIS) ]; then \
+	  echo "tools: schemathesis (PyPI) into $(TOOLS_DIR)/schemathesis-venv"; \
+	  rm -rf $(TOOLS_DIR)/schemathesis-venv && python3 -m venv $(TOOLS_DIR)/schemathesis-venv && \
+	  $(TOOLS_DIR)/schemathesis-venv/bin/pip install -q 'schemathesis>=4,<5'; \
+	fi
+
 ## build: release build of the `quorate` binary (target/release/quorate).
 build: deps
 	$(CARGO) build --release --locked -p quorate-host --bin quorate
@@ -42,14 +72,25 @@ clippy: deps
 ## test: the one test command: deps, format, lints with warnings as errors, every test.
 ## The long network-fault tests (netfault_long::) are left to `make netfault`;
 ## the shortest one runs here.
-test: deps fmt clippy
-	TSS2_LOG=all+none $(CARGO) test --workspace --locked --no-fail-fast -- --skip netfault_long::
+test: deps tools fmt clippy
+	TSS2_LOG=all+none PROMTOOL=$(CURDIR)/$(PROMTOOL) SCHEMATHESIS=$(CURDIR)/$(SCHEMATHESIS) \
+	  $(CARGO) test --workspace --locked --no-fail-fast -- --skip netfault_long::
 
 ## netfault: every network-fault test (parties in their own network
 ## namespaces behind the fault proxy; needs root), one at a time.
 netfault: deps
 	$(CARGO) build --locked -p quorate-host --bin quorate
 	TSS2_LOG=all+none $(CARGO) test --locked -p quorate-tests --test netfault -- --test-threads=1
+
+## package: the Debian package target/debian/quorate_<version>-1_<arch>.deb
+## (cargo-deb): the binary, a man page per subcommand and shell completions
+## (from `quorate generate-docs`), the hardened systemd unit, the example
+## config, the alerting rules and the dashboard.
+package: build
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
+	rm -rf target/package
+	./target/release/quorate generate-docs --out-dir target/package
+	$(CARGO) deb -p quorate-host --no-build
 
 ## bench: measurements, printed as tables (never timing assertions in tests).
 bench: deps
@@ -59,7 +100,7 @@ bench: deps
 ## fuzz: run each cargo-fuzz target briefly (FUZZ_SECONDS each, default 30).
 ## Installs cargo-fuzz when missing; the stable toolchain accepts the
 ## nightly flags it passes with RUSTC_BOOTSTRAP=1.
-FUZZ_TARGETS := tpms_attest tpmt_public event_log evidence audit_bundle
+FUZZ_TARGETS := tpms_attest tpmt_public event_log evidence audit_bundle witness_request mpc_messages
 FUZZ_SECONDS ?= 30
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -141,46 +141,9 @@ pub fn verify_checkpoint_quote(
     policy: &Policy,
 ) -> Result<CheckpointQuoteResult, CheckpointVerifyError> {
     use CheckpointVerifyError as E;
-    let pcr_values = quote.pcr_values.as_slice();
-    let quote = &quote.quote;
     policy.check()?;
-    let ak = TpmtPublic::parse(ak_public).map_err(E::MalformedAkPublic)?;
-    ak.ecc_p256_point().map_err(E::AkKeyType)?;
-    let attest =
-        signed_attest(&ak, &quote.attest, &quote.signature, Structure::Quote).map_err(E::Attest)?;
-    let Attested::Quote {
-        pcr_select,
-        pcr_digest,
-    } = &attest.attested
-    else {
-        return Err(E::Attest(AttestationError::WrongAttestType {
-            which: Structure::Quote,
-            expected: TPM_ST_ATTEST_QUOTE,
-            found: attest.attest_type,
-        }));
-    };
-    if !quorate_firmware::crypto::ct_eq(qualifying_data.as_bytes(), &attest.extra_data) {
-        return Err(E::QualifyingDataMismatch {
-            expected: Hex(qualifying_data.as_bytes().to_vec()),
-            found: Hex(attest.extra_data.clone()),
-        });
-    }
-    // The supplied values must be exactly the quoted SHA-256 slots, in order.
-    let slots = pcr_select.slots();
-    let supplied: Vec<PcrIndex> = pcr_values.iter().map(|v| v.index).collect();
-    let same = slots.len() == supplied.len()
-        && slots
-            .iter()
-            .zip(&supplied)
-            .all(|((alg, i), s)| *alg == AlgId::SHA256 && i == s);
-    if !same {
-        return Err(E::SelectionMismatch {
-            found: pcr_select.clone(),
-            supplied,
-        });
-    }
-    check_pcr_digest(pcr_values, pcr_digest)
-        .map_err(|(expected, found)| E::PcrDigestMismatch { expected, found })?;
+    let clock_info = verify_checkpoint_quote_signature(ak_public, quote, qualifying_data)?;
+    let pcr_values = quote.pcr_values.as_slice();
     let quoted = |pcr: PcrIndex| {
         pcr_values
             .iter()
@@ -224,8 +187,62 @@ pub fn verify_checkpoint_quote(
     Ok(CheckpointQuoteResult {
         measurement,
         executable,
-        clock_info: attest.clock_info,
+        clock_info,
     })
+}
+
+/// The part of [`verify_checkpoint_quote`] that needs no reference policy:
+/// the AK (TPMT_PUBLIC `ak_public`, a P-256 key) signed a TPM-generated
+/// quote over `qualifying_data`, and the supplied PCR values are exactly the
+/// quoted SHA-256 slots. It says nothing about *which* code ran: only a
+/// daemon without a reference policy (dev mode) relies on it alone.
+/// Returns the quote's clock.
+pub fn verify_checkpoint_quote_signature(
+    ak_public: &[u8],
+    quote: &CheckpointQuote,
+    qualifying_data: &Sha256Digest,
+) -> Result<ClockInfo, CheckpointVerifyError> {
+    use CheckpointVerifyError as E;
+    let pcr_values = quote.pcr_values.as_slice();
+    let quote = &quote.quote;
+    let ak = TpmtPublic::parse(ak_public).map_err(E::MalformedAkPublic)?;
+    ak.ecc_p256_point().map_err(E::AkKeyType)?;
+    let attest =
+        signed_attest(&ak, &quote.attest, &quote.signature, Structure::Quote).map_err(E::Attest)?;
+    let Attested::Quote {
+        pcr_select,
+        pcr_digest,
+    } = &attest.attested
+    else {
+        return Err(E::Attest(AttestationError::WrongAttestType {
+            which: Structure::Quote,
+            expected: TPM_ST_ATTEST_QUOTE,
+            found: attest.attest_type,
+        }));
+    };
+    if !quorate_firmware::crypto::ct_eq(qualifying_data.as_bytes(), &attest.extra_data) {
+        return Err(E::QualifyingDataMismatch {
+            expected: Hex(qualifying_data.as_bytes().to_vec()),
+            found: Hex(attest.extra_data.clone()),
+        });
+    }
+    // The supplied values must be exactly the quoted SHA-256 slots, in order.
+    let slots = pcr_select.slots();
+    let supplied: Vec<PcrIndex> = pcr_values.iter().map(|v| v.index).collect();
+    let same = slots.len() == supplied.len()
+        && slots
+            .iter()
+            .zip(&supplied)
+            .all(|((alg, i), s)| *alg == AlgId::SHA256 && i == s);
+    if !same {
+        return Err(E::SelectionMismatch {
+            found: pcr_select.clone(),
+            supplied,
+        });
+    }
+    check_pcr_digest(pcr_values, pcr_digest)
+        .map_err(|(expected, found)| E::PcrDigestMismatch { expected, found })?;
+    Ok(attest.clock_info)
 }
 
 #[cfg(test)]

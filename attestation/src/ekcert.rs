@@ -99,6 +99,16 @@ pub struct EkChainInfo {
     pub depth: usize,
 }
 
+/// The SubjectPublicKeyInfo (DER) of a certificate, without checking its
+/// chain: what a verifier compares with a key it already trusts (the EK an
+/// enrollment activated), or `None` if the bytes are not one certificate.
+pub fn certificate_spki(der: &[u8]) -> Option<Vec<u8>> {
+    match X509Certificate::from_der(der) {
+        Ok(([], cert)) => Some(cert.public_key().raw.to_vec()),
+        _ => None,
+    }
+}
+
 fn parse<'a>(der: &'a [u8], which: String) -> Result<X509Certificate<'a>, EkError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),

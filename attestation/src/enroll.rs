@@ -205,6 +205,72 @@ impl PendingEnrollment {
     }
 }
 
+/// What a completed enrollment binds (the record `quorate enroll complete`
+/// writes): the AK Name that credential activation proved to live in the
+/// TPM holding this EK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivatedAk {
+    /// The AK Name the credential was sealed to and recovered for.
+    pub ak_name: TpmName,
+    /// The EK it was sealed to.
+    pub ek_public: TpmtPublic,
+}
+
+/// Why verified evidence is not tied to a party's activated AK and EK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivationMismatch {
+    /// The evidence's AK is another key than the one activated at
+    /// enrollment: e.g. a software key beside a genuine EK certificate.
+    #[error("the evidence's AK {found} is not the AK {activated} that credential activation bound to this party's EK: it proves nothing about a TPM")]
+    AkNotActivated {
+        /// The AK Name enrollment activated.
+        activated: TpmName,
+        /// The evidence's AK Name.
+        found: TpmName,
+    },
+    /// The evidence carries an EK certificate for another key than the EK
+    /// the AK was activated against (copied from another TPM).
+    #[error("the evidence's EK certificate certifies another key than the EK (Name {ek_name}) this party's AK was activated against")]
+    EkCertificateForAnotherKey {
+        /// The activated EK's Name.
+        ek_name: TpmName,
+    },
+    /// The evidence's EK certificate does not parse.
+    #[error("the evidence's EK certificate is not one DER certificate")]
+    MalformedEkCertificate,
+}
+
+impl ActivatedAk {
+    /// Checks that evidence whose AK Name is `ak_name` (from
+    /// [`crate::verify::AttestationResult::ak_name`]) and which carries
+    /// `ek_certificate` belongs to this activation: the same AK, and any EK
+    /// certificate is for the activated EK. Run it after
+    /// [`crate::verify::verify`] succeeded.
+    pub fn check(
+        &self,
+        ak_name: &TpmName,
+        ek_certificate: Option<&[u8]>,
+    ) -> Result<(), ActivationMismatch> {
+        if *ak_name != self.ak_name {
+            return Err(ActivationMismatch::AkNotActivated {
+                activated: self.ak_name.clone(),
+                found: ak_name.clone(),
+            });
+        }
+        if let Some(cert) = ek_certificate {
+            let spki = crate::ekcert::certificate_spki(cert)
+                .ok_or(ActivationMismatch::MalformedEkCertificate)?;
+            if !ek_matches_certificate(&self.ek_public, &spki) {
+                return Err(ActivationMismatch::EkCertificateForAnotherKey {
+                    ek_name: self.ek_public.name().clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,6 +190,105 @@ impl SpecIdEvent {
     }
 }
 
+/// Why a Spec ID header is not the one Quorate's measured launch writes
+/// ([`SpecIdEvent::sha256_only`]). None of these bytes is measured into a
+/// PCR, so nothing but this check stops a changed header from verifying:
+/// every field must be exactly what the writer puts there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecIdError {
+    /// platformClass is not 0 (client), what the host writes.
+    #[error("Spec ID event: platformClass {found}, Quorate's log declares 0 (client)")]
+    PlatformClass {
+        /// The header's value.
+        found: u32,
+    },
+    /// specVersion is not 2.0.
+    #[error("Spec ID event: specVersion {major}.{minor}, a crypto-agile log is 2.0")]
+    SpecVersion {
+        /// specVersionMajor.
+        major: u8,
+        /// specVersionMinor.
+        minor: u8,
+    },
+    /// specErrata is not 0.
+    #[error("Spec ID event: specErrata {found}, Quorate's log declares 0")]
+    SpecErrata {
+        /// The header's value.
+        found: u8,
+    },
+    /// uintnSize is not 2 (64-bit UINTN).
+    #[error("Spec ID event: uintnSize {found}, Quorate's log declares 2 (UINT64)")]
+    UintnSize {
+        /// The header's value.
+        found: u8,
+    },
+    /// The algorithm list is not exactly the quoted bank with its size.
+    #[error("Spec ID event: the log declares banks {found:?}; the quote is over {bank} only, so the log must declare exactly [{bank} ({size} bytes)]")]
+    Algorithms {
+        /// (algorithm, digest size) as declared.
+        found: Vec<(AlgId, u16)>,
+        /// The quoted bank.
+        bank: AlgId,
+        /// Its digest size.
+        size: u16,
+    },
+    /// The header carries vendor data Quorate's log does not declare.
+    #[error("Spec ID event: {len} bytes of vendorInfo; Quorate's log carries none")]
+    VendorInfo {
+        /// vendorInfoSize.
+        len: usize,
+    },
+}
+
+impl SpecIdEvent {
+    /// Checks that this header is exactly the one the host writes for a log
+    /// of the `bank` digests ([`SpecIdEvent::sha256_only`] for SHA-256):
+    /// platform class, spec version 2.0 and errata, uintnSize 2, the
+    /// algorithm list (the quoted bank alone, with its digest size) and no
+    /// vendor data. Each field has its own error.
+    pub fn check_quorate(&self, bank: AlgId) -> Result<(), SpecIdError> {
+        if self.platform_class != 0 {
+            return Err(SpecIdError::PlatformClass {
+                found: self.platform_class,
+            });
+        }
+        if (self.spec_version_major, self.spec_version_minor) != (2, 0) {
+            return Err(SpecIdError::SpecVersion {
+                major: self.spec_version_major,
+                minor: self.spec_version_minor,
+            });
+        }
+        if self.spec_errata != 0 {
+            return Err(SpecIdError::SpecErrata {
+                found: self.spec_errata,
+            });
+        }
+        if self.uintn_size != 2 {
+            return Err(SpecIdError::UintnSize {
+                found: self.uintn_size,
+            });
+        }
+        let size = bank
+            .digest_size()
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0);
+        if self.algorithms != [(bank, size)] {
+            return Err(SpecIdError::Algorithms {
+                found: self.algorithms.clone(),
+                bank,
+                size,
+            });
+        }
+        if !self.vendor_info.is_empty() {
+            return Err(SpecIdError::VendorInfo {
+                len: self.vendor_info.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// One TCG_PCR_EVENT2.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LogEvent {

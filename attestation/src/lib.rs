@@ -31,7 +31,10 @@ pub use credential::{
     ek_matches_certificate, ephemeral_len, make_credential, CredentialError, MadeCredential,
 };
 pub use ekcert::{verify_ek_chain, EkChainInfo, EkError};
-pub use enroll::{challenge, EnrollError, EnrollRules, EnrollmentRequest, PendingEnrollment};
+pub use enroll::{
+    challenge, ActivatedAk, ActivationMismatch, EnrollError, EnrollRules, EnrollmentRequest,
+    PendingEnrollment,
+};
 pub use eventlog::{EventLog, EventType, LogEvent, QuorateEvent, ReplayError, SpecIdEvent};
 pub use evidence::{qualifying_data, DecodeError, Evidence, Freshness, SignedAttest};
 pub use pcr::{

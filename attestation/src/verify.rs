@@ -38,7 +38,9 @@ use crate::attest::{
     TPM_ST_ATTEST_QUOTE,
 };
 use crate::ekcert::{verify_ek_chain, EkChainInfo, EkError};
-use crate::eventlog::{EventLog, EventType, QuorateEvent, ReplayError, TAG_CONFIG, TAG_EXECUTABLE};
+use crate::eventlog::{
+    EventLog, EventType, QuorateEvent, ReplayError, SpecIdError, TAG_CONFIG, TAG_EXECUTABLE,
+};
 use crate::evidence::{qualifying_data, Evidence, Freshness};
 use crate::pcr::{measurement_policy, pcr_composite_digest, PcrIndex, PcrSelection, PcrValue};
 use crate::policy::{Policy, PolicyError};
@@ -46,7 +48,7 @@ use crate::tpm::{
     verify_ecdsa_p256, KeyError, ObjectAttributes, SignatureError, TpmName, TpmSignature,
     TpmtPublic,
 };
-use crate::wire::{to_hex, ParseError};
+use crate::wire::{to_hex, AlgId, ParseError};
 use quorate_firmware::crypto::PublicKey;
 use quorate_firmware::types::Sha256Digest;
 use serde::{Deserialize, Serialize};
@@ -244,6 +246,10 @@ pub enum AttestationError {
     /// The event log does not parse.
     #[error("event log is malformed: {0}")]
     MalformedEventLog(ParseError),
+    /// The event log's Spec ID header is not exactly the one Quorate's
+    /// measured launch writes (an unmeasured byte was changed).
+    #[error("event log header: {0}")]
+    EventLogHeader(SpecIdError),
     /// The event log cannot be replayed.
     #[error("event log: {0}")]
     EventLogReplay(ReplayError),
@@ -574,6 +580,9 @@ pub fn verify_at(
 
     // 7. Event log replay against the quoted measurement PCRs.
     let log = EventLog::parse(&evidence.event_log).map_err(E::MalformedEventLog)?;
+    log.spec_id
+        .check_quorate(AlgId::SHA256)
+        .map_err(E::EventLogHeader)?;
     let replayed = log.replay_sha256().map_err(E::EventLogReplay)?;
     let mpcr = policy.measurement_pcr;
     let cpcr = policy.config_pcr();
@@ -940,7 +949,7 @@ fn check_clock(last: Option<&ClockInfo>, now: &ClockInfo) -> Result<(), Attestat
 mod tests {
     use super::*;
     use crate::attest::{ClockInfo, TpmsAttest};
-    use crate::eventlog::LogEvent;
+    use crate::eventlog::{LogEvent, SpecIdEvent};
     use crate::evidence::SignedAttest;
     use crate::pcr::PcrValue;
     use crate::policy::{HexDigest, RequiredPcr};
@@ -1269,6 +1278,69 @@ mod tests {
                 what: "configuration measurement"
             }
         );
+    }
+
+    #[test]
+    fn every_changed_byte_of_the_event_log_header_is_refused() {
+        let mut fx = Fx::new();
+        let good = fx.evidence();
+        fx.verify(&good).unwrap();
+        let header = EventLog::new_sha256().header_bytes().len();
+        assert_eq!(
+            good.event_log[..header],
+            EventLog::new_sha256().header_bytes()
+        );
+        for i in 0..header {
+            for bit in [0x01u8, 0x80] {
+                let mut ev = good.clone();
+                ev.event_log[i] ^= bit;
+                let e = fx.reject(&ev);
+                assert!(
+                    matches!(
+                        e,
+                        AttestationError::MalformedEventLog(_)
+                            | AttestationError::EventLogHeader(_)
+                    ),
+                    "byte {i} bit {bit:#x}: {e}"
+                );
+            }
+        }
+        // Each header field has its own error.
+        type Case = (Box<dyn Fn(&mut SpecIdEvent)>, fn(&SpecIdError) -> bool);
+        let cases: Vec<Case> = vec![
+            (Box::new(|h| h.platform_class = 1), |e| {
+                matches!(e, SpecIdError::PlatformClass { found: 1 })
+            }),
+            (Box::new(|h| h.spec_version_minor = 1), |e| {
+                matches!(e, SpecIdError::SpecVersion { major: 2, minor: 1 })
+            }),
+            (Box::new(|h| h.spec_errata = 2), |e| {
+                matches!(e, SpecIdError::SpecErrata { found: 2 })
+            }),
+            (Box::new(|h| h.uintn_size = 1), |e| {
+                matches!(e, SpecIdError::UintnSize { found: 1 })
+            }),
+            (Box::new(|h| h.algorithms.push((AlgId::SHA1, 20))), |e| {
+                matches!(e, SpecIdError::Algorithms { .. })
+            }),
+            (
+                Box::new(|h| h.algorithms.insert(0, (AlgId::SHA384, 48))),
+                |e| matches!(e, SpecIdError::Algorithms { .. }),
+            ),
+            (Box::new(|h| h.vendor_info = vec![0]), |e| {
+                matches!(e, SpecIdError::VendorInfo { len: 1 })
+            }),
+        ];
+        for (mutate, want) in cases {
+            let mut log = EventLog::parse(&good.event_log).unwrap();
+            mutate(&mut log.spec_id);
+            let mut ev = good.clone();
+            ev.event_log = log.to_bytes();
+            match fx.reject(&ev) {
+                AttestationError::EventLogHeader(h) => assert!(want(&h), "{h}"),
+                other => panic!("expected a header error, got {other}"),
+            }
+        }
     }
 
     #[test]

@@ -341,31 +341,25 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
             Some(s) => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                st.daemon
-                    .metrics()
-                    .render(
-                        s.party,
-                        s.height,
-                        s.peers_connected,
-                        s.peers_attested,
-                        s.outbox,
-                    )
-                    .into_bytes(),
+                st.daemon.metrics().render(&s).into_bytes(),
             ),
             None => unavailable(),
         },
         (&Method::GET, ["v1", "events"]) => events(req, st, &params),
         (&Method::GET, ["v1", "log", ..]) => log_route(&req, &segments, &params, st).await,
         _ => {
-            let known = ROUTES
-                .iter()
-                .any(|(_, tmpl)| template_matches(tmpl, &segments));
-            if known {
-                error(
+            let allowed = allowed_methods(&segments);
+            if !allowed.is_empty() {
+                let mut r = error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     None,
                     &format!("{method} is not allowed on {path}"),
-                )
+                );
+                // RFC 9110 15.5.6: a 405 lists the methods the resource has.
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&allowed.join(", ")) {
+                    r.headers_mut().insert(hyper::header::ALLOW, v);
+                }
+                r
             } else {
                 error(
                     StatusCode::NOT_FOUND,
@@ -474,6 +468,18 @@ pub fn template_matches(template: &str, segments: &[&str]) -> bool {
             .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
 }
 
+/// The methods [`ROUTES`] serves on the path `segments` (empty: no such path).
+fn allowed_methods(segments: &[&str]) -> Vec<&'static str> {
+    let mut m: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|(_, tmpl)| template_matches(tmpl, segments))
+        .map(|(method, _)| *method)
+        .collect();
+    m.sort_unstable();
+    m.dedup();
+    m
+}
+
 fn unavailable() -> Resp {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -566,13 +572,14 @@ pub fn parse_operation(value: serde_json::Value) -> Result<OpBody, (String, Stri
         Some(_) => return Err(("type".into(), "expected a string".into())),
         None => return Err(("type".into(), "missing".into())),
     };
-    const API_TYPES: [&str; 6] = [
+    const API_TYPES: [&str; 7] = [
         "create_session",
         "verdict",
         "session_message",
         "session_result",
         "abort_session",
         "evidence",
+        "blame",
     ];
     if !API_TYPES.contains(&kind.as_str()) {
         return Err((
@@ -795,6 +802,9 @@ mod tests {
             &["v1", "sessions", "ab", "messages"]
         ));
         assert!(!template_matches("/v1/status", &["v1", "status", "x"]));
+        assert_eq!(allowed_methods(&["v1", "operations"]), ["POST"]);
+        assert_eq!(allowed_methods(&["v1", "sessions", "ab"]), ["GET"]);
+        assert!(allowed_methods(&["v1", "nothing"]).is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! Unknown keys are errors (a typo must not silently fall back to a
 //! default), and every error names the key and what is wrong with it.
 
+use quorate_attestation::policy::Policy;
 use quorate_firmware::audit::checkpoint::CheckpointPolicy;
 use quorate_firmware::sessions::machine::SessionRules;
 use quorate_firmware::sessions::policy::LocalPolicy;
@@ -110,6 +111,26 @@ pub struct PartySection {
     /// The built-in MPC engine: which schemes this daemon runs itself.
     #[serde(default)]
     pub engine: crate::engine::EngineConfig,
+    /// Start-up double-sign check (CometBFT ADR-051): when the sign-guard
+    /// state is missing or older than the chain's last height signed by this
+    /// party, sign nothing until this many heights are decided without it
+    /// (0 disables the check). See [`crate::sign_watch`].
+    #[serde(default = "default_double_sign_heights")]
+    pub double_sign_check_heights: u64,
+    /// ...or until no block was decided for this many seconds (a cluster
+    /// that cannot decide without this party).
+    #[serde(default = "default_double_sign_idle")]
+    pub double_sign_check_idle_secs: u64,
+}
+
+/// Off by default (as CometBFT's `double_sign_check_height`): on swtpm
+/// system runs a watching party did not resume (see `crate::sign_watch`).
+fn default_double_sign_heights() -> u64 {
+    0
+}
+
+fn default_double_sign_idle() -> u64 {
+    10
 }
 
 fn default_tpm() -> String {
@@ -155,6 +176,39 @@ pub struct ClusterSection {
     pub sessions: SessionRules,
     /// Every party, this one included.
     pub parties: Vec<PartyEntry>,
+    /// Outside C2SP tlog-witnesses each party submits its certified
+    /// checkpoints to (their cosignatures are added to the stored notes).
+    /// Not part of the cluster id: auditors choose the witnesses they trust
+    /// (`quorate audit verify --witness`).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessEntry>,
+}
+
+/// One `[[cluster.witnesses]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEntry {
+    /// Its submission prefix, `http://host:port[/prefix]`.
+    pub url: String,
+    /// Its C2SP verifier key, `name+keyid+base64(0x04 || Ed25519 key)`.
+    pub key: String,
+}
+
+impl ClusterSection {
+    /// The configured witnesses, keys parsed (checked by [`Config::parse`]).
+    pub fn witness_list(&self) -> Vec<crate::audit::witness::Witness> {
+        self.witnesses
+            .iter()
+            .filter_map(|w| {
+                crate::audit::witness::WitnessKey::parse(&w.key)
+                    .ok()
+                    .map(|key| crate::audit::witness::Witness {
+                        url: w.url.clone(),
+                        key,
+                    })
+            })
+            .collect()
+    }
 }
 
 fn default_attest_every() -> u64 {
@@ -183,6 +237,13 @@ pub struct PartyEntry {
     pub address: String,
     /// Its enrollment bundle (enrollment.json from its `quorate init`).
     pub enrollment: PathBuf,
+    /// The record `quorate enroll complete` wrote when this party's AK was
+    /// activated against its EK (credential activation). Required for
+    /// every party outside dev mode: `quorate run` checks it matches the
+    /// enrollment and pins the activated AK. Not part of the cluster id
+    /// (each party's operator verifies the others' TPMs itself).
+    #[serde(default)]
+    pub enrollment_record: Option<PathBuf>,
 }
 
 /// A validated configuration, paths resolved.
@@ -221,17 +282,29 @@ struct MeasuredRules<'a> {
     parties: Vec<(u32, &'a str)>,
 }
 
-/// Domain tag of [`ClusterIdentity`].
-pub const CLUSTER_ID_DOMAIN: &str = "quorate/cluster-id/v1";
+/// Domain tag of [`ClusterIdentity`]. Version 2 added the fault model and
+/// the epoch in clear (issue 17): every cluster id changed with it.
+pub const CLUSTER_ID_DOMAIN: &str = "quorate/cluster-id/v2";
 
 /// The cluster's identity: the measured rules plus the digests of every
 /// enrollment bundle and of the reference policy. Its postcard encoding
 /// hashes to the cluster id; the audit bundle carries it so an auditor can
 /// bind the enrollments to that id.
+///
+/// The rules an offline verifier applies are in it in clear, not only
+/// inside the `rules` digest: the fault model (which sets the certificate
+/// and cosignature quorum) and the epoch (which attestation records bind).
+/// Every signature in a bundle names the cluster id, so a bundle header
+/// that states another fault model or epoch than these is refused — two
+/// colluders of three cannot present a history by claiming `majority`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
     /// [`CLUSTER_ID_DOMAIN`].
     pub domain: String,
+    /// The fault model (also inside `rules`).
+    pub fault_model: FaultModel,
+    /// The membership epoch (also inside `rules`).
+    pub epoch: u64,
     /// [`ClusterSection::measured_digest`].
     pub rules: Sha256Digest,
     /// SHA-256 of the reference policy file, if any.
@@ -402,6 +475,21 @@ impl Config {
                 ));
             }
             p.enrollment = resolve(&p.enrollment);
+            p.enrollment_record = p.enrollment_record.as_deref().map(resolve);
+        }
+        for (i, w) in file.cluster.witnesses.iter().enumerate() {
+            if let Err(e) = crate::audit::witness::WitnessKey::parse(&w.key) {
+                return Err(invalid(
+                    &format!("cluster.witnesses[{i}].key"),
+                    e.to_string(),
+                ));
+            }
+            if !w.url.starts_with("http://") {
+                return Err(invalid(
+                    &format!("cluster.witnesses[{i}].url"),
+                    format!("`{}` is not an http:// URL", w.url),
+                ));
+            }
         }
         let me = file
             .cluster
@@ -448,6 +536,71 @@ impl Config {
     pub fn epoch(&self) -> Epoch {
         Epoch(self.file.cluster.epoch)
     }
+
+    /// Reads the cluster's reference-value policy (`cluster.reference_policy`;
+    /// none in dev mode without one). A party with `dev = false` refuses a
+    /// policy with `dev = true`: such a policy lets the measurement live in a
+    /// PCR any process can reset, so one dev party would make the whole
+    /// cluster's attestation worthless. The error names the file.
+    pub fn reference_policy(&self) -> Result<Option<Policy>, ConfigError> {
+        let Some(path) = &self.file.cluster.reference_policy else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            key: "cluster.reference_policy".into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let policy =
+            Policy::from_toml(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        if policy.dev && !self.file.party.dev {
+            return Err(invalid(format!(
+                "{} is a development policy (dev = true: the measurement may be in a resettable PCR) \
+                 and this party runs with dev = false: write a production policy with \
+                 `quorate measure` (without --dev) for every party",
+                path.display()
+            )));
+        }
+        Ok(Some(policy))
+    }
+}
+
+/// What `quorate run` says at start about the strength of the cluster's
+/// rules (issue 17 point 5): one line per caveat that applies, for the
+/// operator to read in the log.
+pub fn trust_caveats(cfg: &Config, policy: Option<&Policy>) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.file.cluster.fault_model == FaultModel::Majority {
+        out.push(
+            "fault_model = majority tolerates crashed parties only, not Byzantine ones: its safety \
+             rests on the attested code never equivocating, and against a party's own root the \
+             attestation is only as strong as the measured boot / IMA PCRs its policy requires"
+                .to_string(),
+        );
+    }
+    match policy {
+        Some(p) if p.required_pcrs.is_empty() => out.push(
+            "the reference policy requires no platform PCRs (0-7, 10): root on a party's own \
+             server can fake its measured launch; write the policy with \
+             `quorate measure --required-pcrs` on a reference machine"
+                .to_string(),
+        ),
+        Some(_) => {}
+        None => out.push(
+            "no reference policy: peers are admitted on their TLS certificate alone (dev mode)"
+                .to_string(),
+        ),
+    }
+    if cfg.file.party.dev {
+        out.push(
+            "DEV MODE: the measurement is in PCR 23, which any process can reset: this party's \
+             attestation proves nothing"
+                .to_string(),
+        );
+    }
+    out
 }
 
 /// Computes the cluster's identity from its measured rules and the digests
@@ -477,6 +630,8 @@ fn canonical_cluster(c: &ClusterSection, shown: &str) -> Result<(Vec<u8>, Cluste
     };
     let identity = ClusterIdentity {
         domain: CLUSTER_ID_DOMAIN.to_string(),
+        fault_model: c.fault_model,
+        epoch: c.epoch,
         rules: c.measured_digest(),
         reference_policy,
         enrollments,
@@ -679,6 +834,57 @@ enrollment = "e3.json"
             c.file.party.api_tls_key,
             Some(PathBuf::from("/etc/q/api.key"))
         );
+    }
+
+    #[test]
+    fn a_production_party_refuses_a_dev_policy_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let text = sample(dir.path(), "", "");
+        let exe = "11".repeat(32);
+        let cfg = "22".repeat(32);
+        let prod = format!("allowed_executables = [\"{exe}\"]\nexpected_config = \"{cfg}\"\n");
+        write(dir.path(), "policy.toml", &prod);
+        let c = Config::parse(&text, &path).unwrap();
+        assert!(!c.reference_policy().unwrap().unwrap().dev);
+        let dev = format!("dev = true\nmeasurement_pcr = 23\n{prod}");
+        write(dir.path(), "policy.toml", &dev);
+        let c = Config::parse(&text, &path).unwrap();
+        let err = c.reference_policy().unwrap_err().to_string();
+        assert!(
+            err.contains("policy.toml") && err.contains("development policy"),
+            "{err}"
+        );
+        // A dev party may use it.
+        let text = sample(dir.path(), "dev = true", "");
+        write(dir.path(), "policy.toml", &dev);
+        let c = Config::parse(&text, &path).unwrap();
+        assert!(c.reference_policy().unwrap().unwrap().dev);
+    }
+
+    #[test]
+    fn majority_and_a_policy_without_platform_pcrs_are_called_out_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let policy = Policy::new(vec![Sha256Digest::of(b"exe")], Sha256Digest::of(b"rules"));
+        let c = Config::parse(&sample(dir.path(), "", ""), &path).unwrap();
+        let lines = trust_caveats(&c, Some(&policy));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("--required-pcrs"));
+        let c =
+            Config::parse(&sample(dir.path(), "", "fault_model = \"majority\""), &path).unwrap();
+        let mut anchored = policy.clone();
+        crate::measure::require(
+            &mut anchored,
+            vec![quorate_attestation::policy::RequiredPcr {
+                index: quorate_attestation::pcr::PcrIndex::new(0).unwrap(),
+                value: quorate_attestation::policy::HexDigest(Sha256Digest::of(b"fw")),
+            }],
+        );
+        let lines = trust_caveats(&c, Some(&anchored));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("crashed parties only"), "{lines:?}");
+        assert!(trust_caveats(&c, Some(&policy)).len() == 2);
     }
 
     #[test]

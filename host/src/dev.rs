@@ -299,8 +299,8 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     let mut members = String::new();
     for p in &parties {
         members.push_str(&format!(
-            "\n[[cluster.parties]]\nid = {}\naddress = \"{}\"\nenrollment = \"p{}/enrollment.json\"\n",
-            p.id, p.peer_addr, p.id
+            "\n[[cluster.parties]]\nid = {}\naddress = \"{}\"\nenrollment = \"p{}/enrollment.json\"\nenrollment_record = \"{}\"\n",
+            p.id, p.peer_addr, p.id, record_file(p.id)
         ));
     }
     for p in &parties {
@@ -344,12 +344,21 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         executable,
         config: rules,
     };
+    let ca_dir = dir.join(EK_CA_DIR);
+    let mut ek_root = None;
     for p in &parties {
         eprintln!(
-            "provisioning party {} (its own swtpm, measured launch) ...",
+            "provisioning party {} (its own swtpm with EK certificates from the local CA, measured launch) ...",
             p.id
         );
-        crate::init::init_with(
+        // As a TPM vendor would: an EK certificate chaining to a CA root.
+        let ca = crate::tpm::Swtpm::manufacture_with_ek_certificates(
+            &p.data_dir.join(crate::init::SWTPM_DIR),
+            &ca_dir,
+        )
+        .with_context(|| format!("manufacturing party {}'s swtpm", p.id))?;
+        let chain = crate::enroll_cli::read_roots(&ca.intermediate_pem)?;
+        crate::init::init_with_ek_chain(
             &InitOptions {
                 data_dir: p.data_dir.clone(),
                 party_id: PartyId(p.id),
@@ -360,9 +369,18 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
                 measurement,
                 dev: true,
             }),
+            &chain,
         )
         .await
         .with_context(|| format!("provisioning party {}", p.id))?;
+        ek_root = Some(ca.root_pem);
+    }
+    let ek_root = ek_root.ok_or_else(|| anyhow!("a cluster needs a party"))?;
+    // Enroll every party as its peers' operators would: challenge its EK
+    // and AK, let its TPM activate the credential, record the result.
+    for p in &parties {
+        let record = enroll_party(&dir, p, &ek_root).await?;
+        eprint!("{}", record.render());
     }
     if opts.api_tls {
         // Made now (the daemon would make the same at its first start) so
@@ -376,6 +394,9 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     }
     let mut policy = quorate_attestation::policy::Policy::new(vec![executable], rules);
     policy.dev = true;
+    policy.require_ek_certificate = true;
+    policy.ek_roots =
+        vec![std::fs::read_to_string(&ek_root).with_context(|| format!("{}", ek_root.display()))?];
     policy.measurement_pcr = quorate_attestation::pcr::PcrIndex::DEV_MEASUREMENT;
     std::fs::write(dir.join("policy.toml"), policy.to_toml()?)
         .with_context(|| format!("{}", dir.join("policy.toml").display()))?;
@@ -387,6 +408,46 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     };
     cluster.write()?;
     Ok(cluster)
+}
+
+/// Where the dev cluster's local EK CA (root and issuer) lives.
+pub const EK_CA_DIR: &str = "ek-ca";
+
+/// The enrollment record of party `id`, relative to the dev dir.
+fn record_file(id: u32) -> String {
+    format!("enroll/p{id}.enrolled.json")
+}
+
+/// The whole enrollment of party `p` (`quorate enroll challenge`, `quorate
+/// activate`, `quorate enroll complete`), requiring an EK certificate that
+/// chains to `ek_root`; writes the record its config lists.
+async fn enroll_party(
+    dir: &Path,
+    p: &DevParty,
+    ek_root: &Path,
+) -> anyhow::Result<crate::enroll_cli::EnrollmentRecord> {
+    let work = dir.join("enroll");
+    std::fs::create_dir_all(&work).with_context(|| format!("{}", work.display()))?;
+    let challenge = work.join(format!("p{}.challenge.json", p.id));
+    let state = work.join(format!("p{}.state.json", p.id));
+    let answer = work.join(format!("p{}.answer.json", p.id));
+    crate::enroll_cli::make_challenge(&crate::enroll_cli::ChallengeOptions {
+        enrollment: p.data_dir.join(crate::init::ENROLLMENT_FILE),
+        out: challenge.clone(),
+        state: state.clone(),
+        ek_roots: vec![ek_root.to_path_buf()],
+        policy: None,
+        require_ek_certificate: true,
+    })
+    .with_context(|| format!("enrolling party {}", p.id))?;
+    crate::enroll_cli::activate(&p.data_dir, &TpmTarget::Spawn, &challenge, &answer)
+        .await
+        .with_context(|| format!("party {} answering its enrollment challenge", p.id))?;
+    let record = crate::enroll_cli::complete(&state, &answer, Some(&dir.join(record_file(p.id))))
+        .with_context(|| format!("completing the enrollment of party {}", p.id))?;
+    // The state holds the credential: not needed once the record is written.
+    let _ = std::fs::remove_file(&state);
+    Ok(record)
 }
 
 /// How long the parties may take to answer on their APIs after the start.

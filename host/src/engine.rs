@@ -295,6 +295,13 @@ impl Engine {
         }
     }
 
+    /// Drops a session's participant (zeroizing its secrets) and what this
+    /// process posted for it; true when there was a participant.
+    fn forget(&mut self, sid: &SessionId) -> bool {
+        self.posted_here.remove(sid);
+        self.runs.remove(sid).is_some()
+    }
+
     /// True when the built-in engine runs `s` at this party.
     fn runs_here(&self, s: &Session) -> bool {
         s.spec.kind() == SessionKind::Keygen
@@ -318,8 +325,8 @@ impl Engine {
                 }
                 Event::SessionCompleted { session, .. } | Event::SessionFailed { session, .. } => {
                     // Dropping the participant zeroizes its secrets.
-                    self.posted_here.remove(session);
-                    if self.runs.remove(session).is_some() {
+                    let had_participant = self.forget(session);
+                    if had_participant {
                         info!(session = %hex::encode(session.0.as_bytes()), "key generation ended; its round secrets are erased");
                     }
                 }
@@ -385,15 +392,8 @@ impl Engine {
             if !ours {
                 // An earlier run of this daemon posted it; its secrets are
                 // gone, so this run cannot continue the key generation.
-                self.runs.remove(&sid);
-                self.posted_here.remove(&sid);
-                out.push(EngineAction::Submit(abort_op(
-                    sid,
-                    format!(
-                        "{} restarted during the key generation; its round secrets are never persisted, so it cannot continue",
-                        self.me
-                    ),
-                )));
+                self.forget(&sid);
+                out.push(EngineAction::Submit(restarted_op(sid, self.me)));
                 return;
             }
         }
@@ -430,10 +430,21 @@ impl Engine {
                     }
                 }
             }
+            Err(e @ mpc::EngineError::Oversized { .. }) => {
+                // The firmware's payload limit is the cluster's, larger than
+                // the engine's part limit: a decided message no engine will
+                // read would stall the key generation until its deadline.
+                // End it now, naming the sender.
+                warn!(error = %e, from = p.from.0, "a decided round message is over the engine's part limit; aborting the key generation");
+                self.forget(&sid);
+                out.push(EngineAction::Submit(abort_op(
+                    sid,
+                    format!("P{}'s round-{} message: {e}", p.from.0, p.round),
+                )));
+            }
             Err(e) => {
                 // A peer's malformed message is already public in the log;
-                // the engine names it via Blame where it can. Anything
-                // else ends our participation cleanly.
+                // the engine names it via Blame where it can.
                 warn!(error = %e, "the MPC engine refused a decided message");
             }
         }
@@ -467,18 +478,23 @@ impl Engine {
                 }))),
                 None => {
                     warn!(session = %hex::encode(s.id.0.as_bytes()), "restarted mid key generation: its round secrets were erased; aborting it");
-                    out.push(EngineAction::Submit(abort_op(
-                        s.id,
-                        format!(
-                            "{} restarted during the key generation; its round secrets are never persisted, so it cannot continue",
-                            self.me
-                        ),
-                    )));
+                    out.push(EngineAction::Submit(restarted_op(s.id, self.me)));
                 }
             }
         }
         out
     }
+}
+
+/// The abort of a key generation this daemon cannot continue because it
+/// restarted: its round secrets were never persisted.
+fn restarted_op(session: SessionId, me: PartyId) -> OpBody {
+    abort_op(
+        session,
+        format!(
+            "{me} restarted during the key generation; its round secrets are never persisted, so it cannot continue"
+        ),
+    )
 }
 
 /// The result operation for a sealed share.

@@ -24,7 +24,7 @@ use quorate_attestation::ekcert::{certificates_from_text, EkChainInfo};
 use quorate_attestation::enroll::{challenge, EnrollError, EnrollRules, EnrollmentRequest};
 use quorate_attestation::policy::Policy;
 use quorate_attestation::tpm::TpmtPublic;
-use quorate_attestation::PendingEnrollment;
+use quorate_attestation::{ActivatedAk, PendingEnrollment};
 use quorate_firmware::types::{PartyId, Sha256Digest};
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
@@ -483,6 +483,140 @@ pub fn complete(
         write_json(out, &record, 0o644)?;
     }
     Ok(record)
+}
+
+/// Why `quorate run` refuses a party's enrollment record (or its absence).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Outside dev mode every party needs a record.
+    #[error("{party} has no enrollment record (cluster.parties[{index}].enrollment_record): outside dev mode its AK must be proven to live in its TPM. Run `quorate enroll challenge --enrollment {enrollment}` ..., `quorate activate` on {party}, then `quorate enroll complete --out FILE`, and set enrollment_record = FILE")]
+    Missing {
+        /// The party.
+        party: PartyId,
+        /// Its index in `cluster.parties`.
+        index: usize,
+        /// Its enrollment file.
+        enrollment: String,
+    },
+    /// The record cannot be read or parsed.
+    #[error("the enrollment record of {party}: {source}")]
+    Unreadable {
+        /// The party.
+        party: PartyId,
+        /// Why.
+        #[source]
+        source: EnrollFlowError,
+    },
+    /// The record is for another party or another enrollment.
+    #[error("the enrollment record {record} of {party} does not match its enrollment: {what} is {in_record} in the record but {in_enrollment} in {enrollment}; run `quorate enroll complete` for {party}'s current enrollment")]
+    Mismatch {
+        /// The party.
+        party: PartyId,
+        /// The record file.
+        record: String,
+        /// The enrollment file.
+        enrollment: String,
+        /// Which field differs.
+        what: &'static str,
+        /// The record's value.
+        in_record: String,
+        /// The enrollment's value.
+        in_enrollment: String,
+    },
+    /// The enrollment cannot be activated (no AK or EK).
+    #[error(transparent)]
+    Enrollment(#[from] EnrollFlowError),
+}
+
+/// Checks `record` (the file `quorate enroll complete` wrote) against the
+/// party's enrollment file `enrollment` (whose bytes are `enrollment_bytes`,
+/// parsed as `e`): same party, same enrollment file (SHA-256), the AK and EK
+/// Names the record activated are the enrollment's — recomputed from their
+/// public areas, not taken from the `name` fields. Returns what the record
+/// binds, for admission to pin.
+pub fn check_record(
+    record_path: &Path,
+    enrollment_path: &Path,
+    enrollment_bytes: &[u8],
+    e: &Enrollment,
+) -> Result<ActivatedAk, RecordError> {
+    let party = e.party_id;
+    let r: EnrollmentRecord =
+        read_json(record_path).map_err(|source| RecordError::Unreadable { party, source })?;
+    let request = enrollment_request(e)?;
+    let mismatch = |what, in_record: String, in_enrollment: String| RecordError::Mismatch {
+        party,
+        record: record_path.display().to_string(),
+        enrollment: enrollment_path.display().to_string(),
+        what,
+        in_record,
+        in_enrollment,
+    };
+    if r.party_id != party {
+        return Err(mismatch(
+            "the party",
+            r.party_id.to_string(),
+            party.to_string(),
+        ));
+    }
+    let digest = Sha256Digest::of(enrollment_bytes).to_string();
+    if r.enrollment_sha256 != digest {
+        return Err(mismatch(
+            "the enrollment's SHA-256",
+            r.enrollment_sha256,
+            digest,
+        ));
+    }
+    let bad = |field: &str, err: quorate_attestation::ParseError| RecordError::Unreadable {
+        party,
+        source: file_err(enrollment_path)(format!("{field}: {err}")),
+    };
+    let ak = TpmtPublic::parse(&request.ak_public).map_err(|x| bad("ak.tpmt_public", x))?;
+    let ek = TpmtPublic::parse(&request.ek_public).map_err(|x| bad("ek.tpmt_public", x))?;
+    let ak_name = hex::encode(ak.name().as_bytes());
+    if r.ak_name != ak_name {
+        return Err(mismatch("the AK Name", r.ak_name, ak_name));
+    }
+    let ek_name = hex::encode(ek.name().as_bytes());
+    if r.ek_name != ek_name {
+        return Err(mismatch("the EK Name", r.ek_name, ek_name));
+    }
+    Ok(ActivatedAk {
+        ak_name: ak.name().clone(),
+        ek_public: ek,
+    })
+}
+
+/// The start-up check of `quorate run`: every party's enrollment record
+/// ([`check_record`]), required outside dev mode; in dev mode a record is
+/// checked when one is listed. Returns the activated AK of each party that
+/// has a record.
+pub fn enrollment_records(
+    cfg: &crate::config::Config,
+) -> Result<std::collections::BTreeMap<PartyId, ActivatedAk>, RecordError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (index, p) in cfg.file.cluster.parties.iter().enumerate() {
+        let party = PartyId(p.id);
+        let Some(record) = &p.enrollment_record else {
+            if cfg.file.party.dev {
+                continue;
+            }
+            return Err(RecordError::Missing {
+                party,
+                index,
+                enrollment: p.enrollment.display().to_string(),
+            });
+        };
+        let bytes =
+            read(&p.enrollment).map_err(|source| RecordError::Unreadable { party, source })?;
+        let e = Enrollment::from_json(&bytes).map_err(|m| RecordError::Unreadable {
+            party,
+            source: file_err(&p.enrollment)(m),
+        })?;
+        out.insert(party, check_record(record, &p.enrollment, &bytes, &e)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -96,6 +96,14 @@ enum Command {
         /// The party configuration whose [cluster] rules are measured.
         #[arg(long)]
         config: PathBuf,
+        /// Also require this machine's measured-boot and IMA PCRs (0-7 and
+        /// 10, SHA-256 bank, read from --tpm): without them root on a party's
+        /// own server can fake the measured launch.
+        #[arg(long)]
+        required_pcrs: bool,
+        /// The TPM whose PCRs --required-pcrs reads.
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tpm: TpmTarget,
     },
     /// Write attestation evidence for a verifier's nonce (runs the measured
     /// launch first if this TPM boot has none). Not while the daemon runs
@@ -167,6 +175,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Packaging only: write a man page per (sub)command and the bash, zsh
+    /// and fish completions into OUT_DIR (see `make package`).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write `man/*.1` and `completions/*`.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,15 +240,32 @@ enum AuditCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Verify a bundle offline (no TPM, no network) against a reference
-    /// policy; prints a report, exit status 1 on any problem.
+    /// Verify bundles offline (no TPM, no network) against a reference
+    /// policy, and compare their certified checkpoints (a fork names its
+    /// signers); prints a report, exit status 1 on any problem.
     Verify {
-        /// The bundle (from `quorate audit export`).
+        /// A bundle (from `quorate audit export`); repeat for bundles of
+        /// several parties.
+        #[arg(long, required = true)]
+        bundle: Vec<PathBuf>,
+        /// Remember the last verified checkpoint of each cluster in this
+        /// file and require the next bundles to be consistent with it.
         #[arg(long)]
-        bundle: PathBuf,
+        state: Option<PathBuf>,
         /// The reference-value policy (from `quorate measure`).
         #[arg(long)]
         policy: PathBuf,
+        /// Accept a development policy (dev = true); refused without it.
+        #[arg(long)]
+        allow_dev: bool,
+        /// An outside witness's verifier key (C2SP vkey,
+        /// `name+keyid+base64`); repeat for several.
+        #[arg(long)]
+        witness: Vec<String>,
+        /// How many of the --witness keys must have cosigned the latest
+        /// checkpoint.
+        #[arg(long, default_value_t = 0)]
+        witness_quorum: usize,
     },
 }
 
@@ -479,7 +512,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
-        Command::Measure { exe, config } => {
+        Command::Measure {
+            exe,
+            config,
+            required_pcrs,
+            tpm,
+        } => {
             let executable = file_digest(&exe)
                 .with_context(|| format!("--exe {}: cannot read it", exe.display()))?;
             let (config_digest, dev) =
@@ -490,10 +528,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 policy.dev = true;
                 policy.measurement_pcr = PcrIndex::DEV_MEASUREMENT;
             }
+            if required_pcrs {
+                let pcrs = quorate_host::measure::platform_pcrs(&tpm)
+                    .await
+                    .context("--required-pcrs")?;
+                quorate_host::measure::require(&mut policy, pcrs);
+            }
             print!("{}", policy.to_toml()?);
             Ok(())
         }
         Command::Audit { command } => audit(command),
+        Command::GenerateDocs { out_dir } => generate_docs(&out_dir),
         Command::Status { data_dir, json } => {
             use quorate_host::daemon::status::StatusView;
             let s = StatusView::read(&data_dir).with_context(|| {
@@ -537,19 +582,36 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AuditCommand::Verify { bundle, policy } => {
+        AuditCommand::Verify {
+            bundle,
+            state,
+            policy,
+            allow_dev,
+            witness,
+            witness_quorum,
+        } => {
             let text =
                 std::fs::read(&policy).with_context(|| format!("--policy {}", policy.display()))?;
             let parsed = quorate_attestation::policy::Policy::from_toml(
                 std::str::from_utf8(&text).context("--policy is not UTF-8")?,
             )
             .with_context(|| format!("--policy {}", policy.display()))?;
-            let file = std::fs::File::open(&bundle)
-                .with_context(|| format!("--bundle {}", bundle.display()))?;
-            let v = quorate_host::audit::check::verify_bundle(
-                std::io::BufReader::new(file),
+            let witnesses = witness
+                .iter()
+                .map(|w| quorate_host::audit::witness::WitnessKey::parse(w))
+                .collect::<Result<Vec<_>, _>>()
+                .context("--witness")?;
+            let opts = quorate_host::audit::check::VerifyOptions {
+                allow_dev,
+                witnesses,
+                witness_quorum,
+            };
+            let v = quorate_host::audit::views::verify_many(
+                &bundle,
                 &parsed,
                 &text,
+                &opts,
+                state.as_deref(),
             );
             print!("{v}");
             if v.is_ok() {
@@ -559,6 +621,34 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `quorate generate-docs`: the man pages and completions come from the
+/// very command definition this binary parses, so they cannot drift from
+/// it (a build script would need that definition outside main.rs).
+fn generate_docs(out_dir: &Path) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let man = out_dir.join("man");
+    let completions = out_dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man)
+        .with_context(|| format!("writing man pages to {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "quorate", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    println!(
+        "man pages in {}, completions in {}",
+        man.display(),
+        completions.display()
+    );
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

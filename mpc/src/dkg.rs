@@ -1069,6 +1069,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// Feeds `log` to every party in order and returns the messages they
+    /// submit in answer (round 2 when `log` is a whole round 1).
+    fn submissions(
+        parties: &mut [(PartyId, Dkg)],
+        log: &[Posted],
+        rng: &mut ChaCha20Rng,
+    ) -> Vec<Posted> {
+        let mut out = Vec::new();
+        for posted in log {
+            for (p, d) in parties.iter_mut() {
+                for o in d.on_message(posted, rng).unwrap() {
+                    if let DkgOutput::Submit { round, message } = o {
+                        out.push(Posted {
+                            round,
+                            from: *p,
+                            message,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn an_accusation_with_the_real_key_over_a_good_share_is_false() {
         for s in Scheme::ALL {
@@ -1086,20 +1110,7 @@ pub(crate) mod tests {
                 });
             }
             let proof = parties[0].1.false_accusation_proof(PartyId(2)).unwrap();
-            let mut round2 = Vec::new();
-            for posted in &log {
-                for (p, d) in parties.iter_mut() {
-                    for o in d.on_message(posted, &mut rng).unwrap() {
-                        if let DkgOutput::Submit { round, message } = o {
-                            round2.push(Posted {
-                                round,
-                                from: *p,
-                                message,
-                            });
-                        }
-                    }
-                }
-            }
+            let round2 = submissions(&mut parties, &log, &mut rng);
             log.extend(round2);
             assert_eq!(
                 check_blame(&c, &log, PartyId(1), PartyId(2), &proof),
@@ -1473,20 +1484,7 @@ pub(crate) mod tests {
                 });
             }
             let proof = parties[0].1.false_accusation_proof(PartyId(2)).unwrap();
-            let mut round2 = Vec::new();
-            for posted in &log {
-                for (p, d) in parties.iter_mut() {
-                    for o in d.on_message(posted, &mut rng).unwrap() {
-                        if let DkgOutput::Submit { round, message } = o {
-                            round2.push(Posted {
-                                round,
-                                from: *p,
-                                message,
-                            });
-                        }
-                    }
-                }
-            }
+            let round2 = submissions(&mut parties, &log, &mut rng);
             let mut honest = log.clone();
             honest.extend(round2.iter().cloned());
             // Party 2's share to party 1 is valid under its refresh commitment.

@@ -236,9 +236,27 @@ impl TestCluster {
         Ok(())
     }
 
-    /// The `quorate` binary the cluster runs.
-    pub fn binary(&self) -> &Path {
-        &self.bin
+    /// Runs `quorate audit export` on party `id`'s data dir (beside its
+    /// running daemon, as an operator would) and returns the bundle's path.
+    pub fn export_audit(&self, id: u32) -> anyhow::Result<PathBuf> {
+        let p = self
+            .parties
+            .get(id as usize - 1)
+            .ok_or_else(|| anyhow!("no party {id}"))?;
+        let bundle = self.dir.path().join(format!("p{id}.bundle"));
+        let out = Command::new(&self.bin)
+            .args(["audit", "export", "--data-dir"])
+            .arg(&p.data_dir)
+            .arg("--out")
+            .arg(&bundle)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "quorate audit export of party {id} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(bundle)
     }
 
     /// The cluster's directory.

@@ -562,6 +562,12 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+        // The writer counts a chunk after writing it, so the count may
+        // trail the bytes the client has read by a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while net.stats().bytes < 2 * sent.len() as u64 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let s = net.stats();
         assert_eq!(s.connections, 1);
         assert_eq!(s.bytes, 2 * sent.len() as u64);

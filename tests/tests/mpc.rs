@@ -132,19 +132,7 @@ async fn a_3_of_4_frost_dkg_agrees_on_the_group_key_for_both_schemes_and_shows_n
 
     // The audit export holds the logged ciphertexts, and no round-2
     // package in the clear.
-    let bundle = c.dir().join("p1.qab");
-    let out = std::process::Command::new(c.binary())
-        .args(["audit", "export", "--data-dir"])
-        .arg(&c.parties[0].data_dir)
-        .arg("--out")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bundle = c.export_audit(1).unwrap();
     let bytes = std::fs::read(&bundle).unwrap();
     for (scheme, sid) in &sids {
         for id in 1..=N {

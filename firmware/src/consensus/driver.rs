@@ -38,7 +38,10 @@ use crate::consensus::context::{
     Equivocation, LogHead, PartySet, QuorateContext, SignedBytes, SignedVoteWire, Step as MsgStep,
     CONSENSUS_DOMAIN,
 };
-use crate::consensus::sign_guard::{GuardDecision, SignGuard};
+use crate::consensus::sign_guard::{GuardDecision, SignGuard, SignGuardError};
+
+/// Refusal reasons kept between two [`ConsensusDriver::take_sign_refusals`].
+const MAX_REFUSALS_KEPT: usize = 64;
 use crate::consensus::sync::{peer_id_of, CatchUp};
 use crate::consensus::wire::{
     input_of_wal_record, polka_from_mc, polka_to_mc, proposal_from_mc, proposal_to_mc,
@@ -355,6 +358,9 @@ struct Io {
     signatures_requested: u64,
     step_errors: u64,
     sign_refusals: u64,
+    /// Why the guard refused, since the host last asked (at most
+    /// [`MAX_REFUSALS_KEPT`]; the count above is exact).
+    refused: Vec<SignGuardError>,
     own_proposal: Option<SignedProposalWire>,
 }
 
@@ -429,6 +435,7 @@ impl ConsensusDriver {
                 signatures_requested: 0,
                 step_errors: 0,
                 sign_refusals: 0,
+                refused: Vec::new(),
                 own_proposal: None,
             },
             chain: restored.chain,
@@ -584,6 +591,12 @@ impl ConsensusDriver {
     /// if not: the WAL or the sign-guard state was lost or rolled back).
     pub fn sign_refusals(&self) -> u64 {
         self.io.sign_refusals
+    }
+
+    /// Why the sign guard refused each signature since the last call (for
+    /// the host's log line per refusal), oldest first.
+    pub fn take_sign_refusals(&mut self) -> Vec<SignGuardError> {
+        std::mem::take(&mut self.io.refused)
     }
 
     /// How many inputs the malachite core refused with an error (dropped).
@@ -1553,10 +1566,13 @@ impl Io {
                     },
                 );
             }
-            Err(_) => {
+            Err(e) => {
                 // Refused: the core sees a placeholder that is never
                 // released, so the message never leaves this party.
                 self.sign_refusals += 1;
+                if self.refused.len() < MAX_REFUSALS_KEPT {
+                    self.refused.push(e);
+                }
             }
         }
         PLACEHOLDER

@@ -13,7 +13,8 @@
 //!   the entries of *h* name) is verified and its signers returned to the
 //!   verifier; the entries of a block are exactly its operations, in order;
 //! - every checkpoint's TPM quote, with the issuer's enrolled AK, against
-//!   the policy ([`verify_checkpoint_quote`]);
+//!   the policy (`quorate_attestation::checkpoint_verify`, through
+//!   [`crate::daemon::audit::verify_quote`], the daemon's own check);
 //! - every attestation record's evidence against the policy, with the
 //!   issuer's enrollment and the block hash it binds, and that it
 //!   establishes the measurement its entry records; a record the parties
@@ -26,8 +27,6 @@
 
 use super::bundle::{BundleBlock, BundleError, BundleHeader, BundleReader, Section};
 use crate::init::Enrollment;
-use quorate_attestation::checkpoint::CheckpointQuote;
-use quorate_attestation::checkpoint_verify::verify_checkpoint_quote;
 use quorate_attestation::evidence::Freshness;
 use quorate_attestation::measurement::measurement_of_evidence;
 use quorate_attestation::policy::Policy;
@@ -75,7 +74,7 @@ pub struct HostCounts {
     pub parties: u64,
     /// Whose store was exported.
     pub exporter: Option<PartyId>,
-    /// The fault model the header states (and its quorum).
+    /// The fault model the cluster id commits to (and its quorum).
     pub fault_model: Option<(quorate_firmware::types::FaultModel, usize)>,
     /// Blocks decoded and chained.
     pub blocks: u64,
@@ -97,6 +96,13 @@ pub struct HostCounts {
     pub policy_is_clusters: Option<bool>,
     /// Threads the signature checks ran on.
     pub threads: usize,
+    /// Whether the policy checked against is a development policy.
+    pub dev_policy: bool,
+    /// Valid outside-witness cosignatures, over every checkpoint.
+    pub witness_cosignatures: u64,
+    /// (witnesses that cosigned the latest checkpoint, required), when
+    /// witnesses were configured.
+    pub witnessed: Option<(usize, usize)>,
 }
 
 /// The outcome of verifying a bundle.
@@ -135,8 +141,14 @@ impl fmt::Display for Verification {
         if let Some((m, q)) = h.fault_model {
             writeln!(
                 f,
-                "fault model        {m:?}: quorum {q} of {} (as the header states; compare with the cluster's rules)",
+                "fault model        {m:?}: quorum {q} of {} (bound by the cluster id)",
                 h.parties
+            )?;
+        }
+        if h.dev_policy {
+            writeln!(
+                f,
+                "policy             DEV: a development policy (dev = true); the measurements prove nothing against the parties' own users"
             )?;
         }
         match h.policy_is_clusters {
@@ -170,6 +182,13 @@ impl fmt::Display for Verification {
             "tpm                {} checkpoint quotes, {} attestation records verified against the policy ({} rejected records confirmed)",
             h.quotes, h.records_verified, h.records_rejected_confirmed
         )?;
+        if let Some((got, need)) = h.witnessed {
+            writeln!(
+                f,
+                "witnesses          {got} cosigned the latest checkpoint ({need} required), {} valid cosignatures in all",
+                h.witness_cosignatures
+            )?;
+        }
         let core = self.report.to_string();
         // The core's last line is its verdict; ours replaces it.
         for line in core.lines().filter(|l| !l.starts_with("result")) {
@@ -565,9 +584,13 @@ impl EvidenceChecker for HostChecker {
                 "the line's key ID is not that of {party}'s enrolled AK"
             ));
         }
-        let q = CheckpointQuote::decode(&quote.signature).map_err(|e| e.to_string())?;
-        verify_checkpoint_quote(&ak, &q, qualifying_data, &self.policy)
-            .map_err(|e| e.to_string())?;
+        // The daemon's check, with the reference policy.
+        crate::daemon::audit::verify_quote(
+            &ak,
+            qualifying_data,
+            &quote.signature,
+            Some(&self.policy),
+        )?;
         self.counts.quotes += 1;
         Ok(())
     }
@@ -663,22 +686,106 @@ fn parallel_map<T: Send, U: Send>(
     })
 }
 
+/// How `quorate audit verify` is asked to judge a bundle beyond the
+/// policy itself.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Accept a development policy (`dev = true`: the measurement may sit in
+    /// a PCR any process resets, so the attestation proves nothing against
+    /// the machine's own users). Without it such a policy fails the check.
+    pub allow_dev: bool,
+    /// Outside witnesses' verifier keys (C2SP vkeys, `cosignature/v1`).
+    pub witnesses: Vec<super::witness::WitnessKey>,
+    /// How many of them must have cosigned the bundle's latest certified
+    /// checkpoint (0: none required; their lines are still checked).
+    pub witness_quorum: usize,
+}
+
 /// Verifies the bundle read from `input` against `policy` (the reference
-/// policy's TOML text, for the report's comparison with the cluster's).
+/// policy's TOML text, for the report's comparison with the cluster's),
+/// accepting a development policy (tests and the dev cluster); see
+/// [`verify_bundle_with`].
 pub fn verify_bundle<R: Read + Send>(
     input: R,
     policy: &Policy,
     policy_text: &[u8],
+) -> Verification {
+    let opts = VerifyOptions {
+        allow_dev: true,
+        ..Default::default()
+    };
+    verify_bundle_with(input, policy, policy_text, &opts)
+}
+
+/// Checks the outside witnesses' cosignatures: every line of a configured
+/// witness on any checkpoint must verify, and the latest checkpoint must
+/// carry `opts.witness_quorum` of them.
+fn check_witnesses(
+    checkpoints: &[Vec<u8>],
+    opts: &VerifyOptions,
+    host: &mut HostCounts,
+) -> Result<(), BundleProblem> {
+    use quorate_firmware::audit::checkpoint::SignedCheckpoint;
+    if opts.witnesses.is_empty() && opts.witness_quorum == 0 {
+        return Ok(());
+    }
+    let mut latest: Option<(u64, usize)> = None;
+    for bytes in checkpoints {
+        // A note that does not parse is reported by the verifier core.
+        let Ok(cp) = SignedCheckpoint::parse(bytes) else {
+            continue;
+        };
+        let size = cp.checkpoint.size.0;
+        let got = super::witness::cosigned_by(&cp, &opts.witnesses).map_err(|e| BundleProblem {
+            location: format!("checkpoint of size {size}"),
+            message: e.to_string(),
+        })?;
+        host.witness_cosignatures += got.len() as u64;
+        if latest.is_none_or(|(s, _)| size >= s) {
+            latest = Some((size, got.len()));
+        }
+    }
+    let (size, got) = latest.unwrap_or((0, 0));
+    host.witnessed = Some((got, opts.witness_quorum));
+    if got < opts.witness_quorum {
+        return Err(BundleProblem {
+            location: format!("checkpoint of size {size}"),
+            message: format!(
+                "{got} of the configured witnesses cosigned the latest checkpoint, {} required: no outside party vouches that this is the history everyone sees",
+                opts.witness_quorum
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Verifies the bundle read from `input` against `policy` with `opts`.
+pub fn verify_bundle_with<R: Read + Send>(
+    input: R,
+    policy: &Policy,
+    policy_text: &[u8],
+    opts: &VerifyOptions,
 ) -> Verification {
     let mut out = Verification::default();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     out.host.threads = threads;
+    out.host.dev_policy = policy.dev;
     if let Err(e) = policy.check() {
         out.problem = Some(BundleProblem {
             location: "policy".into(),
             message: e.to_string(),
+        });
+        return out;
+    }
+    if policy.dev && !opts.allow_dev {
+        out.problem = Some(BundleProblem {
+            location: "policy".into(),
+            message: "it is a DEVELOPMENT policy (dev = true): a measurement in a resettable \
+                      PCR proves nothing about the code that ran; verify with the cluster's \
+                      production policy, or pass --allow-dev to check a dev cluster"
+                .into(),
         });
         return out;
     }
@@ -722,6 +829,10 @@ pub fn verify_bundle<R: Read + Send>(
         fail(&mut out, "bundle".into(), "no header".into());
         return out;
     };
+    if let Err(p) = check_witnesses(&checkpoints, opts, &mut out.host) {
+        out.problem = Some(p);
+        return out;
+    }
     out.host.cluster = Some(header.cluster.0);
     out.host.exporter = Some(header.exporter);
     let mut checker = match setup(&header, &enrollment_bytes, policy, policy_text, &mut out) {
@@ -838,7 +949,10 @@ pub fn verify_bundle<R: Read + Send>(
         out.host.policy_is_clusters,
         out.host.parties,
     );
+    let witnessed = (out.host.witness_cosignatures, out.host.witnessed);
     out.host = checker.counts;
+    out.host.dev_policy = policy.dev;
+    (out.host.witness_cosignatures, out.host.witnessed) = witnessed;
     out.host.cluster = Some(header.cluster.0);
     out.host.exporter = Some(header.exporter);
     (
@@ -882,6 +996,26 @@ fn setup(
         return Err(problem(
             "header",
             format!("unknown cluster identity domain {:?}", identity.domain),
+        ));
+    }
+    // The rules the verifier applies come from the identity, which every
+    // signature binds; the header's copies must agree with it.
+    if header.fault_model != identity.fault_model {
+        return Err(problem(
+            "header",
+            format!(
+                "states fault model {:?}, but the cluster id commits to {:?}: the header was altered",
+                header.fault_model, identity.fault_model
+            ),
+        ));
+    }
+    if header.epoch.0 != identity.epoch {
+        return Err(problem(
+            "header",
+            format!(
+                "states epoch {}, but the cluster id commits to epoch {}: the header was altered",
+                header.epoch.0, identity.epoch
+            ),
         ));
     }
     let mut enrollments = BTreeMap::new();
@@ -961,6 +1095,138 @@ mod tests {
             (None, Some(p)) => p.to_string(),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_header_stating_another_fault_model_or_epoch_than_the_cluster_id_fails() {
+        let mut f = Fixture::honest();
+        assert!(f.verify().is_ok());
+        // Two colluders of three would need only `majority` to present a
+        // history of their own: the header's claim is checked against the id.
+        f.header.fault_model = quorate_firmware::types::FaultModel::Majority;
+        let why = failure(&f.verify());
+        assert!(
+            why.starts_with("header: ") && why.contains("fault model Majority"),
+            "{why}"
+        );
+        let mut f = Fixture::honest();
+        f.header.epoch = quorate_firmware::types::Epoch(1);
+        let why = failure(&f.verify());
+        assert!(why.contains("epoch 1"), "{why}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn witness_cosignatures_from_a_spec_witness_verify_and_a_quorum_is_enforced() {
+        use crate::audit::test_witness::TestWitness;
+        use crate::audit::witness::{submit, Submitted};
+        use quorate_firmware::audit::checkpoint::{origin_for, SignedCheckpoint};
+        let mut f = Fixture::honest();
+        let w = TestWitness::start("witness.test/w1").unwrap();
+        w.trust(
+            &origin_for(&f.header.cluster),
+            f.parties.iter().map(|(p, x)| (*p, x.vote_key)).collect(),
+        );
+        // The bundle's checkpoints, oldest first, submitted as a log does.
+        let mut old: Option<(u64, usize)> = None;
+        for i in 0..f.checkpoints.len() {
+            let mut cp = SignedCheckpoint::parse(&f.checkpoints[i]).unwrap();
+            let proof = match old {
+                Some((o, _)) if o < cp.checkpoint.size.0 => {
+                    // The consistency proof from the fixture's own tree.
+                    quorate_firmware::audit::merkle::consistency_proof(
+                        &f.tree,
+                        quorate_firmware::audit::merkle::TreeSize(o),
+                        cp.checkpoint.size,
+                    )
+                    .unwrap()
+                }
+                _ => Vec::new(),
+            };
+            let o = old.map(|(o, _)| o).unwrap_or(0);
+            match submit(&w.url(), o, &proof, &cp.checkpoint, &cp.format())
+                .await
+                .unwrap()
+            {
+                Submitted::Cosigned(lines) => cp.signatures.extend(lines),
+                other => panic!("witness answered {other:?}"),
+            }
+            f.checkpoints[i] = cp.format().into_bytes();
+            old = Some((cp.checkpoint.size.0, i));
+        }
+        let opts = |need| VerifyOptions {
+            allow_dev: false,
+            witnesses: vec![w.key()],
+            witness_quorum: need,
+        };
+        let bundle = f.bundle();
+        let v = verify_bundle_with(bundle.as_slice(), &f.policy, &f.policy_text, &opts(1));
+        assert!(v.is_ok(), "{v}");
+        assert!(
+            v.to_string()
+                .contains("witnesses          1 cosigned the latest checkpoint (1 required)"),
+            "{v}"
+        );
+        // Two required, one configured: refused.
+        let v = verify_bundle_with(bundle.as_slice(), &f.policy, &f.policy_text, &opts(2));
+        assert!(failure(&v).contains("1 of the configured witnesses"), "{v}");
+        // Another witness's key: its lines are not there.
+        let stranger = TestWitness::start("witness.test/w2").unwrap();
+        let v = verify_bundle_with(
+            bundle.as_slice(),
+            &f.policy,
+            &f.policy_text,
+            &VerifyOptions {
+                witnesses: vec![stranger.key()],
+                witness_quorum: 1,
+                ..Default::default()
+            },
+        );
+        assert!(failure(&v).contains("0 of the configured witnesses"), "{v}");
+        // A forged witness line fails even when no quorum is required.
+        let last = f.checkpoints.len() - 1;
+        let mut cp = SignedCheckpoint::parse(&f.checkpoints[last]).unwrap();
+        let wl = cp
+            .signatures
+            .iter_mut()
+            .find(|l| l.name == "witness.test/w1")
+            .unwrap();
+        wl.signature[20] ^= 1;
+        f.checkpoints[last] = cp.format().into_bytes();
+        let v = verify_bundle_with(f.bundle().as_slice(), &f.policy, &f.policy_text, &opts(0));
+        assert!(failure(&v).contains("does not verify"), "{v}");
+    }
+
+    #[test]
+    fn a_dev_policy_fails_unless_allowed_and_is_flagged() {
+        let f = Fixture::honest();
+        let mut dev = f.policy.clone();
+        dev.dev = true;
+        let bundle = f.bundle();
+        let v = verify_bundle_with(
+            bundle.as_slice(),
+            &dev,
+            &f.policy_text,
+            &VerifyOptions::default(),
+        );
+        let why = failure(&v);
+        assert!(
+            why.starts_with("policy: ") && why.contains("--allow-dev"),
+            "{why}"
+        );
+        let v = verify_bundle_with(
+            bundle.as_slice(),
+            &dev,
+            &f.policy_text,
+            &VerifyOptions {
+                allow_dev: true,
+                ..Default::default()
+            },
+        );
+        assert!(v.is_ok(), "{v}");
+        assert!(v.to_string().contains("DEV: a development policy"), "{v}");
+        // A production policy prints no DEV warning.
+        let v = f.verify();
+        assert!(v.is_ok() && !v.to_string().contains("DEV"), "{v}");
     }
 
     #[test]

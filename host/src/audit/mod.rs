@@ -12,4 +12,8 @@ pub mod bundle;
 pub mod check;
 pub mod export;
 #[cfg(any(test, feature = "testkit"))]
+pub mod test_witness;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod views;
+pub mod witness;

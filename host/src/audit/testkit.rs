@@ -141,6 +141,8 @@ impl Fixture {
         }
         let identity = postcard::to_stdvec(&crate::config::ClusterIdentity {
             domain: crate::config::CLUSTER_ID_DOMAIN.to_string(),
+            fault_model: FaultModel::Byzantine,
+            epoch: 0,
             rules: cfg,
             reference_policy: Some(Sha256Digest::of(&policy_text)),
             enrollments: listed,

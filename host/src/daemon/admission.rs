@@ -10,6 +10,7 @@
 //! is closed, the peer excluded for a while, and the reason logged and shown
 //! in the status.
 
+use quorate_attestation::enroll::ActivatedAk;
 use quorate_attestation::evidence::{Evidence, Freshness};
 use quorate_attestation::policy::Policy;
 use quorate_attestation::tpm::{TpmName, TpmtPublic};
@@ -80,6 +81,9 @@ struct Peer {
     /// Verifier state for epoch attestation records, which are checked in
     /// decided order (their own clock sequence, apart from admission quotes).
     epoch_state: VerifierState,
+    /// The AK credential activation bound to its EK (its enrollment
+    /// record), when one is known.
+    activated: Option<ActivatedAk>,
     nonce: Option<Vec<u8>>,
     standing: Standing,
 }
@@ -127,12 +131,29 @@ impl Admission {
                         .and_then(|b| b.try_into().ok()),
                     epoch_state: state.clone(),
                     state,
+                    activated: None,
                     nonce: None,
                     standing: Standing::Pending,
                 },
             );
         }
         Admission { policy, peers }
+    }
+
+    /// Ties each peer's evidence to the AK its enrollment record activated
+    /// against its EK ([`crate::enroll_cli::enrollment_records`]): the AK is
+    /// pinned to that Name, and an EK certificate in the evidence must be
+    /// for that EK. A software AK beside a genuine EK certificate copied
+    /// from some TPM is refused.
+    pub fn with_activated(mut self, activated: BTreeMap<PartyId, ActivatedAk>) -> Self {
+        for (id, a) in activated {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.state.enrolled_ak = Some(a.ak_name.clone());
+                p.epoch_state.enrolled_ak = Some(a.ak_name.clone());
+                p.activated = Some(a);
+            }
+        }
+        self
     }
 
     /// Whether a reference policy is enforced.
@@ -199,6 +220,7 @@ impl Admission {
         let res = match p.nonce.clone() {
             Some(nonce) => check(
                 policy.as_ref(),
+                p.activated.as_ref(),
                 &mut p.state,
                 p.enrolled_tls,
                 p.enrolled_vote_point,
@@ -234,6 +256,7 @@ impl Admission {
             .ok_or_else(|| format!("{peer} is not enrolled"))?;
         let res = check(
             policy.as_ref(),
+            p.activated.as_ref(),
             &mut p.epoch_state,
             p.enrolled_tls,
             p.enrolled_vote_point,
@@ -256,6 +279,7 @@ impl Admission {
 
 fn check(
     policy: Option<&Policy>,
+    activated: Option<&ActivatedAk>,
     state: &mut VerifierState,
     enrolled_tls: Option<Sha256Digest>,
     enrolled_vote_point: Option<[u8; 65]>,
@@ -268,6 +292,13 @@ fn check(
     // Check on a copy: the clock is remembered only when everything passes.
     let mut trial = state.clone();
     let result = verify(&evidence, freshness, policy, &mut trial).map_err(|e| e.to_string())?;
+    if let Some(a) = activated {
+        a.check(
+            &result.ak_name,
+            evidence.ek_certificate.as_ref().map(|c| c.as_slice()),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     match enrolled_tls {
         Some(t) if t == evidence.tls_key_hash => {}
         Some(t) => {
@@ -334,6 +365,7 @@ mod tests {
                 enrolled_vote_point: None,
                 state: VerifierState::default(),
                 epoch_state: VerifierState::default(),
+                activated: None,
                 nonce: None,
                 standing: Standing::Pending,
             },

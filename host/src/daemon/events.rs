@@ -8,11 +8,20 @@
 //! [`RING_CAPACITY`] in memory and broadcasts new ones; a reader resumes
 //! after an id by reading the ring first and then the broadcast, without
 //! gaps or duplicates.
+//!
+//! Consensus failures this party observes (a stalled chain, a refused
+//! signature, a refused peer, equivocation evidence, an audit log fork) are
+//! [`EventLog::alert`]s: numbered after the last decided block's events
+//! (so the order stays total and resumption works the same), with `data`
+//! carrying `"scope": "local"` and a `severity`, and logged at the same
+//! time as a structured line (`alert = kind`, `event_id`, `details`). Their
+//! ids are this party's own: another party numbers its own alerts.
 
 use quorate_firmware::sessions::machine::BlockOutcome;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 /// How many events the ring keeps for resumption.
@@ -77,7 +86,19 @@ pub struct EventLog {
     ring: Mutex<VecDeque<ApiEvent>>,
     /// The id of the newest event that ever left the ring.
     evicted: Mutex<Option<EventId>>,
+    /// The id the next alert takes: after the last block pushed.
+    next_alert: Mutex<EventId>,
     tx: broadcast::Sender<ApiEvent>,
+}
+
+/// How bad an alert is (its `data.severity`, and the log level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Needs attention soon; consensus may still be safe and live.
+    Warning,
+    /// Safety or liveness is at stake now.
+    Critical,
 }
 
 impl Default for EventLog {
@@ -86,6 +107,11 @@ impl Default for EventLog {
         EventLog {
             ring: Mutex::new(VecDeque::new()),
             evicted: Mutex::new(None),
+            // After "0:0", the position a reader without events starts from.
+            next_alert: Mutex::new(EventId {
+                height: 0,
+                index: 1,
+            }),
             tx,
         }
     }
@@ -122,6 +148,59 @@ impl EventLog {
             });
             index = index.saturating_add(1);
         }
+        *self.next_alert.lock().unwrap_or_else(|p| p.into_inner()) = EventId { height: h, index };
+        self.keep_and_send(new);
+    }
+
+    /// Records an alert of `kind` (e.g. `sign_refused`) with `details`
+    /// (a JSON object) as the next event, and logs it as one structured
+    /// line with `message`. Returns its id.
+    pub fn alert(
+        &self,
+        kind: &str,
+        severity: Severity,
+        message: &str,
+        details: serde_json::Value,
+    ) -> EventId {
+        let id = {
+            let mut next = self.next_alert.lock().unwrap_or_else(|p| p.into_inner());
+            let id = *next;
+            next.index = next.index.saturating_add(1);
+            id
+        };
+        let mut data = serde_json::json!({
+            "scope": "local",
+            "severity": severity,
+            "message": message,
+        });
+        if let (Some(d), serde_json::Value::Object(extra)) = (data.as_object_mut(), details) {
+            for (k, v) in extra {
+                d.entry(k).or_insert(v);
+            }
+        }
+        let details = data.to_string();
+        match severity {
+            Severity::Critical => {
+                tracing::error!(alert = kind, event_id = %id, %details, "{message}")
+            }
+            Severity::Warning => {
+                tracing::warn!(alert = kind, event_id = %id, %details, "{message}")
+            }
+        }
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.keep_and_send(vec![ApiEvent {
+            id,
+            kind: kind.to_string(),
+            time_ms,
+            data,
+        }]);
+        id
+    }
+
+    fn keep_and_send(&self, new: Vec<ApiEvent>) {
         {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             for e in &new {
@@ -230,6 +309,50 @@ mod tests {
         assert_eq!(ids, ["2:0", "2:1", "2:2"]);
         assert_eq!(rx.try_recv().unwrap().id.to_string(), "1:0");
         assert_eq!(log.last_id().unwrap().to_string(), "2:2");
+    }
+
+    #[test]
+    fn alerts_follow_the_last_block_and_keep_the_order() {
+        let log = EventLog::default();
+        let mut rx = log.subscribe();
+        let a = log.alert(
+            "consensus_stalled",
+            Severity::Warning,
+            "no decision",
+            serde_json::json!({"pending": 3, "scope": "overridden?"}),
+        );
+        assert_eq!(a.to_string(), "0:1");
+        log.push_block(&outcome(1, 2));
+        let b = log.alert(
+            "sign_refused",
+            Severity::Critical,
+            "guard",
+            serde_json::json!({}),
+        );
+        let c = log.alert(
+            "peer_refused",
+            Severity::Warning,
+            "bad quote",
+            serde_json::json!({"peer": 3}),
+        );
+        assert_eq!((b.to_string(), c.to_string()), ("1:2".into(), "1:3".into()));
+        log.push_block(&outcome(2, 1));
+        let ids: Vec<String> = log
+            .after(None, 100)
+            .events
+            .iter()
+            .map(|e| e.id.to_string())
+            .collect();
+        assert_eq!(ids, ["0:1", "1:0", "1:1", "1:2", "1:3", "2:0"]);
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.kind, "consensus_stalled");
+        // The alert's own fields are not overwritten by the details.
+        assert_eq!(first.data["scope"], "local");
+        assert_eq!(first.data["severity"], "warning");
+        assert_eq!(first.data["pending"], 3);
+        let rest = log.after(Some(b), 100);
+        assert_eq!(rest.events[0].kind, "peer_refused");
+        assert_eq!(rest.events[0].data["peer"], 3);
     }
 
     #[test]

@@ -26,6 +26,7 @@
 pub mod admission;
 pub mod audit;
 pub mod events;
+pub mod health;
 pub mod metrics;
 pub mod status;
 
@@ -234,6 +235,9 @@ pub async fn run(
     let me = cfg.me;
     info!(party = %me, cluster = %cfg.cluster_id.0, data_dir = %data_dir.display(), "starting");
     let (parties, enrollments) = party_set(&cfg)?;
+    // Outside dev mode every party's AK must have been activated against its
+    // EK (`quorate enroll complete`): admission pins what the records bind.
+    let activated = crate::enroll_cli::enrollment_records(&cfg)?;
     let own = enrollments
         .get(&me)
         .ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
@@ -298,16 +302,8 @@ pub async fn run(
     } else {
         warn!("this party has no attestation key (provisioned without --config): it cannot prove what it runs");
     }
-    let policy = match &cfg.file.cluster.reference_policy {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| {
-                format!("cluster.reference_policy: cannot read {}", p.display())
-            })?;
-            Some(
-                quorate_attestation::policy::Policy::from_toml(&text)
-                    .with_context(|| format!("cluster.reference_policy {}", p.display()))?,
-            )
-        }
+    let policy = match cfg.reference_policy()? {
+        Some(p) => Some(p),
         None => {
             warn!(
                 "DEV MODE: no reference policy; peers are admitted on their TLS certificate alone"
@@ -315,8 +311,11 @@ pub async fn run(
             None
         }
     };
+    for caveat in crate::config::trust_caveats(&cfg, policy.as_ref()) {
+        warn!("{caveat}");
+    }
     let policy_pcrs = policy.as_ref().map(|p| p.quoted_pcrs()).unwrap_or_default();
-    let admission = admission::Admission::new(policy, me, &enrollments);
+    let admission = admission::Admission::new(policy, me, &enrollments).with_activated(activated);
 
     // Peers.
     let identity = TlsIdentity::load(&data_dir)?;
@@ -360,6 +359,7 @@ pub async fn run(
         p
     });
     let (book, issuer) = audit::setup(&cfg, &enrollments, quote_pcrs)?;
+    let book = book.with_quote_policy(admission.policy().cloned());
     let mcfg = MachineConfig {
         cluster: cfg.cluster_id,
         fault_model: cfg.file.cluster.fault_model,
@@ -472,6 +472,7 @@ struct Runtime {
     status_dirty: bool,
     events: Arc<events::EventLog>,
     metrics: Arc<metrics::Metrics>,
+    health: health::Watch,
     /// The audit log (ledger and checkpoints) and the checkpoint issuer.
     audit: audit::AuditLog,
     issuer: audit::Issuer,
@@ -485,6 +486,46 @@ struct Runtime {
     signing: crate::signing::SignEngine,
     unseal_tx: mpsc::UnboundedSender<(SessionId, UnsealResult)>,
     unseal_rx: mpsc::UnboundedReceiver<(SessionId, UnsealResult)>,
+    /// The start-up double-sign check (ADR-051).
+    sign_watch: crate::sign_watch::DoubleSignWatch,
+    /// Sign requests held back while it watches, signed when it ends.
+    withheld: Vec<(SignRequestId, Vec<u8>)>,
+}
+
+/// The start-up double-sign watch of this party, from its guard and the
+/// stored certificates of the `recent` blocks.
+fn start_watch(
+    cfg: &Config,
+    guard: &quorate_firmware::consensus::sign_guard::SignGuard,
+    tip: Height,
+    recent: &[DecidedBlock],
+) -> crate::sign_watch::DoubleSignWatch {
+    let chain_signed = recent
+        .iter()
+        .filter(|d| d.certificate.signatures.iter().any(|(p, _)| *p == cfg.me))
+        .map(|d| d.block.header().height)
+        .max();
+    let w = crate::sign_watch::DoubleSignWatch::at_start(
+        guard
+            .last(quorate_firmware::consensus::context::Step::Precommit)
+            .map(|l| l.height),
+        tip,
+        chain_signed,
+        cfg.file.party.double_sign_check_heights,
+        cfg.file
+            .party
+            .double_sign_check_idle_secs
+            .saturating_mul(1000),
+        now_ms(),
+    );
+    if let Some(r) = w.reason() {
+        warn!(
+            reason = %r,
+            heights = cfg.file.party.double_sign_check_heights,
+            "double-sign check: signing nothing until the cluster decides without this party"
+        );
+    }
+    w
 }
 
 /// A share unsealed for signing: the secret and its stored record.
@@ -524,10 +565,11 @@ impl Runtime {
                 certificate: dec("certificate", &sb.cert)?,
             });
         }
-        let sign_guard = match store.guard()? {
+        let sign_guard: quorate_firmware::consensus::sign_guard::SignGuard = match store.guard()? {
             Some(b) => dec("sign guard", &b)?,
             None => Default::default(),
         };
+        let sign_watch = start_watch(&cfg, &sign_guard, Height(tip), &recent);
         let mut wal = Vec::new();
         for e in store.wal_entries(tip + 1)? {
             wal.push(dec("WAL record", &e)?);
@@ -564,6 +606,7 @@ impl Runtime {
             Some(b) if !b.is_empty() => Some(dec("in-flight batch", &b)?),
             _ => None,
         };
+        let metrics = Arc::new(metrics::Metrics::new(&cfg.file.party.data_dir));
         let (sign_tx, sign_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (evidence_tx, evidence_rx) = mpsc::unbounded_channel();
@@ -596,7 +639,8 @@ impl Runtime {
             last: None,
             status_dirty: true,
             events: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
+            health: health::Watch::default(),
             audit: audit::AuditLog::new(book),
             issuer,
             app_state: None,
@@ -606,6 +650,8 @@ impl Runtime {
             signing,
             unseal_tx,
             unseal_rx,
+            sign_watch,
+            withheld: Vec::new(),
         };
         let mut h = 1;
         while h <= tip {
@@ -639,18 +685,25 @@ impl Runtime {
         )?;
         rt.driver = driver;
         rt.resume_checkpoints()?;
-        // Verdict targets already queued (the outbox survives restarts).
+        // What is already queued (the outbox survives restarts): verdict
+        // targets, and sessions with a result or abort of ours.
+        let mut sessions_queued = BTreeSet::new();
         for (_, bytes) in rt.store.outbox()? {
-            if let Ok(Operation {
-                body: OpBody::Verdict(v),
-                ..
-            }) = Operation::decode(&bytes)
-            {
-                rt.verdicts_queued.insert(v.target);
+            match Operation::decode(&bytes).map(|o| o.body) {
+                Ok(OpBody::Verdict(v)) => {
+                    rt.verdicts_queued.insert(v.target);
+                }
+                Ok(OpBody::SessionResult(r)) => {
+                    sessions_queued.insert(r.session);
+                }
+                Ok(OpBody::AbortSession(a)) => {
+                    sessions_queued.insert(a.session);
+                }
+                _ => {}
             }
         }
         rt.post_verdicts()?;
-        rt.engine_restart()?;
+        rt.engine_restart(&sessions_queued)?;
         rt.execute(first)?;
         info!(height = tip, state_root = %rt.machine.state_root(), "state restored");
         Ok(rt)
@@ -710,6 +763,7 @@ impl Runtime {
                 Some((req, bytes, res)) = self.sign_rx.recv() => match res {
                     Ok(signature) => self.input(Input::SignatureReady { request: req, signature })?,
                     Err(e) => {
+                        self.metrics.tpm_errors.fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "TPM signing failed; retrying in 1 s");
                         self.spawn_sign(req, bytes, Duration::from_secs(1));
                     }
@@ -727,7 +781,7 @@ impl Runtime {
                             binds_height: h,
                             evidence: quorate_firmware::sessions::ops::Blob(evidence),
                         });
-                        self.store.outbox_push(&Operation { author: self.me, body }.encode())?;
+                        self.queue(body)?;
                         info!(height = h.0, "epoch attestation record queued");
                     }
                     Err(e) => warn!(height = h.0, error = %e, "cannot produce the epoch attestation record"),
@@ -750,8 +804,13 @@ impl Runtime {
                         self.net.readmit(p);
                     }
                     self.input(Input::Tick)?;
+                    if self.sign_watch.tick(now_ms()) == crate::sign_watch::WatchEvent::Ended {
+                        info!("double-sign check passed (nothing decided while watching): signing resumes");
+                        self.release_withheld();
+                    }
                     self.maybe_batch()?;
                     self.checkpoint_tick();
+                    self.health_tick();
                     if self.status_dirty || last_status.elapsed() > Duration::from_secs(2) {
                         self.write_status();
                         last_status = Instant::now();
@@ -771,6 +830,7 @@ impl Runtime {
         match self.driver.handle(now_ms(), input) {
             Ok(step) => self.execute(step),
             Err(DriverError::Halted(why)) => {
+                self.halted_noted(&why);
                 error!(reason = %why, "consensus halted");
                 Err(anyhow!("consensus halted: {why}"))
             }
@@ -846,6 +906,7 @@ impl Runtime {
     }
 
     fn refuse(&mut self, peer: PartyId, reason: &str) {
+        self.refusal_noted(peer, reason);
         warn!(peer = %peer, reason, "peer's attestation refused; excluding it");
         self.net
             .exclude(peer, &format!("attestation refused: {reason}"));
@@ -855,6 +916,12 @@ impl Runtime {
 
     /// Carries out a step: persist everything durably, then act.
     fn execute(&mut self, step: Step) -> anyhow::Result<()> {
+        for e in self.driver.take_sign_refusals() {
+            self.metrics
+                .signatures_refused
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "the sign guard refused a signature");
+        }
         for p in &step.persist {
             match p {
                 Persist::WalAppend { height, record } => {
@@ -889,7 +956,17 @@ impl Runtime {
                 Action::CancelTimeout { id } => {
                     self.timers.remove(&id);
                 }
-                Action::Sign { request, bytes } => self.spawn_sign(request, bytes, Duration::ZERO),
+                Action::Sign { request, bytes } => {
+                    if self.sign_watch.may_sign() {
+                        self.spawn_sign(request, bytes, Duration::ZERO)
+                    } else {
+                        self.metrics
+                            .signatures_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!("signature withheld: the start-up double-sign check is watching");
+                        self.withheld.push((request, bytes));
+                    }
+                }
                 Action::Decided(d) => {
                     self.decided(&d.block, &d.certificate)?;
                 }
@@ -904,6 +981,13 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Signs what the double-sign watch held back.
+    fn release_withheld(&mut self) {
+        for (request, bytes) in std::mem::take(&mut self.withheld) {
+            self.spawn_sign(request, bytes, Duration::ZERO);
+        }
     }
 
     fn spawn_sign(&self, request: SignRequestId, bytes: Vec<u8>, delay: Duration) {
@@ -924,6 +1008,16 @@ impl Runtime {
     fn decided(&mut self, block: &Block, cert: &CommitCertificate) -> anyhow::Result<()> {
         let outcome = self.apply(block, false)?;
         let h = block.header();
+        let ours = cert.signatures.iter().any(|(p, _)| *p == self.me);
+        if self.sign_watch.on_decided(h.height, ours, now_ms())?
+            == crate::sign_watch::WatchEvent::Ended
+        {
+            info!(
+                height = h.height.0,
+                "double-sign check passed: signing resumes"
+            );
+            self.release_withheld();
+        }
         self.last = Some(status::LastDecision {
             height: h.height.0,
             time_ms: h.time_ms,
@@ -933,6 +1027,7 @@ impl Runtime {
         });
         self.status_dirty = true;
         self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+        self.decided_health(block);
         self.metrics
             .decided_ops
             .fetch_add(outcome.ops.len() as u64, Ordering::Relaxed);
@@ -1019,19 +1114,24 @@ impl Runtime {
         Ok(outcome)
     }
 
+    /// Queues an operation of this party's in the durable outbox.
+    fn queue(&self, body: OpBody) -> anyhow::Result<u64> {
+        Ok(self.store.outbox_push(
+            &Operation {
+                author: self.me,
+                body,
+            }
+            .encode(),
+        )?)
+    }
+
     /// Carries out the MPC engine's actions: operations go to the outbox;
     /// a finished key share is sealed by the TPM off the event loop.
     fn engine_actions(&mut self, actions: Vec<crate::engine::EngineAction>) -> anyhow::Result<()> {
         for a in actions {
             match a {
                 crate::engine::EngineAction::Submit(body) => {
-                    self.store.outbox_push(
-                        &Operation {
-                            author: self.me,
-                            body,
-                        }
-                        .encode(),
-                    )?;
+                    self.queue(body)?;
                 }
                 crate::engine::EngineAction::Seal {
                     session,
@@ -1160,40 +1260,24 @@ impl Runtime {
                 crate::engine::seal_failed_op(session, &e)
             }
         };
-        self.store.outbox_push(
-            &Operation {
-                author: self.me,
-                body,
-            }
-            .encode(),
-        )?;
+        self.queue(body)?;
         Ok(())
     }
 
     /// At start: key generations that were running lost their round
     /// secrets; re-post results whose share was sealed, abort the rest.
-    fn engine_restart(&mut self) -> anyhow::Result<()> {
-        let mut queued = BTreeSet::new();
-        for (_, bytes) in self.store.outbox()? {
-            match Operation::decode(&bytes).map(|o| o.body) {
-                Ok(OpBody::SessionResult(r)) => {
-                    queued.insert(r.session);
-                }
-                Ok(OpBody::AbortSession(a)) => {
-                    queued.insert(a.session);
-                }
-                _ => {}
-            }
-        }
+    /// `queued`: sessions that already have a result or abort of ours in
+    /// the outbox.
+    fn engine_restart(&mut self, queued: &BTreeSet<SessionId>) -> anyhow::Result<()> {
         let store = &self.store;
         let sealed = |sid: &SessionId| -> Option<Vec<u8>> {
             let b = store.meta(&crate::engine::share_key(sid)).ok()??;
-            let s: crate::engine::StoredShare = postcard::from_bytes(&b).ok()?;
+            let s: crate::engine::StoredShare = dec("stored key share", &b).ok()?;
             Some(s.group_public_key)
         };
-        let actions = self.engine.on_restart(&self.machine, &sealed, &queued);
+        let actions = self.engine.on_restart(&self.machine, &sealed, queued);
         self.engine_actions(actions)?;
-        let actions = self.signing.on_restart(&self.machine, &queued);
+        let actions = self.signing.on_restart(&self.machine, queued);
         self.signing_actions(actions)
     }
 
@@ -1418,6 +1502,7 @@ impl Runtime {
             }
             (Ok(_), _) => Ok(()), // decided meanwhile (a resubmission's twin)
             (Err(e), _) => {
+                self.metrics.tpm_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "signing a batch failed; will retry");
                 Ok(())
             }

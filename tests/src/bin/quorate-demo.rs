@@ -198,6 +198,27 @@ async fn step_attestation(d: &Demo) -> anyhow::Result<Outcome> {
         "The parties attest each other",
         "Each party reports, for every peer, whether its authenticated (mTLS) connection\nis up and whether its TPM attestation evidence verified (GET /v1/peers).",
     );
+    // `quorate dev` enrolled every party by credential activation (EK
+    // certificate from the local CA); admission pins the activated AKs.
+    for id in 1..=PARTIES {
+        let path = d.dir.join(format!("enroll/p{id}.enrolled.json"));
+        let record: Option<quorate_host::enroll_cli::EnrollmentRecord> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match record {
+            Some(r) if r.ek_certified => println!(
+                "    P{id}: AK {}… activated against its certified EK (issuer \"{}\")",
+                r.ak_name.get(..16).unwrap_or(&r.ak_name),
+                r.ek_issuer.unwrap_or_default()
+            ),
+            _ => {
+                return Ok(verdict(
+                    Outcome::Fail,
+                    &format!("P{id} has no enrollment record with a certified EK"),
+                ))
+            }
+        }
+    }
     // Give the peer connections and admissions a moment after the start.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -796,12 +817,13 @@ async fn step_audit(d: &Demo) -> anyhow::Result<Outcome> {
             .arg(path)
             .arg("--policy")
             .arg(d.dir.join("policy.toml"))
+            .arg("--allow-dev")
             .output()
     };
     let out = verify(&bundle)?;
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     println!("    $ quorate audit export --data-dir p2 --out p2-audit.qab");
-    println!("    $ quorate audit verify --bundle p2-audit.qab --policy policy.toml");
+    println!("    $ quorate audit verify --bundle p2-audit.qab --policy policy.toml --allow-dev");
     for l in report.lines() {
         println!("      {l}");
     }
