@@ -1191,13 +1191,7 @@ impl Runtime {
         for a in actions {
             match a {
                 crate::signing::SignAction::Submit(body) => {
-                    self.store.outbox_push(
-                        &Operation {
-                            author: self.me,
-                            body,
-                        }
-                        .encode(),
-                    )?;
+                    self.queue(body)?;
                 }
                 crate::signing::SignAction::NonceUsed { session, slot } => {
                     let key = crate::signing::nonce_used_key(&session);
