@@ -37,7 +37,7 @@ use quorate_firmware::types::{ClusterId, PartyId};
 use quorate_mpc as mpc;
 use zeroize::Zeroizing;
 
-use crate::engine::{posted, StoredShare};
+use crate::engine::{posted, SignFault, StoredShare};
 use crate::tpm::SealedBlob;
 
 /// The store key recording which of this party's nonces of a signing
@@ -163,7 +163,7 @@ pub struct SignEngine {
     me: PartyId,
     cluster: ClusterId,
     schemes: BTreeSet<mpc::Scheme>,
-    corrupt_shares: bool,
+    fault: SignFault,
     runs: BTreeMap<SessionId, Run>,
     views: BTreeMap<SessionId, SignView>,
     rng: rand_core::OsRng,
@@ -242,19 +242,19 @@ fn public_key_package(stored: &StoredShare) -> Option<Vec<u8>> {
 }
 
 impl SignEngine {
-    /// A signing engine for `me`; `corrupt_shares` (dev only) corrupts every
-    /// signature share this party posts.
+    /// A signing engine for `me`; `fault` (dev only) makes it misbehave on
+    /// purpose.
     pub fn new(
         me: PartyId,
         cluster: ClusterId,
         schemes: BTreeSet<mpc::Scheme>,
-        corrupt_shares: bool,
+        fault: SignFault,
     ) -> Self {
         SignEngine {
             me,
             cluster,
             schemes,
-            corrupt_shares,
+            fault,
             runs: BTreeMap::new(),
             views: BTreeMap::new(),
             rng: rand_core::OsRng,
@@ -356,9 +356,13 @@ impl SignEngine {
         }
         // Only a holder of the key knows its public key package.
         let Some(share) = stored(&spec.key) else {
+            if live && s.participants.contains(&self.me) {
+                warn!(session = %short(&sid), "a candidate signer without a stored share of the key: it cannot sign or observe");
+            }
             return;
         };
         let Some(pkp) = public_key_package(&share) else {
+            warn!(session = %short(&sid), "the stored key share's public part does not decode");
             return;
         };
         let candidate = s.participants.contains(&self.me);
@@ -468,7 +472,7 @@ impl SignEngine {
             SignerState::Pending(buf) => buf.push(input),
             SignerState::Running(signer) => {
                 let outputs = feed(signer, &input, &mut self.rng);
-                emit(sid, self.corrupt_shares, outputs, out);
+                emit(sid, self.fault, outputs, out);
             }
         }
     }
@@ -517,7 +521,7 @@ impl SignEngine {
         )));
         for input in &buf {
             let outputs = feed(&mut signer, input, &mut self.rng);
-            emit(sid, self.corrupt_shares, outputs, &mut out);
+            emit(sid, self.fault, outputs, &mut out);
         }
         run.signer = SignerState::Running(Box::new(signer));
         out
@@ -640,16 +644,25 @@ fn feed(
     res.unwrap_or_default()
 }
 
-fn emit(sid: SessionId, corrupt: bool, outputs: Vec<mpc::SignOutput>, out: &mut Vec<SignAction>) {
+fn emit(sid: SessionId, fault: SignFault, outputs: Vec<mpc::SignOutput>, out: &mut Vec<SignAction>) {
     for o in outputs {
         match o {
             mpc::SignOutput::NonceUsed { slot, .. } => {
                 out.push(SignAction::NonceUsed { session: sid, slot })
             }
             mpc::SignOutput::Submit { round, mut message } => {
-                if corrupt && round > mpc::SIGN_ROUND_COMMIT {
-                    warn!(session = %short(&sid), round, "dev fault: posting a corrupted signature share");
-                    mpc::Signer::corrupt_next_share(&mut message);
+                if round > mpc::SIGN_ROUND_COMMIT {
+                    match fault {
+                        SignFault::None => {}
+                        SignFault::CorruptShares => {
+                            warn!(session = %short(&sid), round, "dev fault: posting a corrupted signature share");
+                            mpc::Signer::corrupt_next_share(&mut message);
+                        }
+                        SignFault::WithholdShares => {
+                            warn!(session = %short(&sid), round, "dev fault: withholding this signature share");
+                            continue;
+                        }
+                    }
                 }
                 info!(session = %short(&sid), round, "posting a signature share");
                 out.push(SignAction::Submit(crate::engine::message_op(

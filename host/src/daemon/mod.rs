@@ -598,7 +598,7 @@ impl Runtime {
             me,
             cfg.cluster_id,
             engine_cfg.parsed_schemes()?,
-            engine_cfg.corrupt_signature_shares(cfg.file.party.dev),
+            engine_cfg.sign_fault(cfg.file.party.dev),
         );
         let (unseal_tx, unseal_rx) = mpsc::unbounded_channel();
         // An empty value means "none in flight" (cleared when decided).
@@ -1171,10 +1171,10 @@ impl Runtime {
     ) -> anyhow::Result<()> {
         let store = &self.store;
         let stored = |key: &quorate_firmware::sessions::ops::KeyId| {
-            let b = store
-                .meta(&crate::engine::share_key(&key.session()))
-                .ok()??;
-            postcard::from_bytes::<crate::engine::StoredShare>(&b).ok()
+            crate::engine::load_share(store, &key.session()).unwrap_or_else(|e| {
+                warn!(error = %e, "reading this party's key share failed");
+                None
+            })
         };
         let actions = self
             .signing
@@ -1215,8 +1215,7 @@ impl Runtime {
                             }
                             _ => None,
                         })
-                        .and_then(|k| store.meta(&crate::engine::share_key(&k)).ok()?)
-                        .and_then(|b| postcard::from_bytes::<crate::engine::StoredShare>(&b).ok())
+                        .and_then(|k| crate::engine::load_share(store, &k).ok()?)
                     else {
                         continue;
                     };
@@ -1244,8 +1243,7 @@ impl Runtime {
     ) -> anyhow::Result<()> {
         let body = match res {
             Ok(stored) => {
-                self.store
-                    .set_meta(&crate::engine::share_key(&session), &enc(&stored)?)?;
+                crate::engine::store_share(&self.store, &session, &stored)?;
                 info!(session = %hex::encode(session.0.as_bytes()), "key share sealed in the TPM; posting the group key");
                 crate::engine::result_op(session, stored.group_public_key)
             }
@@ -1265,9 +1263,13 @@ impl Runtime {
     fn engine_restart(&mut self, queued: &BTreeSet<SessionId>) -> anyhow::Result<()> {
         let store = &self.store;
         let sealed = |sid: &SessionId| -> Option<Vec<u8>> {
-            let b = store.meta(&crate::engine::share_key(sid)).ok()??;
-            let s: crate::engine::StoredShare = dec("stored key share", &b).ok()?;
-            Some(s.group_public_key)
+            match crate::engine::load_share(store, sid) {
+                Ok(s) => s.map(|s| s.group_public_key),
+                Err(e) => {
+                    warn!(error = %e, "reading this party's key share failed");
+                    None
+                }
+            }
         };
         let actions = self.engine.on_restart(&self.machine, &sealed, queued);
         self.engine_actions(actions)?;
