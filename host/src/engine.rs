@@ -194,9 +194,12 @@ pub fn load_share(
 ) -> anyhow::Result<Option<StoredShare>> {
     match store.meta(&share_key(session))? {
         None => Ok(None),
-        Some(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("the stored key share of {} is corrupt: {e}", hex::encode(session.0.as_bytes()))),
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            anyhow::anyhow!(
+                "the stored key share of {} is corrupt: {e}",
+                hex::encode(session.0.as_bytes())
+            )
+        }),
     }
 }
 

@@ -267,6 +267,15 @@ impl SignEngine {
         self.views.get(session)
     }
 
+    /// The earliest block time (ms) at which an open attempt's deadline
+    /// is due (see [`SessionMachine::next_deadline`] for the machine's).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.runs
+            .values()
+            .filter_map(|r| r.open.map(|(_, t0)| t0.saturating_add(r.round_ms)))
+            .min()
+    }
+
     /// Signing sessions being run (for status).
     pub fn running(&self) -> usize {
         self.runs.len()
@@ -644,7 +653,12 @@ fn feed(
     res.unwrap_or_default()
 }
 
-fn emit(sid: SessionId, fault: SignFault, outputs: Vec<mpc::SignOutput>, out: &mut Vec<SignAction>) {
+fn emit(
+    sid: SessionId,
+    fault: SignFault,
+    outputs: Vec<mpc::SignOutput>,
+    out: &mut Vec<SignAction>,
+) {
     for o in outputs {
         match o {
             mpc::SignOutput::NonceUsed { slot, .. } => {

@@ -134,8 +134,11 @@ fn verify_independently(scheme: &str, key_hex: &str, msg: &[u8], sig_hex: &str) 
         _ => {
             use k256::schnorr::signature::hazmat::PrehashVerifier;
             let vk = k256::schnorr::VerifyingKey::from_bytes(&key).unwrap();
-            vk.verify_prehash(msg, &k256::schnorr::Signature::try_from(sig.as_slice()).unwrap())
-                .expect("k256 verifies the BIP-340 signature");
+            vk.verify_prehash(
+                msg,
+                &k256::schnorr::Signature::try_from(sig.as_slice()).unwrap(),
+            )
+            .expect("k256 verifies the BIP-340 signature");
         }
     }
 }
@@ -159,7 +162,13 @@ async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
         // The session's agreed result is the signature.
         let attempts = v["attempts"].as_array().unwrap();
         assert_eq!(attempts.last().unwrap()["outcome"], "signed", "{v}");
-        assert_eq!(attempts.last().unwrap()["signers"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            attempts.last().unwrap()["signers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     // A Taproot key-path signature: the result states the tweaked key it
@@ -174,7 +183,12 @@ async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
     .await;
     let vk = views[0]["verifying_key"].as_str().unwrap();
     assert_ne!(vk, gpk, "the key-path tweak changes the output key");
-    verify_independently("frost-secp256k1-tr", vk, &digest, views[0]["signature"].as_str().unwrap());
+    verify_independently(
+        "frost-secp256k1-tr",
+        vk,
+        &digest,
+        views[0]["signature"].as_str().unwrap(),
+    );
 
     // Bad input is refused with its reason, and recorded.
     let p1 = c.client(1).unwrap();
@@ -216,8 +230,11 @@ async fn roast_signs_despite_a_cheating_and_a_stalling_candidate() {
     let c = TestCluster::provision_attested(N, "byzantine").unwrap();
     c.append_config(3, "[party.engine]\ndev_fault = \"bad_signature_share\"\n")
         .unwrap();
-    c.append_config(4, "[party.engine]\ndev_fault = \"withhold_signature_share\"\n")
-        .unwrap();
+    c.append_config(
+        4,
+        "[party.engine]\ndev_fault = \"withhold_signature_share\"\n",
+    )
+    .unwrap();
     let c = started(c).await;
     let (key, gpk) = keygen(&c, "frost-ed25519", 2).await;
     let (mut saw_culprit, mut saw_suspect) = (false, false);
@@ -227,7 +244,12 @@ async fn roast_signs_despite_a_cheating_and_a_stalling_candidate() {
         let (_, views) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
         let took = t0.elapsed();
         let v = &views[0];
-        verify_independently("frost-ed25519", &gpk, &msg, v["signature"].as_str().unwrap());
+        verify_independently(
+            "frost-ed25519",
+            &gpk,
+            &msg,
+            v["signature"].as_str().unwrap(),
+        );
         let attempts = v["attempts"].as_array().unwrap();
         let mut timeouts = 0;
         for a in attempts {

@@ -386,6 +386,9 @@ pub struct ConsensusDriver {
     /// A block was decided and the host has not yet said what it did to
     /// the log: hold the next height.
     awaiting_app: bool,
+    /// The application's next time-driven deadline (block time, ms): see
+    /// [`ConsensusDriver::set_wake_at`].
+    wake_at: Option<u64>,
 }
 
 impl ConsensusDriver {
@@ -452,6 +455,7 @@ impl ConsensusDriver {
             log_head: restored.log_head,
             log_pending: restored.log_pending,
             awaiting_app: false,
+            wake_at: None,
         };
         while d.recent.len() > recent_cap {
             d.recent.pop_front();
@@ -666,6 +670,16 @@ impl ConsensusDriver {
         }
     }
 
+    /// Tells the driver the application's next time-driven deadline, in
+    /// block time (ms): an approval or session deadline, a round deadline.
+    /// Such a deadline takes effect only in a block whose time reaches it,
+    /// so once this party's clock reaches `at` the driver starts a height
+    /// even with no other work, and an idle cluster still decides the
+    /// (possibly empty) block that applies it. `None`: no deadline.
+    pub fn set_wake_at(&mut self, at: Option<u64>) {
+        self.wake_at = at;
+    }
+
     /// The audit log head the next block must carry.
     pub fn log_head(&self) -> LogHead {
         self.log_head
@@ -714,6 +728,7 @@ impl ConsensusDriver {
 
     fn has_work(&self) -> bool {
         self.log_pending
+            || self.wake_at.is_some_and(|t| self.io.now >= t)
             || !self.evidence_pool.is_empty()
             || self
                 .mempool
@@ -1238,7 +1253,12 @@ impl ConsensusDriver {
                 h.log.size, h.log.root, self.log_head.size, self.log_head.root
             ));
         }
-        if block.batches().is_empty() && block.evidence().is_empty() && !self.log_pending {
+        // An empty block is valid only when it does something: it carries
+        // the last block's audit certificate, or its time passes a deadline
+        // this party's application waits on (see `set_wake_at`).
+        let wakes = self.wake_at.is_some_and(|t| h.time_ms >= t);
+        if block.batches().is_empty() && block.evidence().is_empty() && !self.log_pending && !wakes
+        {
             return Err("empty block".into());
         }
         let mut seqs: BTreeMap<PartyId, u64> = BTreeMap::new();

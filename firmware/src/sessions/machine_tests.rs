@@ -1747,3 +1747,28 @@ fn built_in_schemes_refuse_a_digest_or_tweak_they_cannot_sign() {
     let (_, st) = net.one(1, spec(ed, vec![1; 40], None));
     assert!(!matches!(st, OpStatus::Rejected { .. }), "{st:?}");
 }
+
+#[test]
+fn next_deadline_names_the_earliest_time_driven_change() {
+    let mut net = Net::new(3);
+    assert_eq!(net.m().next_deadline(), None, "nothing waits on time");
+    let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+    let approval = net.m().operation(&op).unwrap().approval.clone().unwrap();
+    assert_eq!(net.m().next_deadline(), Some(approval.deadline_ms + 1));
+    net.approve_all(op, &[1, 2, 3]);
+    let sid = SessionId::from_op(&op);
+    let s = net.m().session(&sid).unwrap().clone();
+    let Phase::Active {
+        round_started_ms, ..
+    } = s.phase
+    else {
+        panic!("approved: {:?}", s.phase)
+    };
+    // Lockstep key generation: its round deadline (30 s) comes before the
+    // session's (120 s).
+    assert_eq!(
+        net.m().next_deadline(),
+        Some(round_started_ms + s.round_ms + 1)
+    );
+    assert!(round_started_ms + s.round_ms < s.deadline_ms);
+}

@@ -704,6 +704,7 @@ impl Runtime {
         }
         rt.post_verdicts()?;
         rt.engine_restart(&sessions_queued)?;
+        rt.set_wake();
         rt.execute(first)?;
         info!(height = tip, state_root = %rt.machine.state_root(), "state restored");
         Ok(rt)
@@ -1035,6 +1036,7 @@ impl Runtime {
         let actions = self.engine.on_block(&self.machine, &outcome.events);
         self.engine_actions(actions)?;
         self.signing_block(h.time_ms, &outcome.events, true)?;
+        self.set_wake();
         let every = self.cfg.file.cluster.attestation_every;
         if self.attest.attests && every > 0 && h.height.0 % every == 0 {
             self.spawn_epoch_record(h.height, block.hash().0);
@@ -1159,6 +1161,16 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Tells the driver when the next deadline falls due, so an idle
+    /// cluster still decides the block that applies it.
+    fn set_wake(&mut self) {
+        let wake = [self.machine.next_deadline(), self.signing.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        self.driver.set_wake_at(wake);
     }
 
     /// Runs the signing sessions' ROAST observers (and, when `live`, their
