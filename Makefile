@@ -16,7 +16,7 @@ TOOLS_DIR := target/tools
 PROMTOOL := $(TOOLS_DIR)/promtool
 SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-venv/bin/schemathesis
 
-.PHONY: all deps tools build test fmt clippy check bench fuzz soak demo netfault package clean
+.PHONY: all deps tools build test fmt clippy check deps-graph bench fuzz soak demo netfault package clean
 
 all: build
 
@@ -69,10 +69,25 @@ fmt:
 clippy: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-## test: the one test command: deps, format, lints with warnings as errors, every test.
+## deps-graph: the TPM-format verifier an auditor builds (quorate-attestation)
+## must not pull in the consensus core: no quorate-firmware, no malachite crate
+## among its normal dependencies (DESIGN.md, Layout). Reads Cargo.lock only.
+deps-graph:
+	@tree=$$($(CARGO) tree --locked -p quorate-attestation -e normal --prefix none) || exit 1; \
+	bad=$$(grep -E '^(quorate-firmware|[a-z0-9_-]*malachite[a-z0-9_-]*) ' <<<"$$tree" | sort -u); \
+	if [ -n "$$bad" ]; then \
+	  echo "deps-graph: quorate-attestation depends on the consensus core through:" >&2; \
+	  echo "$$bad" >&2; \
+	  echo "deps-graph: shared types belong in types/ (quorate-types); see DESIGN.md, Layout" >&2; \
+	  exit 1; \
+	fi; \
+	echo "deps-graph: quorate-attestation: $$(sed "s/ (\*)$$//" <<<"$$tree" | sort -u | wc -l) crates, no quorate-firmware, no malachite"
+
+## test: the one test command: deps, format, lints with warnings as errors,
+## the dependency-graph check, every test.
 ## The long network-fault tests (netfault_long::) are left to `make netfault`;
 ## the shortest one runs here.
-test: deps tools fmt clippy
+test: deps tools fmt deps-graph clippy
 	TSS2_LOG=all+none PROMTOOL=$(CURDIR)/$(PROMTOOL) SCHEMATHESIS=$(CURDIR)/$(SCHEMATHESIS) \
 	  $(CARGO) test --workspace --locked --no-fail-fast -- --skip netfault_long::
 

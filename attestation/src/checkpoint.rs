@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use crate::pcr::PcrIndex;
     use proptest::prelude::*;
-    use quorate_firmware::types::Sha256Digest;
+    use quorate_types::Sha256Digest;
 
     fn sample() -> CheckpointQuote {
         CheckpointQuote {

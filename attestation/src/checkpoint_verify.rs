@@ -26,7 +26,7 @@ use crate::policy::{Policy, PolicyError};
 use crate::tpm::{KeyError, TpmtPublic};
 use crate::verify::{check_pcr_digest, signed_attest, AttestationError, Hex, Structure};
 use crate::wire::{AlgId, ParseError};
-use quorate_firmware::types::Sha256Digest;
+use quorate_types::Sha256Digest;
 
 /// What a verified checkpoint quote establishes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,7 +220,7 @@ pub fn verify_checkpoint_quote_signature(
             found: attest.attest_type,
         }));
     };
-    if !quorate_firmware::crypto::ct_eq(qualifying_data.as_bytes(), &attest.extra_data) {
+    if !quorate_types::ct_eq(qualifying_data.as_bytes(), &attest.extra_data) {
         return Err(E::QualifyingDataMismatch {
             expected: Hex(qualifying_data.as_bytes().to_vec()),
             found: Hex(attest.extra_data.clone()),

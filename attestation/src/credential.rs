@@ -672,7 +672,7 @@ mod tests {
         let signing = TpmtPublic::new_p256_signing(
             ObjectAttributes::SIGN | ObjectAttributes::FIXED_TPM,
             &[],
-            &quorate_firmware::crypto::PublicKey(p.as_bytes().try_into().unwrap()),
+            &quorate_types::PublicKey(p.as_bytes().try_into().unwrap()),
         )
         .unwrap();
         assert!(matches!(

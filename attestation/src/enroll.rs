@@ -192,7 +192,7 @@ impl PendingEnrollment {
     /// Checks the party's answer (the credential its TPM recovered) and
     /// returns the verifier state that pins its AK.
     pub fn complete(&self, answer: &[u8]) -> Result<VerifierState, EnrollError> {
-        if !quorate_firmware::crypto::ct_eq(&self.credential, answer) {
+        if !quorate_types::ct_eq(&self.credential, answer) {
             return Err(EnrollError::WrongAnswer {
                 ak_name: self.ak_name.clone(),
             });
@@ -277,7 +277,7 @@ mod tests {
     use crate::soft::SoftTpm;
     use crate::verify::verify;
     use crate::{Freshness, PcrIndex};
-    use quorate_firmware::types::Sha256Digest;
+    use quorate_types::Sha256Digest;
     use ring::rand::SystemRandom;
 
     macro_rules! vector {

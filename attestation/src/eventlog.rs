@@ -16,7 +16,7 @@
 
 use crate::pcr::{extend_sha256, PcrIndex, PCR_COUNT};
 use crate::wire::{AlgId, ParseError, Reader};
-use quorate_firmware::types::Sha256Digest;
+use quorate_types::Sha256Digest;
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -3,7 +3,7 @@
 
 use crate::pcr::PcrValue;
 use crate::tpm::TpmName;
-use quorate_firmware::types::{Epoch, Sha256Digest};
+use quorate_types::{Epoch, Sha256Digest};
 use serde::{Deserialize, Serialize};
 
 /// Version of the evidence encoding this crate writes and reads.

@@ -17,7 +17,6 @@ pub mod ekcert;
 pub mod enroll;
 pub mod eventlog;
 pub mod evidence;
-pub mod measurement;
 pub mod pcr;
 pub mod policy;
 #[cfg(any(test, feature = "soft-tpm"))]

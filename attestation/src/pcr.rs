@@ -2,7 +2,7 @@
 //! the PolicyPCR policy digest computed in software.
 
 use crate::wire::{AlgId, ParseError, Reader, Writer};
-use quorate_firmware::types::Sha256Digest;
+use quorate_types::Sha256Digest;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -20,7 +20,7 @@
 
 use crate::ekcert::certificates_from_text;
 use crate::pcr::PcrIndex;
-use quorate_firmware::types::Sha256Digest;
+use quorate_types::Sha256Digest;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 

@@ -14,8 +14,7 @@ use crate::pcr::{
     extend_sha256, measurement_policy, pcr_composite_digest, PcrIndex, PcrSelection, PcrValue,
 };
 use crate::tpm::{ObjectAttributes, TpmName, TpmSignature, TpmtPublic};
-use quorate_firmware::crypto::{PublicKey, Signature};
-use quorate_firmware::types::Sha256Digest;
+use quorate_types::{PublicKey, Sha256Digest, Signature};
 use ring::rand::SecureRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::collections::BTreeMap;

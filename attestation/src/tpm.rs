@@ -7,7 +7,7 @@
 //! and reject trailing bytes, so one byte string has one meaning.
 
 use crate::wire::{to_hex, AlgId, ParseError, Reader, Writer};
-use quorate_firmware::crypto::{PublicKey, Signature};
+use quorate_types::{PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

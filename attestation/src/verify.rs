@@ -49,8 +49,7 @@ use crate::tpm::{
     TpmtPublic,
 };
 use crate::wire::{to_hex, AlgId, ParseError};
-use quorate_firmware::crypto::PublicKey;
-use quorate_firmware::types::Sha256Digest;
+use quorate_types::{PublicKey, Sha256Digest};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -537,7 +536,7 @@ pub fn verify_at(
 
     // 5. Qualifying data.
     let expected_qd = qualifying_data(freshness, &evidence.tls_key_hash, vote.name());
-    if !quorate_firmware::crypto::ct_eq(expected_qd.as_bytes(), &quote.extra_data) {
+    if !quorate_types::ct_eq(expected_qd.as_bytes(), &quote.extra_data) {
         return Err(E::QualifyingDataMismatch {
             expected: Hex(expected_qd.as_bytes().to_vec()),
             found: Hex(quote.extra_data.clone()),
@@ -673,7 +672,7 @@ pub fn verify_at(
     })?;
     let measurement = quoted(mpcr).unwrap_or_default();
     let expected_policy = measurement_policy(mpcr, &measurement);
-    if !quorate_firmware::crypto::ct_eq(expected_policy.as_bytes(), vote.auth_policy()) {
+    if !quorate_types::ct_eq(expected_policy.as_bytes(), vote.auth_policy()) {
         return Err(E::VoteKeyPolicyMismatch {
             expected: Hex(expected_policy.as_bytes().to_vec()),
             found: Hex(vote.auth_policy().to_vec()),
@@ -718,7 +717,7 @@ pub fn verify_at(
 pub(crate) fn check_pcr_digest(values: &[PcrValue], pcr_digest: &[u8]) -> Result<(), (Hex, Hex)> {
     let values: Vec<Sha256Digest> = values.iter().map(|v| v.value).collect();
     let composite = pcr_composite_digest(&values);
-    if quorate_firmware::crypto::ct_eq(composite.as_bytes(), pcr_digest) {
+    if quorate_types::ct_eq(composite.as_bytes(), pcr_digest) {
         Ok(())
     } else {
         Err((Hex(composite.as_bytes().to_vec()), Hex(pcr_digest.to_vec())))
@@ -955,7 +954,7 @@ mod tests {
     use crate::policy::{HexDigest, RequiredPcr};
     use crate::soft::{SoftTpm, SOFT_AK_ATTRIBUTES, SOFT_VOTE_ATTRIBUTES};
     use crate::wire::AlgId;
-    use quorate_firmware::types::Epoch;
+    use quorate_types::Epoch;
     use ring::rand::SystemRandom;
 
     const PCR: PcrIndex = PcrIndex::DEFAULT_MEASUREMENT;

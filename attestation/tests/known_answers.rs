@@ -14,7 +14,7 @@ use quorate_attestation::attest::{
 use quorate_attestation::ekcert::verify_ek_chain;
 use quorate_attestation::pcr::pcr_composite_digest;
 use quorate_attestation::*;
-use quorate_firmware::types::Sha256Digest;
+use quorate_types::Sha256Digest;
 
 macro_rules! vector {
     ($name:literal) => {

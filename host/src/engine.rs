@@ -51,7 +51,9 @@ pub struct EngineConfig {
     pub schemes: Vec<String>,
     /// Development only (ignored unless `[party] dev = true`): misbehave on
     /// purpose, to show blame working. `bad_share_to:N` deals party N a
-    /// corrupted (but well-encrypted) DKG share.
+    /// corrupted (but well-encrypted) DKG share; `bad_signature_share`
+    /// corrupts every signature share this party posts when signing;
+    /// `withhold_signature_share` posts commitments but never a share.
     #[serde(default)]
     pub dev_fault: Option<String>,
 }
@@ -80,7 +82,7 @@ pub enum EngineConfigError {
     #[error("[party.engine] schemes: `{0}` is not a built-in scheme (use frost-ed25519 or frost-secp256k1-tr; other schemes need an external engine)")]
     UnknownScheme(String),
     /// A `dev_fault` that does not parse.
-    #[error("[party.engine] dev_fault: `{0}` is not understood (expected bad_share_to:N)")]
+    #[error("[party.engine] dev_fault: `{0}` is not understood (expected bad_share_to:N, bad_signature_share or withhold_signature_share)")]
     BadFault(String),
 }
 
@@ -101,6 +103,9 @@ impl EngineConfig {
         let Some(f) = &self.dev_fault else {
             return Ok(None);
         };
+        if f == BAD_SIGNATURE_SHARE || f == WITHHOLD_SIGNATURE_SHARE {
+            return Ok(None);
+        }
         let to = f
             .strip_prefix("bad_share_to:")
             .and_then(|n| n.parse::<u16>().ok())
@@ -111,6 +116,40 @@ impl EngineConfig {
             return Ok(None);
         }
         Ok(Some(mpc::DkgFault::BadShareTo(mpc::PartyId(to))))
+    }
+}
+
+const BAD_SIGNATURE_SHARE: &str = "bad_signature_share";
+const WITHHOLD_SIGNATURE_SHARE: &str = "withhold_signature_share";
+
+/// How a party misbehaves when signing, on purpose (dev mode only), to
+/// show ROAST working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignFault {
+    /// Signs honestly.
+    #[default]
+    None,
+    /// Corrupts every signature share it posts: the share fails
+    /// verification and the party is named with the share as proof.
+    CorruptShares,
+    /// Posts its commitments but never a signature share: a stalling
+    /// signer, suspected at the attempt's deadline.
+    WithholdShares,
+}
+
+impl EngineConfig {
+    /// The signing dev fault (only in dev mode).
+    pub fn sign_fault(&self, dev: bool) -> SignFault {
+        let fault = match self.dev_fault.as_deref() {
+            Some(BAD_SIGNATURE_SHARE) => SignFault::CorruptShares,
+            Some(WITHHOLD_SIGNATURE_SHARE) => SignFault::WithholdShares,
+            _ => return SignFault::None,
+        };
+        if !dev {
+            warn!("[party.engine] dev_fault is ignored: this party is not in dev mode");
+            return SignFault::None;
+        }
+        fault
     }
 }
 
@@ -132,6 +171,36 @@ pub struct StoredShare {
 /// The store key under which a session's sealed share is kept.
 pub fn share_key(session: &SessionId) -> String {
     format!("mpc/share/{}", hex::encode(session.0.as_bytes()))
+}
+
+/// Stores this party's sealed share of the key made by `session`.
+///
+/// Encoded as JSON, not postcard: [`SealedBlob`]'s authorisation is an
+/// internally tagged enum, which postcard cannot decode (an earlier
+/// postcard encoding was written but could never be read back).
+pub fn store_share(
+    store: &crate::store::Store,
+    session: &SessionId,
+    share: &StoredShare,
+) -> anyhow::Result<()> {
+    store.set_meta(&share_key(session), &serde_json::to_vec(share)?)?;
+    Ok(())
+}
+
+/// This party's sealed share of the key made by `session`, if it holds one.
+pub fn load_share(
+    store: &crate::store::Store,
+    session: &SessionId,
+) -> anyhow::Result<Option<StoredShare>> {
+    match store.meta(&share_key(session))? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            anyhow::anyhow!(
+                "the stored key share of {} is corrupt: {e}",
+                hex::encode(session.0.as_bytes())
+            )
+        }),
+    }
 }
 
 /// What the daemon must do for the engine.
@@ -230,7 +299,7 @@ fn digest_of(m: &mpc::RoundMessage) -> [u8; 32] {
     out
 }
 
-fn message_op(session: SessionId, round: u32, m: mpc::RoundMessage) -> OpBody {
+pub(crate) fn message_op(session: SessionId, round: u32, m: mpc::RoundMessage) -> OpBody {
     OpBody::SessionMessage(SessionMessage {
         session,
         round,
@@ -246,7 +315,7 @@ fn message_op(session: SessionId, round: u32, m: mpc::RoundMessage) -> OpBody {
     })
 }
 
-fn abort_op(session: SessionId, text: String) -> OpBody {
+pub(crate) fn abort_op(session: SessionId, text: String) -> OpBody {
     let mut text = text;
     text.truncate(quorate_firmware::sessions::ops::MAX_TEXT_BYTES);
     OpBody::AbortSession(AbortSession {
@@ -555,5 +624,44 @@ impl BlameJudge for MpcJudge {
             Ok(mpc::BlameVerdict::FalseAccusation) => Ok(BlameFinding::FalseAccusation),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::tpm::KeyAuth;
+
+    #[test]
+    fn a_stored_share_reads_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let sid = SessionId(quorate_firmware::types::Sha256Digest::of(b"keygen"));
+        let share = StoredShare {
+            scheme: "frost-ed25519".into(),
+            sealed: SealedBlob {
+                public: vec![1, 2, 3],
+                private: vec![4, 5],
+                auth: KeyAuth::PolicyPcr {
+                    pcr: 15,
+                    digest: [7; 32],
+                },
+            },
+            public: vec![9; 40],
+            group_public_key: vec![8; 32],
+        };
+        {
+            let store = crate::store::Store::open(dir.path(), "party 1").unwrap();
+            assert!(load_share(&store, &sid).unwrap().is_none());
+            store_share(&store, &sid, &share).unwrap();
+        }
+        let store = crate::store::Store::open(dir.path(), "party 1").unwrap();
+        let back = load_share(&store, &sid).unwrap().unwrap();
+        assert_eq!(back.sealed, share.sealed);
+        assert_eq!(back.public, share.public);
+        assert_eq!(back.group_public_key, share.group_public_key);
+        // A damaged record is an error, not "no share".
+        store.set_meta(&share_key(&sid), b"{not json").unwrap();
+        assert!(load_share(&store, &sid).is_err());
     }
 }

@@ -15,6 +15,7 @@
 //! - [`api`], [`api_tls`], [`client`]: the party's local HTTP API, its optional TLS, and its client.
 //! - [`dev`]: `quorate dev`, a local cluster in one command.
 //! - [`audit`]: `quorate audit export` / `verify`: the audit bundle and its offline check.
+//! - [`measurement`]: the measurement an attestation record claims, for the audit ledger.
 
 pub mod api;
 pub mod api_tls;
@@ -31,7 +32,9 @@ pub mod fsutil;
 pub mod init;
 pub mod launch;
 pub mod measure;
+pub mod measurement;
 pub mod net;
 pub mod sign_watch;
+pub mod signing;
 pub mod store;
 pub mod tpm;

@@ -33,6 +33,11 @@ use std::sync::Arc;
 /// Domain tag of the state root.
 pub const STATE_ROOT_DOMAIN: &[u8] = b"quorate/sessions/state-root/v1";
 
+/// The built-in engine's Ed25519 scheme label (signs the given bytes).
+pub const SCHEME_ED25519: &str = "frost-ed25519";
+/// The built-in engine's BIP-340 scheme label (signs a 32-byte digest).
+pub const SCHEME_SECP256K1_TR: &str = "frost-secp256k1-tr";
+
 /// Longest message digest a signing session accepts, in bytes.
 pub const MAX_DIGEST_BYTES: usize = 64;
 
@@ -337,6 +342,21 @@ pub enum RuleViolation {
     /// Message digest empty or too long.
     #[error("message digest of {0} bytes is not within 1..=64")]
     BadDigest(usize),
+    /// A message digest whose length the key's scheme cannot sign
+    /// (`frost-secp256k1-tr` signs BIP-340 over exactly 32 bytes).
+    #[error("scheme {scheme} signs a {expected}-byte digest, not {len} bytes")]
+    DigestLengthForScheme {
+        /// The key's scheme.
+        scheme: String,
+        /// The digest's length.
+        len: usize,
+        /// The length the scheme signs.
+        expected: usize,
+    },
+    /// A taproot tweak requested for a key whose scheme has none
+    /// (`frost-ed25519`).
+    #[error("scheme {0} has no taproot tweak")]
+    TaprootForScheme(String),
     /// Free text too long.
     #[error("reason text exceeds {MAX_TEXT_BYTES} bytes")]
     TextTooLong,
@@ -1429,6 +1449,18 @@ impl SessionMachine {
                     if root.len() != 32 {
                         return Err(RuleViolation::BadMerkleRoot(root.len()));
                     }
+                }
+                // The built-in schemes' own rules, so such a session is
+                // refused when created rather than aborted by every engine.
+                if key.scheme == SCHEME_SECP256K1_TR && s.message_digest.len() != 32 {
+                    return Err(RuleViolation::DigestLengthForScheme {
+                        scheme: key.scheme.clone(),
+                        len: s.message_digest.len(),
+                        expected: 32,
+                    });
+                }
+                if key.scheme == SCHEME_ED25519 && s.taproot.is_some() {
+                    return Err(RuleViolation::TaprootForScheme(key.scheme.clone()));
                 }
                 (ps, key.threshold, key.scheme.clone())
             }

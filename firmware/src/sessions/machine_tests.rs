@@ -116,8 +116,26 @@ impl Net {
     /// Runs a key generation among `participants` to completion with
     /// group key `pk`; returns the key id.
     pub fn completed_keygen(&mut self, participants: &[u32], t: u16, pk: &[u8]) -> KeyId {
+        self.completed_keygen_with(participants, t, pk, "frost-secp256k1")
+    }
+
+    /// [`Net::completed_keygen`] of a key of `scheme`.
+    pub fn completed_keygen_with(
+        &mut self,
+        participants: &[u32],
+        t: u16,
+        pk: &[u8],
+        scheme: &str,
+    ) -> KeyId {
         let all: Vec<u32> = (1..=self.machines.len() as u32).collect();
-        let (op, _) = self.one(participants[0], keygen(participants, t));
+        let mut create = keygen(participants, t);
+        if let OpBody::CreateSession(CreateSession {
+            session: SessionSpec::Keygen(k),
+        }) = &mut create
+        {
+            k.scheme = scheme.into();
+        }
+        let (op, _) = self.one(participants[0], create);
         self.approve_all(op, &all);
         let sid = SessionId::from_op(&op);
         let b: Vec<_> = participants
@@ -1703,4 +1721,69 @@ fn a_signing_session_with_a_bad_taproot_root_is_refused() {
         }),
     );
     assert_eq!(rule(&st), &RuleViolation::BadMerkleRoot(31));
+}
+
+#[test]
+fn built_in_schemes_refuse_a_digest_or_tweak_they_cannot_sign() {
+    let mut net = Net::new(3);
+    let tr = net.completed_keygen_with(&[1, 2, 3], 2, b"GPK-TR", "frost-secp256k1-tr");
+    let ed = net.completed_keygen_with(&[1, 2, 3], 2, b"GPK-ED", "frost-ed25519");
+    let spec = |key, digest: Vec<u8>, taproot| {
+        let OpBody::CreateSession(CreateSession {
+            session: SessionSpec::Signing(mut spec),
+        }) = signing(key, &[1, 2, 3])
+        else {
+            panic!("signing() builds a signing session")
+        };
+        spec.message_digest = Blob(digest);
+        spec.taproot = taproot;
+        OpBody::CreateSession(CreateSession {
+            session: SessionSpec::Signing(spec),
+        })
+    };
+    let (_, st) = net.one(1, spec(tr, vec![1; 31], None));
+    assert_eq!(
+        rule(&st),
+        &RuleViolation::DigestLengthForScheme {
+            scheme: "frost-secp256k1-tr".into(),
+            len: 31,
+            expected: 32
+        }
+    );
+    let tweak = Some(crate::sessions::ops::TaprootSpec { merkle_root: None });
+    let (_, st) = net.one(1, spec(ed, vec![1; 40], tweak.clone()));
+    assert_eq!(
+        rule(&st),
+        &RuleViolation::TaprootForScheme("frost-ed25519".into())
+    );
+    // What each scheme signs is accepted.
+    let (_, st) = net.one(1, spec(tr, vec![1; 32], tweak));
+    assert!(!matches!(st, OpStatus::Rejected { .. }), "{st:?}");
+    let (_, st) = net.one(1, spec(ed, vec![1; 40], None));
+    assert!(!matches!(st, OpStatus::Rejected { .. }), "{st:?}");
+}
+
+#[test]
+fn next_deadline_names_the_earliest_time_driven_change() {
+    let mut net = Net::new(3);
+    assert_eq!(net.m().next_deadline(), None, "nothing waits on time");
+    let (op, _) = net.one(1, keygen(&[1, 2, 3], 2));
+    let approval = net.m().operation(&op).unwrap().approval.clone().unwrap();
+    assert_eq!(net.m().next_deadline(), Some(approval.deadline_ms + 1));
+    net.approve_all(op, &[1, 2, 3]);
+    let sid = SessionId::from_op(&op);
+    let s = net.m().session(&sid).unwrap().clone();
+    let Phase::Active {
+        round_started_ms, ..
+    } = s.phase
+    else {
+        panic!("approved: {:?}", s.phase)
+    };
+    // Lockstep key generation: its round deadline (30 s) comes before the
+    // session's (120 s).
+    assert_eq!(
+        net.m().next_deadline(),
+        Some(round_started_ms + s.round_ms + 1)
+    );
+    assert!(round_started_ms + s.round_ms < s.deadline_ms);
 }

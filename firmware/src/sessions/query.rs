@@ -108,6 +108,34 @@ impl SessionMachine {
         self.state().keys.values()
     }
 
+    /// The earliest block time (ms) at which a block changes something
+    /// by time alone: a pending operation's approval deadline, an open
+    /// session's overall deadline, or a lockstep session's round deadline
+    /// (each passes at the first millisecond after it). `None` when
+    /// nothing waits on time. Costs one pass over the pending operations
+    /// and open sessions, not over history.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let st = self.state();
+        let approvals = st
+            .pending
+            .iter()
+            .filter_map(|id| st.ops.get(id)?.approval.as_ref().map(|a| a.deadline_ms));
+        let sessions = st.open_sessions.iter().filter_map(|sid| {
+            let s = st.sessions.get(sid)?;
+            match s.phase {
+                Phase::Active {
+                    round_started_ms, ..
+                } if !s.has_open_rounds() => Some(
+                    s.deadline_ms
+                        .min(round_started_ms.saturating_add(s.round_ms)),
+                ),
+                Phase::Active { .. } => Some(s.deadline_ms),
+                _ => None,
+            }
+        });
+        approvals.chain(sessions).min().map(|t| t.saturating_add(1))
+    }
+
     /// Operations awaiting `party`'s verdict (it votes on them and has not
     /// posted one), in decided order.
     pub fn awaiting_verdict_from(&self, party: PartyId) -> Vec<OpId> {

@@ -34,8 +34,8 @@
 
 use super::bundle::{BundleBlock, BundleError, BundleHeader, BundleReader, Section};
 use crate::init::Enrollment;
+use crate::measurement::measurement_of_evidence;
 use quorate_attestation::evidence::Freshness;
-use quorate_attestation::measurement::measurement_of_evidence;
 use quorate_attestation::policy::Policy;
 use quorate_firmware::audit::checkpoint::{origin_for, quote_key_id, Checkpoint, NoteSignature};
 use quorate_firmware::audit::entry::{AuditEntry, BlockRef, Measurement, OperationEntry};
@@ -386,6 +386,7 @@ impl HostChecker {
                 // session machine's deadlines, which the verifier does not
                 // replay; an empty block changes no history.
                 log_pending: None,
+                wake_at: None,
             },
             &block,
         )

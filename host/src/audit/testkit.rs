@@ -13,8 +13,8 @@
 use super::bundle::{BundleBlock, BundleHeader, BundleWriter, Section};
 use super::check::{verify_bundle, Verification};
 use crate::init::{EnrolledKey, Enrollment};
+use crate::measurement::EvidenceMeasurements;
 use quorate_attestation::evidence::Freshness;
-use quorate_attestation::measurement::EvidenceMeasurements;
 use quorate_attestation::pcr::{measurement_policy, PcrIndex};
 use quorate_attestation::policy::Policy;
 use quorate_attestation::soft::{SoftTpm, SOFT_VOTE_ATTRIBUTES};

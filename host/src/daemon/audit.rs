@@ -545,7 +545,7 @@ impl AuditLog {
         outcome: &BlockOutcome,
         state: &State,
     ) -> Result<(usize, Option<Checkpoint>), AuditError> {
-        let source = quorate_attestation::measurement::EvidenceMeasurements;
+        let source = crate::measurement::EvidenceMeasurements;
         let step = self.ledger.on_decided(block, outcome, state, &source)?;
         if !step.encoded.is_empty() {
             store.append_log(step.first, &step.encoded, &step.nodes)?;

@@ -482,6 +482,10 @@ struct Runtime {
     engine: crate::engine::Engine,
     seal_tx: mpsc::UnboundedSender<(SessionId, Result<crate::engine::StoredShare, String>)>,
     seal_rx: mpsc::UnboundedReceiver<(SessionId, Result<crate::engine::StoredShare, String>)>,
+    /// The built-in engine's signing sessions (ROAST).
+    signing: crate::signing::SignEngine,
+    unseal_tx: mpsc::UnboundedSender<(SessionId, UnsealResult)>,
+    unseal_rx: mpsc::UnboundedReceiver<(SessionId, UnsealResult)>,
     /// The start-up double-sign check (ADR-051).
     sign_watch: crate::sign_watch::DoubleSignWatch,
     /// Sign requests held back while it watches, signed when it ends.
@@ -523,6 +527,9 @@ fn start_watch(
     }
     w
 }
+
+/// A share unsealed for signing: the secret and its stored record.
+type UnsealResult = Result<(zeroize::Zeroizing<Vec<u8>>, crate::engine::StoredShare), String>;
 
 impl Runtime {
     #[allow(clippy::too_many_arguments)]
@@ -587,6 +594,13 @@ impl Runtime {
             engine_cfg.parsed_fault(cfg.file.party.dev)?,
         );
         let (seal_tx, seal_rx) = mpsc::unbounded_channel();
+        let signing = crate::signing::SignEngine::new(
+            me,
+            cfg.cluster_id,
+            engine_cfg.parsed_schemes()?,
+            engine_cfg.sign_fault(cfg.file.party.dev),
+        );
+        let (unseal_tx, unseal_rx) = mpsc::unbounded_channel();
         // An empty value means "none in flight" (cleared when decided).
         let in_flight: Option<InFlight> = match store.meta("in_flight")? {
             Some(b) if !b.is_empty() => Some(dec("in-flight batch", &b)?),
@@ -633,6 +647,9 @@ impl Runtime {
             engine,
             seal_tx,
             seal_rx,
+            signing,
+            unseal_tx,
+            unseal_rx,
             sign_watch,
             withheld: Vec::new(),
         };
@@ -641,7 +658,9 @@ impl Runtime {
             for sb in rt.store.decided_range(h, 256)? {
                 let block = Block::from_bytes(&sb.block)
                     .map_err(|e| anyhow!("stored block {} is corrupt: {e}", sb.height))?;
-                rt.apply(&block, true)?;
+                let outcome = rt.apply(&block, true)?;
+                // The ROAST observers catch up (nothing is posted).
+                rt.signing_block(block.header().time_ms, &outcome.events, false)?;
                 h = sb.height + 1;
             }
         }
@@ -685,6 +704,7 @@ impl Runtime {
         }
         rt.post_verdicts()?;
         rt.engine_restart(&sessions_queued)?;
+        rt.set_wake();
         rt.execute(first)?;
         info!(height = tip, state_root = %rt.machine.state_root(), "state restored");
         Ok(rt)
@@ -751,6 +771,10 @@ impl Runtime {
                 },
                 Some((seq, res)) = self.batch_rx.recv() => self.batch_signed(seq, res)?,
                 Some((session, res)) = self.seal_rx.recv() => self.share_sealed(session, res)?,
+                Some((session, res)) = self.unseal_rx.recv() => {
+                    let actions = self.signing.share_unsealed(session, res);
+                    self.signing_actions(actions)?;
+                }
                 Some((size, res)) = self.issuer.rx.recv() => self.checkpoint_signed(size, res)?,
                 Some((h, res)) = self.record_rx.recv() => match res {
                     Ok(evidence) => {
@@ -1017,6 +1041,8 @@ impl Runtime {
         info!(height = h.height.0, ops = outcome.ops.len(), root = %outcome.state_root, "decided");
         let actions = self.engine.on_block(&self.machine, &outcome.events);
         self.engine_actions(actions)?;
+        self.signing_block(h.time_ms, &outcome.events, true)?;
+        self.set_wake();
         let every = self.cfg.file.cluster.attestation_every;
         if self.attest.attests && every > 0 && h.height.0 % every == 0 {
             self.spawn_epoch_record(h.height, block.hash().0);
@@ -1143,6 +1169,88 @@ impl Runtime {
         Ok(())
     }
 
+    /// Tells the driver when the next deadline falls due, so an idle
+    /// cluster still decides the block that applies it.
+    fn set_wake(&mut self) {
+        let wake = [self.machine.next_deadline(), self.signing.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        self.driver.set_wake_at(wake);
+    }
+
+    /// Runs the signing sessions' ROAST observers (and, when `live`, their
+    /// signers) over a decided block.
+    fn signing_block(
+        &mut self,
+        time_ms: u64,
+        events: &[quorate_firmware::sessions::machine::Event],
+        live: bool,
+    ) -> anyhow::Result<()> {
+        let store = &self.store;
+        let stored = |key: &quorate_firmware::sessions::ops::KeyId| {
+            crate::engine::load_share(store, &key.session()).unwrap_or_else(|e| {
+                warn!(error = %e, "reading this party's key share failed");
+                None
+            })
+        };
+        let actions = self
+            .signing
+            .on_block(&self.machine, time_ms, events, &stored, live);
+        if live {
+            self.signing_actions(actions)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out the signing engine's actions, in order: a "nonce used"
+    /// record is written before the share that used it is queued.
+    fn signing_actions(&mut self, actions: Vec<crate::signing::SignAction>) -> anyhow::Result<()> {
+        for a in actions {
+            match a {
+                crate::signing::SignAction::Submit(body) => {
+                    self.queue(body)?;
+                }
+                crate::signing::SignAction::NonceUsed { session, slot } => {
+                    let key = crate::signing::nonce_used_key(&session);
+                    let mut used: BTreeSet<u32> = match self.store.meta(&key)? {
+                        Some(b) => dec("used nonces", &b)?,
+                        None => BTreeSet::new(),
+                    };
+                    used.insert(slot);
+                    self.store.set_meta(&key, &enc(&used)?)?;
+                }
+                crate::signing::SignAction::Unseal { session, sealed } => {
+                    let tpm = self.tpm.clone();
+                    let tx = self.unseal_tx.clone();
+                    let store = &self.store;
+                    let Some(stored) = self
+                        .machine
+                        .session(&session)
+                        .and_then(|s| match &s.spec {
+                            quorate_firmware::sessions::ops::SessionSpec::Signing(sp) => {
+                                Some(sp.key.session())
+                            }
+                            _ => None,
+                        })
+                        .and_then(|k| crate::engine::load_share(store, &k).ok()?)
+                    else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let res = tpm
+                            .unseal(sealed)
+                            .await
+                            .map(|secret| (secret, stored))
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send((session, res));
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A key share is sealed: store it, then post the group key as this
     /// party's result (in that order, so a completed key always has its
     /// share here).
@@ -1153,8 +1261,7 @@ impl Runtime {
     ) -> anyhow::Result<()> {
         let body = match res {
             Ok(stored) => {
-                self.store
-                    .set_meta(&crate::engine::share_key(&session), &enc(&stored)?)?;
+                crate::engine::store_share(&self.store, &session, &stored)?;
                 info!(session = %hex::encode(session.0.as_bytes()), "key share sealed in the TPM; posting the group key");
                 crate::engine::result_op(session, stored.group_public_key)
             }
@@ -1174,12 +1281,18 @@ impl Runtime {
     fn engine_restart(&mut self, queued: &BTreeSet<SessionId>) -> anyhow::Result<()> {
         let store = &self.store;
         let sealed = |sid: &SessionId| -> Option<Vec<u8>> {
-            let b = store.meta(&crate::engine::share_key(sid)).ok()??;
-            let s: crate::engine::StoredShare = dec("stored key share", &b).ok()?;
-            Some(s.group_public_key)
+            match crate::engine::load_share(store, sid) {
+                Ok(s) => s.map(|s| s.group_public_key),
+                Err(e) => {
+                    warn!(error = %e, "reading this party's key share failed");
+                    None
+                }
+            }
         };
         let actions = self.engine.on_restart(&self.machine, &sealed, queued);
-        self.engine_actions(actions)
+        self.engine_actions(actions)?;
+        let actions = self.signing.on_restart(&self.machine, queued);
+        self.signing_actions(actions)
     }
 
     /// Queues this party's verdict on every operation awaiting it.
@@ -1476,6 +1589,16 @@ impl Runtime {
             if let Some((gpk, key)) = crate::engine::key_view(&self.machine, s) {
                 m.insert("group_public_key".into(), gpk.into());
                 m.insert("key".into(), key.into());
+            }
+            if let Some(sv) = self.signing.view(&sid) {
+                if let Some(sig) = &sv.signature {
+                    m.insert("signature".into(), sig.clone().into());
+                }
+                if let Some(vk) = &sv.verifying_key {
+                    m.insert("verifying_key".into(), vk.clone().into());
+                }
+                m.insert("roast".into(), serde_json::to_value(sv).ok()?);
+                m.insert("attempts".into(), serde_json::to_value(&sv.attempts).ok()?);
             }
             m.insert("phase_label".into(), s.phase.label().into());
             m.insert(

@@ -442,6 +442,9 @@ pub struct ConsensusDriver {
     /// A block was decided and the host has not yet said what it did to
     /// the log: hold the next height.
     awaiting_app: bool,
+    /// The application's next time-driven deadline (block time, ms): see
+    /// [`ConsensusDriver::set_wake_at`].
+    wake_at: Option<u64>,
 }
 
 impl ConsensusDriver {
@@ -508,6 +511,7 @@ impl ConsensusDriver {
             log_head: restored.log_head,
             log_pending: restored.log_pending,
             awaiting_app: false,
+            wake_at: None,
         };
         while d.recent.len() > recent_cap {
             d.recent.pop_front();
@@ -745,6 +749,16 @@ impl ConsensusDriver {
         }
     }
 
+    /// Tells the driver the application's next time-driven deadline, in
+    /// block time (ms): an approval or session deadline, a round deadline.
+    /// Such a deadline takes effect only in a block whose time reaches it,
+    /// so once this party's clock reaches `at` the driver starts a height
+    /// even with no other work, and an idle cluster still decides the
+    /// (possibly empty) block that applies it. `None`: no deadline.
+    pub fn set_wake_at(&mut self, at: Option<u64>) {
+        self.wake_at = at;
+    }
+
     /// The audit log head the next block must carry.
     pub fn log_head(&self) -> LogHead {
         self.log_head
@@ -794,10 +808,14 @@ impl ConsensusDriver {
     }
 
     /// Whether there is something to decide: a ready batch (a parked one,
-    /// whose predecessor is missing, is not work), evidence, or audit
-    /// entries awaiting a carrier block.
+    /// whose predecessor is missing, is not work), evidence, audit entries
+    /// awaiting a carrier block, or an application deadline our clock has
+    /// reached ([`ConsensusDriver::set_wake_at`]).
     fn has_work(&self) -> bool {
-        self.log_pending || !self.evidence_pool.is_empty() || self.mempool.has_ready(&self.chain)
+        self.log_pending
+            || self.wake_at.is_some_and(|t| self.io.now >= t)
+            || !self.evidence_pool.is_empty()
+            || self.mempool.has_ready(&self.chain)
     }
 
     fn maybe_start_height(&mut self) -> Result<(), Refusal> {

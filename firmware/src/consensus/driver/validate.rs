@@ -71,6 +71,11 @@ pub struct Parent<'a> {
     /// Whether the parent's entries await its canonical certificate (then
     /// an empty block is a valid carrier); `None` where it is not known.
     pub log_pending: Option<bool>,
+    /// The application's next time-driven deadline (block time, ms; see
+    /// `ConsensusDriver::set_wake_at`): an empty block whose time reaches
+    /// it is a valid carrier of that deadline. `None`: no deadline, or not
+    /// known (then `log_pending` is `None` too).
+    pub wake_at: Option<u64>,
 }
 
 /// Why a block is invalid: each is a fault of the block's proposer (or of
@@ -162,8 +167,9 @@ pub enum InvalidBlock {
         got: LogHead,
     },
     /// Nothing to decide: no batch, no evidence, no entries awaiting a
-    /// certificate (no empty blocks while idle).
-    #[error("empty block: no batch, no evidence and no audit entries awaiting a certificate")]
+    /// certificate, no application deadline reached (no empty blocks while
+    /// idle).
+    #[error("empty block: no batch, no evidence, no audit entries awaiting a certificate and no deadline reached")]
     Empty,
     /// A batch breaks the batch rules ([`check_batch`]).
     #[error("batch {index} (by {author} #{seq}): {error}")]
@@ -327,9 +333,15 @@ pub fn check_block_in_chain(parent: &Parent<'_>, block: &Block) -> Result<(), In
             got: h.log,
         });
     }
+    // An empty block is valid only when it does something: it carries the
+    // parent's audit certificate, or its time passes a deadline the
+    // application waits on. Where neither is known (the offline verifier)
+    // the rule is not checked: an empty block changes no history.
+    let wakes = parent.wake_at.is_some_and(|t| h.time_ms >= t);
     if block.batches().is_empty()
         && block.evidence().is_empty()
         && parent.log_pending == Some(false)
+        && !wakes
     {
         return Err(InvalidBlock::Empty);
     }
@@ -436,6 +448,7 @@ impl ConsensusDriver {
                 chain: &self.chain,
                 log_head: self.log_head,
                 log_pending: Some(self.log_pending),
+                wake_at: self.wake_at,
             },
             block,
             &mut cache,

@@ -1,10 +1,16 @@
 //! Which measurement an attestation record establishes, read the same way
 //! by every party and by the offline auditor (a pure function of the
 //! evidence bytes), for the audit log's `decided_under` references.
+//!
+//! This is the glue between the two cores: it reads attestation's formats
+//! and implements the firmware ledger's [`MeasurementSource`]. It lives in
+//! the host because attestation knows nothing of the audit log and the
+//! firmware nothing of TPM formats. The daemon's ledger and
+//! `quorate audit verify` both call it, so they read a record alike.
 
-use crate::eventlog::{EventLog, QuorateEvent};
-use crate::evidence::Evidence;
-use crate::pcr::PcrIndex;
+use quorate_attestation::eventlog::{EventLog, QuorateEvent};
+use quorate_attestation::evidence::Evidence;
+use quorate_attestation::pcr::PcrIndex;
 use quorate_firmware::audit::entry::{Measurement, MeasurementSource};
 use quorate_firmware::types::{PartyId, Sha256Digest};
 
@@ -12,7 +18,7 @@ use quorate_firmware::types::{PartyId, Sha256Digest};
 /// measurement PCR (the PCR the log's executable event extends) replays to
 /// from the event log, and the SHA-256 of the event log bytes. Whether the
 /// evidence is *valid* is the verifier's question
-/// ([`crate::verify::verify`]); this only says what it claims.
+/// ([`quorate_attestation::verify::verify`]); this only says what it claims.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EvidenceMeasurements;
 
@@ -43,8 +49,8 @@ pub fn measurement_of_evidence(evidence: &[u8]) -> Option<Measurement> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::Freshness;
-    use crate::soft::SoftTpm;
+    use quorate_attestation::evidence::Freshness;
+    use quorate_attestation::soft::SoftTpm;
     use ring::rand::SystemRandom;
 
     #[test]
