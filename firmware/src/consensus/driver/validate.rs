@@ -619,5 +619,25 @@ mod tests {
         );
     }
 
+    /// An application deadline (`set_wake_at`) is work once our clock
+    /// reaches it, and makes an empty block valid once the block's time
+    /// reaches it; before it, an idle party starts nothing and an empty
+    /// block is refused.
+    #[test]
+    fn a_reached_deadline_is_work_and_makes_an_empty_block_valid() {
+        let net = Net::new(4);
+        let (mut d, _) = net.driver(net.cfg(1));
+        let empty = block_1(2, Vec::new());
+        assert_eq!(d.validate_block(&empty, false), Err(InvalidBlock::Empty));
+        d.set_wake_at(Some(1_501));
+        assert_eq!(d.validate_block(&empty, false), Err(InvalidBlock::Empty));
+        assert!(!starts_work(&d.handle(1_400, Input::Tick).unwrap()));
+        d.set_wake_at(Some(1_500));
+        assert_eq!(d.validate_block(&empty, false), Ok(()));
+        assert!(starts_work(&d.handle(1_500, Input::Tick).unwrap()));
+    }
+
+    use super::super::testkit::starts_work;
+    use super::super::Input;
     use crate::consensus::context::BlockContents;
 }
