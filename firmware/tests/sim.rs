@@ -197,7 +197,7 @@ fn restarted_party_catches_up_many_heights() {
 
 /// The named adversary models, each over its own seeds, one line per model:
 /// seeds run and violations of agreement, validity, no double sign,
-/// liveness after heal, the fairness bound and idleness. Each model runs
+/// liveness after heal, the fairness bound, idleness and block time. Each model runs
 /// `QUORATE_SIM_SEEDS` / 500 seeds (200 each at the soak's 100,000, 4 at
 /// the default 2,100 of `make test`), or `QUORATE_SIM_MODEL_SEEDS`.
 #[test]
@@ -214,10 +214,11 @@ fn seeds_part_models() {
         ("liveness", "liveness violated"),
         ("fairness", "fairness violated"),
         ("idle", "idle violated"),
+        ("block_time", "block time violated"),
     ];
     let mut failures = Vec::new();
     for (name, model) in Byzantine::MODELS {
-        let mut counts = [0u64; 7];
+        let mut counts = [0u64; 8];
         let mut max_wait = 0;
         for seed in 0..per_model {
             let cfg = SimConfig::model(seed, model);
@@ -242,7 +243,7 @@ fn seeds_part_models() {
             .map(|((c, _), k)| format!("{c} {k}"))
             .collect();
         println!(
-            "model {name:<18} seeds {per_model:>5}  {}  other {}  (max wait {max_wait} heights)",
+            "model {name:<22} seeds {per_model:>5}  {}  other {}  (max wait {max_wait} heights)",
             cols.join("  "),
             counts[columns.len()]
         );

@@ -113,17 +113,24 @@ pub enum Byzantine {
     /// so that its batches could fill every block. Correct authors' batches
     /// must still be decided within the fairness bound.
     Flood,
+    /// Runs the real driver on a clock 20 s or 60 s ahead of or behind
+    /// the others' (`SimConfig::clock_offsets_ms`): its fresh proposals'
+    /// times fall outside the correct parties' window and must be refused
+    /// (a decided block time more than the window past a correct clock is a
+    /// *block time* violation), and it refuses theirs.
+    SkewedClock,
 }
 
 impl Byzantine {
     /// The named adversary models `make soak` reports on, one line each.
-    pub const MODELS: [(&'static str, Byzantine); 6] = [
+    pub const MODELS: [(&'static str, Byzantine); 7] = [
         ("equivocation", Byzantine::Equivocate),
         ("forged-signatures", Byzantine::Forge),
         ("garbage-frames", Byzantine::Garbage),
         ("oversized-batch", Byzantine::Oversized),
         ("seq-gap", Byzantine::SeqGap),
         ("batch-flood", Byzantine::Flood),
+        ("skewed-proposer-clock", Byzantine::SkewedClock),
     ];
 }
 
@@ -173,6 +180,10 @@ pub struct SimConfig {
     /// passed), run this many more ms and fail if a correct party signs
     /// anything: nothing left to decide must not make work.
     pub idle_tail_ms: Option<u64>,
+    /// Each party's clock offset from the simulated clock, ms (empty: all
+    /// 0). Correct parties' offsets must stay well inside the drivers'
+    /// block time window.
+    pub clock_offsets_ms: Vec<i64>,
 }
 
 /// How many equivocating parties a model tolerates for safety *and* liveness.
@@ -265,6 +276,7 @@ impl SimConfig {
             sequential: false,
             fairness: false,
             idle_tail_ms: None,
+            clock_offsets_ms: Vec::new(),
         }
     }
 
@@ -284,8 +296,24 @@ impl SimConfig {
             cfg.drop = rng.random_range(0.0..0.1);
             cfg.dup = rng.random_range(0.0..0.1);
         }
-        cfg.byzantine = vec![(rng.random_range(0..n), model)];
+        let adversary = rng.random_range(0..n);
+        cfg.byzantine = vec![(adversary, model)];
         cfg.fairness = model == Byzantine::Flood;
+        if model == Byzantine::SkewedClock {
+            // Correct clocks within ±1 s of each other (NTP does better);
+            // the adversary's far outside the 5 s window, or just outside
+            // it and inside the 30 s bound that was the only one before.
+            let skew = [-60_000, -20_000, 20_000, 60_000][rng.random_range(0..4usize)];
+            cfg.clock_offsets_ms = (0..n)
+                .map(|i| {
+                    if i == adversary {
+                        skew
+                    } else {
+                        rng.random_range(-1_000..=1_000)
+                    }
+                })
+                .collect();
+        }
         if model == Byzantine::SeqGap {
             cfg.idle_tail_ms = Some(40_000);
         }
@@ -311,6 +339,7 @@ impl SimConfig {
             sequential: true,
             fairness: false,
             idle_tail_ms: None,
+            clock_offsets_ms: Vec::new(),
         }
     }
 }
@@ -482,6 +511,21 @@ impl Sim {
         self.nodes[i].byz.is_none()
     }
 
+    /// Party `i`'s clock: the simulated clock plus its offset.
+    fn clock(&self, i: usize) -> u64 {
+        let offset = self.cfg.clock_offsets_ms.get(i).copied().unwrap_or(0);
+        (EPOCH_MS + self.now).saturating_add_signed(offset)
+    }
+
+    /// The fastest correct clock.
+    fn fastest_correct_clock(&self) -> u64 {
+        (0..self.cfg.n)
+            .filter(|i| self.honest(*i))
+            .map(|i| self.clock(i))
+            .max()
+            .unwrap_or(EPOCH_MS + self.now)
+    }
+
     fn partitioned(&self, a: usize, b: usize) -> bool {
         match &self.cfg.partition {
             Some((s, e, sides)) => self.now >= *s && self.now < *e && sides[a] != sides[b],
@@ -608,6 +652,8 @@ impl Sim {
                 self.byz_gossip(from, to, bytes);
             }
             Some(Byzantine::SeqGap | Byzantine::Flood) => self.byz_gossip(from, to, bytes),
+            // Misbehaves only through its clock.
+            Some(Byzantine::SkewedClock) => self.send(from, to, bytes),
             Some(Byzantine::Equivocate) => {
                 if let Ok(PeerMessage::Vote(v)) = PeerMessage::decode(&bytes, usize::MAX) {
                     if to % 2 == 0 {
@@ -839,7 +885,7 @@ impl Sim {
             .on_decided(&d)
             .map_err(|e| format!("P{}: {e}", i + 1))?;
         let (head, pending) = (self.nodes[i].app.head, self.nodes[i].app.prepared.is_some());
-        let now = EPOCH_MS + self.now;
+        let now = self.clock(i);
         if let Some(drv) = self.nodes[i].driver.as_mut() {
             match drv.set_app_state(now, head, pending) {
                 Ok(step) => {
@@ -869,6 +915,18 @@ impl Sim {
             _ => {
                 self.agreed.insert(h, d.block.hash());
             }
+        }
+        // A correct party prevoted the block (fewer than a quorum are
+        // faulty) and checked its time against its clock when it arrived,
+        // which was no later than now.
+        let bound = self.fastest_correct_clock() + self.dcfg[i].block_time_ahead_ms;
+        let time_ms = d.block.header().time_ms;
+        if time_ms > bound {
+            return Err(format!(
+                "block time violated: P{} decided height {h} with time {time_ms}, {} ms past the fastest correct clock plus the window",
+                i + 1,
+                time_ms - bound
+            ));
         }
         let expected = self.nodes[i].decided.len() as u64 + 1;
         if h.0 != expected {
@@ -909,7 +967,7 @@ impl Sim {
     }
 
     fn handle(&mut self, i: usize, input: Input) -> Result<(), Fail> {
-        let now = EPOCH_MS + self.now;
+        let now = self.clock(i);
         let Some(d) = self.nodes[i].driver.as_mut() else {
             return Ok(());
         };
@@ -939,9 +997,8 @@ impl Sim {
             log_head: self.nodes[i].app.head,
             log_pending: self.nodes[i].app.prepared.is_some(),
         };
-        let (d, step) =
-            ConsensusDriver::restore(self.dcfg[i].clone(), restored, EPOCH_MS + self.now)
-                .map_err(|e| format!("P{} failed to restore: {e}", i + 1))?;
+        let (d, step) = ConsensusDriver::restore(self.dcfg[i].clone(), restored, self.clock(i))
+            .map_err(|e| format!("P{} failed to restore: {e}", i + 1))?;
         self.nodes[i].driver = Some(d);
         // The application applies decided blocks from the store: blocks whose
         // `Decided` action a crash swallowed are delivered now.

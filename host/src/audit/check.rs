@@ -376,7 +376,10 @@ impl HostChecker {
             return Err(format!("its header says height {}", h.height));
         }
         // The rules every validator checked before it voted: one home,
-        // `consensus::validate` (the same code the daemon runs).
+        // `consensus::validate` (the same code the daemon runs). Of block
+        // time that is monotonicity only: the window around a validator's
+        // clock (`validate::check_block_time`) needs that validator's clock
+        // when the proposal arrived, which no bundle records.
         check_block_in_chain(
             &Parent {
                 chain: &self.chain,

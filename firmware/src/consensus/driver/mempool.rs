@@ -436,7 +436,7 @@ impl ConsensusDriver {
         Some(Block::new(BlockContents {
             header: BlockHeader {
                 height: h,
-                time_ms: self.io.now.max(self.chain.time_ms + 1),
+                time_ms: self.io.clock.max(self.chain.time_ms.saturating_add(1)),
                 parent: self.chain.hash,
                 proposer: self.io.cfg.me,
                 last_commit,
@@ -488,7 +488,7 @@ mod tests {
             .map(|(_, s)| *s)
             .collect();
         assert_eq!(p2, vec![1, 2]);
-        assert_eq!(d.validate_block(&block, false), Ok(()));
+        assert_eq!(d.validate_block(&block, None), Ok(()));
     }
 
     /// A batch that does not fit ends its author's share of the block, not

@@ -64,7 +64,7 @@ pub use mempool::{
     BadBatch, MAX_PENDING_PER_AUTHOR, MAX_POOL_BYTES, MAX_POOL_BYTES_PER_AUTHOR, PARK_TIMEOUT_MS,
 };
 pub use signing::PLACEHOLDER;
-pub use validate::{InvalidBlock, MAX_OPS_PER_BLOCK};
+pub use validate::{InvalidBlock, BLOCK_TIME_AHEAD_MS, BLOCK_TIME_BEHIND_MS, MAX_OPS_PER_BLOCK};
 
 type Ctx = QuorateContext;
 
@@ -87,8 +87,16 @@ pub struct DriverConfig {
     pub timeouts: mc::LinearTimeouts,
     /// How often to announce our tip and re-gossip our pending batches.
     pub tip_interval_ms: u64,
-    /// How far in the future a proposed block's time may be, by our clock.
-    pub max_clock_skew_ms: u64,
+    /// How far a fresh proposal's block time may be ahead of our clock, in
+    /// ms; default [`BLOCK_TIME_AHEAD_MS`]. With `block_time_behind_ms`
+    /// it bounds how far a Byzantine proposer can move block time, and so
+    /// every deadline (`docs/PROTOCOL.md` section 4).
+    pub block_time_ahead_ms: u64,
+    /// How far a fresh proposal's block time may be behind our clock when
+    /// it arrives, in ms; default [`BLOCK_TIME_BEHIND_MS`]. Must cover the
+    /// honest proposers' clock skew plus a proposal's age on arrival
+    /// (signing, delivery, a rebroadcast after a loss).
+    pub block_time_behind_ms: u64,
     /// How many recent decided blocks to keep in memory to serve catch-up.
     pub recent_blocks: usize,
     /// The host keeps the audit log: after every [`Action::Decided`] the
@@ -136,7 +144,8 @@ impl DriverConfig {
                 max_timeout: Duration::from_secs(30),
             },
             tip_interval_ms: 1000,
-            max_clock_skew_ms: 30_000,
+            block_time_ahead_ms: BLOCK_TIME_AHEAD_MS,
+            block_time_behind_ms: BLOCK_TIME_BEHIND_MS,
             recent_blocks: 1024,
             app_state: false,
             max_pool_bytes_per_author: MAX_POOL_BYTES_PER_AUTHOR,
@@ -399,7 +408,15 @@ enum TimerKind {
 struct Io {
     cfg: DriverConfig,
     ctx: Ctx,
+    /// The host's clock, never going back (`max` of every reading): what
+    /// timers, parking and deadlines are measured on.
     now: u64,
+    /// The host's last clock reading as given: what block time is built
+    /// from and proposals are checked against. Not sticky, so that a clock
+    /// stepped back after running ahead is believed at once (a sticky
+    /// reading would keep this party refusing honest proposals as stale,
+    /// and proposing times others refuse, until real time caught up).
+    clock: u64,
     step: Step,
     guard: SignGuard,
     cache: VerifyCache,
@@ -431,7 +448,10 @@ pub struct ConsensusDriver {
     evidence_pool: BTreeMap<(PartyId, Height, i64, MsgStep), Equivocation>,
     vote_log: HashMap<(PartyId, i64, bool), SignedVoteWire>,
     recent: VecDeque<DecidedBlock>,
-    future_proposals: Vec<SignedProposalWire>,
+    /// Proposals for a later height (or held while the host applies a
+    /// block), with our clock when each arrived: their time is checked
+    /// against that, as if they were handled on arrival.
+    future_proposals: Vec<(SignedProposalWire, u64)>,
     recovered_proposals: BTreeMap<(Height, i64), Block>,
     catch_up: CatchUp,
     halted: Option<String>,
@@ -480,6 +500,7 @@ impl ConsensusDriver {
                 cfg,
                 ctx,
                 now: now_ms,
+                clock: now_ms,
                 step: Step::default(),
                 guard: restored.sign_guard,
                 cache: VerifyCache::default(),
@@ -690,6 +711,7 @@ impl ConsensusDriver {
             return Err(DriverError::Halted(h.clone()));
         }
         self.io.now = self.io.now.max(now_ms);
+        self.io.clock = now_ms;
         let r = self.handle_inner(input);
         let mut step = std::mem::take(&mut self.io.step);
         match r {
@@ -731,6 +753,7 @@ impl ConsensusDriver {
             return Err(DriverError::Halted(h.clone()));
         }
         self.io.now = self.io.now.max(now_ms);
+        self.io.clock = now_ms;
         self.log_head = head;
         self.log_pending = pending;
         self.awaiting_app = false;
@@ -830,16 +853,16 @@ impl ConsensusDriver {
             self.drain_queue()?;
             // Proposals for this height that arrived early.
             let h = self.io.height_in_progress;
-            let early: Vec<SignedProposalWire> = std::mem::take(&mut self.future_proposals);
-            for p in early {
+            let early = std::mem::take(&mut self.future_proposals);
+            for (p, received_ms) in early {
                 if p.proposal.height == h {
-                    match self.on_proposal(p.proposal.proposer, p) {
+                    match self.on_proposal(p.proposal.proposer, p, received_ms) {
                         Ok(()) => {}
                         Err(Refusal::Peer(f)) => self.io.step.faults.push(f),
                         Err(e) => return Err(e),
                     }
                 } else if p.proposal.height > h {
-                    self.future_proposals.push(p);
+                    self.future_proposals.push((p, received_ms));
                 }
             }
         }
@@ -1042,18 +1065,18 @@ impl ConsensusDriver {
                     self.catch_up
                         .note_tip(from, Height(p.proposal.height.0 - 1));
                     if self.future_proposals.len() < 64 {
-                        self.future_proposals.push(p);
+                        self.future_proposals.push((p, self.io.clock));
                     }
                     return Ok(());
                 }
                 if self.awaiting_app {
                     // Validated once the host has applied the parent.
                     if self.future_proposals.len() < 64 {
-                        self.future_proposals.push(p);
+                        self.future_proposals.push((p, self.io.clock));
                     }
                     return Ok(());
                 }
-                self.on_proposal(from, p)
+                self.on_proposal(from, p, self.io.clock)
             }
             PeerMessage::Polka(c) => {
                 if c.height != h || !self.started {
@@ -1070,13 +1093,26 @@ impl ConsensusDriver {
         }
     }
 
-    fn on_proposal(&mut self, from: PartyId, p: SignedProposalWire) -> Result<(), Refusal> {
+    /// A proposal for the height in progress that arrived when our clock
+    /// read `received_ms`.
+    fn on_proposal(
+        &mut self,
+        from: PartyId,
+        p: SignedProposalWire,
+        received_ms: u64,
+    ) -> Result<(), Refusal> {
         let bytes = p.proposal.signed_bytes(&self.io.ctx).encode();
         self.io
             .check_peer_signature(from, p.proposal.proposer, &bytes, &p.signature)?;
         self.catch_up.note_active(from, p.proposal.height);
         self.maybe_start_height()?;
-        if let Err(reason) = self.validate_block(&p.proposal.block, true) {
+        // Only a fresh proposal is checked against our clock. A re-proposal
+        // (proof-of-lock round set) carries a block built rounds ago, whose
+        // time the core accepts only with a polka of that round: a quorum
+        // checked it then, when it was fresh. Refusing it now for its age
+        // could leave the parties locked on it unable to decide anything.
+        let clock = (!p.proposal.pol_round.is_defined()).then_some(received_ms);
+        if let Err(reason) = self.validate_block(&p.proposal.block, clock) {
             return Err(PeerFault::InvalidBlock { from, reason }.into());
         }
         if !self.started {
@@ -1109,7 +1145,9 @@ impl ConsensusDriver {
             from,
             reason: InvalidBlock::Uncertified(e),
         })?;
-        if let Err(reason) = self.validate_block(&block, false) {
+        // A decided block (it came with its commit certificate) is not
+        // checked against our clock: a quorum checked it when it was fresh.
+        if let Err(reason) = self.validate_block(&block, None) {
             return Err(PeerFault::InvalidBlock { from, reason }.into());
         }
         if !self.started {
@@ -1417,6 +1455,16 @@ mod tests {
     /// Feeds `first` and then every signature the driver asks for, until
     /// it is quiet; returns the decided blocks and whether it signed.
     fn pump(d: &mut ConsensusDriver, k: &EcdsaKeyPair, first: Step) -> (Vec<DecidedBlock>, bool) {
+        pump_at(d, k, first, 2_000)
+    }
+
+    /// [`pump`] with the clock at `now`.
+    fn pump_at(
+        d: &mut ConsensusDriver,
+        k: &EcdsaKeyPair,
+        first: Step,
+        now: u64,
+    ) -> (Vec<DecidedBlock>, bool) {
         let mut decided = Vec::new();
         let mut signed = false;
         let mut steps = vec![first];
@@ -1430,7 +1478,7 @@ mod tests {
                         signed = true;
                         let signature = sign(k, &bytes);
                         steps.push(
-                            d.handle(2_000, Input::SignatureReady { request, signature })
+                            d.handle(now, Input::SignatureReady { request, signature })
                                 .unwrap(),
                         );
                     }
@@ -1440,6 +1488,95 @@ mod tests {
             }
         }
         (decided, signed)
+    }
+
+    /// Block time at height 2, with a real parent: never at or before the
+    /// parent's time (fresh or decided); a fresh proposal within the window
+    /// around our clock (60 s behind or ahead is refused, 4 s is not); a
+    /// decided block (catch-up) not held to our clock. The proposer takes
+    /// its last clock reading, even one stepped back, and never less than
+    /// the parent's time plus 1 ms. Before, a proposal 60 s in the past was
+    /// valid, and the proposer's time was its highest reading ever.
+    #[test]
+    fn block_time_advances_past_the_parent_and_stays_near_our_clock() {
+        const T0: u64 = 1_700_000_000_000;
+        const T1: u64 = T0 + 120_000;
+        let (k, pk) = key();
+        let me = PartyId(1);
+        let parties = PartySet::new(vec![Party {
+            id: me,
+            vote_key: pk,
+        }])
+        .unwrap();
+        let cluster = ClusterId(Sha256Digest::of(b"t"));
+        let cfg = DriverConfig::new(cluster, Epoch(0), me, parties, FaultModel::Byzantine);
+        let (mut d, _) = ConsensusDriver::new(cfg, T0);
+        let body = BatchBody {
+            cluster,
+            author: me,
+            seq: 1,
+            ops: vec![testkit::op(1, 1, 8)],
+        };
+        let batch = SignedBatch {
+            signature: sign(&k, &body.signing_bytes()),
+            body,
+        };
+        let first = d.handle(T0, Input::SubmitBatch(batch)).unwrap();
+        let (decided, _) = pump_at(&mut d, &k, first, T0);
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].block.header().time_ms, T0);
+
+        // The clock runs an hour ahead, then is stepped back: the proposer
+        // believes the step (timers keep the highest reading).
+        d.handle(T1 + 3_600_000, Input::Tick).unwrap();
+        d.handle(T1, Input::Tick).unwrap();
+        assert_eq!((d.io.clock, d.io.now), (T1, T1 + 3_600_000));
+        // Block 2, a carrier of block 1's certificate.
+        d.log_pending = true;
+        let good = d.build_block(Height(2)).unwrap();
+        assert_eq!(good.header().time_ms, T1);
+        assert_eq!(d.validate_block(&good, Some(T1)), Ok(()));
+        let at = |time_ms: u64| {
+            let mut c: BlockContents = good.clone().into();
+            c.header.time_ms = time_ms;
+            Block::new(c)
+        };
+        for clock in [Some(T1), None] {
+            assert_eq!(
+                d.validate_block(&at(T0), clock),
+                Err(InvalidBlock::TimeNotAdvancing {
+                    time_ms: T0,
+                    parent_ms: T0
+                }),
+                "at the parent's time"
+            );
+        }
+        let behind = T1 - 60_000;
+        assert_eq!(
+            d.validate_block(&at(behind), Some(T1)),
+            Err(InvalidBlock::TimeTooFarBehind {
+                time_ms: behind,
+                bound_ms: T1 - BLOCK_TIME_BEHIND_MS
+            })
+        );
+        let ahead = T1 + 60_000;
+        assert_eq!(
+            d.validate_block(&at(ahead), Some(T1)),
+            Err(InvalidBlock::TimeTooFarAhead {
+                time_ms: ahead,
+                bound_ms: T1 + BLOCK_TIME_AHEAD_MS
+            })
+        );
+        for t in [behind, ahead] {
+            assert_eq!(d.validate_block(&at(t), None), Ok(()), "decided: no clock");
+        }
+        for t in [T1 - 4_000, T1 + 4_000] {
+            assert_eq!(d.validate_block(&at(t), Some(T1)), Ok(()));
+        }
+        // Our clock behind the parent's time: the next block is 1 ms after it.
+        d.handle(T0 - 1_000, Input::Tick).unwrap();
+        let next = d.build_block(Height(2)).unwrap();
+        assert_eq!(next.header().time_ms, T0 + 1);
     }
 
     #[test]
@@ -1486,7 +1623,7 @@ mod tests {
         d.log_pending = true;
         d.awaiting_app = false;
         let good = d.build_block(Height(2)).unwrap();
-        assert_eq!(d.validate_block(&good, false), Ok(()));
+        assert_eq!(d.validate_block(&good, None), Ok(()));
         let variant = |f: &dyn Fn(&mut BlockContents)| {
             let mut c: BlockContents = good.clone().into();
             f(&mut c);
@@ -1494,12 +1631,12 @@ mod tests {
         };
         let other_log = variant(&|c| c.header.log = LogHead::empty());
         assert!(matches!(
-            d.validate_block(&other_log, false),
+            d.validate_block(&other_log, None),
             Err(InvalidBlock::LogHeadMismatch { expected, .. }) if expected == head
         ));
         let no_cert = variant(&|c| c.header.last_commit = None);
         assert_eq!(
-            d.validate_block(&no_cert, false),
+            d.validate_block(&no_cert, None),
             Err(InvalidBlock::MissingParentCertificate(Height(2)))
         );
         let forged = variant(&|c| {
@@ -1508,12 +1645,12 @@ mod tests {
             }
         });
         assert!(matches!(
-            d.validate_block(&forged, false),
+            d.validate_block(&forged, None),
             Err(InvalidBlock::ParentCertificate { .. })
         ));
         d.log_pending = false;
         assert_eq!(
-            d.validate_block(&good, false),
+            d.validate_block(&good, None),
             Err(InvalidBlock::Empty),
             "an empty block is valid only as a carrier"
         );

@@ -18,8 +18,17 @@
 //!   batches following on from its last decided one without gaps, and
 //!   evidence not recorded before.
 //!
-//! What only a live party can check (a block time too far ahead of its own
-//! clock) stays in the driver.
+//! Block time has two halves too, and the split is the point:
+//!
+//! * **monotonicity** (in [`check_block_in_chain`]): a block's time is
+//!   strictly after its parent's. Every block must obey it, so the offline
+//!   verifier checks it of every exported block;
+//! * **timeliness** ([`check_block_time`]): a *fresh proposal's* time is
+//!   within a window around the validator's own clock. Only a live party
+//!   voting on a proposal can check that: the verifier has no clock of
+//!   that moment, and a decided block fetched in catch-up or replayed
+//!   carries a commit certificate, whose quorum checked its time when it
+//!   was fresh. So the driver applies it to proposals only.
 
 use super::{ChainState, ConsensusDriver};
 use crate::batch::SignedBatch;
@@ -43,6 +52,24 @@ use std::collections::{BTreeMap, BTreeSet};
 /// four authors' full batches share one height.
 pub const MAX_OPS_PER_BLOCK: usize = 4 * MAX_OPS_PER_BATCH;
 
+/// Default of `DriverConfig::block_time_ahead_ms`: how far a fresh
+/// proposal's time may be ahead of a validator's clock.
+///
+/// It is also, with the honest parties' clock skew, the most a Byzantine
+/// proposer can bring a deadline forward. Honest clocks under NTP agree to
+/// well under a second; 5 s leaves room for a poorly synchronised one
+/// while keeping deadlines (tens of seconds and more) meaningful.
+pub const BLOCK_TIME_AHEAD_MS: u64 = 5_000;
+
+/// Default of `DriverConfig::block_time_behind_ms`: how far a fresh
+/// proposal's time may be behind a validator's clock when it arrives.
+///
+/// An honest proposal is already this old on arrival by the proposer's
+/// skew plus the TPM signature (~200 ms), delivery and, if the first copy
+/// was lost, a rebroadcast (every tip interval, 1 s). It is also, with the
+/// skew, the most a Byzantine proposer can hold a deadline back in its own
+/// block (the next honest proposer's block takes its own clock).
+pub const BLOCK_TIME_BEHIND_MS: u64 = 5_000;
 /// The cluster's rules a block is checked against (fixed for an epoch).
 #[derive(Clone, Copy, Debug)]
 pub struct BlockRules<'a> {
@@ -111,12 +138,20 @@ pub enum InvalidBlock {
         /// The parent's.
         parent_ms: u64,
     },
-    /// Time too far ahead of this party's clock.
-    #[error("block time {time_ms} ms is past {bound_ms} ms, our clock plus the allowed skew: check the proposer's clock (or ours)")]
+    /// A fresh proposal's time is too far ahead of this party's clock.
+    #[error("block time {time_ms} ms is past {bound_ms} ms, our clock plus block_time_ahead_ms: check the proposer's clock (or ours)")]
     TimeTooFarAhead {
         /// The block's time.
         time_ms: u64,
-        /// Our clock plus the allowed skew.
+        /// Our clock plus `block_time_ahead_ms`.
+        bound_ms: u64,
+    },
+    /// A fresh proposal's time is too far behind this party's clock.
+    #[error("block time {time_ms} ms is before {bound_ms} ms, our clock minus block_time_behind_ms: check the proposer's clock (or ours), or the network delay")]
+    TimeTooFarBehind {
+        /// The block's time.
+        time_ms: u64,
+        /// Our clock minus `block_time_behind_ms`.
         bound_ms: u64,
     },
     /// Larger than the cluster's block limit.
@@ -296,6 +331,43 @@ pub fn check_block_contents(
     Ok(())
 }
 
+/// The window around a validator's clock a fresh proposal's time must fall
+/// in (see [`check_block_time`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockWindow {
+    /// How far ahead, ms.
+    pub ahead_ms: u64,
+    /// How far behind, ms.
+    pub behind_ms: u64,
+}
+
+/// The timeliness rule, which only a live validator voting on a fresh
+/// proposal applies: the block's `time_ms` is within `window` of
+/// `clock_ms`, the validator's clock when the proposal arrived. Not part of
+/// [`check_block`]: no one can check it of a decided block later (see the
+/// module doc).
+pub fn check_block_time(
+    time_ms: u64,
+    clock_ms: u64,
+    window: ClockWindow,
+) -> Result<(), InvalidBlock> {
+    let ahead = clock_ms.saturating_add(window.ahead_ms);
+    if time_ms > ahead {
+        return Err(InvalidBlock::TimeTooFarAhead {
+            time_ms,
+            bound_ms: ahead,
+        });
+    }
+    let behind = clock_ms.saturating_sub(window.behind_ms);
+    if time_ms < behind {
+        return Err(InvalidBlock::TimeTooFarBehind {
+            time_ms,
+            bound_ms: behind,
+        });
+    }
+    Ok(())
+}
+
 /// The half of [`check_block`] that needs the chain after the parent.
 pub fn check_block_in_chain(parent: &Parent<'_>, block: &Block) -> Result<(), InvalidBlock> {
     let h = block.header();
@@ -313,6 +385,8 @@ pub fn check_block_in_chain(parent: &Parent<'_>, block: &Block) -> Result<(), In
             got: h.parent,
         });
     }
+    // Monotonicity, which the offline verifier checks too; timeliness
+    // against a clock is `check_block_time`, live parties only.
     if h.time_ms <= chain.time_ms {
         return Err(InvalidBlock::TimeNotAdvancing {
             time_ms: h.time_ms,
@@ -432,14 +506,15 @@ impl ConsensusDriver {
     }
 
     /// Checks a block for the height in progress ([`check_block`]) and, for
-    /// a proposal (`check_clock`), that its time is not too far ahead of
-    /// our clock. (A block's header names the party that built it; a later
-    /// round may re-propose it after a proof-of-lock, so it need not be the
-    /// proposer of the proposal that carries it.)
+    /// a fresh proposal that arrived when our clock read `clock`, that its
+    /// time is within our window ([`check_block_time`]); `None` for a
+    /// re-proposal or a decided block. (A block's header names the party
+    /// that built it; a later round may re-propose it after a proof-of-lock,
+    /// so it need not be the proposer of the proposal that carries it.)
     pub(super) fn validate_block(
         &mut self,
         block: &Block,
-        check_clock: bool,
+        clock: Option<u64>,
     ) -> Result<(), InvalidBlock> {
         let mut cache = std::mem::take(&mut self.io.cache);
         let r = check_block(
@@ -455,12 +530,20 @@ impl ConsensusDriver {
         );
         self.io.cache = cache;
         r?;
-        let bound_ms = self.io.now.saturating_add(self.io.cfg.max_clock_skew_ms);
-        let time_ms = block.header().time_ms;
-        if check_clock && time_ms > bound_ms {
-            return Err(InvalidBlock::TimeTooFarAhead { time_ms, bound_ms });
+        match clock {
+            Some(clock_ms) => {
+                check_block_time(block.header().time_ms, clock_ms, self.clock_window())
+            }
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The window fresh proposals' times must fall in.
+    fn clock_window(&self) -> ClockWindow {
+        ClockWindow {
+            ahead_ms: self.io.cfg.block_time_ahead_ms,
+            behind_ms: self.io.cfg.block_time_behind_ms,
+        }
     }
 
     /// The batch rules for a batch offered to the mempool.
@@ -498,7 +581,7 @@ mod tests {
         ));
         assert_eq!(d.pending_batches() + d.parked_batches(), 0);
         assert!(matches!(
-            d.validate_block(&block_1(2, vec![junk]), false),
+            d.validate_block(&block_1(2, vec![junk]), None),
             Err(InvalidBlock::Batch {
                 index: 0,
                 author: PartyId(2),
@@ -512,7 +595,7 @@ mod tests {
         // An operation claiming another author, and too many operations.
         let forged = net.c.batch(2, 1, vec![op(3, 1, 8)]);
         assert!(matches!(
-            d.validate_block(&block_1(2, vec![forged]), false),
+            d.validate_block(&block_1(2, vec![forged]), None),
             Err(InvalidBlock::Batch {
                 error: BatchError::AuthorMismatch { .. },
                 ..
@@ -521,7 +604,7 @@ mod tests {
         let one = op(2, 1, 8);
         let many = net.c.batch(2, 1, vec![one; MAX_OPS_PER_BATCH + 1]);
         assert!(matches!(
-            d.validate_block(&block_1(2, vec![many]), false),
+            d.validate_block(&block_1(2, vec![many]), None),
             Err(InvalidBlock::Batch {
                 error: BatchError::TooManyOps(n),
                 ..
@@ -529,7 +612,7 @@ mod tests {
         ));
         // The same batch with valid operations is fine.
         let good = net.batch(2, 1, 2, 8);
-        assert_eq!(d.validate_block(&block_1(2, vec![good]), false), Ok(()));
+        assert_eq!(d.validate_block(&block_1(2, vec![good]), None), Ok(()));
     }
 
     /// A block may carry at most MAX_OPS_PER_BLOCK operations, whatever their
@@ -543,11 +626,11 @@ mod tests {
         let full: Vec<SignedBatch> = (1..=4)
             .map(|a| net.batch(a, 1, MAX_OPS_PER_BATCH, 8))
             .collect();
-        assert_eq!(d.validate_block(&block_1(1, full.clone()), false), Ok(()));
+        assert_eq!(d.validate_block(&block_1(1, full.clone()), None), Ok(()));
         let mut over = full;
         over.push(net.batch(1, 2, 1, 8));
         assert_eq!(
-            d.validate_block(&block_1(1, over), false),
+            d.validate_block(&block_1(1, over), None),
             Err(InvalidBlock::TooManyOps(MAX_OPS_PER_BLOCK + 1))
         );
     }
@@ -562,7 +645,7 @@ mod tests {
         let (mut d, _) = net.driver(net.cfg(1));
         let (b1, b2) = (net.batch(2, 1, 1, 8), net.batch(2, 2, 1, 8));
         assert_eq!(
-            d.validate_block(&block_1(2, vec![b2.clone()]), false),
+            d.validate_block(&block_1(2, vec![b2.clone()]), None),
             Err(InvalidBlock::BatchSeqGap {
                 index: 0,
                 author: PartyId(2),
@@ -571,11 +654,11 @@ mod tests {
             })
         );
         assert_eq!(
-            d.validate_block(&block_1(2, vec![b1.clone(), b2.clone()]), false),
+            d.validate_block(&block_1(2, vec![b1.clone(), b2.clone()]), None),
             Ok(())
         );
         assert_eq!(
-            d.validate_block(&block_1(2, vec![b1.clone(), b1]), false),
+            d.validate_block(&block_1(2, vec![b1.clone(), b1]), None),
             Err(InvalidBlock::BatchReplayed {
                 index: 1,
                 author: PartyId(2),
@@ -595,28 +678,211 @@ mod tests {
         let b = net.batch(2, 1, 1, 8);
         let mut c: BlockContents = block_1(9, vec![b.clone()]).into();
         assert_eq!(
-            d.validate_block(&Block::new(c.clone()), false),
+            d.validate_block(&Block::new(c.clone()), None),
             Err(InvalidBlock::UnknownProposer(PartyId(9)))
         );
         c.header.proposer = PartyId(2);
         c.header.time_ms = 0;
         assert_eq!(
-            d.validate_block(&Block::new(c.clone()), false),
+            d.validate_block(&Block::new(c.clone()), None),
             Err(InvalidBlock::TimeNotAdvancing {
                 time_ms: 0,
                 parent_ms: 0
             })
         );
-        c.header.time_ms = 1_000 + 30_001;
+        c.header.time_ms = 1_000 + BLOCK_TIME_AHEAD_MS + 1;
         let ahead = Block::new(c);
-        assert_eq!(d.validate_block(&ahead, false), Ok(()));
+        assert_eq!(d.validate_block(&ahead, None), Ok(()));
         assert_eq!(
-            d.validate_block(&ahead, true),
+            d.validate_block(&ahead, Some(1_000)),
             Err(InvalidBlock::TimeTooFarAhead {
-                time_ms: 31_001,
-                bound_ms: 31_000
+                time_ms: 6_001,
+                bound_ms: 6_000
             })
         );
+    }
+
+    /// The window is closed at both ends: a time exactly `ahead_ms` ahead
+    /// or `behind_ms` behind the clock is timely, one ms more is not.
+    #[test]
+    fn the_clock_window_is_closed_at_both_ends() {
+        let w = ClockWindow {
+            ahead_ms: 5_000,
+            behind_ms: 3_000,
+        };
+        let clock = 100_000;
+        assert_eq!(check_block_time(105_000, clock, w), Ok(()));
+        assert_eq!(check_block_time(97_000, clock, w), Ok(()));
+        assert_eq!(check_block_time(clock, clock, w), Ok(()));
+        assert_eq!(
+            check_block_time(105_001, clock, w),
+            Err(InvalidBlock::TimeTooFarAhead {
+                time_ms: 105_001,
+                bound_ms: 105_000
+            })
+        );
+        assert_eq!(
+            check_block_time(96_999, clock, w),
+            Err(InvalidBlock::TimeTooFarBehind {
+                time_ms: 96_999,
+                bound_ms: 97_000
+            })
+        );
+        // No underflow near zero.
+        assert_eq!(check_block_time(1, 2_000, w), Ok(()));
+    }
+
+    /// Block 1 at `time_ms` carrying one batch of `proposer`, proposed by
+    /// it for (1, `round`) with `pol_round`, signed: the frame a validator
+    /// receives.
+    fn proposal(
+        net: &Net,
+        proposer: PartyId,
+        time_ms: u64,
+        round: Round,
+        pol_round: Round,
+    ) -> (Block, Vec<u8>) {
+        let mut c: BlockContents = block_1(proposer.0, vec![net.batch(proposer.0, 1, 1, 8)]).into();
+        c.header.time_ms = time_ms;
+        let block = Block::new(c);
+        let proposal = Proposal {
+            height: Height(1),
+            round,
+            block: block.clone(),
+            pol_round,
+            proposer,
+        };
+        let ctx = QuorateContext {
+            cluster: net.c.id,
+            epoch: Epoch(0),
+        };
+        let signature = net
+            .c
+            .sign(proposer.0, &proposal.signed_bytes(&ctx).encode());
+        let frame = PeerMessage::Proposal(SignedProposalWire {
+            proposal,
+            signature,
+        })
+        .encode();
+        (block, frame)
+    }
+
+    /// Whether the step asks to sign a prevote for `block`.
+    fn prevotes(step: &Step, block: &Block) -> bool {
+        step.actions.iter().any(|a| match a {
+            Action::Sign { bytes, .. } => postcard::from_bytes::<SignedBytes>(bytes)
+                .is_ok_and(|sb| sb.step == MsgStep::Prevote && sb.value == Some(block.hash())),
+            _ => false,
+        })
+    }
+
+    /// A validator refuses a fresh proposal whose time is 60 s behind or
+    /// ahead of its clock (it does not prevote it; it prevotes nil when
+    /// its propose timeout fires) and prevotes one within the window.
+    /// Before, only a time more than 30 s ahead was refused: a proposal
+    /// 60 s in the past was prevoted.
+    #[test]
+    fn a_fresh_proposal_outside_the_clock_window_is_refused() {
+        const NOW: u64 = 1_700_000_000_000;
+        let net = Net::new(4);
+        let proposer = net.parties.proposer(Height(1), Round::new(0)).id;
+        let me = if proposer == PartyId(1) { 2 } else { 1 };
+        let cases = [
+            (NOW - 60_000, Some(false)),
+            (NOW + 60_000, Some(true)),
+            (NOW - 4_000, None),
+            (NOW + 4_000, None),
+        ];
+        for (time_ms, refused_ahead) in cases {
+            let (mut d, _) = ConsensusDriver::new(net.cfg(me), NOW);
+            let (block, frame) = proposal(&net, proposer, time_ms, Round::new(0), Round::Nil);
+            let step = d
+                .handle(
+                    NOW,
+                    Input::Peer {
+                        from: proposer,
+                        bytes: frame,
+                    },
+                )
+                .unwrap();
+            match refused_ahead {
+                None => {
+                    assert!(step.faults.is_empty(), "{time_ms}: {:?}", step.faults);
+                    assert!(prevotes(&step, &block), "{time_ms}: not prevoted");
+                }
+                Some(ahead) => {
+                    assert!(!prevotes(&step, &block), "{time_ms}: prevoted");
+                    let bound_ms = if ahead {
+                        NOW + BLOCK_TIME_AHEAD_MS
+                    } else {
+                        NOW - BLOCK_TIME_BEHIND_MS
+                    };
+                    let reason = if ahead {
+                        InvalidBlock::TimeTooFarAhead { time_ms, bound_ms }
+                    } else {
+                        InvalidBlock::TimeTooFarBehind { time_ms, bound_ms }
+                    };
+                    assert_eq!(
+                        step.faults,
+                        vec![PeerFault::InvalidBlock {
+                            from: proposer,
+                            reason
+                        }]
+                    );
+                }
+            }
+        }
+    }
+
+    /// A proposal that arrived before its height started is checked
+    /// against the clock when it arrived, not when it is handled; a
+    /// re-proposal (proof-of-lock round set) is not checked against the
+    /// clock at all (a quorum checked its block when it was fresh).
+    #[test]
+    fn early_proposals_keep_their_arrival_time_and_re_proposals_skip_the_window() {
+        const NOW: u64 = 1_700_000_000_000;
+        let net = Net::new(4);
+        let proposer = net.parties.proposer(Height(1), Round::new(1)).id;
+        let me = if proposer == PartyId(1) { 2 } else { 1 };
+        let (mut d, _) = ConsensusDriver::new(net.cfg(me), NOW);
+        let (_, frame) = proposal(&net, proposer, NOW - 60_000, Round::new(1), Round::new(0));
+        let step = d
+            .handle(
+                NOW,
+                Input::Peer {
+                    from: proposer,
+                    bytes: frame,
+                },
+            )
+            .unwrap();
+        assert!(step.faults.is_empty(), "{:?}", step.faults);
+
+        let proposer = net.parties.proposer(Height(1), Round::new(0)).id;
+        let me = if proposer == PartyId(1) { 2 } else { 1 };
+        let mut cfg = net.cfg(me);
+        cfg.app_state = true;
+        let (mut d, _) = ConsensusDriver::new(cfg, NOW);
+        // Held while the host has not applied the last block (its batch is
+        // work, which starts the height once the host has).
+        d.awaiting_app = true;
+        let (block, frame) = proposal(&net, proposer, NOW, Round::new(0), Round::Nil);
+        Net::gossip(&mut d, NOW, proposer.0, &block.batches()[0]);
+        let step = d
+            .handle(
+                NOW,
+                Input::Peer {
+                    from: proposer,
+                    bytes: frame,
+                },
+            )
+            .unwrap();
+        assert!(step.faults.is_empty() && !prevotes(&step, &block));
+        // Applied 10 s later: timely on arrival, so prevoted now.
+        let step = d
+            .set_app_state(NOW + 10_000, LogHead::empty(), false)
+            .unwrap();
+        assert!(step.faults.is_empty(), "{:?}", step.faults);
+        assert!(prevotes(&step, &block));
     }
 
     /// An application deadline (`set_wake_at`) is work once our clock
@@ -628,16 +894,18 @@ mod tests {
         let net = Net::new(4);
         let (mut d, _) = net.driver(net.cfg(1));
         let empty = block_1(2, Vec::new());
-        assert_eq!(d.validate_block(&empty, false), Err(InvalidBlock::Empty));
+        assert_eq!(d.validate_block(&empty, None), Err(InvalidBlock::Empty));
         d.set_wake_at(Some(1_501));
-        assert_eq!(d.validate_block(&empty, false), Err(InvalidBlock::Empty));
+        assert_eq!(d.validate_block(&empty, None), Err(InvalidBlock::Empty));
         assert!(!starts_work(&d.handle(1_400, Input::Tick).unwrap()));
         d.set_wake_at(Some(1_500));
-        assert_eq!(d.validate_block(&empty, false), Ok(()));
+        assert_eq!(d.validate_block(&empty, None), Ok(()));
         assert!(starts_work(&d.handle(1_500, Input::Tick).unwrap()));
     }
 
     use super::super::testkit::starts_work;
-    use super::super::Input;
-    use crate::consensus::context::BlockContents;
+    use super::super::{Action, Input, Step};
+    use crate::consensus::context::{BlockContents, Proposal, SignedBytes, Step as MsgStep};
+    use crate::consensus::wire::{PeerMessage, SignedProposalWire};
+    use malachitebft_core_types::Round;
 }
