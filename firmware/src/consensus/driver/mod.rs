@@ -836,7 +836,9 @@ impl ConsensusDriver {
     /// reached ([`ConsensusDriver::set_wake_at`]).
     fn has_work(&self) -> bool {
         self.log_pending
-            || self.wake_at.is_some_and(|t| self.io.now >= t)
+            // The clock block time is built from: a block we build then
+            // reaches the deadline, as validators require of an empty one.
+            || self.wake_at.is_some_and(|t| self.io.clock >= t)
             || !self.evidence_pool.is_empty()
             || self.mempool.has_ready(&self.chain)
     }
