@@ -538,7 +538,9 @@ impl Phase {
             Phase::Failed(_) => "failed",
         }
     }
-    fn is_open(&self) -> bool {
+    /// True while the session may still complete (awaiting approval or
+    /// active).
+    pub fn is_open(&self) -> bool {
         matches!(self, Phase::AwaitingApproval | Phase::Active { .. })
     }
 }
