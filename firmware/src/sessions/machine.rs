@@ -695,6 +695,20 @@ impl Session {
     }
 }
 
+/// What a session request resolves to under the rules
+/// ([`SessionMachine::check_session`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionParams {
+    /// Who takes part, ascending.
+    pub participants: Vec<PartyId>,
+    /// The threshold.
+    pub threshold: u16,
+    /// The scheme label.
+    pub scheme: String,
+    /// Each round's length, seconds.
+    pub round_secs: u32,
+}
+
 /// A group key from a completed key generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupKey {
@@ -1459,13 +1473,12 @@ impl SessionMachine {
 
     // -- CreateSession ------------------------------------------------------
 
-    fn create_session(
-        &mut self,
-        cx: &mut BlockCtx,
-        id: OpId,
-        author: PartyId,
-        c: CreateSession,
-    ) -> Result<Applied, RuleViolation> {
+    /// Checks a session request against the rules and the current state,
+    /// without recording anything: what the API answers 422 with before it
+    /// accepts a request consensus would refuse. Returns the participants,
+    /// threshold and scheme the session would have, and its round length
+    /// in seconds.
+    pub fn check_session(&self, spec: &SessionSpec) -> Result<SessionParams, RuleViolation> {
         let rules = self.config.rules;
         let check_deadline = |secs: u32| {
             if secs == 0 || secs > rules.max_deadline_secs {
@@ -1477,10 +1490,10 @@ impl SessionMachine {
                 Ok(())
             }
         };
-        check_deadline(c.session.deadline_secs())?;
-        let round_secs = c.session.round_secs().unwrap_or(rules.default_round_secs);
+        check_deadline(spec.deadline_secs())?;
+        let round_secs = spec.round_secs().unwrap_or(rules.default_round_secs);
         check_deadline(round_secs)?;
-        let (participants, threshold, scheme) = match &c.session {
+        let (participants, threshold, scheme) = match spec {
             SessionSpec::Keygen(k) => {
                 let ps = sorted_distinct(&k.participants)?;
                 self.check_parties(&ps)?;
@@ -1546,6 +1559,28 @@ impl SessionMachine {
                 (ps, threshold, scheme)
             }
         };
+        Ok(SessionParams {
+            participants,
+            threshold,
+            scheme,
+            round_secs,
+        })
+    }
+
+    fn create_session(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        c: CreateSession,
+    ) -> Result<Applied, RuleViolation> {
+        let SessionParams {
+            participants,
+            threshold,
+            scheme,
+            round_secs,
+        } = self.check_session(&c.session)?;
+        let rules = self.config.rules;
         let sid = SessionId::from_op(&id);
         let deadline_ms = cx.time_ms.saturating_add(ms(c.session.deadline_secs()));
         let policy = rules.approval.for_session(c.session.kind());

@@ -110,6 +110,9 @@ pub enum Query {
     },
     /// The audit log: checkpoint, entries, proofs.
     Log(audit::LogQuery),
+    /// Whether a session request passes the rules against the current
+    /// decided state: `{"ok": true}` or `{"rule": NAME, "reason": TEXT}`.
+    CheckSession(Box<quorate_firmware::sessions::ops::SessionSpec>),
 }
 
 /// The answer to an accepted submission.
@@ -1643,6 +1646,20 @@ impl Runtime {
                 }))
             }
             Query::Blocks { from, limit } => self.blocks_view(from, limit),
+            Query::CheckSession(spec) => Some(match self.machine.check_session(&spec) {
+                Ok(_) => serde_json::json!({"ok": true}),
+                Err(rule) => {
+                    // The rule's snake_case name, as decided records carry it.
+                    let name = match serde_json::to_value(&rule) {
+                        Ok(serde_json::Value::String(n)) => n,
+                        Ok(serde_json::Value::Object(m)) => {
+                            m.keys().next().cloned().unwrap_or_default()
+                        }
+                        _ => String::new(),
+                    };
+                    serde_json::json!({"rule": name, "reason": rule.to_string()})
+                }
+            }),
             // Beyond the log: `null` (the API answers 404).
             Query::Log(q) => match audit::log_view(&self.store, q) {
                 Ok(v) => Some(v.unwrap_or(serde_json::Value::Null)),
