@@ -188,6 +188,8 @@ pub enum OpKind {
     Undecodable,
     /// `Blame`.
     Blame,
+    /// `CreateSession` for a share refresh.
+    CreateRefresh,
 }
 
 impl OpKind {
@@ -196,6 +198,7 @@ impl OpKind {
             OpBody::CreateSession(c) => match c.session.kind() {
                 SessionKind::Keygen => OpKind::CreateKeygen,
                 SessionKind::Signing => OpKind::CreateSigning,
+                SessionKind::Refresh => OpKind::CreateRefresh,
             },
             OpBody::Verdict(_) => OpKind::Verdict,
             OpBody::SessionMessage(_) => OpKind::SessionMessage,
@@ -445,6 +448,20 @@ pub enum RuleViolation {
     /// The blame's proof is malformed or does not apply to this session.
     #[error("blame proof does not apply: {0}")]
     InvalidBlame(String),
+    /// The key has an open session that this one cannot run beside: a
+    /// refresh while the key signs or refreshes, a signing while it
+    /// refreshes (a signing must use one generation of shares throughout).
+    #[error("key {key} is busy with open session {session}")]
+    KeyBusy {
+        /// The key.
+        key: KeyId,
+        /// The open session in the way.
+        session: SessionId,
+    },
+    /// A refresh result that is not the key's group public key: a refresh
+    /// must keep the group key.
+    #[error("a refresh result must be the key's group public key")]
+    RefreshChangedKey,
 }
 
 /// The record of every decided operation (payloads live with their session).
@@ -521,7 +538,9 @@ impl Phase {
             Phase::Failed(_) => "failed",
         }
     }
-    fn is_open(&self) -> bool {
+    /// True while the session may still complete (awaiting approval or
+    /// active).
+    pub fn is_open(&self) -> bool {
         matches!(self, Phase::AwaitingApproval | Phase::Active { .. })
     }
 }
@@ -676,6 +695,20 @@ impl Session {
     }
 }
 
+/// What a session request resolves to under the rules
+/// ([`SessionMachine::check_session`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionParams {
+    /// Who takes part, ascending.
+    pub participants: Vec<PartyId>,
+    /// The threshold.
+    pub threshold: u16,
+    /// The scheme label.
+    pub scheme: String,
+    /// Each round's length, seconds.
+    pub round_secs: u32,
+}
+
 /// A group key from a completed key generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupKey {
@@ -691,6 +724,17 @@ pub struct GroupKey {
     pub public_key: Blob,
     /// When the key generation completed.
     pub height: Height,
+    /// The last completed share refresh, if any: the session whose shares
+    /// sign now. Absent: the key generation's shares.
+    pub refreshed_by: Option<SessionId>,
+}
+
+impl GroupKey {
+    /// The session whose shares are current: the last completed refresh,
+    /// else the key generation. A holder's share is stored under it.
+    pub fn share_session(&self) -> SessionId {
+        self.refreshed_by.unwrap_or_else(|| self.id.session())
+    }
 }
 
 /// What a party was proven to have signed twice.
@@ -997,7 +1041,8 @@ struct Header<'a> {
     pending: &'a BTreeSet<OpId>,
     open_sessions: &'a BTreeSet<SessionId>,
     // `keys` is left out: each group key is a function of its completed
-    // key-generation session, which the sessions tree commits to.
+    // key-generation and refresh sessions, which the sessions tree commits
+    // to.
     misbehaviour: &'a [ProvenMisbehaviour],
     attestation: &'a BTreeMap<PartyId, AttestationStanding>,
 }
@@ -1391,13 +1436,12 @@ impl SessionMachine {
 
     // -- CreateSession ------------------------------------------------------
 
-    fn create_session(
-        &mut self,
-        cx: &mut BlockCtx,
-        id: OpId,
-        author: PartyId,
-        c: CreateSession,
-    ) -> Result<Applied, RuleViolation> {
+    /// Checks a session request against the rules and the current state,
+    /// without recording anything: what the API answers 422 with before it
+    /// accepts a request consensus would refuse. Returns the participants,
+    /// threshold and scheme the session would have, and its round length
+    /// in seconds.
+    pub fn check_session(&self, spec: &SessionSpec) -> Result<SessionParams, RuleViolation> {
         let rules = self.config.rules;
         let check_deadline = |secs: u32| {
             if secs == 0 || secs > rules.max_deadline_secs {
@@ -1409,10 +1453,10 @@ impl SessionMachine {
                 Ok(())
             }
         };
-        check_deadline(c.session.deadline_secs())?;
-        let round_secs = c.session.round_secs().unwrap_or(rules.default_round_secs);
+        check_deadline(spec.deadline_secs())?;
+        let round_secs = spec.round_secs().unwrap_or(rules.default_round_secs);
         check_deadline(round_secs)?;
-        let (participants, threshold, scheme) = match &c.session {
+        let (participants, threshold, scheme) = match spec {
             SessionSpec::Keygen(k) => {
                 let ps = sorted_distinct(&k.participants)?;
                 self.check_parties(&ps)?;
@@ -1462,9 +1506,44 @@ impl SessionMachine {
                 if key.scheme == SCHEME_ED25519 && s.taproot.is_some() {
                     return Err(RuleViolation::TaprootForScheme(key.scheme.clone()));
                 }
+                self.key_free(s.key, &[SessionKind::Refresh])?;
                 (ps, key.threshold, key.scheme.clone())
             }
+            SessionSpec::Refresh(r) => {
+                let key = self
+                    .state
+                    .keys
+                    .get(&r.key)
+                    .ok_or(RuleViolation::UnknownKey(r.key))?;
+                let ps = key.participants.clone();
+                self.check_parties(&ps)?;
+                let (threshold, scheme) = (key.threshold, key.scheme.clone());
+                self.key_free(r.key, &[SessionKind::Signing, SessionKind::Refresh])?;
+                (ps, threshold, scheme)
+            }
         };
+        Ok(SessionParams {
+            participants,
+            threshold,
+            scheme,
+            round_secs,
+        })
+    }
+
+    fn create_session(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        c: CreateSession,
+    ) -> Result<Applied, RuleViolation> {
+        let SessionParams {
+            participants,
+            threshold,
+            scheme,
+            round_secs,
+        } = self.check_session(&c.session)?;
+        let rules = self.config.rules;
         let sid = SessionId::from_op(&id);
         let deadline_ms = cx.time_ms.saturating_add(ms(c.session.deadline_secs()));
         let policy = rules.approval.for_session(c.session.kind());
@@ -1492,6 +1571,28 @@ impl SessionMachine {
         self.state.open_sessions.insert(sid);
         self.await_verdicts(cx, id, policy, voters, deadline_ms);
         Ok(Applied::Pending)
+    }
+
+    /// Fails with [`RuleViolation::KeyBusy`] when an open session of one
+    /// of `kinds` uses `key`.
+    fn key_free(&self, key: KeyId, kinds: &[SessionKind]) -> Result<(), RuleViolation> {
+        let busy = self.state.open_sessions.iter().find(|sid| {
+            self.state.sessions.get(sid).is_some_and(|s| {
+                kinds.contains(&s.spec.kind())
+                    && match &s.spec {
+                        SessionSpec::Signing(sp) => sp.key == key,
+                        SessionSpec::Refresh(r) => r.key == key,
+                        _ => false,
+                    }
+            })
+        });
+        match busy {
+            Some(session) => Err(RuleViolation::KeyBusy {
+                key,
+                session: *session,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn await_verdicts(
@@ -1600,7 +1701,7 @@ impl SessionMachine {
             return;
         };
         match rec.kind {
-            OpKind::CreateKeygen | OpKind::CreateSigning => {
+            OpKind::CreateKeygen | OpKind::CreateSigning | OpKind::CreateRefresh => {
                 let sid = SessionId::from_op(&id);
                 // Exclusions may have changed since the request was decided.
                 let participants = self
@@ -1650,7 +1751,7 @@ impl SessionMachine {
         let (kind, author) = (rec.kind, rec.author);
         self.state.pending.remove(&id);
         match kind {
-            OpKind::CreateKeygen | OpKind::CreateSigning => {
+            OpKind::CreateKeygen | OpKind::CreateSigning | OpKind::CreateRefresh => {
                 let sid = SessionId::from_op(&id);
                 self.dirty_sessions.insert(sid);
                 if let Some(s) = self.state.sessions.get_mut(&sid) {
@@ -1856,6 +1957,16 @@ impl SessionMachine {
         if s.results.contains_key(&author) {
             return Err(RuleViolation::DuplicateResult(author));
         }
+        if let SessionSpec::Refresh(rf) = &s.spec {
+            let same = self
+                .state
+                .keys
+                .get(&rf.key)
+                .is_some_and(|k| k.public_key == r.result);
+            if !same {
+                return Err(RuleViolation::RefreshChangedKey);
+            }
+        }
         let sid = r.session;
         self.dirty_sessions.insert(sid);
         let Some(s) = self.state.sessions.get_mut(&sid) else {
@@ -1906,16 +2017,25 @@ impl SessionMachine {
         let Some(s) = self.state.sessions.get(&sid) else {
             return;
         };
-        if let SessionSpec::Keygen(_) = s.spec {
-            let key = GroupKey {
-                id: KeyId::of_session(&sid),
-                scheme: s.scheme.clone(),
-                participants: s.participants.clone(),
-                threshold: s.threshold,
-                public_key: result.clone(),
-                height: cx.height,
-            };
-            self.state.keys.insert(key.id, key);
+        match &s.spec {
+            SessionSpec::Keygen(_) => {
+                let key = GroupKey {
+                    id: KeyId::of_session(&sid),
+                    scheme: s.scheme.clone(),
+                    participants: s.participants.clone(),
+                    threshold: s.threshold,
+                    public_key: result.clone(),
+                    height: cx.height,
+                    refreshed_by: None,
+                };
+                self.state.keys.insert(key.id, key);
+            }
+            SessionSpec::Refresh(r) => {
+                if let Some(key) = self.state.keys.get_mut(&r.key) {
+                    key.refreshed_by = Some(sid);
+                }
+            }
+            _ => {}
         }
         self.dirty_sessions.insert(sid);
         if let Some(s) = self.state.sessions.get_mut(&sid) {
