@@ -1470,11 +1470,7 @@ impl SessionMachine {
                 (ps, k.threshold, k.scheme.clone())
             }
             SessionSpec::Signing(s) => {
-                let key = self
-                    .state
-                    .keys
-                    .get(&s.key)
-                    .ok_or(RuleViolation::UnknownKey(s.key))?;
+                let key = self.known_key(s.key)?;
                 let ps = sorted_distinct(&s.signers)?;
                 if let Some(p) = ps.iter().find(|p| !key.participants.contains(p)) {
                     return Err(RuleViolation::NotAKeyHolder(*p));
@@ -1510,11 +1506,7 @@ impl SessionMachine {
                 (ps, key.threshold, key.scheme.clone())
             }
             SessionSpec::Refresh(r) => {
-                let key = self
-                    .state
-                    .keys
-                    .get(&r.key)
-                    .ok_or(RuleViolation::UnknownKey(r.key))?;
+                let key = self.known_key(r.key)?;
                 let ps = key.participants.clone();
                 self.check_parties(&ps)?;
                 let (threshold, scheme) = (key.threshold, key.scheme.clone());
@@ -1571,6 +1563,14 @@ impl SessionMachine {
         self.state.open_sessions.insert(sid);
         self.await_verdicts(cx, id, policy, voters, deadline_ms);
         Ok(Applied::Pending)
+    }
+
+    /// The completed key `id`, or [`RuleViolation::UnknownKey`].
+    fn known_key(&self, id: KeyId) -> Result<&GroupKey, RuleViolation> {
+        self.state
+            .keys
+            .get(&id)
+            .ok_or(RuleViolation::UnknownKey(id))
     }
 
     /// Fails with [`RuleViolation::KeyBusy`] when an open session of one
