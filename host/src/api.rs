@@ -19,7 +19,7 @@
 use crate::daemon::audit::LogQuery;
 use crate::daemon::events::{ApiEvent, EventId};
 use crate::daemon::status::StatusView;
-use crate::daemon::{DaemonHandle, Query};
+use crate::daemon::{DaemonHandle, Query, SubmitError};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -493,7 +493,28 @@ async fn status(st: &ApiState) -> Option<StatusView> {
     serde_json::from_value(v).ok()
 }
 
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header):
+/// 1..=255 visible ASCII characters, or a 400.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, String> {
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || format!("must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters");
+    let k = v.to_str().map_err(|_| bad())?;
+    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(k.to_string()))
+}
+
 async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
+    let idempotency_key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, Some("Idempotency-Key"), &e),
+    };
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -545,9 +566,17 @@ async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
     if let Err((field, reason)) = check_operation(&op, st).await {
         return error(StatusCode::UNPROCESSABLE_ENTITY, Some(&field), &reason);
     }
-    match st.daemon.submit(op).await {
+    match st.daemon.submit(op, idempotency_key).await {
         Ok(r) => json(StatusCode::ACCEPTED, &serde_json::json!({"id": r.id})),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, None, &e),
+        Err(e @ SubmitError::SlotTaken { .. }) => {
+            error(StatusCode::CONFLICT, Some("body"), &e.to_string())
+        }
+        Err(e @ SubmitError::KeyReused { .. }) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("Idempotency-Key"),
+            &e.to_string(),
+        ),
+        Err(SubmitError::Unavailable(e)) => error(StatusCode::SERVICE_UNAVAILABLE, None, &e),
     }
 }
 

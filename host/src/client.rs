@@ -209,11 +209,25 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.raw_with(method, path, body, &[]).await
+    }
+
+    /// [`Client::raw`] with extra request headers.
+    pub async fn raw_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let fut = async {
-            let req = Request::builder()
+            let mut req = Request::builder()
                 .method(method)
                 .uri(path)
                 .header(hyper::header::CONTENT_TYPE, "application/json");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
             let resp = self
                 .send(req, Bytes::from(body.unwrap_or_default()))
                 .await?;
@@ -237,7 +251,17 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.raw(method, path, body).await?;
+        self.json_with(method, path, body, &[]).await
+    }
+
+    async fn json_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.raw_with(method, path, body, headers).await?;
         if !status.is_success() {
             return Err(ClientError::Status {
                 status,
@@ -257,6 +281,23 @@ impl Client {
     pub async fn submit_json(&self, op: &serde_json::Value) -> Result<Accepted, ClientError> {
         let body = serde_json::to_vec(op).map_err(|e| ClientError::Decode(e.to_string()))?;
         self.json(Method::POST, "/v1/operations", Some(body)).await
+    }
+
+    /// Submits an operation given as JSON with an `Idempotency-Key`: the
+    /// same key and body again get the first receipt.
+    pub async fn submit_json_once(
+        &self,
+        op: &serde_json::Value,
+        key: &str,
+    ) -> Result<Accepted, ClientError> {
+        let body = serde_json::to_vec(op).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.json_with(
+            Method::POST,
+            "/v1/operations",
+            Some(body),
+            &[("Idempotency-Key", key)],
+        )
+        .await
     }
 
     /// An operation's status and verdicts, by receipt or operation id.

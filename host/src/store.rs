@@ -148,6 +148,36 @@ impl std::fmt::Debug for Store {
 /// The file name of the database inside the data dir.
 pub const DB_FILE: &str = "quorate.redb";
 
+/// Takes the next outbox sequence number: a counter that never goes back,
+/// so a sequence number (and the receipt id made from it) is never reused,
+/// even once the outbox has drained.
+fn next_outbox_seq(meta: &mut redb::Table<&str, &[u8]>) -> Result<u64, redb::Error> {
+    let next = meta
+        .get("outbox_next")?
+        .and_then(|v| v.value().try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(1);
+    meta.insert(
+        "outbox_next",
+        next.saturating_add(1).to_be_bytes().as_slice(),
+    )?;
+    Ok(next)
+}
+
+/// What [`Store::outbox_push_guarded`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardedPush {
+    /// Pushed with this outbox sequence number.
+    Pushed(u64),
+    /// Not pushed: `guard` was already set, to `value`.
+    Taken {
+        /// The guard key found set.
+        guard: String,
+        /// Its value.
+        value: Vec<u8>,
+    },
+}
+
 impl Store {
     /// Opens (or creates) the database `DB_FILE` in `data_dir`, and checks
     /// or records that it belongs to `identity` (e.g. "party 1 of cluster ab12..").
@@ -418,21 +448,41 @@ impl Store {
     /// Records an accepted operation durably and returns its local sequence number.
     pub fn outbox_push(&self, op: &[u8]) -> Result<u64, StoreError> {
         self.write(|tx| {
-            // A counter that never goes back, so a sequence number (and the
-            // receipt id made from it) is never reused, even once the
-            // outbox has drained.
+            let seq = next_outbox_seq(&mut tx.open_table(META)?)?;
+            tx.open_table(OUTBOX)?.insert(seq, op)?;
+            Ok(seq)
+        })
+    }
+
+    /// Pushes `op` into the outbox unless one of the `guards` keys is
+    /// already set: in one transaction, so a crash never leaves an
+    /// operation without its guard records. On success every guard key is
+    /// set to `record(seq)`; otherwise nothing is written and the first
+    /// taken guard is returned with its value.
+    pub fn outbox_push_guarded(
+        &self,
+        op: &[u8],
+        guards: &[String],
+        record: impl Fn(u64) -> Vec<u8>,
+    ) -> Result<GuardedPush, StoreError> {
+        self.write(|tx| {
             let mut meta = tx.open_table(META)?;
-            let next = meta
-                .get("outbox_next")?
-                .and_then(|v| v.value().try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(1);
-            meta.insert(
-                "outbox_next",
-                next.saturating_add(1).to_be_bytes().as_slice(),
-            )?;
+            for g in guards {
+                if let Some(v) = meta.get(g.as_str())? {
+                    return Ok(GuardedPush::Taken {
+                        guard: g.clone(),
+                        value: v.value().to_vec(),
+                    });
+                }
+            }
+            let next = next_outbox_seq(&mut meta)?;
+            let rec = record(next);
+            for g in guards {
+                meta.insert(g.as_str(), rec.as_slice())?;
+            }
+            drop(meta);
             tx.open_table(OUTBOX)?.insert(next, op)?;
-            Ok(next)
+            Ok(GuardedPush::Pushed(next))
         })
     }
 
@@ -761,6 +811,32 @@ mod tests {
             r.set_meta("x", b"y"),
             Err(StoreError::ReadOnly { .. })
         ));
+    }
+
+    #[test]
+    fn a_guarded_push_writes_the_operation_and_its_guards_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "party 1").unwrap();
+        let guards = vec!["guard/a".to_string(), "guard/b".to_string()];
+        let rec = |seq: u64| format!("seq {seq}").into_bytes();
+        assert_eq!(
+            s.outbox_push_guarded(b"op1", &guards, rec).unwrap(),
+            GuardedPush::Pushed(1)
+        );
+        assert_eq!(s.meta("guard/b").unwrap(), Some(b"seq 1".to_vec()));
+        // Any taken guard refuses the push and writes nothing.
+        let other = vec!["guard/c".to_string(), "guard/b".to_string()];
+        assert_eq!(
+            s.outbox_push_guarded(b"op2", &other, rec).unwrap(),
+            GuardedPush::Taken {
+                guard: "guard/b".into(),
+                value: b"seq 1".to_vec()
+            }
+        );
+        assert_eq!(s.meta("guard/c").unwrap(), None);
+        assert_eq!(s.outbox().unwrap(), vec![(1, b"op1".to_vec())]);
+        // The sequence counter is shared with unguarded pushes.
+        assert_eq!(s.outbox_push(b"op3").unwrap(), 2);
     }
 
     #[test]

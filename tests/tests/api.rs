@@ -807,12 +807,56 @@ async fn an_operator_decides_by_posting_a_verdict() {
     // Still pending a while later: nothing decides for the operator.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(p1.operation(&a.id).await.unwrap()["status"], "pending");
-    p2.submit_json(&json!({"type": "verdict", "target": op, "decision": "approve"}))
-        .await
-        .unwrap();
+    let approve = json!({"type": "verdict", "target": op, "decision": "approve"});
+    let first = p2.submit_json(&approve).await.unwrap();
+    // A retry of the same verdict is the same operation: its first receipt.
+    assert_eq!(p2.submit_json(&approve).await.unwrap().id, first.id);
+    // A different verdict on the same target would make party 2 an
+    // equivocator (two signed operations for one slot): refused, 409.
+    let reject = json!({"type": "verdict", "target": op, "decision":
+        {"reject": {"code": "operator_rejected", "text": "changed my mind"}}});
+    match p2.submit_json(&reject).await {
+        Err(ClientError::Status { status, body }) => {
+            assert_eq!(status.as_u16(), 409, "{body}");
+            assert!(
+                body.contains(&first.id),
+                "names the verdict that holds the slot: {body}"
+            );
+        }
+        other => panic!("a second, different verdict was not refused: {other:?}"),
+    }
     let v = settled(&p1, &a.id).await;
     assert_eq!(v["status"], "executed", "{v}");
     assert_eq!(v["verdicts"].as_array().unwrap().len(), 3, "{v}");
+    // Once decided, the same verdict again still answers as done, and the
+    // log holds no evidence against party 2.
+    assert!(p2.submit_json(&approve).await.is_ok());
+    assert!(p2.submit_json(&reject).await.is_err());
+
+    // An Idempotency-Key makes a create_session retry safe: the same key
+    // and body get the first receipt and one session; the key with another
+    // body is refused (422); a malformed key is refused (400).
+    let once = p1
+        .submit_json_once(&keygen("frost-secp256k1"), "req-7")
+        .await
+        .unwrap();
+    let again = p1
+        .submit_json_once(&keygen("frost-secp256k1"), "req-7")
+        .await
+        .unwrap();
+    assert_eq!(once.id, again.id);
+    match p1.submit_json_once(&keygen("frost-ed25519"), "req-7").await {
+        Err(ClientError::Status { status, body }) => {
+            assert_eq!(status.as_u16(), 422, "{body}");
+            assert!(body.contains(&once.id), "{body}");
+        }
+        other => panic!("a reused idempotency key was not refused: {other:?}"),
+    }
+    match p1.submit_json_once(&keygen("frost-secp256k1"), "a b").await {
+        Err(ClientError::Status { status, .. }) => assert_eq!(status.as_u16(), 400),
+        other => panic!("a malformed idempotency key was accepted: {other:?}"),
+    }
+    let _ = awaiting_operator(&p1, &once.id).await;
 
     let b = p1.submit_json(&keygen("frost-secp256k1")).await.unwrap();
     let op = awaiting_operator(&p1, &b.id).await;

@@ -19,7 +19,7 @@ use super::approval::{tally, ApprovalPolicy, ApprovalRules, Tally};
 use super::ops::{
     check_batch_envelope, decode_batch_ops, AbortSession, AttestationRecord, BlameOp, Blob,
     CreateSession, Decision, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason,
-    SessionId, SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp,
+    SessionId, SessionKind, SessionMessage, SessionResult, SessionSpec, Slot, VerdictOp,
     MAX_SCHEME_BYTES, MAX_TEXT_BYTES,
 };
 use super::root::{leaf, MerkleTree};
@@ -2251,25 +2251,14 @@ impl SessionMachine {
                 };
                 let a = op_at(first, *first_op)?;
                 let b = op_at(second, *second_op)?;
-                let conflict = match (&a.body, &b.body) {
-                    (OpBody::SessionMessage(x), OpBody::SessionMessage(y))
-                        if x.session == y.session && x.round == y.round && x != y =>
-                    {
-                        Conflict::Messages {
-                            session: x.session,
-                            round: x.round,
-                        }
-                    }
-                    (OpBody::SessionResult(x), OpBody::SessionResult(y))
-                        if x.session == y.session && x.result != y.result =>
-                    {
-                        Conflict::Results { session: x.session }
-                    }
-                    (OpBody::Verdict(x), OpBody::Verdict(y))
-                        if x.target == y.target && x.decision != y.decision =>
-                    {
-                        Conflict::Verdicts { target: x.target }
-                    }
+                // One definition of "the same slot" serves the daemon's
+                // guard and this proof.
+                let conflict = match (a.body.slot(), b.body.slot()) {
+                    (Some(x), Some(y)) if x == y && a.body != b.body => match x {
+                        Slot::Message { session, round } => Conflict::Messages { session, round },
+                        Slot::Result { session } => Conflict::Results { session },
+                        Slot::Verdict { target } => Conflict::Verdicts { target },
+                    },
                     _ => return Err(bad("the two operations do not conflict")),
                 };
                 self.verify_signed(first)?;

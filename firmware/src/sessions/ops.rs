@@ -321,6 +321,47 @@ impl OpBody {
     }
 }
 
+/// The slot an operation occupies: each party signs at most one operation
+/// per slot. Two different signed operations of one author for one slot
+/// are proof of misbehaviour (`conflicting_ops`), so a correct daemon never
+/// signs a second one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    /// A session message for one round.
+    Message {
+        /// The session.
+        session: SessionId,
+        /// The round.
+        round: u32,
+    },
+    /// A session's result.
+    Result {
+        /// The session.
+        session: SessionId,
+    },
+    /// A verdict on one operation.
+    Verdict {
+        /// The operation judged.
+        target: OpId,
+    },
+}
+
+impl OpBody {
+    /// The slot this operation occupies, if it is of a once-only kind.
+    pub fn slot(&self) -> Option<Slot> {
+        match self {
+            OpBody::SessionMessage(m) => Some(Slot::Message {
+                session: m.session,
+                round: m.round,
+            }),
+            OpBody::SessionResult(r) => Some(Slot::Result { session: r.session }),
+            OpBody::Verdict(v) => Some(Slot::Verdict { target: v.target }),
+            _ => None,
+        }
+    }
+}
+
 /// `CreateSession`: the session's parameters, recorded once in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateSession {

@@ -72,8 +72,10 @@ pub enum Command {
     Submit {
         /// What it does.
         body: OpBody,
+        /// The client's `Idempotency-Key`, if it sent one.
+        idempotency_key: Option<String>,
         /// Answered with the receipt id once the operation is durable.
-        reply: oneshot::Sender<Result<Receipt, String>>,
+        reply: oneshot::Sender<Result<Receipt, SubmitError>>,
     },
     /// Read something from the decided state.
     Query {
@@ -115,6 +117,72 @@ pub enum Query {
     CheckSession(Box<quorate_firmware::sessions::ops::SessionSpec>),
 }
 
+/// Why an operation of this party was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The daemon cannot take it now (storage error, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// This party already signed a different operation for the same slot
+    /// (one message per session round, one result per session, one verdict
+    /// per operation): a second would be proof of equivocation against it.
+    #[error("this party already posted a different {slot}: {existing}")]
+    SlotTaken {
+        /// The slot, in words.
+        slot: String,
+        /// The operation that holds it (receipt id, or where it was decided).
+        existing: String,
+    },
+    /// The `Idempotency-Key` was used before for a different request.
+    #[error("the idempotency key was used for a different request ({existing})")]
+    KeyReused {
+        /// The receipt of the request it was used for.
+        existing: String,
+    },
+}
+
+/// What the daemon records of an accepted operation under its slot and its
+/// idempotency key: the digest of the operation's bytes and its receipt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GuardRecord {
+    digest: [u8; 32],
+    receipt: String,
+}
+
+/// The store key of this party's guard for `slot`.
+fn slot_guard(slot: &quorate_firmware::sessions::ops::Slot) -> String {
+    let bytes = postcard::to_allocvec(slot).unwrap_or_default();
+    format!(
+        "guard/slot/{}",
+        hex::encode(quorate_firmware::types::Sha256Digest::of(&bytes).as_bytes())
+    )
+}
+
+/// The store key of an idempotency key's guard.
+fn idempotency_guard(key: &str) -> String {
+    format!(
+        "guard/idem/{}",
+        hex::encode(quorate_firmware::types::Sha256Digest::of(key.as_bytes()).as_bytes())
+    )
+}
+
+/// A slot in words, for errors.
+fn slot_words(slot: &quorate_firmware::sessions::ops::Slot) -> String {
+    use quorate_firmware::sessions::ops::Slot;
+    match slot {
+        Slot::Message { session, round } => format!(
+            "round-{round} message in session {}",
+            hex::encode(session.0.as_bytes())
+        ),
+        Slot::Result { session } => {
+            format!("result of session {}", hex::encode(session.0.as_bytes()))
+        }
+        Slot::Verdict { target } => {
+            format!("verdict on operation {}", hex::encode(target.0.as_bytes()))
+        }
+    }
+}
+
 /// The answer to an accepted submission.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Receipt {
@@ -132,14 +200,22 @@ pub struct DaemonHandle {
 
 impl DaemonHandle {
     /// Submits an operation; returns once it is durable in the outbox.
-    pub async fn submit(&self, body: OpBody) -> Result<Receipt, String> {
+    pub async fn submit(
+        &self,
+        body: OpBody,
+        idempotency_key: Option<String>,
+    ) -> Result<Receipt, SubmitError> {
+        let down = || SubmitError::Unavailable("the daemon is shutting down".into());
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Submit { body, reply })
+            .send(Command::Submit {
+                body,
+                idempotency_key,
+                reply,
+            })
             .await
-            .map_err(|_| "the daemon is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the daemon is shutting down".to_string())?
+            .map_err(|_| down())?;
+        rx.await.map_err(|_| down())?
     }
 
     /// The decided-event log (for `GET /v1/events`).
@@ -1133,28 +1209,137 @@ impl Runtime {
 
     /// Queues an operation of this party's in the durable outbox.
     fn queue(&self, body: OpBody) -> anyhow::Result<u64> {
-        if let OpBody::SessionMessage(m) = &body {
-            // One message per party and round: a second, different one for a
-            // slot this party already holds in the log would be refused, and
-            // reads as equivocation. It can only come from an earlier run of
-            // this daemon (a crash, or a store restored from a backup).
-            let occupied = self.machine.session(&m.session).is_some_and(|s| {
-                s.messages
-                    .iter()
-                    .any(|d| d.from == self.me && d.round == m.round)
-            });
-            if occupied {
-                warn!(session = %hex::encode(m.session.0.as_bytes()), round = m.round, "not posting a second message for a round this party already posted in (an earlier run of this daemon did)");
-                return Ok(0);
+        match self.push_own(body, None) {
+            Ok(receipt) => Ok(receipt.1),
+            Err(SubmitError::Unavailable(e)) => Err(anyhow::anyhow!(e)),
+            Err(e) => {
+                // A retry of something this party already signed: the one
+                // in the log (or the outbox) stands.
+                warn!(error = %e, "not queueing a second operation for a slot this party holds");
+                Ok(0)
             }
         }
-        Ok(self.store.outbox_push(
-            &Operation {
-                author: self.me,
-                body,
+    }
+
+    /// Accepts an operation of this party into the outbox, at most once per
+    /// slot and per idempotency key, durably and in one transaction with
+    /// its guard records. The same operation again gets its first receipt;
+    /// a different one for a held slot is refused
+    /// ([`SubmitError::SlotTaken`]), so this party never signs two
+    /// operations that would prove it an equivocator. Returns the receipt
+    /// and its outbox sequence number (0 when it was accepted before).
+    fn push_own(
+        &self,
+        body: OpBody,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Receipt, u64), SubmitError> {
+        let unavailable = |e: &dyn std::fmt::Display| SubmitError::Unavailable(e.to_string());
+        let slot = body.slot();
+        let guarded = match &slot {
+            Some(slot) => self
+                .store
+                .meta(&slot_guard(slot))
+                .map_err(|e| unavailable(&e))?
+                .is_some(),
+            None => false,
+        };
+        if let (Some(slot), false) = (&slot, guarded) {
+            if let Some(existing) = self.decided_in_slot(slot, &body) {
+                return existing;
             }
-            .encode(),
-        )?)
+        }
+        let bytes = Operation {
+            author: self.me,
+            body,
+        }
+        .encode();
+        let digest = *quorate_firmware::types::Sha256Digest::of(&bytes).as_bytes();
+        let mut guards = Vec::new();
+        if let Some(k) = idempotency_key {
+            guards.push(idempotency_guard(k));
+        }
+        if let Some(slot) = &slot {
+            guards.push(slot_guard(slot));
+        }
+        let me = self.me.0;
+        let pushed = self
+            .store
+            .outbox_push_guarded(&bytes, &guards, |seq| {
+                serde_json::to_vec(&GuardRecord {
+                    digest,
+                    receipt: format!("r{me}-{seq}"),
+                })
+                .unwrap_or_default()
+            })
+            .map_err(|e| unavailable(&e))?;
+        match pushed {
+            crate::store::GuardedPush::Pushed(seq) => Ok((
+                Receipt {
+                    id: format!("r{me}-{seq}"),
+                },
+                seq,
+            )),
+            crate::store::GuardedPush::Taken { guard, value } => {
+                let rec: GuardRecord =
+                    serde_json::from_slice(&value).map_err(|e| unavailable(&e))?;
+                if rec.digest == digest {
+                    return Ok((Receipt { id: rec.receipt }, 0));
+                }
+                match (&slot, guard.starts_with("guard/idem/")) {
+                    (_, true) => Err(SubmitError::KeyReused {
+                        existing: rec.receipt,
+                    }),
+                    (Some(slot), false) => Err(SubmitError::SlotTaken {
+                        slot: slot_words(slot),
+                        existing: rec.receipt,
+                    }),
+                    (None, false) => Err(unavailable(&"inconsistent guard record")),
+                }
+            }
+        }
+    }
+
+    /// When the decided log already holds this party's operation in
+    /// `slot` (decided before guard records existed, or by a store
+    /// restored from a backup): the same `body` is answered as already
+    /// done, a different one refused.
+    fn decided_in_slot(
+        &self,
+        slot: &quorate_firmware::sessions::ops::Slot,
+        body: &OpBody,
+    ) -> Option<Result<(Receipt, u64), SubmitError>> {
+        use quorate_firmware::sessions::ops::Slot;
+        let (same, existing) = match (slot, body) {
+            (Slot::Message { session, round }, OpBody::SessionMessage(m)) => {
+                let d = self
+                    .machine
+                    .session(session)?
+                    .messages
+                    .iter()
+                    .find(|d| d.from == self.me && d.round == *round)?;
+                (
+                    d.broadcast == m.broadcast && d.direct == m.direct,
+                    hex::encode(d.op.0.as_bytes()),
+                )
+            }
+            (Slot::Result { session }, OpBody::SessionResult(r)) => {
+                let mine = self.machine.session(session)?.results.get(&self.me)?;
+                (*mine == r.result, "its decided result".to_string())
+            }
+            (Slot::Verdict { target }, OpBody::Verdict(v)) => {
+                let mine = self.machine.operation(target)?.verdicts.get(&self.me)?;
+                (*mine == v.decision, "its decided verdict".to_string())
+            }
+            _ => return None,
+        };
+        Some(if same {
+            Ok((Receipt { id: existing }, 0))
+        } else {
+            Err(SubmitError::SlotTaken {
+                slot: slot_words(slot),
+                existing,
+            })
+        })
     }
 
     /// Carries out the MPC engine's actions: operations go to the outbox;
@@ -1612,18 +1797,14 @@ impl Runtime {
 
     fn command(&mut self, cmd: Command) -> anyhow::Result<()> {
         match cmd {
-            Command::Submit { body, reply } => {
-                let op = Operation {
-                    author: self.me,
-                    body,
-                };
+            Command::Submit {
+                body,
+                idempotency_key,
+                reply,
+            } => {
                 let res = self
-                    .store
-                    .outbox_push(&op.encode())
-                    .map(|seq| Receipt {
-                        id: format!("r{}-{seq}", self.me.0),
-                    })
-                    .map_err(|e| e.to_string());
+                    .push_own(body, idempotency_key.as_deref())
+                    .map(|(receipt, _)| receipt);
                 if res.is_ok() {
                     self.metrics.accepted_ops.fetch_add(1, Ordering::Relaxed);
                 }
