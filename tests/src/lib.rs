@@ -15,3 +15,4 @@ pub mod cluster;
 pub mod netcluster;
 pub mod netns;
 pub mod proxy;
+pub mod mpc;

@@ -13,6 +13,7 @@
 
 use quorate_host::client::Client;
 use quorate_tests::cluster::TestCluster;
+use quorate_tests::mpc::{is_plain_round2, plaintext_round2_offsets};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -134,6 +135,11 @@ async fn a_3_of_4_frost_dkg_agrees_on_the_group_key_for_both_schemes_and_shows_n
     // package in the clear.
     let bundle = c.export_audit(1).unwrap();
     let bytes = std::fs::read(&bundle).unwrap();
+    assert_eq!(
+        plaintext_round2_offsets(&bytes).unwrap(),
+        Vec::<usize>::new(),
+        "a round-2 package in the clear in the export"
+    );
     for (scheme, sid) in &sids {
         for id in 1..=N {
             let s = c.client(id).unwrap().session(sid).await.unwrap();
@@ -144,13 +150,6 @@ async fn a_3_of_4_frost_dkg_agrees_on_the_group_key_for_both_schemes_and_shows_n
                 );
             }
         }
-    }
-}
-
-fn is_plain_round2(scheme: &str, bytes: &[u8]) -> bool {
-    match scheme {
-        "frost-ed25519" => frost_ed25519::keys::dkg::round2::Package::deserialize(bytes).is_ok(),
-        _ => frost_secp256k1_tr::keys::dkg::round2::Package::deserialize(bytes).is_ok(),
     }
 }
 

@@ -13,6 +13,7 @@
 
 use quorate_host::client::Client;
 use quorate_tests::cluster::TestCluster;
+use quorate_tests::mpc::verify_independently;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -119,30 +120,6 @@ async fn sign(c: &TestCluster, session: Value, within: Duration) -> (String, Vec
     (sid, views)
 }
 
-/// Checks a signature with a library other than frost.
-fn verify_independently(scheme: &str, key_hex: &str, msg: &[u8], sig_hex: &str) {
-    let key = hex::decode(key_hex).unwrap();
-    let sig = hex::decode(sig_hex).unwrap();
-    assert_eq!(sig.len(), 64, "{sig_hex}");
-    assert_eq!(sig_hex, sig_hex.to_lowercase());
-    match scheme {
-        "frost-ed25519" => {
-            let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.try_into().unwrap()).unwrap();
-            vk.verify_strict(msg, &ed25519_dalek::Signature::from_slice(&sig).unwrap())
-                .expect("ed25519-dalek verifies the signature");
-        }
-        _ => {
-            use k256::schnorr::signature::hazmat::PrehashVerifier;
-            let vk = k256::schnorr::VerifyingKey::from_bytes(&key).unwrap();
-            vk.verify_prehash(
-                msg,
-                &k256::schnorr::Signature::try_from(sig.as_slice()).unwrap(),
-            )
-            .expect("k256 verifies the BIP-340 signature");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
     let c = started(TestCluster::provision_attested(N, "byzantine").unwrap()).await;
@@ -158,7 +135,7 @@ async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
         let v = &views[0];
         println!("{scheme}: signed at all 4 parties in {:?}", t0.elapsed());
         assert_eq!(v["verifying_key"], gpk.as_str(), "untweaked: the group key");
-        verify_independently(scheme, &gpk, &msg, v["signature"].as_str().unwrap());
+        verify_independently(scheme, &gpk, &msg, v["signature"].as_str().unwrap()).unwrap();
         // The session's agreed result is the signature.
         let attempts = v["attempts"].as_array().unwrap();
         assert_eq!(attempts.last().unwrap()["outcome"], "signed", "{v}");
@@ -188,7 +165,8 @@ async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
         vk,
         &digest,
         views[0]["signature"].as_str().unwrap(),
-    );
+    )
+    .unwrap();
 
     // Bad input is refused with its reason, and recorded.
     let p1 = c.client(1).unwrap();
@@ -249,7 +227,8 @@ async fn roast_signs_despite_a_cheating_and_a_stalling_candidate() {
             &gpk,
             &msg,
             v["signature"].as_str().unwrap(),
-        );
+        )
+        .unwrap();
         let attempts = v["attempts"].as_array().unwrap();
         let mut timeouts = 0;
         for a in attempts {
