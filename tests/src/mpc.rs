@@ -64,7 +64,10 @@ pub fn verify_independently(
 /// `merkle_root` (none: a key-path-only output): `P + H_TapTweak(P ||
 /// root)·G`, x-only, lowercase hex. Computed with k256 only, to check the
 /// key a Taproot signing states it verifies under.
-pub fn taproot_output_key(internal_hex: &str, merkle_root: Option<[u8; 32]>) -> anyhow::Result<String> {
+pub fn taproot_output_key(
+    internal_hex: &str,
+    merkle_root: Option<[u8; 32]>,
+) -> anyhow::Result<String> {
     use k256::elliptic_curve::point::AffineCoordinates as _;
     use k256::elliptic_curve::PrimeField as _;
     use k256::sha2::{Digest as _, Sha256};
@@ -114,7 +117,9 @@ pub fn plaintext_round2_offsets(bytes: &[u8]) -> anyhow::Result<Vec<usize>> {
     .serialize()?;
     let mut found = Vec::new();
     for (scheme, sample) in [("frost-ed25519", &ed), ("frost-secp256k1-tr", &tr)] {
-        let header = sample.get(..5).ok_or_else(|| anyhow!("a package has a header"))?;
+        let header = sample
+            .get(..5)
+            .ok_or_else(|| anyhow!("a package has a header"))?;
         for (at, w) in bytes.windows(sample.len()).enumerate() {
             if w.starts_with(header) && is_plain_round2(scheme, w) {
                 found.push(at);
@@ -154,7 +159,11 @@ pub async fn session_end(c: &Client, sid: &str, within: Duration) -> anyhow::Res
 
 /// Polls operation `receipt` at `c` until it is decided; returns the id of
 /// the session it created (an error if it created none, e.g. rejected).
-pub async fn created_session(c: &Client, receipt: &str, within: Duration) -> anyhow::Result<String> {
+pub async fn created_session(
+    c: &Client,
+    receipt: &str,
+    within: Duration,
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + within;
     loop {
         let v = c.operation(receipt).await?;
