@@ -1,7 +1,8 @@
 //! Helpers for the built-in MPC engine's sessions through a cluster, shared
 //! by the system tests, `make demo` and `make bench`: the independent check
-//! of a signature the cluster produced, the BIP-341 key-path tweak, the
-//! search for a plaintext DKG share, and waiting for a session to end.
+//! of a signature the cluster produced, the BIP-341 key-path tweak, reading
+//! the session messages (and their sealed shares) out of an audit bundle,
+//! and waiting for a session to end.
 //!
 //! The signature checks never use frost: Ed25519 signatures go to
 //! ed25519-dalek (`verify_strict`), secp256k1-tr ones to k256's BIP-340
@@ -97,37 +98,51 @@ pub fn is_plain_round2(scheme: &str, bytes: &[u8]) -> bool {
     }
 }
 
-/// The offsets in `bytes` where a frost round-2 package of either built-in
-/// scheme starts: its header (version, ciphersuite id) and a share that
-/// decodes. A log or export that holds only sealed shares has none.
-pub fn plaintext_round2_offsets(bytes: &[u8]) -> anyhow::Result<Vec<usize>> {
-    // The encoding of a package with share 1: its first five bytes are the
-    // header every package of the scheme begins with, its length theirs.
-    let mut one = [0u8; 32];
-    one[0] = 1;
-    let ed = frost_ed25519::keys::dkg::round2::Package::new(
-        frost_ed25519::keys::SigningShare::deserialize(&one)?,
-    )
-    .serialize()?;
-    one = [0u8; 32];
-    one[31] = 1;
-    let tr = frost_secp256k1_tr::keys::dkg::round2::Package::new(
-        frost_secp256k1_tr::keys::SigningShare::deserialize(&one)?,
-    )
-    .serialize()?;
-    let mut found = Vec::new();
-    for (scheme, sample) in [("frost-ed25519", &ed), ("frost-secp256k1-tr", &tr)] {
-        let header = sample
-            .get(..5)
-            .ok_or_else(|| anyhow!("a package has a header"))?;
-        for (at, w) in bytes.windows(sample.len()).enumerate() {
-            if w.starts_with(header) && is_plain_round2(scheme, w) {
-                found.push(at);
-            }
-        }
+/// A session message as an audit bundle records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedMessage {
+    /// The session, lowercase hex (as the API names it).
+    pub session: String,
+    /// The round.
+    pub round: u32,
+    /// The author.
+    pub from: u32,
+    /// Whether it has a broadcast part.
+    pub broadcast: bool,
+    /// Its point-to-point parts: (recipient, payload as logged).
+    pub direct: Vec<(u32, Vec<u8>)>,
+}
+
+/// Every session message in audit bundle `bytes`, in log order, read from
+/// the operations exactly as their batches signed them.
+pub fn bundle_messages(bytes: &[u8]) -> anyhow::Result<Vec<LoggedMessage>> {
+    use quorate_firmware::audit::entry::AuditEntry;
+    use quorate_firmware::sessions::ops::{OpBody, Operation};
+    use quorate_host::audit::bundle::{read_all, Section};
+    let mut out = Vec::new();
+    for section in read_all(bytes)? {
+        let Section::Entry(e) = section else {
+            continue;
+        };
+        let AuditEntry::Operation(op) = AuditEntry::decode(&e)? else {
+            continue;
+        };
+        let OpBody::SessionMessage(m) = Operation::decode(&op.op_bytes)?.body else {
+            continue;
+        };
+        out.push(LoggedMessage {
+            session: hex::encode(m.session.0.as_bytes()),
+            round: m.round,
+            from: op.author.0,
+            broadcast: m.broadcast.is_some(),
+            direct: m
+                .direct
+                .iter()
+                .map(|d| (d.to.0, d.payload.as_slice().to_vec()))
+                .collect(),
+        });
     }
-    found.sort_unstable();
-    Ok(found)
+    Ok(out)
 }
 
 /// The independent library [`verify_independently`] uses for `scheme`.
@@ -215,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plaintext_share_is_found_anywhere_in_a_buffer() {
+    fn a_plaintext_round2_package_is_recognised() {
         let mut share = [7u8; 32];
         share[31] = 0;
         let pkg = frost_ed25519::keys::dkg::round2::Package::new(
@@ -224,10 +239,7 @@ mod tests {
         .serialize()
         .unwrap();
         assert!(is_plain_round2("frost-ed25519", &pkg));
-        let mut buf = vec![0xa5u8; 100];
-        assert!(plaintext_round2_offsets(&buf).unwrap().is_empty());
-        buf.splice(40..40, pkg.iter().copied());
-        assert_eq!(plaintext_round2_offsets(&buf).unwrap(), vec![40]);
+        assert!(!is_plain_round2("frost-ed25519", &[0xa5; 85]));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use quorate_host::client::Client;
 use quorate_tests::cluster::TestCluster;
-use quorate_tests::mpc::{is_plain_round2, plaintext_round2_offsets};
+use quorate_tests::mpc::{bundle_messages, is_plain_round2};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -135,11 +135,14 @@ async fn a_3_of_4_frost_dkg_agrees_on_the_group_key_for_both_schemes_and_shows_n
     // package in the clear.
     let bundle = c.export_audit(1).unwrap();
     let bytes = std::fs::read(&bundle).unwrap();
-    assert_eq!(
-        plaintext_round2_offsets(&bytes).unwrap(),
-        Vec::<usize>::new(),
-        "a round-2 package in the clear in the export"
-    );
+    for m in bundle_messages(&bytes).unwrap() {
+        assert!(!(m.round == 2 && m.broadcast), "a round-2 broadcast: {m:?}");
+        for (_, p) in &m.direct {
+            for scheme in ["frost-ed25519", "frost-secp256k1-tr"] {
+                assert!(!is_plain_round2(scheme, p), "a plaintext share: {m:?}");
+            }
+        }
+    }
     for (scheme, sid) in &sids {
         for id in 1..=N {
             let s = c.client(id).unwrap().session(sid).await.unwrap();
