@@ -33,7 +33,7 @@ use quorate_firmware::sessions::machine::{
 };
 use quorate_firmware::sessions::ops::{
     AbortSession, BlameOp, Blob, DirectPart, KeyId, OpBody, Reason, ReasonCode, SessionId,
-    SessionKind, SessionMessage, SessionResult,
+    SessionKind, SessionMessage, SessionResult, SessionSpec,
 };
 use quorate_firmware::types::{ClusterId, PartyId};
 use quorate_mpc as mpc;
@@ -203,11 +203,38 @@ pub fn load_share(
     }
 }
 
+/// A session id from its 64 hex digits.
+pub(crate) fn parse_session_id(id: &str) -> Option<SessionId> {
+    let bytes: [u8; 32] = hex::decode(id).ok()?.try_into().ok()?;
+    Some(SessionId(quorate_firmware::types::Sha256Digest(bytes)))
+}
+
+/// Every stored key share: `(store key, session)`.
+pub fn stored_shares(store: &crate::store::Store) -> anyhow::Result<Vec<(String, SessionId)>> {
+    let prefix = "mpc/share/";
+    Ok(store
+        .meta_keys(prefix)?
+        .into_iter()
+        .filter_map(|name| {
+            let sid = parse_session_id(name.strip_prefix(prefix)?)?;
+            Some((name, sid))
+        })
+        .collect())
+}
+
 /// What the daemon must do for the engine.
 #[derive(Debug)]
 pub enum EngineAction {
     /// Queue this operation (authored by this party) in the outbox.
     Submit(OpBody),
+    /// Unseal this party's current share of a key being refreshed (stored
+    /// under `share_session`), then call [`Engine::refresh_unsealed`].
+    Unseal {
+        /// The refresh session.
+        session: SessionId,
+        /// The session the current share is stored under.
+        share_session: SessionId,
+    },
     /// Seal `share` in the TPM, store it under [`share_key`], then submit
     /// `group_public_key` as the session's result.
     Seal {
@@ -283,7 +310,8 @@ pub fn posted(m: &StoredMessage) -> Option<mpc::Posted> {
     })
 }
 
-fn digest_of(m: &mpc::RoundMessage) -> [u8; 32] {
+/// A digest of a round message, to recognise this process's own posts.
+pub(crate) fn digest_of(m: &mpc::RoundMessage) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     if let Some(b) = &m.broadcast {
         ctx.update(&(b.len() as u64).to_be_bytes());
@@ -353,9 +381,10 @@ impl Engine {
         self.runs.remove(sid).is_some()
     }
 
-    /// True when the built-in engine runs `s` at this party.
+    /// True when the built-in engine runs `s` (a key generation or a
+    /// share refresh) at this party.
     fn runs_here(&self, s: &Session) -> bool {
-        s.spec.kind() == SessionKind::Keygen
+        matches!(s.spec.kind(), SessionKind::Keygen | SessionKind::Refresh)
             && s.participants.contains(&self.me)
             && mpc::Scheme::from_label(&s.scheme).is_some_and(|sc| self.schemes.contains(&sc))
     }
@@ -378,7 +407,7 @@ impl Engine {
                     // Dropping the participant zeroizes its secrets.
                     let had_participant = self.forget(session);
                     if had_participant {
-                        info!(session = %hex::encode(session.0.as_bytes()), "key generation ended; its round secrets are erased");
+                        info!(session = %hex::encode(session.0.as_bytes()), "key generation or refresh ended; its round secrets are erased");
                     }
                 }
                 _ => {}
@@ -392,6 +421,18 @@ impl Engine {
             return;
         };
         if !self.runs_here(s) {
+            return;
+        }
+        if let SessionSpec::Refresh(r) = &s.spec {
+            // The current share is sealed in the TPM: unseal it first.
+            let Some(key) = machine.key(&r.key) else {
+                return;
+            };
+            info!(session = %hex::encode(sid.0.as_bytes()), "share refresh started: unsealing the current share");
+            out.push(EngineAction::Unseal {
+                session: sid,
+                share_session: key.share_session(),
+            });
             return;
         }
         let (Some(ctx), Ok(me)) = (session_ctx(&self.cluster, s), u16::try_from(self.me.0)) else {
@@ -416,6 +457,57 @@ impl Engine {
                 out.push(EngineAction::Submit(abort_op(sid, format!("engine: {e}"))));
             }
         }
+    }
+
+    /// The current share of a key being refreshed is unsealed: start the
+    /// refresh (posting its round 1) and feed it the round messages decided
+    /// while the TPM worked.
+    pub fn refresh_unsealed(
+        &mut self,
+        machine: &SessionMachine,
+        sid: SessionId,
+        res: Result<(zeroize::Zeroizing<Vec<u8>>, StoredShare), String>,
+    ) -> Vec<EngineAction> {
+        let mut out = Vec::new();
+        let Some(s) = machine.session(&sid) else {
+            return out;
+        };
+        if !matches!(s.phase, Phase::Active { .. }) || self.runs.contains_key(&sid) {
+            return out;
+        }
+        let (Some(ctx), Ok(me)) = (session_ctx(&self.cluster, s), u16::try_from(self.me.0)) else {
+            return out;
+        };
+        let started = res
+            .map_err(|e| format!("unsealing the current share failed: {e}"))
+            .and_then(|(secret, stored)| {
+                mpc::KeyShare::from_parts(ctx.scheme, &secret, &stored.public)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|old| {
+                mpc::Dkg::start_refresh(ctx, mpc::PartyId(me), &old, &mut self.rng)
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok((dkg, round1)) => {
+                info!(session = %hex::encode(sid.0.as_bytes()), "share refresh: posting round 1");
+                self.runs.insert(sid, dkg);
+                self.posted_here
+                    .entry(sid)
+                    .or_default()
+                    .insert(1, digest_of(&round1));
+                out.push(EngineAction::Submit(message_op(sid, 1, round1)));
+                let decided: Vec<_> = s.messages.iter().map(|m| m.op).collect();
+                for op in decided {
+                    self.feed(machine, sid, &op, &mut out);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "the MPC engine could not start a share refresh");
+                out.push(EngineAction::Submit(abort_op(sid, format!("engine: {e}"))));
+            }
+        }
+        out
     }
 
     fn feed(
@@ -564,13 +656,16 @@ pub fn seal_failed_op(session: SessionId, error: &str) -> OpBody {
     )
 }
 
-/// The group public key and key id of a completed key generation, for the
-/// API: `(group_public_key hex, key id hex)`.
+/// The group public key and key id of a completed key generation, or of
+/// the key a refresh is for, for the API: `(group_public_key hex, key id
+/// hex)`.
 pub fn key_view(machine: &SessionMachine, s: &Session) -> Option<(String, String)> {
-    if s.spec.kind() != SessionKind::Keygen {
-        return None;
-    }
-    let key = machine.key(&KeyId::of_session(&s.id))?;
+    let id = match &s.spec {
+        SessionSpec::Keygen(_) => KeyId::of_session(&s.id),
+        SessionSpec::Refresh(r) => r.key,
+        _ => return None,
+    };
+    let key = machine.key(&id)?;
     Some((
         hex::encode(key.public_key.as_slice()),
         hex::encode(key.id.0.as_bytes()),
@@ -607,9 +702,11 @@ impl BlameJudge for MpcJudge {
         accused: PartyId,
         proof: &[u8],
     ) -> Result<BlameFinding, String> {
-        if session.spec.kind() != SessionKind::Keygen {
-            return Err("blame is judged for key generations only".into());
-        }
+        let check = match session.spec.kind() {
+            SessionKind::Keygen => mpc::check_blame,
+            SessionKind::Refresh => mpc::check_refresh_blame,
+            _ => return Err("blame is judged for key generations and refreshes only".into()),
+        };
         let ctx = session_ctx(cluster, session).ok_or("not a built-in scheme session")?;
         let log: Vec<mpc::Posted> = session.messages.iter().filter_map(posted).collect();
         let party = |p: PartyId| {
@@ -617,7 +714,7 @@ impl BlameJudge for MpcJudge {
                 .map(mpc::PartyId)
                 .map_err(|_| format!("{p} is out of range"))
         };
-        match mpc::check_blame(&ctx, &log, party(accuser)?, party(accused)?, proof) {
+        match check(&ctx, &log, party(accuser)?, party(accused)?, proof) {
             Ok(mpc::BlameVerdict::Culprit(kind)) => Ok(BlameFinding::CulpritProven {
                 kind: blame_label(kind).to_string(),
             }),

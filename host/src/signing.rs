@@ -38,7 +38,6 @@ use quorate_mpc as mpc;
 use zeroize::Zeroizing;
 
 use crate::engine::{posted, SignFault, StoredShare};
-use crate::tpm::SealedBlob;
 
 /// The store key recording which of this party's nonces of a signing
 /// session are used (the rounds whose commitments they belong to).
@@ -56,8 +55,6 @@ pub enum SignAction {
     Unseal {
         /// The signing session.
         session: SessionId,
-        /// The sealed share.
-        sealed: SealedBlob,
     },
     /// Persist, before the next action, that the nonce committed in round
     /// `slot` of `session` is used.
@@ -156,6 +153,17 @@ struct Run {
     candidate: bool,
     signer: SignerState,
     result_posted: bool,
+    /// Digests of the messages this process posted, by round: a decided
+    /// message of ours that is not among them was posted by an earlier run
+    /// of this daemon (a crash, or a store restored from a backup), whose
+    /// nonces are gone.
+    posted: BTreeMap<u32, [u8; 32]>,
+}
+
+/// True when `p` is this party's message that this process did not post.
+fn posted_elsewhere(me: PartyId, posted: &BTreeMap<u32, [u8; 32]>, p: &mpc::Posted) -> bool {
+    u32::from(p.from.0) == me.0
+        && posted.get(&p.round) != Some(&crate::engine::digest_of(&p.message))
 }
 
 /// Signing sessions of the built-in engine at this party.
@@ -166,6 +174,7 @@ pub struct SignEngine {
     fault: SignFault,
     runs: BTreeMap<SessionId, Run>,
     views: BTreeMap<SessionId, SignView>,
+    catching_up: bool,
     rng: rand_core::OsRng,
 }
 
@@ -257,6 +266,7 @@ impl SignEngine {
             fault,
             runs: BTreeMap::new(),
             views: BTreeMap::new(),
+            catching_up: false,
             rng: rand_core::OsRng,
         }
     }
@@ -333,7 +343,8 @@ impl SignEngine {
                 }
                 Event::SessionCompleted { session, .. } | Event::SessionFailed { session, .. } => {
                     // Dropping the signer zeroizes its nonces and share.
-                    if self.runs.remove(session).is_some() && live {
+                    let had_run = self.runs.remove(session).is_some();
+                    if had_run && live {
                         info!(session = %short(session), "signing session ended; its nonces are erased");
                     }
                 }
@@ -404,12 +415,12 @@ impl SignEngine {
         let Some(ctx) = ctx else {
             return;
         };
-        let signer = if live && candidate {
+        if live && candidate && self.catching_up {
+            warn!(session = %short(&sid), "a signing session started while this party catches up: it observes without signing (an earlier run may have committed in it)");
+        }
+        let signer = if live && candidate && !self.catching_up {
             info!(session = %short(&sid), "signing session started: unsealing the key share");
-            out.push(SignAction::Unseal {
-                session: sid,
-                sealed: share.sealed.clone(),
-            });
+            out.push(SignAction::Unseal { session: sid });
             SignerState::Pending(Vec::new())
         } else {
             SignerState::None
@@ -424,6 +435,7 @@ impl SignEngine {
                 candidate,
                 signer,
                 result_posted: s.results.contains_key(&self.me),
+                posted: BTreeMap::new(),
             },
         );
     }
@@ -476,14 +488,29 @@ impl SignEngine {
                 }
             }
         }
+        if let Input::Message(p) = &input {
+            if !matches!(run.signer, SignerState::None) && posted_elsewhere(self.me, &run.posted, p)
+            {
+                // Dropping the signer erases its nonces.
+                warn!(session = %short(&sid), round = p.round, "a message of this party that this process did not post is in the log (an earlier run, or a store restored from a backup): observing the session without signing");
+                run.signer = SignerState::None;
+            }
+        }
         match &mut run.signer {
             SignerState::None => {}
             SignerState::Pending(buf) => buf.push(input),
             SignerState::Running(signer) => {
                 let outputs = feed(signer, &input, &mut self.rng);
-                emit(sid, self.fault, outputs, out);
+                emit(sid, self.fault, outputs, &mut run.posted, out);
             }
         }
+    }
+
+    /// Tells the engine whether the blocks it is about to see are history
+    /// this party is catching up on; a session that starts in one is only
+    /// observed.
+    pub fn set_catching_up(&mut self, yes: bool) {
+        self.catching_up = yes;
     }
 
     /// The share of a candidate is unsealed: start its signer, post its
@@ -501,6 +528,13 @@ impl SignEngine {
         else {
             return out;
         };
+        let earlier = buf
+            .iter()
+            .any(|i| matches!(i, Input::Message(p) if posted_elsewhere(self.me, &run.posted, p)));
+        if earlier {
+            warn!(session = %short(&sid), "this party already posted in this session in an earlier run (a crash, or a store restored from a backup): its nonces are gone, so it observes without signing");
+            return out;
+        }
         let (secret, stored) = match res {
             Ok(x) => x,
             Err(e) => {
@@ -523,6 +557,8 @@ impl SignEngine {
             }
         };
         info!(session = %short(&sid), "signer started: posting its commitments");
+        run.posted
+            .insert(mpc::SIGN_ROUND_COMMIT, crate::engine::digest_of(&round1));
         out.push(SignAction::Submit(crate::engine::message_op(
             sid,
             mpc::SIGN_ROUND_COMMIT,
@@ -530,7 +566,7 @@ impl SignEngine {
         )));
         for input in &buf {
             let outputs = feed(&mut signer, input, &mut self.rng);
-            emit(sid, self.fault, outputs, &mut out);
+            emit(sid, self.fault, outputs, &mut run.posted, &mut out);
         }
         run.signer = SignerState::Running(Box::new(signer));
         out
@@ -657,6 +693,7 @@ fn emit(
     sid: SessionId,
     fault: SignFault,
     outputs: Vec<mpc::SignOutput>,
+    posted: &mut BTreeMap<u32, [u8; 32]>,
     out: &mut Vec<SignAction>,
 ) {
     for o in outputs {
@@ -679,6 +716,7 @@ fn emit(
                     }
                 }
                 info!(session = %short(&sid), round, "posting a signature share");
+                posted.insert(round, crate::engine::digest_of(&message));
                 out.push(SignAction::Submit(crate::engine::message_op(
                     sid, round, message,
                 )))

@@ -246,6 +246,31 @@ impl Store {
         })
     }
 
+    /// Removes a metadata value, durably (no error when absent).
+    pub fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(META)?.remove(key)?;
+            Ok(())
+        })
+    }
+
+    /// The metadata keys that start with `prefix`, ascending.
+    pub fn meta_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            let table = tx.open_table(META)?;
+            let mut out = Vec::new();
+            for row in table.range(prefix..)? {
+                let (k, _) = row?;
+                let k = k.value();
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.push(k.to_string());
+            }
+            Ok(out)
+        })
+    }
+
     /// The highest decided height stored (0 when none).
     pub fn tip(&self) -> Result<u64, StoreError> {
         self.read(|tx| {

@@ -38,7 +38,16 @@ async fn decided(c: &Client, receipt: &str) -> Value {
 async fn finished(c: &Client, sid: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let s = c.session(sid).await.unwrap();
+        // A party still catching up does not know the session yet.
+        let s = match c.session(sid).await {
+            Ok(s) => s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => panic!("session {sid}: {e}"),
+        };
         let phase = s["phase_label"].as_str().unwrap_or_default().to_string();
         if phase != "active" && phase != "awaiting_approval" {
             return s;
@@ -272,4 +281,169 @@ async fn roast_signs_despite_a_cheating_and_a_stalling_candidate() {
     }
     assert!(saw_culprit, "P3 was never selected in ten signings");
     assert!(saw_suspect, "P4 was never selected in ten signings");
+}
+
+/// The operations party `from` posted in session `sid`, as party 1 sees
+/// them: `(round, op)`.
+async fn messages_from(c: &TestCluster, sid: &str, from: u32) -> Vec<(u64, String)> {
+    let s = c.client(1).unwrap().session(sid).await.unwrap();
+    s["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["from"] == from)
+        .map(|m| {
+            (
+                m["round"].as_u64().unwrap(),
+                m["op"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The key shares stored in a stopped party's data dir.
+fn stored_shares(c: &TestCluster, id: u32) -> Vec<String> {
+    let dir = &c.parties[id as usize - 1].data_dir;
+    let store = quorate_host::store::Store::open_read_only(dir).unwrap();
+    quorate_host::engine::stored_shares(&store)
+        .unwrap()
+        .into_iter()
+        .map(|(_, sid)| hex::encode(sid.0.as_bytes()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_keeps_the_group_key_rotates_every_share_and_erases_the_old() {
+    let mut c = started(TestCluster::provision_attested(N, "byzantine").unwrap()).await;
+    let mut current = Vec::new();
+    for scheme in ["frost-ed25519", "frost-secp256k1-tr"] {
+        let (key, gpk) = keygen(&c, scheme, 3).await;
+        let msg = [0x42u8; 32];
+        let (_, before) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
+        verify_independently(scheme, &gpk, &msg, before[0]["signature"].as_str().unwrap());
+
+        let t0 = Instant::now();
+        let rid = create(
+            &c,
+            json!({"kind": "refresh", "key": key, "deadline_secs": 600, "round_secs": 60}),
+        )
+        .await;
+        for id in 1..=N {
+            let r = finished(&c.client(id).unwrap(), &rid, Duration::from_secs(90)).await;
+            assert_eq!(r["phase_label"], "completed", "P{id}: {r}");
+            // The result every holder posted is the unchanged group key.
+            assert_eq!(r["phase"]["completed"]["result"], json!(gpk), "P{id}: {r}");
+            assert_eq!(r["key"], json!(key), "{r}");
+            assert_eq!(r["group_public_key"], json!(gpk), "{r}");
+        }
+        println!("{scheme}: refresh completed in {:?}", t0.elapsed());
+
+        // The refreshed shares sign under the same key; the old shares and
+        // verifying shares would not verify together with the new ones.
+        let msg = [0x43u8; 32];
+        let (_, after) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
+        let sig = after[0]["signature"].as_str().unwrap();
+        verify_independently(scheme, &gpk, &msg, sig);
+        let attempts = after[0]["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "no one was blamed: {attempts:?}");
+        current.push(rid);
+    }
+    // Each party keeps exactly the refreshed shares: the key generations'
+    // shares are erased from the store.
+    current.sort();
+    for id in 1..=N {
+        c.stop(id).unwrap();
+        let mut held = stored_shares(&c, id);
+        held.sort();
+        assert_eq!(held, current, "P{id} keeps only the refreshed shares");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_killed_after_its_commitments_never_signs_again_even_from_a_backup() {
+    let mut c = started(TestCluster::provision_attested(N, "byzantine").unwrap()).await;
+    let (key, gpk) = keygen(&c, "frost-secp256k1-tr", 3).await;
+    // A backup of P4's store, taken while it is stopped.
+    let db = c.parties[3].data_dir.join(quorate_host::store::DB_FILE);
+    let backup = c.dir().join("p4-backup.redb");
+    c.stop(4).unwrap();
+    std::fs::copy(&db, &backup).unwrap();
+    c.start(4).unwrap();
+    c.wait_api(4, Duration::from_secs(30)).await.unwrap();
+    // P4 is back at the cluster's height before the signing starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.statuses(&[1, 4]).await.unwrap();
+        if s[0].height == s[1].height && s[0].state_root == s[1].state_root {
+            break;
+        }
+        assert!(Instant::now() < deadline, "P4 did not catch up: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let digest = [0x5au8; 32];
+    // Long rounds: if P4 is selected and killed before its share, the
+    // attempt stays open while P4 comes back from the backup.
+    let mut session = signing(&key, &digest, None);
+    session["round_secs"] = json!(15);
+    let sid = create(&c, session).await;
+    // Kill P4 as soon as its commitments are decided.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while messages_from(&c, &sid, 4).await.is_empty() {
+        assert!(Instant::now() < deadline, "P4 never committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.kill9(4).unwrap();
+    // Whatever P4 had in flight is decided (or lost) by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let posted = messages_from(&c, &sid, 4).await;
+    assert!(
+        posted.iter().any(|(round, _)| *round == 1),
+        "P4's commitments are in the log: {posted:?}"
+    );
+    // P4 comes back from the backup: its "nonce used" records and its
+    // outbox are from before the signing.
+    std::fs::copy(&backup, &db).unwrap();
+    let before_restart = c.log(4).len();
+    c.start(4).unwrap();
+    c.wait_api(4, Duration::from_secs(30)).await.unwrap();
+    let mut views = Vec::new();
+    for id in 1..=N {
+        let v = finished(&c.client(id).unwrap(), &sid, Duration::from_secs(60)).await;
+        assert_eq!(v["phase_label"], "completed", "P{id}: {v}");
+        views.push(v);
+    }
+    let sig = views[0]["signature"].as_str().unwrap();
+    for v in &views {
+        assert_eq!(v["signature"].as_str(), Some(sig));
+    }
+    verify_independently("frost-secp256k1-tr", &gpk, &digest, sig);
+    // The restored P4 observed the rest of the session without posting a
+    // single new commitment or share: its nonces died with the process.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        messages_from(&c, &sid, 4).await,
+        posted,
+        "P4 posted nothing after it restarted"
+    );
+    let after = c
+        .log(4)
+        .get(before_restart..)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !after.contains("signer started") && !after.contains("posting a signature share"),
+        "the restored P4 started no signer:\n{after}"
+    );
+    for a in views[0]["attempts"].as_array().unwrap() {
+        assert_eq!(a["culprits"], json!([]), "no one is blamed: {a}");
+    }
+    println!(
+        "P4 {} while the session was open",
+        if after.contains("observ") {
+            "came back and observed"
+        } else {
+            "came back after the session ended, or"
+        }
+    );
 }

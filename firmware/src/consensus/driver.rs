@@ -562,6 +562,14 @@ impl ConsensusDriver {
         self.io.height_in_progress
     }
 
+    /// True when some peer decided two or more heights past this party's
+    /// chain: it is catching up, and what it applies now is history the
+    /// rest of the cluster has moved past.
+    pub fn far_behind(&self) -> bool {
+        self.catch_up
+            .peer_ahead(Height(self.chain.height.0.saturating_add(1)))
+    }
+
     /// Number of ECDSA verifications performed so far (cache misses).
     pub fn verifications(&self) -> u64 {
         self.io.cache.verifications

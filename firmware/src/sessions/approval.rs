@@ -36,6 +36,9 @@ pub struct ApprovalRules {
     pub signing: ApprovalPolicy,
     /// Accepting a party's attestation evidence (default `quorum`).
     pub attestation: ApprovalPolicy,
+    /// Starting a share refresh (default `unanimous`, like a key
+    /// generation: it changes every holder's share).
+    pub refresh: ApprovalPolicy,
 }
 
 impl Default for ApprovalRules {
@@ -44,6 +47,7 @@ impl Default for ApprovalRules {
             keygen: ApprovalPolicy::Unanimous,
             signing: ApprovalPolicy::Quorum,
             attestation: ApprovalPolicy::Quorum,
+            refresh: ApprovalPolicy::Unanimous,
         }
     }
 }
@@ -54,6 +58,7 @@ impl ApprovalRules {
         match kind {
             SessionKind::Keygen => self.keygen,
             SessionKind::Signing => self.signing,
+            SessionKind::Refresh => self.refresh,
         }
     }
 }

@@ -188,6 +188,8 @@ pub enum OpKind {
     Undecodable,
     /// `Blame`.
     Blame,
+    /// `CreateSession` for a share refresh.
+    CreateRefresh,
 }
 
 impl OpKind {
@@ -196,6 +198,7 @@ impl OpKind {
             OpBody::CreateSession(c) => match c.session.kind() {
                 SessionKind::Keygen => OpKind::CreateKeygen,
                 SessionKind::Signing => OpKind::CreateSigning,
+                SessionKind::Refresh => OpKind::CreateRefresh,
             },
             OpBody::Verdict(_) => OpKind::Verdict,
             OpBody::SessionMessage(_) => OpKind::SessionMessage,
@@ -445,6 +448,20 @@ pub enum RuleViolation {
     /// The blame's proof is malformed or does not apply to this session.
     #[error("blame proof does not apply: {0}")]
     InvalidBlame(String),
+    /// The key has an open session that this one cannot run beside: a
+    /// refresh while the key signs or refreshes, a signing while it
+    /// refreshes (a signing must use one generation of shares throughout).
+    #[error("key {key} is busy with open session {session}")]
+    KeyBusy {
+        /// The key.
+        key: KeyId,
+        /// The open session in the way.
+        session: SessionId,
+    },
+    /// A refresh result that is not the key's group public key: a refresh
+    /// must keep the group key.
+    #[error("a refresh result must be the key's group public key")]
+    RefreshChangedKey,
 }
 
 /// The record of every decided operation (payloads live with their session).
@@ -521,7 +538,9 @@ impl Phase {
             Phase::Failed(_) => "failed",
         }
     }
-    fn is_open(&self) -> bool {
+    /// True while the session may still complete (awaiting approval or
+    /// active).
+    pub fn is_open(&self) -> bool {
         matches!(self, Phase::AwaitingApproval | Phase::Active { .. })
     }
 }
@@ -691,6 +710,17 @@ pub struct GroupKey {
     pub public_key: Blob,
     /// When the key generation completed.
     pub height: Height,
+    /// The last completed share refresh, if any: the session whose shares
+    /// sign now. Absent: the key generation's shares.
+    pub refreshed_by: Option<SessionId>,
+}
+
+impl GroupKey {
+    /// The session whose shares are current: the last completed refresh,
+    /// else the key generation. A holder's share is stored under it.
+    pub fn share_session(&self) -> SessionId {
+        self.refreshed_by.unwrap_or_else(|| self.id.session())
+    }
 }
 
 /// What a party was proven to have signed twice.
@@ -997,7 +1027,8 @@ struct Header<'a> {
     pending: &'a BTreeSet<OpId>,
     open_sessions: &'a BTreeSet<SessionId>,
     // `keys` is left out: each group key is a function of its completed
-    // key-generation session, which the sessions tree commits to.
+    // key-generation and refresh sessions, which the sessions tree commits
+    // to.
     misbehaviour: &'a [ProvenMisbehaviour],
     attestation: &'a BTreeMap<PartyId, AttestationStanding>,
 }
@@ -1499,7 +1530,20 @@ impl SessionMachine {
                 if key.scheme == SCHEME_ED25519 && s.taproot.is_some() {
                     return Err(RuleViolation::TaprootForScheme(key.scheme.clone()));
                 }
+                self.key_free(s.key, &[SessionKind::Refresh])?;
                 (ps, key.threshold, key.scheme.clone())
+            }
+            SessionSpec::Refresh(r) => {
+                let key = self
+                    .state
+                    .keys
+                    .get(&r.key)
+                    .ok_or(RuleViolation::UnknownKey(r.key))?;
+                let ps = key.participants.clone();
+                self.check_parties(&ps)?;
+                let (threshold, scheme) = (key.threshold, key.scheme.clone());
+                self.key_free(r.key, &[SessionKind::Signing, SessionKind::Refresh])?;
+                (ps, threshold, scheme)
             }
         };
         let sid = SessionId::from_op(&id);
@@ -1529,6 +1573,28 @@ impl SessionMachine {
         self.state.open_sessions.insert(sid);
         self.await_verdicts(cx, id, policy, voters, deadline_ms);
         Ok(Applied::Pending)
+    }
+
+    /// Fails with [`RuleViolation::KeyBusy`] when an open session of one
+    /// of `kinds` uses `key`.
+    fn key_free(&self, key: KeyId, kinds: &[SessionKind]) -> Result<(), RuleViolation> {
+        let busy = self.state.open_sessions.iter().find(|sid| {
+            self.state.sessions.get(sid).is_some_and(|s| {
+                kinds.contains(&s.spec.kind())
+                    && match &s.spec {
+                        SessionSpec::Signing(sp) => sp.key == key,
+                        SessionSpec::Refresh(r) => r.key == key,
+                        _ => false,
+                    }
+            })
+        });
+        match busy {
+            Some(session) => Err(RuleViolation::KeyBusy {
+                key,
+                session: *session,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn await_verdicts(
@@ -1637,7 +1703,7 @@ impl SessionMachine {
             return;
         };
         match rec.kind {
-            OpKind::CreateKeygen | OpKind::CreateSigning => {
+            OpKind::CreateKeygen | OpKind::CreateSigning | OpKind::CreateRefresh => {
                 let sid = SessionId::from_op(&id);
                 // Exclusions may have changed since the request was decided.
                 let participants = self
@@ -1687,7 +1753,7 @@ impl SessionMachine {
         let (kind, author) = (rec.kind, rec.author);
         self.state.pending.remove(&id);
         match kind {
-            OpKind::CreateKeygen | OpKind::CreateSigning => {
+            OpKind::CreateKeygen | OpKind::CreateSigning | OpKind::CreateRefresh => {
                 let sid = SessionId::from_op(&id);
                 self.dirty_sessions.insert(sid);
                 if let Some(s) = self.state.sessions.get_mut(&sid) {
@@ -1893,6 +1959,16 @@ impl SessionMachine {
         if s.results.contains_key(&author) {
             return Err(RuleViolation::DuplicateResult(author));
         }
+        if let SessionSpec::Refresh(rf) = &s.spec {
+            let same = self
+                .state
+                .keys
+                .get(&rf.key)
+                .is_some_and(|k| k.public_key == r.result);
+            if !same {
+                return Err(RuleViolation::RefreshChangedKey);
+            }
+        }
         let sid = r.session;
         self.dirty_sessions.insert(sid);
         let Some(s) = self.state.sessions.get_mut(&sid) else {
@@ -1943,16 +2019,25 @@ impl SessionMachine {
         let Some(s) = self.state.sessions.get(&sid) else {
             return;
         };
-        if let SessionSpec::Keygen(_) = s.spec {
-            let key = GroupKey {
-                id: KeyId::of_session(&sid),
-                scheme: s.scheme.clone(),
-                participants: s.participants.clone(),
-                threshold: s.threshold,
-                public_key: result.clone(),
-                height: cx.height,
-            };
-            self.state.keys.insert(key.id, key);
+        match &s.spec {
+            SessionSpec::Keygen(_) => {
+                let key = GroupKey {
+                    id: KeyId::of_session(&sid),
+                    scheme: s.scheme.clone(),
+                    participants: s.participants.clone(),
+                    threshold: s.threshold,
+                    public_key: result.clone(),
+                    height: cx.height,
+                    refreshed_by: None,
+                };
+                self.state.keys.insert(key.id, key);
+            }
+            SessionSpec::Refresh(r) => {
+                if let Some(key) = self.state.keys.get_mut(&r.key) {
+                    key.refreshed_by = Some(sid);
+                }
+            }
+            _ => {}
         }
         self.dirty_sessions.insert(sid);
         if let Some(s) = self.state.sessions.get_mut(&sid) {

@@ -1772,3 +1772,78 @@ fn next_deadline_names_the_earliest_time_driven_change() {
     );
     assert!(round_started_ms + s.round_ms < s.deadline_ms);
 }
+
+fn refresh(key: KeyId) -> OpBody {
+    OpBody::CreateSession(CreateSession {
+        session: SessionSpec::Refresh(crate::sessions::ops::RefreshSpec {
+            key,
+            deadline_secs: 120,
+            round_secs: None,
+        }),
+    })
+}
+
+#[test]
+fn a_refresh_keeps_the_group_key_and_moves_the_current_shares() {
+    let mut net = Net::new(3);
+    let key = net.completed_keygen_with(&[1, 2, 3], 2, b"GPK", "frost-ed25519");
+    assert_eq!(net.m().key(&key).unwrap().share_session(), key.session());
+
+    // Unknown key.
+    let ghost = KeyId(Sha256Digest::of(b"no such key"));
+    let (_, st) = net.one(1, refresh(ghost));
+    assert_eq!(rule(&st), &RuleViolation::UnknownKey(ghost));
+
+    // A refresh takes every holder, at the key's threshold.
+    let (op, _) = net.one(2, refresh(key));
+    let sid = SessionId::from_op(&op);
+    {
+        let s = net.m().session(&sid).unwrap();
+        assert_eq!(s.participants, vec![PartyId(1), PartyId(2), PartyId(3)]);
+        assert_eq!((s.threshold, s.scheme.as_str()), (2, "frost-ed25519"));
+    }
+    // Unanimous by default: two approvals do not start it.
+    net.approve_all(op, &[1, 2]);
+    assert_eq!(
+        net.m().session(&sid).unwrap().phase,
+        Phase::AwaitingApproval
+    );
+    net.approve_all(op, &[3]);
+    let phase = net.m().session(&sid).unwrap().phase.clone();
+    assert!(matches!(phase, Phase::Active { .. }), "{phase:?}");
+
+    // While it runs, neither a signing nor a second refresh of the key starts.
+    let (_, st) = net.one(1, signing(key, &[1, 2, 3]));
+    assert_eq!(rule(&st), &RuleViolation::KeyBusy { key, session: sid });
+    let (_, st) = net.one(3, refresh(key));
+    assert_eq!(rule(&st), &RuleViolation::KeyBusy { key, session: sid });
+
+    // Lockstep rounds like a key generation.
+    let b: Vec<_> = [1u32, 2, 3]
+        .iter()
+        .map(|p| net.batch(*p, vec![broadcast(sid, 1, &[*p as u8])]))
+        .collect();
+    net.block(b);
+    // A result other than the group key is refused: a refresh keeps the key.
+    let (_, st) = net.one(1, result(sid, b"ANOTHER KEY"));
+    assert_eq!(rule(&st), &RuleViolation::RefreshChangedKey);
+    let b: Vec<_> = [1u32, 2, 3]
+        .iter()
+        .map(|p| net.batch(*p, vec![result(sid, b"GPK")]))
+        .collect();
+    net.block(b);
+    assert!(matches!(
+        net.m().session(&sid).unwrap().phase,
+        Phase::Completed { .. }
+    ));
+    let k = net.m().key(&key).unwrap();
+    assert_eq!(k.public_key.as_slice(), b"GPK");
+    assert_eq!(k.share_session(), sid, "the refreshed shares sign now");
+
+    // The key is free again: a signing starts.
+    let (_, st) = net.one(1, signing(key, &[1, 2, 3]));
+    assert!(!matches!(st, OpStatus::Rejected { .. }), "{st:?}");
+    // ... and a refresh is refused while it is open.
+    let (_, st) = net.one(2, refresh(key));
+    assert!(matches!(rule(&st), RuleViolation::KeyBusy { .. }));
+}

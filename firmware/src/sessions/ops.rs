@@ -308,6 +308,7 @@ impl OpBody {
             OpBody::CreateSession(c) => match c.session {
                 SessionSpec::Keygen(_) => "create_session/keygen",
                 SessionSpec::Signing(_) => "create_session/signing",
+                SessionSpec::Refresh(_) => "create_session/refresh",
             },
             OpBody::Verdict(_) => "verdict",
             OpBody::SessionMessage(_) => "session_message",
@@ -336,11 +337,15 @@ pub enum SessionSpec {
     Keygen(KeygenSpec),
     /// Threshold signing with a key from a completed key generation.
     Signing(SigningSpec),
+    /// Share refresh (proactive security): every holder of a key gets a new
+    /// share of the same group key; the old shares stop being used.
+    Refresh(RefreshSpec),
 }
 
 json_tagged!(SessionSpec, "kind", {
     Keygen(KeygenSpec),
     Signing(SigningSpec),
+    Refresh(RefreshSpec),
 });
 
 impl SessionSpec {
@@ -349,6 +354,7 @@ impl SessionSpec {
         match self {
             SessionSpec::Keygen(k) => k.deadline_secs,
             SessionSpec::Signing(s) => s.deadline_secs,
+            SessionSpec::Refresh(r) => r.deadline_secs,
         }
     }
     /// Per-round deadline, if the creator set one.
@@ -356,6 +362,7 @@ impl SessionSpec {
         match self {
             SessionSpec::Keygen(k) => k.round_secs,
             SessionSpec::Signing(s) => s.round_secs,
+            SessionSpec::Refresh(r) => r.round_secs,
         }
     }
     /// The session's kind.
@@ -363,6 +370,7 @@ impl SessionSpec {
         match self {
             SessionSpec::Keygen(_) => SessionKind::Keygen,
             SessionSpec::Signing(_) => SessionKind::Signing,
+            SessionSpec::Refresh(_) => SessionKind::Refresh,
         }
     }
 }
@@ -375,6 +383,8 @@ pub enum SessionKind {
     Keygen,
     /// Signing.
     Signing,
+    /// Share refresh.
+    Refresh,
 }
 
 /// Key-generation parameters: `threshold` of `participants` can sign later.
@@ -408,6 +418,19 @@ pub struct SigningSpec {
     /// key with this script tree (absent: the key as generated).
     #[serde(default)]
     pub taproot: Option<TaprootSpec>,
+    /// Overall deadline in seconds from the creating block's time.
+    pub deadline_secs: u32,
+    /// Per-round deadline in seconds; the cluster default when absent.
+    #[serde(default)]
+    pub round_secs: Option<u32>,
+}
+
+/// Share-refresh parameters. The participants and threshold are the key's:
+/// every holder takes part, and the result is the unchanged group key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshSpec {
+    /// The group key whose shares are refreshed.
+    pub key: KeyId,
     /// Overall deadline in seconds from the creating block's time.
     pub deadline_secs: u32,
     /// Per-round deadline in seconds; the cluster default when absent.

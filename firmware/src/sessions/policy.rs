@@ -164,6 +164,17 @@ fn session_decision(
             }
             policy.max_signings_per_hour
         }
+        SessionSpec::Refresh(r) => {
+            if let Some(allowed) = &policy.allowed_keys {
+                if !allowed.contains(&r.key) {
+                    return reject(
+                        ReasonCode::KeyNotAllowed,
+                        format!("{me} does not refresh key {}", r.key),
+                    );
+                }
+            }
+            None
+        }
     };
     if let Some(limit) = limit {
         let used = approved_in_hour_before(me, machine, rec);

@@ -177,12 +177,7 @@ struct ReceiptRecord {
 
 use quorate_firmware::sessions::ops::SessionId;
 
-fn parse_session_id(id: &str) -> Option<SessionId> {
-    let bytes: [u8; 32] = hex::decode(id).ok()?.try_into().ok()?;
-    Some(quorate_firmware::sessions::ops::SessionId(
-        quorate_firmware::types::Sha256Digest(bytes),
-    ))
-}
+use crate::engine::parse_session_id;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -703,6 +698,7 @@ impl Runtime {
             }
         }
         rt.post_verdicts()?;
+        rt.erase_unused_shares()?;
         rt.engine_restart(&sessions_queued)?;
         rt.set_wake();
         rt.execute(first)?;
@@ -772,8 +768,15 @@ impl Runtime {
                 Some((seq, res)) = self.batch_rx.recv() => self.batch_signed(seq, res)?,
                 Some((session, res)) = self.seal_rx.recv() => self.share_sealed(session, res)?,
                 Some((session, res)) = self.unseal_rx.recv() => {
-                    let actions = self.signing.share_unsealed(session, res);
-                    self.signing_actions(actions)?;
+                    let refresh = self.machine.session(&session).map(|s| s.spec.kind())
+                        == Some(quorate_firmware::sessions::ops::SessionKind::Refresh);
+                    if refresh {
+                        let actions = self.engine.refresh_unsealed(&self.machine, session, res);
+                        self.engine_actions(actions)?;
+                    } else {
+                        let actions = self.signing.share_unsealed(session, res);
+                        self.signing_actions(actions)?;
+                    }
                 }
                 Some((size, res)) = self.issuer.rx.recv() => self.checkpoint_signed(size, res)?,
                 Some((h, res)) = self.record_rx.recv() => match res {
@@ -1036,6 +1039,9 @@ impl Runtime {
         let actions = self.engine.on_block(&self.machine, &outcome.events);
         self.engine_actions(actions)?;
         self.signing_block(h.time_ms, &outcome.events, true)?;
+        if self.ends_a_refresh(&outcome.events) {
+            self.erase_unused_shares()?;
+        }
         self.set_wake();
         let every = self.cfg.file.cluster.attestation_every;
         if self.attest.attests && every > 0 && h.height.0 % every == 0 {
@@ -1118,6 +1124,21 @@ impl Runtime {
 
     /// Queues an operation of this party's in the durable outbox.
     fn queue(&self, body: OpBody) -> anyhow::Result<u64> {
+        if let OpBody::SessionMessage(m) = &body {
+            // One message per party and round: a second, different one for a
+            // slot this party already holds in the log would be refused, and
+            // reads as equivocation. It can only come from an earlier run of
+            // this daemon (a crash, or a store restored from a backup).
+            let occupied = self.machine.session(&m.session).is_some_and(|s| {
+                s.messages
+                    .iter()
+                    .any(|d| d.from == self.me && d.round == m.round)
+            });
+            if occupied {
+                warn!(session = %hex::encode(m.session.0.as_bytes()), round = m.round, "not posting a second message for a round this party already posted in (an earlier run of this daemon did)");
+                return Ok(0);
+            }
+        }
         Ok(self.store.outbox_push(
             &Operation {
                 author: self.me,
@@ -1135,6 +1156,10 @@ impl Runtime {
                 crate::engine::EngineAction::Submit(body) => {
                     self.queue(body)?;
                 }
+                crate::engine::EngineAction::Unseal {
+                    session,
+                    share_session,
+                } => self.unseal_share(session, share_session),
                 crate::engine::EngineAction::Seal {
                     session,
                     share,
@@ -1182,12 +1207,18 @@ impl Runtime {
         live: bool,
     ) -> anyhow::Result<()> {
         let store = &self.store;
+        let machine = &self.machine;
         let stored = |key: &quorate_firmware::sessions::ops::KeyId| {
-            crate::engine::load_share(store, &key.session()).unwrap_or_else(|e| {
+            let share_session = machine.key(key)?.share_session();
+            crate::engine::load_share(store, &share_session).unwrap_or_else(|e| {
                 warn!(error = %e, "reading this party's key share failed");
                 None
             })
         };
+        // A party far behind applies history: a signing that started there
+        // may hold commitments of an earlier run of this daemon (a store
+        // restored from a backup) further on, so it only observes.
+        self.signing.set_catching_up(self.driver.far_behind());
         let actions = self
             .signing
             .on_block(&self.machine, time_ms, events, &stored, live);
@@ -1214,33 +1245,86 @@ impl Runtime {
                     used.insert(slot);
                     self.store.set_meta(&key, &enc(&used)?)?;
                 }
-                crate::signing::SignAction::Unseal { session, sealed } => {
-                    let tpm = self.tpm.clone();
-                    let tx = self.unseal_tx.clone();
-                    let store = &self.store;
-                    let Some(stored) = self
-                        .machine
-                        .session(&session)
-                        .and_then(|s| match &s.spec {
+                crate::signing::SignAction::Unseal { session } => {
+                    let Some(share_session) =
+                        self.machine.session(&session).and_then(|s| match &s.spec {
                             quorate_firmware::sessions::ops::SessionSpec::Signing(sp) => {
-                                Some(sp.key.session())
+                                self.machine.key(&sp.key).map(|k| k.share_session())
                             }
                             _ => None,
                         })
-                        .and_then(|k| crate::engine::load_share(store, &k).ok()?)
                     else {
                         continue;
                     };
-                    tokio::spawn(async move {
-                        let res = tpm
-                            .unseal(sealed)
-                            .await
-                            .map(|secret| (secret, stored))
-                            .map_err(|e| e.to_string());
-                        let _ = tx.send((session, res));
-                    });
+                    self.unseal_share(session, share_session);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Unseals this party's share stored under `share_session` in the TPM,
+    /// off the event loop, for `session` (a signing or a refresh); the
+    /// result comes back on the unseal channel. Without a stored share the
+    /// session gets an error, so it does not wait.
+    fn unseal_share(&self, session: SessionId, share_session: SessionId) {
+        let tx = self.unseal_tx.clone();
+        let stored = match crate::engine::load_share(&self.store, &share_session) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                let _ = tx.send((session, Err("this party holds no share of the key".into())));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send((session, Err(e.to_string())));
+                return;
+            }
+        };
+        let tpm = self.tpm.clone();
+        tokio::spawn(async move {
+            let res = tpm
+                .unseal(stored.sealed.clone())
+                .await
+                .map(|secret| (secret, stored))
+                .map_err(|e| e.to_string());
+            let _ = tx.send((session, res));
+        });
+    }
+
+    /// True when `events` end a share refresh (completed or failed).
+    fn ends_a_refresh(&self, events: &[quorate_firmware::sessions::machine::Event]) -> bool {
+        use quorate_firmware::sessions::machine::Event;
+        events.iter().any(|e| match e {
+            Event::SessionCompleted { session, .. } | Event::SessionFailed { session, .. } => {
+                self.machine.session(session).map(|s| s.spec.kind())
+                    == Some(quorate_firmware::sessions::ops::SessionKind::Refresh)
+            }
+            _ => false,
+        })
+    }
+
+    /// Erases every stored key share that no longer signs: a share replaced
+    /// by a completed refresh, or one from a key generation or refresh that
+    /// failed. Kept: each key's current share, and shares of sessions still
+    /// open (a refresh's new share waits for the refresh to complete).
+    fn erase_unused_shares(&mut self) -> anyhow::Result<()> {
+        let current: BTreeSet<SessionId> = self
+            .machine
+            .state()
+            .keys
+            .values()
+            .map(|k| k.share_session())
+            .collect();
+        for (name, sid) in crate::engine::stored_shares(&self.store)? {
+            let open = self
+                .machine
+                .session(&sid)
+                .is_some_and(|s| s.phase.is_open());
+            if current.contains(&sid) || open {
+                continue;
+            }
+            self.store.remove_meta(&name)?;
+            info!(session = %hex::encode(sid.0.as_bytes()), "erased a key share that no longer signs");
         }
         Ok(())
     }
