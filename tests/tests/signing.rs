@@ -320,7 +320,7 @@ async fn a_refresh_keeps_the_group_key_rotates_every_share_and_erases_the_old() 
         let (key, gpk) = keygen(&c, scheme, 3).await;
         let msg = [0x42u8; 32];
         let (_, before) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
-        verify_independently(scheme, &gpk, &msg, before[0]["signature"].as_str().unwrap());
+        verify_independently(scheme, &gpk, &msg, before[0]["signature"].as_str().unwrap()).unwrap();
 
         let t0 = Instant::now();
         let rid = create(
@@ -343,7 +343,7 @@ async fn a_refresh_keeps_the_group_key_rotates_every_share_and_erases_the_old() 
         let msg = [0x43u8; 32];
         let (_, after) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
         let sig = after[0]["signature"].as_str().unwrap();
-        verify_independently(scheme, &gpk, &msg, sig);
+        verify_independently(scheme, &gpk, &msg, sig).unwrap();
         let attempts = after[0]["attempts"].as_array().unwrap();
         assert_eq!(attempts.len(), 1, "no one was blamed: {attempts:?}");
         current.push(rid);
@@ -417,7 +417,7 @@ async fn a_signer_killed_after_its_commitments_never_signs_again_even_from_a_bac
     for v in &views {
         assert_eq!(v["signature"].as_str(), Some(sig));
     }
-    verify_independently("frost-secp256k1-tr", &gpk, &digest, sig);
+    verify_independently("frost-secp256k1-tr", &gpk, &digest, sig).unwrap();
     // The restored P4 observed the rest of the session without posting a
     // single new commitment or share: its nonces died with the process.
     tokio::time::sleep(Duration::from_secs(1)).await;

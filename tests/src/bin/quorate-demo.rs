@@ -11,8 +11,7 @@ use anyhow::{anyhow, bail, Context as _};
 use quorate_host::client::Client;
 use quorate_host::dev::DevCluster;
 use quorate_tests::mpc::{
-    is_plain_round2, session_end, taproot_output_key, verifier_name,
-    verify_independently,
+    is_plain_round2, session_end, taproot_output_key, verifier_name, verify_independently,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -1000,11 +999,14 @@ async fn step_refresh(
                 i + 1,
                 short(sid),
                 s["phase_label"].as_str().unwrap_or("?"),
-                s["results"]["agreed"].as_str().unwrap_or("none")
+                s["phase"]["completed"]["result"].as_str().unwrap_or("none")
             );
         }
         let same_key = views.iter().all(|s| {
-            s["phase_label"] == "completed" && s["results"]["agreed"] == key.group_key.as_str()
+            s["phase_label"] == "completed"
+                && s["phase"]["completed"]["result"] == key.group_key.as_str()
+                && s["group_public_key"] == key.group_key.as_str()
+                && s["key"] == key.id.as_str()
         });
         println!(
             "      {} in {:.1} s: the result {} the group key {}…",
@@ -1377,10 +1379,18 @@ async fn no_plaintext_in(
         .count();
     let mut exported = BTreeSet::new();
     let mut round2_broadcasts = 0;
-    for m in logged.iter().filter(|m| sealed.iter().any(|(_, s)| *s == m.session)) {
+    for m in logged
+        .iter()
+        .filter(|m| sealed.iter().any(|(_, s)| *s == m.session))
+    {
         round2_broadcasts += usize::from(m.round == 2 && m.broadcast);
         for (to, p) in &m.direct {
-            exported.insert((m.session.clone(), u64::from(m.from), u64::from(*to), p.clone()));
+            exported.insert((
+                m.session.clone(),
+                u64::from(m.from),
+                u64::from(*to),
+                p.clone(),
+            ));
         }
     }
     let mut shown = BTreeSet::new();
