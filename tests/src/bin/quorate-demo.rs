@@ -755,138 +755,189 @@ struct Killed {
     session: String,
 }
 
-async fn step_kill_signer(d: &Demo, keys: &[Key]) -> anyhow::Result<(Outcome, Option<Killed>)> {
-    screen(
-        6,
-        "A signer is killed mid-signing; ROAST finishes with the others",
-        &format!("P1 asks the Ed25519 key to sign, all four parties as candidates. As soon as the\nfirst attempt opens, one of its 3 selected signers (not P1) is killed with\nSIGKILL, before its share is decided. At the attempt's deadline ({ROUND_SECS} s of block\ntime) every party's ROAST coordinator drops it as a suspect and opens a new attempt\nwith responsive candidates, which signs."),
-    );
-    let Some(key) = keys.iter().find(|k| k.scheme == "frost-ed25519") else {
-        return Ok((verdict(Outcome::Fail, "no Ed25519 key"), None));
-    };
-    let msg = b"Quorate demo: signed although a signer died";
+/// One signing by all four candidates in which the first candidate other
+/// than P1 whose commitments are decided is killed at once. Returns who
+/// was killed and every surviving party's view of the ended session.
+async fn sign_killing_a_signer(
+    d: &Demo,
+    key: &Key,
+    msg: &[u8],
+) -> anyhow::Result<(Killed, Vec<u32>, Vec<Value>)> {
     let p1 = d.client(1)?;
     let t0 = Instant::now();
     let r = p1.submit_json(&signing(key, msg, None)).await?;
-    // Poll P1 tightly: the kill must land before the victim's share is
-    // decided (it is computed and queued right after the attempt opens).
+    let sid = quorate_tests::mpc::created_session(&p1, &r.id, Duration::from_secs(60)).await?;
+    // Poll tightly: the kill must land before the victim's share leaves it
+    // (the share is computed and queued as soon as an attempt selects it).
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (sid, attempt) = loop {
-        let v = p1.operation(&r.id).await?;
-        if let Some(sid) = v["record"]["session"].as_str() {
-            let s = p1.session(sid).await?;
-            if let Some(a) = s["attempts"].as_array().and_then(|a| a.first()) {
-                break (sid.to_string(), a.clone());
-            }
-            if s["phase_label"] != "active" && s["phase_label"] != "awaiting_approval" {
-                bail!("the signing ended before an attempt was seen: {s}");
-            }
+    let (victim, committed) = loop {
+        let m = p1.messages(&sid, Some(1)).await?;
+        let committed: Vec<u64> = m["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m["from"].as_u64())
+            .collect();
+        if let Some(v) = committed.iter().copied().find(|p| *p != 1) {
+            break (u32::try_from(v)?, committed);
         }
         if Instant::now() > deadline {
-            bail!("no attempt opened within 60 s: {v}");
+            bail!("no candidate committed within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let victim = attempt["signers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Value::as_u64)
-        .filter(|p| *p != 1)
-        .max()
-        .and_then(|p| u32::try_from(p).ok())
-        .ok_or_else(|| anyhow!("attempt 1 has no signer besides P1: {attempt}"))?;
     let pid = d.pid(victim);
     signal(pid, "KILL")?;
+    let at_kill = t0.elapsed();
     let height = p1.status().await?.height;
     println!(
-        "    session {}…: attempt 1 opened at height {} with signers {}",
+        "    session {}…: commitments of {} decided; kill -9 {pid} (P{victim}) {:.2} s after the request",
         short(&sid),
-        attempt["started_height"],
-        party_list(&attempt["signers"])
-    );
-    println!(
-        "    kill -9 {pid}   (P{victim}, a selected signer, {:.2} s after the request)",
-        t0.elapsed().as_secs_f64()
+        committed
+            .iter()
+            .map(|p| format!("P{p}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        at_kill.as_secs_f64()
     );
     let survivors: Vec<u32> = (1..=PARTIES).filter(|p| *p != victim).collect();
     let views = ended_at(d, &survivors, &sid).await?;
-    let took = t0.elapsed();
-    let v = &views[0];
     println!(
-        "    GET /v1/sessions/{}…  attempts (the same at {}):",
+        "    GET /v1/sessions/{}…: {} after {:.1} s; attempts (the same at {}):",
         short(&sid),
+        views[0]["phase_label"].as_str().unwrap_or("?"),
+        t0.elapsed().as_secs_f64(),
         survivors
             .iter()
             .map(|p| format!("P{p}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    print_attempts(v);
-    let attempts = v["attempts"].as_array().cloned().unwrap_or_default();
-    let dropped = attempts.iter().any(|a| {
-        a["outcome"] == "timed_out"
-            && a["suspects"]
+    print_attempts(&views[0]);
+    Ok((
+        Killed {
+            party: victim,
+            pid,
+            height,
+            session: sid,
+        },
+        survivors,
+        views,
+    ))
+}
+
+async fn step_kill_signer(d: &mut Demo, keys: &[Key]) -> anyhow::Result<(Outcome, Option<Killed>)> {
+    screen(
+        6,
+        "A signer is killed mid-signing; ROAST finishes with the others",
+        &format!("P1 asks the Ed25519 key to sign, all four parties as candidates. The first one\nother than P1 whose commitments are decided is killed with SIGKILL at once: ROAST\nselects the first 3 candidates that committed, so it is selected, and dead, it\nposts no share. At the attempt's deadline ({ROUND_SECS} s of block time) every party's ROAST\ncoordinator drops it as a suspect and opens a new attempt with responsive\ncandidates, which signs."),
+    );
+    let Some(key) = keys.iter().find(|k| k.scheme == "frost-ed25519") else {
+        return Ok((verdict(Outcome::Fail, "no Ed25519 key"), None));
+    };
+    const TRIES: u32 = 3;
+    for try_no in 1..=TRIES {
+        let msg = format!("Quorate demo: signed although a signer died (try {try_no})");
+        let (killed, survivors, views) = sign_killing_a_signer(d, key, msg.as_bytes()).await?;
+        let victim = killed.party;
+        let v = &views[0];
+        let attempts = v["attempts"].as_array().cloned().unwrap_or_default();
+        let dropped = attempts.iter().find(|a| {
+            a["outcome"] == "timed_out"
+                && a["suspects"]
+                    .as_array()
+                    .is_some_and(|s| s.contains(&json!(victim)))
+        });
+        let signed = attempts.iter().find(|a| a["outcome"] == "signed");
+        let with_victim = signed.is_some_and(|a| {
+            a["signers"]
                 .as_array()
                 .is_some_and(|s| s.contains(&json!(victim)))
-    });
-    let last = attempts.last().cloned().unwrap_or(Value::Null);
-    let signed_without = last["outcome"] == "signed"
-        && !last["signers"]
-            .as_array()
-            .is_some_and(|s| s.contains(&json!(victim)));
-    let sig = v["signature"].as_str().unwrap_or_default();
-    let checked = verify_independently(key.scheme, &key.group_key, msg, sig);
-    println!(
-        "    {}: {} in {:.1} s; signature {}…, identical at the {} running parties; {}: {}",
-        v["phase_label"].as_str().unwrap_or("?"),
-        if signed_without {
-            "signed without the killed party"
-        } else {
-            "NOT signed without it"
-        },
-        took.as_secs_f64(),
-        short(sig),
-        survivors.len(),
-        verifier_name(key.scheme),
-        if checked.is_ok() { "valid" } else { "INVALID" }
-    );
-    let killed = Some(Killed {
-        party: victim,
-        pid,
-        height,
-        session: sid,
-    });
-    Ok(
-        if identical(&views) && dropped && signed_without && checked.is_ok() {
-            (
+        });
+        if with_victim && try_no < TRIES {
+            // Its share was on its way before the kill (the attempt opened
+            // in the block that carried its commitments).
+            println!(
+                "    P{victim}'s share was out before the kill, and signed: try again once P{victim} is back."
+            );
+            if wait_caught_up(d, &killed).await?.is_none() {
+                return Ok((
+                    verdict(
+                        Outcome::Fail,
+                        &format!("P{victim} did not come back within 90 s"),
+                    ),
+                    Some(killed),
+                ));
+            }
+            println!();
+            continue;
+        }
+        let sig = v["signature"].as_str().unwrap_or_default();
+        let checked = verify_independently(key.scheme, &key.group_key, msg.as_bytes(), sig);
+        let same = identical(&views);
+        println!(
+            "    signature {}…, {} at the {} running parties; {}: {}",
+            short(sig),
+            if same { "identical" } else { "NOT the same" },
+            survivors.len(),
+            verifier_name(key.scheme),
+            if checked.is_ok() { "valid" } else { "INVALID" }
+        );
+        let o = if !same || checked.is_err() || signed.is_none() {
+            verdict(
+                Outcome::Fail,
+                "ROAST did not finish with one valid signature at every running party",
+            )
+        } else if with_victim {
+            verdict(
+                Outcome::Fail,
+                &format!(
+                    "in {TRIES} tries, the killed signer's share was always out before the kill"
+                ),
+            )
+        } else if let Some(a) = dropped {
             verdict(
                 Outcome::Pass,
-                &format!("P{victim} was dropped as a suspect and the others signed; the signature verifies"),
-            ),
-            killed,
-        )
-        } else if !dropped && attempts.first().is_some_and(|a| a["outcome"] == "signed") {
-            (
-                verdict(
-                    Outcome::Fail,
-                    &format!(
-                        "the kill landed after P{victim}'s share was decided: attempt 1 signed"
-                    ),
+                &format!(
+                    "P{victim} was dropped as a suspect at attempt {}'s deadline; {} signed without it",
+                    a["attempt"],
+                    party_list(&signed.map(|a| a["signers"].clone()).unwrap_or_default())
                 ),
-                killed,
             )
         } else {
-            (
-                verdict(
-                    Outcome::Fail,
-                    "ROAST did not finish with the others as it should",
+            verdict(
+                Outcome::Pass,
+                &format!(
+                    "P{victim} was never selected; {} signed without it",
+                    party_list(&signed.map(|a| a["signers"].clone()).unwrap_or_default())
                 ),
-                killed,
             )
-        },
-    )
+        };
+        return Ok((o, Some(killed)));
+    }
+    Ok((verdict(Outcome::Fail, "no try"), None))
+}
+
+/// Waits until the killed party runs again (a new pid) and every party is
+/// at the same height and state root; returns those, or `None` after 90 s.
+async fn wait_caught_up(d: &mut Demo, k: &Killed) -> anyhow::Result<Option<(u32, u64, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        d.reload()?;
+        let new_pid = d.pid(k.party);
+        let all = heights(d, &[1, 2, 3, 4]).await;
+        let agree = all.iter().all(|h| h.is_some()) && all.windows(2).all(|w| w[0] == w[1]);
+        if new_pid != 0 && new_pid != k.pid && agree {
+            let (h, root) = all[0].clone().unwrap_or_default();
+            return Ok(Some((new_pid, h, root)));
+        }
+        if Instant::now() > deadline {
+            println!("    statuses: {all:?}");
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 async fn step_catch_up(d: &mut Demo, killed: Option<Killed>) -> anyhow::Result<Outcome> {
@@ -899,58 +950,46 @@ async fn step_catch_up(d: &mut Demo, killed: Option<Killed>) -> anyhow::Result<O
         return Ok(verdict(Outcome::Fail, "no party was killed"));
     };
     let victim = k.party;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        d.reload()?;
-        let new_pid = d.pid(victim);
-        let all = heights(d, &[1, 2, 3, 4]).await;
-        let agree = all.iter().all(|h| h.is_some()) && all.windows(2).all(|w| w[0] == w[1]);
-        if new_pid != 0 && new_pid != k.pid && agree {
-            let (h, root) = all[0].clone().unwrap_or_default();
-            println!(
-                "    P{victim} restarted (pid {new_pid}): at height {h} (was {} when killed), state root {}… like every party",
-                k.height,
-                short(&root)
-            );
-            let mine = d.client(victim)?.session(&k.session).await?;
-            let theirs = d.client(1)?.session(&k.session).await?;
-            let same = identical(&[theirs, mine.clone()]);
-            println!(
-                "    P{victim}'s view of the signing it was killed in: {}, signature {}…, {}",
-                mine["phase_label"].as_str().unwrap_or("?"),
-                short(mine["signature"].as_str().unwrap_or("")),
-                if same {
-                    "attempts and signature the same as P1's"
-                } else {
-                    "NOT the same as P1's"
-                }
-            );
-            return Ok(if h > k.height && same {
-                verdict(
-                    Outcome::Pass,
-                    &format!("P{victim} caught up on the blocks decided without it, the signing included"),
-                )
-            } else if !same {
-                verdict(
-                    Outcome::Fail,
-                    "the restarted party's view of the signing differs",
-                )
-            } else {
-                verdict(
-                    Outcome::Fail,
-                    "nothing was decided while the party was down",
-                )
-            });
+    let Some((new_pid, h, root)) = wait_caught_up(d, &k).await? else {
+        return Ok(verdict(
+            Outcome::Fail,
+            &format!("P{victim} did not catch up within 90 s"),
+        ));
+    };
+    println!(
+        "    P{victim} restarted (pid {new_pid}): at height {h} (P1 was at {} when it was killed), state root {}… like every party",
+        k.height,
+        short(&root)
+    );
+    let mine = d.client(victim)?.session(&k.session).await?;
+    let theirs = d.client(1)?.session(&k.session).await?;
+    let same = identical(&[theirs, mine.clone()]);
+    println!(
+        "    P{victim}'s view of the signing it was killed in: {}, signature {}…, {}",
+        mine["phase_label"].as_str().unwrap_or("?"),
+        short(mine["signature"].as_str().unwrap_or("")),
+        if same {
+            "attempts and signature the same as P1's"
+        } else {
+            "NOT the same as P1's"
         }
-        if Instant::now() > deadline {
-            println!("    statuses: {all:?}");
-            return Ok(verdict(
-                Outcome::Fail,
-                &format!("P{victim} did not catch up within 90 s"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    );
+    Ok(if h > k.height && same {
+        verdict(
+            Outcome::Pass,
+            &format!("P{victim} caught up on the blocks decided without it, the signing included"),
+        )
+    } else if !same {
+        verdict(
+            Outcome::Fail,
+            "the restarted party's view of the signing differs",
+        )
+    } else {
+        verdict(
+            Outcome::Fail,
+            "nothing was decided while the party was down",
+        )
+    })
 }
 
 /// Returns the refresh sessions (their round 2 carries sealed shares).
