@@ -11,6 +11,7 @@ pub mod bench_audit_daemon;
 pub mod bench_consensus;
 pub mod bench_mpc;
 pub mod bench_netfault;
+pub mod bench_signing;
 pub mod bench_tpm;
 pub mod cluster;
 pub mod mpc;
