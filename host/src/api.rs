@@ -28,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use quorate_firmware::sessions::ops::{OpBody, SessionSpec};
+use quorate_firmware::sessions::ops::{CreateSession, OpBody, SessionSpec};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -630,7 +630,7 @@ async fn check_operation(op: &OpBody, st: &ApiState) -> Result<(), (String, Stri
             ("session.participants", &k.participants, k.deadline_secs)
         }
         SessionSpec::Signing(s) => ("session.signers", &s.signers, s.deadline_secs),
-        _ => return Ok(()),
+        _ => return session_rules(c, st).await,
     };
     if parties.is_empty() {
         return Err((field.into(), "must not be empty".into()));
@@ -646,7 +646,29 @@ async fn check_operation(op: &OpBody, st: &ApiState) -> Result<(), (String, Stri
     if deadline == 0 {
         return Err(("session.deadline_secs".into(), "must be positive".into()));
     }
-    Ok(())
+    session_rules(c, st).await
+}
+
+/// The session rules checked against the daemon's decided state (unknown
+/// or busy key, a signer without a share, an excluded party, a digest the
+/// scheme cannot sign...): what consensus would refuse now, answered before
+/// the request is accepted.
+async fn session_rules(c: &CreateSession, st: &ApiState) -> Result<(), (String, String)> {
+    let Some(v) = st
+        .daemon
+        .query(Query::CheckSession(Box::new(c.session.clone())))
+        .await
+    else {
+        return Ok(());
+    };
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str());
+    match text("reason") {
+        Some(reason) => Err((
+            "session".into(),
+            format!("refused by rule {}: {reason}", text("rule").unwrap_or("?")),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A streaming body fed by a channel (the event stream).

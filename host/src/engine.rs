@@ -442,19 +442,38 @@ impl Engine {
             Some(f) => mpc::Dkg::start_with_fault(ctx, mpc::PartyId(me), *f, &mut self.rng),
             None => mpc::Dkg::start(ctx, mpc::PartyId(me), &mut self.rng),
         };
+        self.begin(
+            sid,
+            started.map_err(|e| e.to_string()),
+            "key generation",
+            out,
+        );
+    }
+
+    /// Keeps a started participant and posts its round 1, or aborts the
+    /// session when it could not start; true when it runs.
+    fn begin(
+        &mut self,
+        sid: SessionId,
+        started: Result<(mpc::Dkg, mpc::RoundMessage), String>,
+        what: &str,
+        out: &mut Vec<EngineAction>,
+    ) -> bool {
         match started {
             Ok((dkg, round1)) => {
-                info!(session = %hex::encode(sid.0.as_bytes()), scheme = %s.scheme, "key generation started: posting round 1");
+                info!(session = %hex::encode(sid.0.as_bytes()), "{what} started: posting round 1");
                 self.runs.insert(sid, dkg);
                 self.posted_here
                     .entry(sid)
                     .or_default()
                     .insert(1, digest_of(&round1));
                 out.push(EngineAction::Submit(message_op(sid, 1, round1)));
+                true
             }
             Err(e) => {
-                warn!(error = %e, "the MPC engine could not start a key generation");
+                warn!(error = %e, "the MPC engine could not start a {what}");
                 out.push(EngineAction::Submit(abort_op(sid, format!("engine: {e}"))));
+                false
             }
         }
     }
@@ -488,23 +507,10 @@ impl Engine {
                 mpc::Dkg::start_refresh(ctx, mpc::PartyId(me), &old, &mut self.rng)
                     .map_err(|e| e.to_string())
             });
-        match started {
-            Ok((dkg, round1)) => {
-                info!(session = %hex::encode(sid.0.as_bytes()), "share refresh: posting round 1");
-                self.runs.insert(sid, dkg);
-                self.posted_here
-                    .entry(sid)
-                    .or_default()
-                    .insert(1, digest_of(&round1));
-                out.push(EngineAction::Submit(message_op(sid, 1, round1)));
-                let decided: Vec<_> = s.messages.iter().map(|m| m.op).collect();
-                for op in decided {
-                    self.feed(machine, sid, &op, &mut out);
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "the MPC engine could not start a share refresh");
-                out.push(EngineAction::Submit(abort_op(sid, format!("engine: {e}"))));
+        if self.begin(sid, started, "share refresh", &mut out) {
+            let decided: Vec<_> = s.messages.iter().map(|m| m.op).collect();
+            for op in decided {
+                self.feed(machine, sid, &op, &mut out);
             }
         }
         out

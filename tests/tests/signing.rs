@@ -177,34 +177,37 @@ async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
     )
     .unwrap();
 
-    // Bad input is refused with its reason, and recorded.
+    // Bad input is refused before it is accepted (422), naming the rule
+    // consensus would refuse it by.
     let p1 = c.client(1).unwrap();
+    let (ed_key, _) = keygen(&c, "frost-ed25519", 2).await;
     for (session, reason) in [
         (signing(&key, &[1u8; 31], None), "digest_length_for_scheme"),
         (
             signing(&key, &[1u8; 32], Some(json!({"merkle_root": "00"}))),
             "bad_merkle_root",
         ),
+        (
+            signing(&ed_key, b"m", Some(json!({"merkle_root": null}))),
+            "taproot_for_scheme",
+        ),
+        (
+            json!({"kind": "refresh", "key": hex::encode([7u8; 32]), "deadline_secs": 60}),
+            "unknown_key",
+        ),
     ] {
-        let r = p1
+        let e = p1
             .submit_json(&json!({"type": "create_session", "session": session}))
             .await
-            .unwrap();
-        let op = decided(&p1, &r.id).await;
-        assert_eq!(op["status"], "rejected", "{op}");
-        let reasons = op["record"]["status"]["rejected"]["reasons"].to_string();
-        assert!(reasons.contains(reason), "{reason}: {op}");
+            .unwrap_err();
+        match e {
+            quorate_host::client::ClientError::Status { status, body } => {
+                assert_eq!(status.as_u16(), 422, "{reason}: {body}");
+                assert!(body.contains(reason), "{reason}: {body}");
+            }
+            e => panic!("{reason}: {e}"),
+        }
     }
-    let (ed_key, _) = keygen(&c, "frost-ed25519", 2).await;
-    let r = p1
-        .submit_json(&json!({"type": "create_session",
-            "session": signing(&ed_key, b"m", Some(json!({"merkle_root": null})))}))
-        .await
-        .unwrap();
-    let op = decided(&p1, &r.id).await;
-    assert_eq!(op["status"], "rejected", "{op}");
-    let reasons = op["record"]["status"]["rejected"]["reasons"].to_string();
-    assert!(reasons.contains("taproot_for_scheme"), "{op}");
 }
 
 /// Party 3 corrupts every signature share it posts; party 4 posts

@@ -689,7 +689,15 @@ pub(crate) mod tests {
             .apply_block(
                 Height(2),
                 1_800_000_000_000,
-                &[log.c.batch(1, 9, vec![vec![1]])],
+                &[log.c.batch(
+                    1,
+                    9,
+                    vec![Operation {
+                        author: PartyId(1),
+                        body: attest(b"y", 1),
+                    }
+                    .encode()],
+                )],
             )
             .unwrap();
         let block = BlockRef {

@@ -17,10 +17,10 @@
 
 use super::approval::{tally, ApprovalPolicy, ApprovalRules, Tally};
 use super::ops::{
-    check_batch_envelope, AbortSession, AttestationRecord, BlameOp, Blob, CreateSession, Decision,
-    DecodeError, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason, SessionId,
-    SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp, MAX_SCHEME_BYTES,
-    MAX_TEXT_BYTES,
+    check_batch_envelope, decode_batch_ops, AbortSession, AttestationRecord, BlameOp, Blob,
+    CreateSession, Decision, Evidence, KeyId, MisbehaviourProof, OpBody, OpId, Operation, Reason,
+    SessionId, SessionKind, SessionMessage, SessionResult, SessionSpec, VerdictOp,
+    MAX_SCHEME_BYTES, MAX_TEXT_BYTES,
 };
 use super::root::{leaf, MerkleTree};
 use crate::batch::SignedBatch;
@@ -695,6 +695,20 @@ impl Session {
     }
 }
 
+/// What a session request resolves to under the rules
+/// ([`SessionMachine::check_session`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionParams {
+    /// Who takes part, ascending.
+    pub participants: Vec<PartyId>,
+    /// The threshold.
+    pub threshold: u16,
+    /// The scheme label.
+    pub scheme: String,
+    /// Each round's length, seconds.
+    pub round_secs: u32,
+}
+
 /// A group key from a completed key generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupKey {
@@ -1285,27 +1299,31 @@ impl SessionMachine {
     ) {
         let author = batch.body.author;
         let seq = batch.body.seq;
-        // A batch-level fault rejects every operation in it.
-        let batch_fault =
-            match check_batch_envelope(batch, &self.config.cluster, &self.config.members) {
-                Err(super::ops::BatchError::WrongCluster { .. }) => {
-                    Some(RuleViolation::WrongCluster)
-                }
-                Err(super::ops::BatchError::UnknownAuthor(p)) => {
-                    Some(RuleViolation::UnknownAuthor(p))
-                }
-                Err(_) => Some(RuleViolation::TooManyOps),
-                Ok(()) => match self.state.last_seq.get(&author) {
-                    Some(last) if seq <= *last => {
-                        Some(RuleViolation::Replayed { seq, last: *last })
-                    }
-                    _ => None,
-                },
-            };
-        if batch_fault.is_none() {
-            self.state.last_seq.insert(author, seq);
+        // A batch that breaks the batch rules (cluster, author, op count,
+        // every op decodes and is the signer's) or replays a sequence
+        // number leaves no trace: no record, no sequence number, no audit
+        // entry. Validators refuse any block carrying one
+        // (`consensus::validate::check_block`, which also checked the
+        // signature and that sequence numbers have no gaps), so only a
+        // quorum that broke the rules could have decided it; recording its
+        // operations would let one signed batch of a million empty
+        // operations become a million records.
+        let ops = match check_batch_envelope(batch, &self.config.cluster, &self.config.members)
+            .and_then(|()| decode_batch_ops(batch))
+        {
+            Ok(ops) => ops,
+            Err(_) => return,
+        };
+        if self
+            .state
+            .last_seq
+            .get(&author)
+            .is_some_and(|last| seq <= *last)
+        {
+            return;
         }
-        for (i, bytes) in batch.body.ops.iter().enumerate() {
+        self.state.last_seq.insert(author, seq);
+        for (i, op) in ops.into_iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let id = OpId::derive(&self.config.cluster, cx.height, bi, author, seq, index);
             let position = OpPosition {
@@ -1316,91 +1334,50 @@ impl SessionMachine {
                 ordinal: self.state.op_count,
             };
             self.state.op_count = self.state.op_count.saturating_add(1);
-            let decoded = match &batch_fault {
-                Some(v) => Err(v.clone()),
-                None => Operation::decode(bytes)
-                    .map_err(|e: DecodeError| RuleViolation::Undecodable(e.to_string()))
-                    .and_then(|op| {
-                        if op.author == author {
-                            Ok(op)
-                        } else {
-                            Err(RuleViolation::AuthorMismatch {
-                                claimed: op.author,
-                                signer: author,
-                            })
-                        }
-                    }),
+            let kind = OpKind::of(&op.body);
+            let session = match &op.body {
+                OpBody::CreateSession(_) => Some(SessionId::from_op(&id)),
+                OpBody::SessionMessage(m) => Some(m.session),
+                OpBody::SessionResult(r) => Some(r.session),
+                OpBody::AbortSession(a) => Some(a.session),
+                _ => None,
             };
-            let (kind, status) = match decoded {
-                Err(v) => {
-                    let status = OpStatus::Rejected {
-                        height: cx.height,
-                        reasons: vec![RejectReason::Rule(v)],
-                    };
-                    self.dirty_ops.insert(id);
-                    self.state.ops.insert(
-                        id,
-                        OpRecord {
-                            id,
-                            position,
-                            author,
-                            kind: OpKind::Undecodable,
-                            session: None,
-                            status: status.clone(),
-                            verdicts: BTreeMap::new(),
-                            approval: None,
-                        },
-                    );
-                    (OpKind::Undecodable, status)
-                }
-                Ok(op) => {
-                    let kind = OpKind::of(&op.body);
-                    let session = match &op.body {
-                        OpBody::CreateSession(_) => Some(SessionId::from_op(&id)),
-                        OpBody::SessionMessage(m) => Some(m.session),
-                        OpBody::SessionResult(r) => Some(r.session),
-                        OpBody::AbortSession(a) => Some(a.session),
-                        _ => None,
-                    };
-                    // Recorded before it is applied, so that approval logic
-                    // finds the record.
-                    self.dirty_ops.insert(id);
-                    self.state.ops.insert(
-                        id,
-                        OpRecord {
-                            id,
-                            position,
-                            author,
-                            kind,
-                            session,
-                            status: OpStatus::Pending,
-                            verdicts: BTreeMap::new(),
-                            approval: None,
-                        },
-                    );
-                    let result = self.apply_op(cx, id, author, op.body);
-                    self.dirty_ops.insert(id);
-                    let status = match self.state.ops.get_mut(&id) {
-                        Some(rec) => {
-                            match result {
-                                Ok(Applied::Executed) => {
-                                    rec.status = OpStatus::Executed { height: cx.height }
-                                }
-                                // Already settled if its approvals were complete at once.
-                                Ok(Applied::Pending) => {}
-                                Err(v) => {
-                                    rec.status = OpStatus::Rejected {
-                                        height: cx.height,
-                                        reasons: vec![RejectReason::Rule(v)],
-                                    }
-                                }
-                            }
-                            rec.status.clone()
+            // Recorded before it is applied, so that approval logic finds
+            // the record.
+            self.dirty_ops.insert(id);
+            self.state.ops.insert(
+                id,
+                OpRecord {
+                    id,
+                    position,
+                    author,
+                    kind,
+                    session,
+                    status: OpStatus::Pending,
+                    verdicts: BTreeMap::new(),
+                    approval: None,
+                },
+            );
+            let result = self.apply_op(cx, id, author, op.body);
+            self.dirty_ops.insert(id);
+            let status = match self.state.ops.get_mut(&id) {
+                Some(rec) => {
+                    match result {
+                        Ok(Applied::Executed) => {
+                            rec.status = OpStatus::Executed { height: cx.height }
                         }
-                        None => OpStatus::Pending,
-                    };
-                    (kind, status)
+                        // Already settled if its approvals were complete at once.
+                        Ok(Applied::Pending) => {}
+                        Err(v) => {
+                            rec.status = OpStatus::Rejected {
+                                height: cx.height,
+                                reasons: vec![RejectReason::Rule(v)],
+                            }
+                        }
+                    }
+                    rec.status.clone()
                 }
+                None => OpStatus::Pending,
             };
             outcomes.push(OpOutcome {
                 op: id,
@@ -1459,13 +1436,12 @@ impl SessionMachine {
 
     // -- CreateSession ------------------------------------------------------
 
-    fn create_session(
-        &mut self,
-        cx: &mut BlockCtx,
-        id: OpId,
-        author: PartyId,
-        c: CreateSession,
-    ) -> Result<Applied, RuleViolation> {
+    /// Checks a session request against the rules and the current state,
+    /// without recording anything: what the API answers 422 with before it
+    /// accepts a request consensus would refuse. Returns the participants,
+    /// threshold and scheme the session would have, and its round length
+    /// in seconds.
+    pub fn check_session(&self, spec: &SessionSpec) -> Result<SessionParams, RuleViolation> {
         let rules = self.config.rules;
         let check_deadline = |secs: u32| {
             if secs == 0 || secs > rules.max_deadline_secs {
@@ -1477,10 +1453,10 @@ impl SessionMachine {
                 Ok(())
             }
         };
-        check_deadline(c.session.deadline_secs())?;
-        let round_secs = c.session.round_secs().unwrap_or(rules.default_round_secs);
+        check_deadline(spec.deadline_secs())?;
+        let round_secs = spec.round_secs().unwrap_or(rules.default_round_secs);
         check_deadline(round_secs)?;
-        let (participants, threshold, scheme) = match &c.session {
+        let (participants, threshold, scheme) = match spec {
             SessionSpec::Keygen(k) => {
                 let ps = sorted_distinct(&k.participants)?;
                 self.check_parties(&ps)?;
@@ -1494,11 +1470,7 @@ impl SessionMachine {
                 (ps, k.threshold, k.scheme.clone())
             }
             SessionSpec::Signing(s) => {
-                let key = self
-                    .state
-                    .keys
-                    .get(&s.key)
-                    .ok_or(RuleViolation::UnknownKey(s.key))?;
+                let key = self.known_key(s.key)?;
                 let ps = sorted_distinct(&s.signers)?;
                 if let Some(p) = ps.iter().find(|p| !key.participants.contains(p)) {
                     return Err(RuleViolation::NotAKeyHolder(*p));
@@ -1534,11 +1506,7 @@ impl SessionMachine {
                 (ps, key.threshold, key.scheme.clone())
             }
             SessionSpec::Refresh(r) => {
-                let key = self
-                    .state
-                    .keys
-                    .get(&r.key)
-                    .ok_or(RuleViolation::UnknownKey(r.key))?;
+                let key = self.known_key(r.key)?;
                 let ps = key.participants.clone();
                 self.check_parties(&ps)?;
                 let (threshold, scheme) = (key.threshold, key.scheme.clone());
@@ -1546,6 +1514,28 @@ impl SessionMachine {
                 (ps, threshold, scheme)
             }
         };
+        Ok(SessionParams {
+            participants,
+            threshold,
+            scheme,
+            round_secs,
+        })
+    }
+
+    fn create_session(
+        &mut self,
+        cx: &mut BlockCtx,
+        id: OpId,
+        author: PartyId,
+        c: CreateSession,
+    ) -> Result<Applied, RuleViolation> {
+        let SessionParams {
+            participants,
+            threshold,
+            scheme,
+            round_secs,
+        } = self.check_session(&c.session)?;
+        let rules = self.config.rules;
         let sid = SessionId::from_op(&id);
         let deadline_ms = cx.time_ms.saturating_add(ms(c.session.deadline_secs()));
         let policy = rules.approval.for_session(c.session.kind());
@@ -1573,6 +1563,14 @@ impl SessionMachine {
         self.state.open_sessions.insert(sid);
         self.await_verdicts(cx, id, policy, voters, deadline_ms);
         Ok(Applied::Pending)
+    }
+
+    /// The completed key `id`, or [`RuleViolation::UnknownKey`].
+    fn known_key(&self, id: KeyId) -> Result<&GroupKey, RuleViolation> {
+        self.state
+            .keys
+            .get(&id)
+            .ok_or(RuleViolation::UnknownKey(id))
     }
 
     /// Fails with [`RuleViolation::KeyBusy`] when an open session of one

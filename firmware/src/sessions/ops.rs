@@ -750,12 +750,32 @@ pub fn verify_batch(
     cluster: &ClusterId,
     keys: &BTreeMap<PartyId, PublicKey>,
 ) -> Result<Vec<Operation>, BatchError> {
-    check_batch_envelope(batch, cluster, keys)?;
+    check_batch(
+        batch,
+        cluster,
+        |p| keys.get(&p).copied(),
+        |key, b| b.verify(key).is_ok(),
+    )
+}
+
+/// The batch rules, the one home for every caller (the API precheck aside,
+/// consensus in `consensus::validate`, and [`verify_batch`]): right cluster,
+/// known author (`key_of`), at most [`MAX_OPS_PER_BATCH`] operations, the
+/// signature (`verify`, which the caller may cache), every operation
+/// decodes, and every operation's author is the batch's signer.
+pub fn check_batch(
+    batch: &SignedBatch,
+    cluster: &ClusterId,
+    key_of: impl Fn(PartyId) -> Option<PublicKey>,
+    verify: impl FnOnce(&PublicKey, &SignedBatch) -> bool,
+) -> Result<Vec<Operation>, BatchError> {
     let signer = batch.body.author;
-    let key = keys.get(&signer).ok_or(BatchError::UnknownAuthor(signer))?;
-    batch
-        .verify(key)
-        .map_err(|_| BatchError::BadSignature(signer))?;
+    let key = key_of(signer);
+    check_envelope(batch, cluster, key.is_some())?;
+    let key = key.ok_or(BatchError::UnknownAuthor(signer))?;
+    if !verify(&key, batch) {
+        return Err(BatchError::BadSignature(signer));
+    }
     decode_batch_ops(batch)
 }
 
@@ -765,13 +785,21 @@ pub(crate) fn check_batch_envelope(
     cluster: &ClusterId,
     keys: &BTreeMap<PartyId, PublicKey>,
 ) -> Result<(), BatchError> {
+    check_envelope(batch, cluster, keys.contains_key(&batch.body.author))
+}
+
+fn check_envelope(
+    batch: &SignedBatch,
+    cluster: &ClusterId,
+    author_is_member: bool,
+) -> Result<(), BatchError> {
     if batch.body.cluster != *cluster {
         return Err(BatchError::WrongCluster {
             expected: cluster.0,
             got: batch.body.cluster.0,
         });
     }
-    if !keys.contains_key(&batch.body.author) {
+    if !author_is_member {
         return Err(BatchError::UnknownAuthor(batch.body.author));
     }
     if batch.body.ops.len() > MAX_OPS_PER_BATCH {

@@ -154,24 +154,22 @@ fn session_decision(
             policy.max_keygens_per_hour
         }
         SessionSpec::Signing(s) => {
-            if let Some(allowed) = &policy.allowed_keys {
-                if !allowed.contains(&s.key) {
-                    return reject(
-                        ReasonCode::KeyNotAllowed,
-                        format!("{me} does not sign with key {}", s.key),
-                    );
-                }
+            if let Err(d) = key_allowed(
+                policy,
+                s.key,
+                format!("{me} does not sign with key {}", s.key),
+            ) {
+                return d;
             }
             policy.max_signings_per_hour
         }
         SessionSpec::Refresh(r) => {
-            if let Some(allowed) = &policy.allowed_keys {
-                if !allowed.contains(&r.key) {
-                    return reject(
-                        ReasonCode::KeyNotAllowed,
-                        format!("{me} does not refresh key {}", r.key),
-                    );
-                }
+            if let Err(d) = key_allowed(
+                policy,
+                r.key,
+                format!("{me} does not refresh key {}", r.key),
+            ) {
+                return d;
             }
             None
         }
@@ -186,6 +184,14 @@ fn session_decision(
         }
     }
     Decision::Approve
+}
+
+/// Refuses (with `why`) a key outside `allowed_keys`.
+fn key_allowed(policy: &LocalPolicy, key: KeyId, why: String) -> Result<(), Decision> {
+    match &policy.allowed_keys {
+        Some(allowed) if !allowed.contains(&key) => Err(reject(ReasonCode::KeyNotAllowed, why)),
+        _ => Ok(()),
+    }
 }
 
 /// Requests of the same kind decided in the hour of block time before

@@ -50,6 +50,12 @@ impl Cluster {
         }
     }
 
+    /// `bytes` signed with `signer`'s key.
+    pub fn sign(&self, signer: u32, bytes: &[u8]) -> Signature {
+        let sig = self.pairs[&PartyId(signer)].sign(&self.rng, bytes).unwrap();
+        Signature(sig.as_ref().try_into().unwrap())
+    }
+
     /// A batch of encoded operations signed by `author`.
     pub fn batch(&self, author: u32, seq: u64, ops: Vec<Vec<u8>>) -> SignedBatch {
         let body = BatchBody {
@@ -58,13 +64,8 @@ impl Cluster {
             seq,
             ops,
         };
-        let sig = self.pairs[&PartyId(author)]
-            .sign(&self.rng, &body.signing_bytes())
-            .unwrap();
-        SignedBatch {
-            body,
-            signature: Signature(sig.as_ref().try_into().unwrap()),
-        }
+        let signature = self.sign(author, &body.signing_bytes());
+        SignedBatch { body, signature }
     }
 
     /// One single-operation batch per `(author, body)`, each signed by its

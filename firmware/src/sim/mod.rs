@@ -101,7 +101,45 @@ pub enum Byzantine {
     Forge,
     /// Sends random and truncated bytes.
     Garbage,
+    /// Signs (with its own, valid key) batches that break the batch rules
+    /// (too many operations, an operation that does not decode), gossips
+    /// them and proposes blocks carrying them. Honest parties must refuse
+    /// them; one decided is a validity violation.
+    Oversized,
+    /// Gossips well-formed, signed batches whose predecessor it never
+    /// sends. They must not make work: an idle cluster stays idle.
+    SeqGap,
+    /// Gossips a backlog of valid half-block batches, always topped up,
+    /// so that its batches could fill every block. Correct authors' batches
+    /// must still be decided within the fairness bound.
+    Flood,
+    /// Runs the real driver on a clock 20 s or 60 s ahead of or behind
+    /// the others' (`SimConfig::clock_offsets_ms`): its fresh proposals'
+    /// times fall outside the correct parties' window and must be refused
+    /// (a decided block time more than the window past a correct clock is a
+    /// *block time* violation), and it refuses theirs.
+    SkewedClock,
 }
+
+impl Byzantine {
+    /// The named adversary models `make soak` reports on, one line each.
+    pub const MODELS: [(&'static str, Byzantine); 7] = [
+        ("equivocation", Byzantine::Equivocate),
+        ("forged-signatures", Byzantine::Forge),
+        ("garbage-frames", Byzantine::Garbage),
+        ("oversized-batch", Byzantine::Oversized),
+        ("seq-gap", Byzantine::SeqGap),
+        ("batch-flood", Byzantine::Flood),
+        ("skewed-proposer-clock", Byzantine::SkewedClock),
+    ];
+}
+
+/// Heights a correct author's batch may wait, from the height in progress
+/// when it is submitted to the one that decides it, under a batch flood on
+/// a clean network: the height in progress may already be proposed, and the
+/// next correct proposer takes the author first (it was served longest
+/// ago), so 2 suffice; one more for gossip racing the proposal.
+pub const FAIRNESS_BOUND_HEIGHTS: u64 = 3;
 
 /// One run's configuration (all derived from the seed by [`SimConfig::from_seed`]).
 #[derive(Clone, Debug)]
@@ -135,6 +173,17 @@ pub struct SimConfig {
     /// Submit one batch at a time, each after the previous one is decided
     /// (one batch per block; for benchmarks).
     pub sequential: bool,
+    /// Check the fairness bound ([`FAIRNESS_BOUND_HEIGHTS`]) for every
+    /// correct author's batch.
+    pub fairness: bool,
+    /// Once everything is decided (and a grace period for carriers has
+    /// passed), run this many more ms and fail if a correct party signs
+    /// anything: nothing left to decide must not make work.
+    pub idle_tail_ms: Option<u64>,
+    /// Each party's clock offset from the simulated clock, ms (empty: all
+    /// 0). Correct parties' offsets must stay well inside the drivers'
+    /// block time window.
+    pub clock_offsets_ms: Vec<i64>,
 }
 
 /// How many equivocating parties a model tolerates for safety *and* liveness.
@@ -225,7 +274,50 @@ impl SimConfig {
             byzantine,
             liveness_bound_ms: 120_000,
             sequential: false,
+            fairness: false,
+            idle_tail_ms: None,
+            clock_offsets_ms: Vec::new(),
         }
+    }
+
+    /// A run of the named adversary `model` ([`Byzantine::MODELS`]): n
+    /// from the seed in {4, 7}, the Byzantine fault model, one adversary,
+    /// batches from the correct parties, message delays (and, except for
+    /// the flood, whose fairness bound assumes a clean network, drops and
+    /// duplicates) from the seed.
+    pub fn model(seed: u64, model: Byzantine) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d6f_6465_6c00);
+        let n = [4usize, 7][(seed % 2) as usize];
+        let mut cfg = SimConfig::clean(seed, n, FaultModel::Byzantine, rng.random_range(2..=6), 2);
+        cfg.sequential = false;
+        cfg.liveness_bound_ms = 120_000;
+        cfg.max_delay_ms = rng.random_range(5..100);
+        if model != Byzantine::Flood {
+            cfg.drop = rng.random_range(0.0..0.1);
+            cfg.dup = rng.random_range(0.0..0.1);
+        }
+        let adversary = rng.random_range(0..n);
+        cfg.byzantine = vec![(adversary, model)];
+        cfg.fairness = model == Byzantine::Flood;
+        if model == Byzantine::SkewedClock {
+            // Correct clocks within ±1 s of each other (NTP does better);
+            // the adversary's far outside the 5 s window, or just outside
+            // it and inside the 30 s bound that was the only one before.
+            let skew = [-60_000, -20_000, 20_000, 60_000][rng.random_range(0..4usize)];
+            cfg.clock_offsets_ms = (0..n)
+                .map(|i| {
+                    if i == adversary {
+                        skew
+                    } else {
+                        rng.random_range(-1_000..=1_000)
+                    }
+                })
+                .collect();
+        }
+        if model == Byzantine::SeqGap {
+            cfg.idle_tail_ms = Some(40_000);
+        }
+        cfg
     }
 
     /// A fault-free run (for benchmarks).
@@ -245,6 +337,9 @@ impl SimConfig {
             byzantine: Vec::new(),
             liveness_bound_ms: 600_000,
             sequential: true,
+            fairness: false,
+            idle_tail_ms: None,
+            clock_offsets_ms: Vec::new(),
         }
     }
 }
@@ -264,6 +359,9 @@ pub struct SimReport {
     pub refused_frames: u64,
     /// Simulated milliseconds until the run ended.
     pub sim_ms: u64,
+    /// Most heights a correct author's batch waited (see
+    /// [`FAIRNESS_BOUND_HEIGHTS`]).
+    pub max_wait_heights: u64,
 }
 
 /// The one-line command that reproduces `seed`.
@@ -320,6 +418,8 @@ struct Node {
     next_seq: u64,
     decided: Vec<DecidedBlock>,
     app: SimLog,
+    /// What an adversary gossips, by seq (the same bytes to every peer).
+    byz_batches: BTreeMap<(u8, u64), SignedBatch>,
 }
 
 /// The application's stand-in for the audit log: a pure fold over decided
@@ -387,6 +487,8 @@ struct Sim {
     parties: PartySet,
     dcfg: Vec<DriverConfig>,
     submitted: HashMap<Sha256Digest, SignedBatch>,
+    /// The height in progress when each correct batch was submitted.
+    submitted_at: HashMap<Sha256Digest, u64>,
     to_submit: usize,
     agreed: BTreeMap<Height, crate::consensus::BlockHash>,
     signed: HashMap<(usize, Height, i64, crate::consensus::context::Step), Sha256Digest>,
@@ -407,6 +509,21 @@ impl Sim {
 
     fn honest(&self, i: usize) -> bool {
         self.nodes[i].byz.is_none()
+    }
+
+    /// Party `i`'s clock: the simulated clock plus its offset.
+    fn clock(&self, i: usize) -> u64 {
+        let offset = self.cfg.clock_offsets_ms.get(i).copied().unwrap_or(0);
+        (EPOCH_MS + self.now).saturating_add_signed(offset)
+    }
+
+    /// The fastest correct clock.
+    fn fastest_correct_clock(&self) -> u64 {
+        (0..self.cfg.n)
+            .filter(|i| self.honest(*i))
+            .map(|i| self.clock(i))
+            .max()
+            .unwrap_or(EPOCH_MS + self.now)
     }
 
     fn partitioned(&self, a: usize, b: usize) -> bool {
@@ -512,6 +629,31 @@ impl Sim {
                     self.send(from, to, PeerMessage::Proposal(forged).encode());
                 }
             }
+            Some(Byzantine::Oversized) => {
+                if let Ok(PeerMessage::Proposal(p)) = PeerMessage::decode(&bytes, usize::MAX) {
+                    // Only the block with a junk batch of its own in it.
+                    let junk = self.byz_batch(from, 1);
+                    let mut contents: crate::consensus::context::BlockContents =
+                        p.proposal.block.clone().into();
+                    contents.batches.extend(junk);
+                    let mut bad = p.clone();
+                    bad.proposal.block = crate::consensus::Block::new(contents);
+                    let ctx = crate::consensus::context::QuorateContext {
+                        cluster: cluster(),
+                        epoch: Epoch(0),
+                    };
+                    bad.signature = sign_as(
+                        bad.proposal.proposer,
+                        &bad.proposal.signed_bytes(&ctx).encode(),
+                    );
+                    self.send(from, to, PeerMessage::Proposal(bad).encode());
+                    return;
+                }
+                self.byz_gossip(from, to, bytes);
+            }
+            Some(Byzantine::SeqGap | Byzantine::Flood) => self.byz_gossip(from, to, bytes),
+            // Misbehaves only through its clock.
+            Some(Byzantine::SkewedClock) => self.send(from, to, bytes),
             Some(Byzantine::Equivocate) => {
                 if let Ok(PeerMessage::Vote(v)) = PeerMessage::decode(&bytes, usize::MAX) {
                     if to % 2 == 0 {
@@ -545,6 +687,85 @@ impl Sim {
                 self.send(from, to, bytes);
             }
         }
+    }
+
+    /// Sends `bytes`, and with every tip the adversary's batches.
+    fn byz_gossip(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        let tip = matches!(
+            PeerMessage::decode(&bytes, usize::MAX),
+            Ok(PeerMessage::Tip { .. })
+        );
+        self.send(from, to, bytes);
+        if tip {
+            for kind in 0..2u8 {
+                for b in self.byz_batch(from, kind) {
+                    self.send(from, to, PeerMessage::Batch(b).encode());
+                }
+            }
+        }
+    }
+
+    /// The adversary `i`'s batches of `kind` for now (cached, so every peer
+    /// gets the same bytes).
+    fn byz_batch(&mut self, i: usize, kind: u8) -> Vec<SignedBatch> {
+        let author = PartyId(i as u32 + 1);
+        let Some(d) = self.nodes[i].driver.as_ref() else {
+            return Vec::new();
+        };
+        let last = d.chain().last_seq.get(&author).copied().unwrap_or(0);
+        let seqs: Vec<u64> = match (self.nodes[i].byz, kind) {
+            // Kind 0: too many operations; kind 1: one that does not decode.
+            (Some(Byzantine::Oversized), 0 | 1) => vec![last + 1],
+            (Some(Byzantine::SeqGap), 0) => vec![last + 2, last + 3],
+            (Some(Byzantine::Flood), 0) => (last + 1..=last + 6).collect(),
+            _ => Vec::new(),
+        };
+        let byz = self.nodes[i].byz;
+        let mut out = Vec::new();
+        for seq in seqs {
+            if let Some(b) = self.nodes[i].byz_batches.get(&(kind, seq)) {
+                out.push(b.clone());
+                continue;
+            }
+            let ops: Vec<Vec<u8>> = match (byz, kind) {
+                (Some(Byzantine::Oversized), 0) => (0..=crate::sessions::ops::MAX_OPS_PER_BATCH)
+                    .map(|k| sim_op(author, seq, k, 16))
+                    .collect(),
+                (Some(Byzantine::Oversized), _) => {
+                    vec![sim_op(author, seq, 0, 16), b"junk".to_vec()]
+                }
+                // Half a block (the simulated blocks are 256 KiB).
+                (Some(Byzantine::Flood), _) => {
+                    (0..8).map(|k| sim_op(author, seq, k, 15_000)).collect()
+                }
+                _ => vec![sim_op(author, seq, 0, 64)],
+            };
+            let body = BatchBody {
+                cluster: cluster(),
+                author,
+                seq,
+                ops,
+            };
+            let signature = sign_as(author, &body.signing_bytes());
+            let b = SignedBatch { body, signature };
+            if byz == Some(Byzantine::Flood) {
+                // Valid: deciding it is no violation.
+                self.submitted.insert(b.id(), b.clone());
+            }
+            self.nodes[i].byz_batches.insert((kind, seq), b.clone());
+            out.push(b);
+        }
+        self.nodes[i].byz_batches.retain(|(_, s), _| *s > last);
+        out
+    }
+
+    /// The height in progress at the correct parties (the highest).
+    fn height_in_progress(&self) -> u64 {
+        (0..self.cfg.n)
+            .filter(|i| self.honest(*i))
+            .map(|i| self.nodes[i].decided.len() as u64 + 1)
+            .max()
+            .unwrap_or(1)
     }
 
     fn apply(&mut self, i: usize, step: Step) -> Result<(), Fail> {
@@ -664,7 +885,7 @@ impl Sim {
             .on_decided(&d)
             .map_err(|e| format!("P{}: {e}", i + 1))?;
         let (head, pending) = (self.nodes[i].app.head, self.nodes[i].app.prepared.is_some());
-        let now = EPOCH_MS + self.now;
+        let now = self.clock(i);
         if let Some(drv) = self.nodes[i].driver.as_mut() {
             match drv.set_app_state(now, head, pending) {
                 Ok(step) => {
@@ -695,6 +916,18 @@ impl Sim {
                 self.agreed.insert(h, d.block.hash());
             }
         }
+        // A correct party prevoted the block (fewer than a quorum are
+        // faulty) and checked its time against its clock when it arrived,
+        // which was no later than now.
+        let bound = self.fastest_correct_clock() + self.dcfg[i].block_time_ahead_ms;
+        let time_ms = d.block.header().time_ms;
+        if time_ms > bound {
+            return Err(format!(
+                "block time violated: P{} decided height {h} with time {time_ms}, {} ms past the fastest correct clock plus the window",
+                i + 1,
+                time_ms - bound
+            ));
+        }
         let expected = self.nodes[i].decided.len() as u64 + 1;
         if h.0 != expected {
             return Err(format!(
@@ -703,6 +936,16 @@ impl Sim {
             ));
         }
         for b in d.block.batches() {
+            if let Some(at) = self.submitted_at.remove(&b.id()) {
+                let waited = h.0.saturating_sub(at);
+                self.report.max_wait_heights = self.report.max_wait_heights.max(waited);
+                if self.cfg.fairness && waited > FAIRNESS_BOUND_HEIGHTS {
+                    return Err(format!(
+                        "fairness violated: {}#{} was decided at height {h}, {waited} heights after it was submitted (bound {FAIRNESS_BOUND_HEIGHTS})",
+                        b.body.author, b.body.seq
+                    ));
+                }
+            }
             let ok = self.submitted.contains_key(&b.id())
                 && self
                     .parties
@@ -724,17 +967,17 @@ impl Sim {
     }
 
     fn handle(&mut self, i: usize, input: Input) -> Result<(), Fail> {
-        let now = EPOCH_MS + self.now;
+        let now = self.clock(i);
         let Some(d) = self.nodes[i].driver.as_mut() else {
             return Ok(());
         };
         match d.handle(now, input) {
-            Ok(step) => self.apply(i, step),
-            Err(crate::consensus::DriverError::Halted(e)) => Err(format!("P{} halted: {e}", i + 1)),
-            Err(_) => {
-                self.report.refused_frames += 1;
-                Ok(())
+            Ok(step) => {
+                self.report.refused_frames += step.faults.len() as u64;
+                self.apply(i, step)
             }
+            Err(crate::consensus::DriverError::Halted(e)) => Err(format!("P{} halted: {e}", i + 1)),
+            Err(_) => Ok(()),
         }
     }
 
@@ -754,9 +997,8 @@ impl Sim {
             log_head: self.nodes[i].app.head,
             log_pending: self.nodes[i].app.prepared.is_some(),
         };
-        let (d, step) =
-            ConsensusDriver::restore(self.dcfg[i].clone(), restored, EPOCH_MS + self.now)
-                .map_err(|e| format!("P{} failed to restore: {e}", i + 1))?;
+        let (d, step) = ConsensusDriver::restore(self.dcfg[i].clone(), restored, self.clock(i))
+            .map_err(|e| format!("P{} failed to restore: {e}", i + 1))?;
         self.nodes[i].driver = Some(d);
         // The application applies decided blocks from the store: blocks whose
         // `Decided` action a crash swallowed are delivered now.
@@ -787,12 +1029,7 @@ impl Sim {
         self.nodes[i].next_seq += 1;
         let seq = self.nodes[i].next_seq;
         let ops = (0..self.cfg.ops_per_batch)
-            .map(|k| {
-                let mut op = vec![0u8; self.cfg.op_bytes];
-                op[..8].copy_from_slice(&seq.to_be_bytes());
-                op[8] = k as u8;
-                op
-            })
+            .map(|k| sim_op(author, seq, k, self.cfg.op_bytes))
             .collect();
         let body = BatchBody {
             cluster: cluster(),
@@ -803,12 +1040,18 @@ impl Sim {
         let signature = sign_as(author, &body.signing_bytes());
         let b = SignedBatch { body, signature };
         self.submitted.insert(b.id(), b.clone());
+        let at = self.height_in_progress();
+        self.submitted_at.insert(b.id(), at);
         self.nodes[i].store.own_batches.push(b.clone());
         self.handle(i, Input::SubmitBatch(b))
     }
 
     fn all_decided(&self) -> bool {
-        let total = self.submitted.len();
+        let total = self
+            .submitted
+            .values()
+            .filter(|b| self.honest((b.body.author.0 - 1) as usize))
+            .count();
         self.to_submit == 0
             && (0..self.cfg.n).filter(|i| self.honest(*i)).all(|i| {
                 self.nodes[i].driver.is_some()
@@ -826,6 +1069,27 @@ impl Sim {
                         >= total
             })
     }
+}
+
+/// A valid encoded operation of `author` (validators refuse batches whose
+/// operations do not decode): a session message whose broadcast part,
+/// `bytes` long, names the batch and the index.
+pub fn sim_op(author: PartyId, seq: u64, k: usize, bytes: usize) -> Vec<u8> {
+    use crate::sessions::ops::{Blob, SessionId, SessionMessage};
+    use crate::sessions::{OpBody, Operation};
+    let mut payload = vec![0u8; bytes.max(16)];
+    payload[..8].copy_from_slice(&seq.to_be_bytes());
+    payload[8..16].copy_from_slice(&(k as u64).to_be_bytes());
+    Operation {
+        author,
+        body: OpBody::SessionMessage(SessionMessage {
+            session: SessionId(Sha256Digest::of(b"quorate-sim-session")),
+            round: 1,
+            broadcast: Some(Blob(payload)),
+            direct: Vec::new(),
+        }),
+    }
+    .encode()
 }
 
 fn trace() -> bool {
@@ -892,6 +1156,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
             next_seq: 0,
             decided: Vec::new(),
             app: SimLog::default(),
+            byz_batches: BTreeMap::new(),
         })
         .collect();
     let mut last_fault_end = 0;
@@ -914,6 +1179,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         parties,
         dcfg,
         submitted: HashMap::new(),
+        submitted_at: HashMap::new(),
         to_submit: cfg.batches,
         agreed: BTreeMap::new(),
         signed: HashMap::new(),
@@ -941,6 +1207,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         sim.push(back, Ev::Restart { node: p });
     }
     let deadline = sim.last_fault_end + cfg.liveness_bound_ms;
+    let mut idle: Option<(u64, Option<u64>)> = None;
     while let Some(Reverse((at, _, id))) = sim.queue.pop() {
         if at > deadline {
             break;
@@ -1032,7 +1299,27 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
             }
         }
         if sim.now >= sim.last_fault_end && sim.all_decided() {
-            break;
+            let Some(tail) = cfg.idle_tail_ms else { break };
+            // Carriers for the last entries may follow: watch after a grace.
+            match idle {
+                None => idle = Some((sim.now + 10_000, None)),
+                Some((start, None)) if sim.now >= start => {
+                    idle = Some((start, Some(sim.report.signatures)))
+                }
+                Some((start, Some(signed))) => {
+                    if sim.report.signatures != signed {
+                        return Err(format!(
+                            "idle violated: with nothing left to decide, correct parties signed {} messages at {} ms",
+                            sim.report.signatures - signed,
+                            sim.now
+                        ));
+                    }
+                    if sim.now >= start + tail {
+                        break;
+                    }
+                }
+                Some(_) => {}
+            }
         }
     }
     if !sim.all_decided() {

@@ -5,10 +5,17 @@
 //! measurement references. This module feeds it and implements its
 //! [`EvidenceChecker`] with the consensus and attestation crates:
 //!
-//! - every block: it decodes, is at its height, links to its parent, its
-//!   time advances, its proposer and batch authors are parties, every batch
-//!   is for this cluster and correctly signed, its equivocation evidence
-//!   verifies, and the certificate the exporter stored proves it decided;
+//! - every block: it decodes, is at its height, obeys the rules every
+//!   validator checked before it voted (`consensus::validate`, the same
+//!   code the daemon runs: it links to its parent, its time advances, its
+//!   proposer and batch authors are parties, every batch is for this
+//!   cluster, correctly signed and made of operations that decode and are
+//!   their signer's, each author's batches follow on without gaps or
+//!   replays, at most `MAX_OPS_PER_BLOCK` operations, its equivocation
+//!   evidence verifies and is new, its header's certificate and log head),
+//!   and the certificate the exporter stored proves it decided. Not checked
+//!   offline: the block size limit (a bundle carries the cluster's rules
+//!   only as a digest) and whether an empty block was a needed carrier;
 //! - the canonical commit certificate of block *h* (the one whose signers
 //!   the entries of *h* name) is verified and its signers returned to the
 //!   verifier; the entries of a block are exactly its operations, in order;
@@ -35,9 +42,13 @@ use quorate_firmware::audit::entry::{AuditEntry, BlockRef, Measurement, Operatio
 use quorate_firmware::audit::merkle::{leaf_hash, CompactTree, LeafIndex};
 use quorate_firmware::audit::verify::{AuditReport, EvidenceChecker, LogParams, Verifier};
 use quorate_firmware::consensus::certificate::{
-    verify_commit_certificate, verify_equivocation, CommitCertificate, VerifyCache,
+    verify_commit_certificate, CommitCertificate, VerifyCache,
 };
-use quorate_firmware::consensus::context::{Block, LogHead, Party, PartySet, QuorateContext};
+use quorate_firmware::consensus::context::{Block, LogHead, Party, PartySet};
+use quorate_firmware::consensus::validate::{
+    check_block_contents, check_block_in_chain, BlockRules, Parent,
+};
+use quorate_firmware::consensus::ChainState;
 use quorate_firmware::sessions::machine::OpStatus;
 use quorate_firmware::sessions::ops::{OpBody, OpId, Operation};
 use quorate_firmware::types::{Height, PartyId, Sha256Digest};
@@ -217,10 +228,11 @@ struct Prepared {
     block: Result<Block, String>,
     /// The stored certificate's check (it proves the block decided).
     stored: Result<CommitCertificate, String>,
-    /// The header's certificate of the previous block, verified over the
-    /// block it names: (certificate, signers).
-    previous: Option<Result<(CommitCertificate, BTreeSet<PartyId>), String>>,
-    /// Batch signatures, authors, cluster, equivocation evidence.
+    /// Signers of the header's certificate of the previous block (checked
+    /// with the body).
+    previous: Option<BTreeSet<PartyId>>,
+    /// [`check_block_contents`]: size aside, everything the block alone
+    /// shows (batches, evidence, the header's certificate).
     body: Result<(), String>,
     precommits: u64,
     batches: u64,
@@ -250,7 +262,9 @@ pub struct HostChecker {
     admission: crate::daemon::admission::Admission,
     /// Hash of every block so far (index h-1), for the heights records bind.
     hashes: Vec<Sha256Digest>,
-    last_time: u64,
+    /// The chain after the last settled block, as validators saw it (the
+    /// state [`check_block_in_chain`] checks the next block against).
+    chain: ChainState,
     /// The tree recomputed from the entries' leaf hashes, for the heads
     /// block headers carry.
     tree: CompactTree,
@@ -318,47 +332,27 @@ impl Keys {
         if let Ok(c) = &p.stored {
             p.precommits += c.signatures.len() as u64;
         }
-        p.previous = block.header().last_commit.as_ref().map(|c| {
-            let h = Height(b.height.0.saturating_sub(1));
-            verify_commit_certificate(
-                &self.parties,
-                self.model,
-                self.cluster,
-                self.epoch,
-                h,
-                c.block,
-                c,
-            )
-            .map_err(|e| format!("its header's certificate of block {h}: {e}"))?;
-            p.precommits += c.signatures.len() as u64;
-            Ok((c.clone(), c.signatures.iter().map(|(s, _)| *s).collect()))
-        });
-        p.body = (|| {
-            for (i, batch) in block.batches().iter().enumerate() {
-                if batch.body.cluster != self.cluster {
-                    return Err(format!("batch {i} is for another cluster"));
-                }
-                let key = self.parties.key_of(batch.body.author).ok_or_else(|| {
-                    format!("batch {i} is signed by {}, not a party", batch.body.author)
-                })?;
-                batch.verify(key).map_err(|_| {
-                    format!(
-                        "batch {i} (by {} #{}): signature does not verify",
-                        batch.body.author, batch.body.seq
-                    )
-                })?;
-                p.batches += 1;
+        let rules = BlockRules {
+            cluster: self.cluster,
+            epoch: self.epoch,
+            fault_model: self.model,
+            parties: &self.parties,
+            // A bundle carries the cluster's rules only as a digest.
+            max_block_bytes: None,
+        };
+        p.body = check_block_contents(&rules, &block, &mut VerifyCache::default())
+            .map_err(|e| e.to_string());
+        if p.body.is_ok() {
+            p.batches = block.batches().len() as u64;
+            if let Some(c) = &block.header().last_commit {
+                p.precommits += c.signatures.len() as u64;
             }
-            let ctx = QuorateContext {
-                cluster: self.cluster,
-                epoch: self.epoch,
-            };
-            for (i, ev) in block.evidence().iter().enumerate() {
-                verify_equivocation(&ctx, &self.parties, ev, &mut VerifyCache::default())
-                    .map_err(|e| format!("equivocation evidence {i}: {e}"))?;
-            }
-            Ok(())
-        })();
+        }
+        p.previous = block
+            .header()
+            .last_commit
+            .as_ref()
+            .map(|c| c.signatures.iter().map(|(s, _)| *s).collect());
         p.block = Ok(block);
         p
     }
@@ -381,60 +375,43 @@ impl HostChecker {
         if h.height != p.height {
             return Err(format!("its header says height {}", h.height));
         }
-        let parent = self.hashes.last().copied().unwrap_or_default();
-        if h.parent.0 != parent {
-            return Err("its parent is not the previous block: the chain is broken".into());
-        }
-        if !self.hashes.is_empty() && h.time_ms <= self.last_time {
-            return Err("its time does not advance".into());
-        }
-        if !self.parties.contains(h.proposer) {
-            return Err(format!("its proposer {} is not a party", h.proposer));
-        }
+        // The rules every validator checked before it voted: one home,
+        // `consensus::validate` (the same code the daemon runs). Of block
+        // time that is monotonicity only: the window around a validator's
+        // clock (`validate::check_block_time`) needs that validator's clock
+        // when the proposal arrived, which no bundle records.
+        check_block_in_chain(
+            &Parent {
+                chain: &self.chain,
+                // The tree after the entries of every block up to h-2.
+                log_head: self.head_before_previous,
+                // Whether an empty block was a needed carrier depends on the
+                // session machine's deadlines, which the verifier does not
+                // replay; an empty block changes no history.
+                log_pending: None,
+                wake_at: None,
+            },
+            &block,
+        )
+        .map_err(|e| e.to_string())?;
         std::mem::replace(&mut p.stored, Ok(empty_cert()))?;
         std::mem::replace(&mut p.body, Ok(()))?;
         self.counts.precommit_signatures += p.precommits;
         self.counts.batch_signatures += p.batches;
         // The canonical certificate of the previous block.
         let prev = Height(p.height.0.saturating_sub(1));
-        match p.previous.take() {
-            Some(_) if p.height.0 <= 1 => {
-                return Err("the first block's header carries a certificate of no block".into());
+        if let Some(signers) = p.previous.take() {
+            if let Some(o) = self.open.get_mut(&prev) {
+                o.canonical = Some(signers);
             }
-            Some(r) => {
-                let (cert, signers) = r?;
-                if cert.block.0 != parent || cert.height != prev {
-                    return Err(format!("its header's certificate is not for block {prev}"));
-                }
-                if let Some(o) = self.open.get_mut(&prev) {
-                    o.canonical = Some(signers);
-                }
-                self.counts.canonical_certificates += 1;
-            }
-            None if p.height.0 > 1 => {
-                return Err(format!("its header carries no certificate of block {prev}"));
-            }
-            None => {}
-        }
-        // The log head it carries: the tree after the entries of every
-        // block up to h-2, as every validator checked against its own.
-        let expected = self.head_before_previous;
-        if h.log != expected {
-            return Err(format!(
-                "its header says the log held {} entries with root {}, the bundle's entries of blocks up to {} give {} with root {}",
-                h.log.size,
-                h.log.root,
-                p.height.0.saturating_sub(2),
-                expected.size,
-                expected.root
-            ));
+            self.counts.canonical_certificates += 1;
         }
         self.head_before_previous = self.head();
         for l in &p.leaves {
             self.tree.push_leaf_hash(*l);
         }
         self.hashes.push(block.hash().0);
-        self.last_time = h.time_ms;
+        self.chain = self.chain.after(&block);
         self.counts.blocks += 1;
         self.open.insert(
             p.height,
@@ -1068,7 +1045,7 @@ fn setup(
         policy: policy.clone(),
         admission,
         hashes: Vec::new(),
-        last_time: 0,
+        chain: ChainState::default(),
         tree: CompactTree::new(),
         head_before_previous: LogHead::empty(),
         open: BTreeMap::new(),
@@ -1428,6 +1405,28 @@ mod tests {
         let m = failure(&f.verify());
         assert!(
             m.contains("block 2") && m.contains("batch 1") && m.contains("signature"),
+            "{m}"
+        );
+    }
+
+    /// A block that replays an earlier, correctly signed batch. The
+    /// validators' rule (each author's batches follow on from its last
+    /// decided one) is checked offline too; before, the verifier checked no
+    /// sequence numbers and passed such a block.
+    #[test]
+    fn a_replayed_batch_is_detected() {
+        let mut f = Fixture::honest();
+        let earlier = Block::from_bytes(&f.blocks[1].0.block).unwrap();
+        let block = Block::from_bytes(&f.blocks[2].0.block).unwrap();
+        let mut c: BlockContents = block.into();
+        c.batches.push(earlier.batches()[0].clone());
+        let block = Block::new(c);
+        let cert = f.certificate(Height(3), block.hash(), 3);
+        f.blocks[2].0.block = block.to_bytes();
+        f.blocks[2].0.cert = postcard::to_stdvec(&cert).unwrap();
+        let m = failure(&f.verify());
+        assert!(
+            m.contains("block 3") && m.contains("replays or reorders"),
             "{m}"
         );
     }

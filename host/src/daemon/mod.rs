@@ -110,6 +110,9 @@ pub enum Query {
     },
     /// The audit log: checkpoint, entries, proofs.
     Log(audit::LogQuery),
+    /// Whether a session request passes the rules against the current
+    /// decided state: `{"ok": true}` or `{"rule": NAME, "reason": TEXT}`.
+    CheckSession(Box<quorate_firmware::sessions::ops::SessionSpec>),
 }
 
 /// The answer to an accepted submission.
@@ -842,8 +845,9 @@ impl Runtime {
                 Err(anyhow!("persisted consensus state is corrupt: {why}"))
             }
             Err(e) => {
-                // A peer's bad frame (or a refused local input): drop it, stay up.
-                debug!(peer = ?peer, error = %e, "input refused");
+                // A local fault with this input (the TPM's signature did not
+                // verify): drop it, stay up.
+                warn!(peer = ?peer, error = %e, "input refused");
                 Ok(())
             }
         }
@@ -925,6 +929,11 @@ impl Runtime {
                 .signatures_refused
                 .fetch_add(1, Ordering::Relaxed);
             warn!(error = %e, "the sign guard refused a signature");
+        }
+        // What peers sent that the driver refused: diagnostics (the input
+        // was dropped; nothing to undo).
+        for f in &step.faults {
+            debug!(fault = %f, "peer input refused");
         }
         for p in &step.persist {
             match p {
@@ -1643,6 +1652,20 @@ impl Runtime {
                 }))
             }
             Query::Blocks { from, limit } => self.blocks_view(from, limit),
+            Query::CheckSession(spec) => Some(match self.machine.check_session(&spec) {
+                Ok(_) => serde_json::json!({"ok": true}),
+                Err(rule) => {
+                    // The rule's snake_case name, as decided records carry it.
+                    let name = match serde_json::to_value(&rule) {
+                        Ok(serde_json::Value::String(n)) => n,
+                        Ok(serde_json::Value::Object(m)) => {
+                            m.keys().next().cloned().unwrap_or_default()
+                        }
+                        _ => String::new(),
+                    };
+                    serde_json::json!({"rule": name, "reason": rule.to_string()})
+                }
+            }),
             // Beyond the log: `null` (the API answers 404).
             Query::Log(q) => match audit::log_view(&self.store, q) {
                 Ok(v) => Some(v.unwrap_or(serde_json::Value::Null)),

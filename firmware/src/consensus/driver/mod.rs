@@ -31,40 +31,42 @@
 use crate::batch::SignedBatch;
 use crate::consensus::certificate::{
     canonical_equivocation, from_malachite, precommit_bytes, to_malachite_extended,
-    verify_commit_certificate_cached, verify_equivocation, CommitCertificate, VerifyCache,
+    verify_commit_certificate_cached, CommitCertificate, VerifyCache,
 };
 use crate::consensus::context::{
-    round_from_i64, round_i64, threshold_params, Block, BlockContents, BlockHash, BlockHeader,
-    Equivocation, LogHead, PartySet, QuorateContext, SignedBytes, SignedVoteWire, Step as MsgStep,
-    CONSENSUS_DOMAIN,
+    round_from_i64, round_i64, threshold_params, Block, BlockHash, Equivocation, LogHead, PartySet,
+    QuorateContext, SignedVoteWire, Step as MsgStep,
 };
-use crate::consensus::sign_guard::{GuardDecision, SignGuard, SignGuardError};
-
-/// Refusal reasons kept between two [`ConsensusDriver::take_sign_refusals`].
-const MAX_REFUSALS_KEPT: usize = 64;
+use crate::consensus::sign_guard::{SignGuard, SignGuardError};
 use crate::consensus::sync::{peer_id_of, CatchUp};
 use crate::consensus::wire::{
-    input_of_wal_record, polka_from_mc, polka_to_mc, proposal_from_mc, proposal_to_mc,
-    round_cert_from_mc, round_cert_to_mc, vote_from_mc, vote_to_mc, wal_record_of, DecodeError,
+    input_of_wal_record, polka_to_mc, proposal_to_mc, round_cert_to_mc, vote_to_mc, DecodeError,
     PeerMessage, SignedProposalWire, WalRecord,
 };
 use crate::crypto::Signature;
 use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
 use malachitebft_core_consensus as mcc;
-use malachitebft_core_consensus::{Effect, Resumable, Resume};
+use malachitebft_core_consensus::Resume;
 use malachitebft_core_types as mc;
-use malachitebft_core_types::{NilOrVal, Round, Timeout, Validity, ValueOrigin};
+use malachitebft_core_types::{Round, Timeout};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+mod effects;
+mod mempool;
+mod signing;
+pub mod validate;
+
+#[cfg(test)]
+mod testkit;
+
+pub use mempool::{
+    BadBatch, MAX_PENDING_PER_AUTHOR, MAX_POOL_BYTES, MAX_POOL_BYTES_PER_AUTHOR, PARK_TIMEOUT_MS,
+};
+pub use signing::PLACEHOLDER;
+pub use validate::{InvalidBlock, BLOCK_TIME_AHEAD_MS, BLOCK_TIME_BEHIND_MS, MAX_OPS_PER_BLOCK};
+
 type Ctx = QuorateContext;
-
-/// The all-zero placeholder the core sees until the TPM's signature arrives.
-/// r = 0 is never a valid ECDSA signature, so it can never verify.
-pub const PLACEHOLDER: Signature = Signature([0u8; 64]);
-
-/// Most undecided batches kept per author (a member cannot exhaust memory).
-pub const MAX_PENDING_PER_AUTHOR: usize = 4096;
 
 /// Static configuration of one party's driver.
 #[derive(Clone, Debug)]
@@ -85,8 +87,16 @@ pub struct DriverConfig {
     pub timeouts: mc::LinearTimeouts,
     /// How often to announce our tip and re-gossip our pending batches.
     pub tip_interval_ms: u64,
-    /// How far in the future a proposed block's time may be, by our clock.
-    pub max_clock_skew_ms: u64,
+    /// How far a fresh proposal's block time may be ahead of our clock, in
+    /// ms; default [`BLOCK_TIME_AHEAD_MS`]. With `block_time_behind_ms`
+    /// it bounds how far a Byzantine proposer can move block time, and so
+    /// every deadline (`docs/PROTOCOL.md` section 4).
+    pub block_time_ahead_ms: u64,
+    /// How far a fresh proposal's block time may be behind our clock when
+    /// it arrives, in ms; default [`BLOCK_TIME_BEHIND_MS`]. Must cover the
+    /// honest proposers' clock skew plus a proposal's age on arrival
+    /// (signing, delivery, a rebroadcast after a loss).
+    pub block_time_behind_ms: u64,
     /// How many recent decided blocks to keep in memory to serve catch-up.
     pub recent_blocks: usize,
     /// The host keeps the audit log: after every [`Action::Decided`] the
@@ -95,6 +105,15 @@ pub struct DriverConfig {
     /// Without it, blocks carry whatever head was last set (the simulator
     /// sets it itself or not at all).
     pub app_state: bool,
+    /// Most bytes of undecided batches kept per author (never less than
+    /// `max_block_bytes`); default [`MAX_POOL_BYTES_PER_AUTHOR`].
+    pub max_pool_bytes_per_author: usize,
+    /// Most bytes of undecided batches kept in all; default
+    /// [`MAX_POOL_BYTES`].
+    pub max_pool_bytes: usize,
+    /// How long a batch whose predecessor is missing is kept, in ms;
+    /// default [`PARK_TIMEOUT_MS`].
+    pub park_timeout_ms: u64,
 }
 
 impl DriverConfig {
@@ -125,9 +144,13 @@ impl DriverConfig {
                 max_timeout: Duration::from_secs(30),
             },
             tip_interval_ms: 1000,
-            max_clock_skew_ms: 30_000,
+            block_time_ahead_ms: BLOCK_TIME_AHEAD_MS,
+            block_time_behind_ms: BLOCK_TIME_BEHIND_MS,
             recent_blocks: 1024,
             app_state: false,
+            max_pool_bytes_per_author: MAX_POOL_BYTES_PER_AUTHOR,
+            max_pool_bytes: MAX_POOL_BYTES,
+            park_timeout_ms: PARK_TIMEOUT_MS,
         }
     }
 
@@ -268,32 +291,54 @@ pub struct Step {
     pub persist: Vec<Persist>,
     /// Actions to carry out after.
     pub actions: Vec<Action>,
+    /// What peers (or the local application) sent that was refused, for
+    /// the host's log and metrics: diagnostics, nothing to carry out.
+    pub faults: Vec<PeerFault>,
 }
 
-/// What a peer did wrong, or what went wrong locally.
+/// What a peer (or the local application) sent that the driver refused.
+/// The input is dropped and the driver goes on: these are diagnostics in
+/// [`Step::faults`], never an `Err`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum DriverError {
+pub enum PeerFault {
     /// The frame did not decode.
-    #[error("dropping peer frame: {0}")]
-    Decode(#[from] DecodeError),
+    #[error("dropping a frame from {from}: {error}")]
+    Decode {
+        /// The sender.
+        from: PartyId,
+        /// Why.
+        error: DecodeError,
+    },
     /// The sender is not a member (or is ourselves).
     #[error("frame from {0}, which is not a peer in this cluster")]
     UnknownPeer(PartyId),
     /// A signature in the message does not verify.
     #[error("message from {0} carries a signature that does not verify")]
     BadSignature(PartyId),
-    /// A proposed block is invalid.
+    /// A proposed or fetched block is invalid: it is never fed to the core
+    /// (for a proposal, this party prevotes nil).
     #[error("invalid block from {from}: {reason}")]
     InvalidBlock {
         /// The sender.
         from: PartyId,
         /// Why.
-        reason: String,
+        reason: InvalidBlock,
     },
-    /// A submitted batch was refused.
-    #[error("batch refused: {0}")]
-    BadBatch(String),
+    /// A batch was refused (`from` is this party for a local submission).
+    #[error("batch from {from} refused: {reason}")]
+    BadBatch {
+        /// The peer that sent it, or this party.
+        from: PartyId,
+        /// Why.
+        reason: BadBatch,
+    },
+}
+
+/// What went wrong locally: the input could not be handled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
     /// The TPM returned a signature that does not verify under our key, or
     /// answered a request we did not make.
     #[error("signature from the TPM refused: {0}")]
@@ -304,6 +349,26 @@ pub enum DriverError {
     /// Persisted state does not decode.
     #[error("persisted consensus state is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Why an input stopped short inside the driver: a peer's fault (reported
+/// in the step) or a local one (returned).
+#[derive(Debug)]
+enum Refusal {
+    Peer(PeerFault),
+    Local(DriverError),
+}
+
+impl From<PeerFault> for Refusal {
+    fn from(f: PeerFault) -> Self {
+        Refusal::Peer(f)
+    }
+}
+
+impl From<DriverError> for Refusal {
+    fn from(e: DriverError) -> Self {
+        Refusal::Local(e)
+    }
 }
 
 /// What the host restores on restart (everything it was told to persist).
@@ -343,7 +408,15 @@ enum TimerKind {
 struct Io {
     cfg: DriverConfig,
     ctx: Ctx,
+    /// The host's clock, never going back (`max` of every reading): what
+    /// timers, parking and deadlines are measured on.
     now: u64,
+    /// The host's last clock reading as given: what block time is built
+    /// from and proposals are checked against. Not sticky, so that a clock
+    /// stepped back after running ahead is believed at once (a sticky
+    /// reading would keep this party refusing honest proposals as stale,
+    /// and proposing times others refuse, until real time caught up).
+    clock: u64,
     step: Step,
     guard: SignGuard,
     cache: VerifyCache,
@@ -359,7 +432,7 @@ struct Io {
     step_errors: u64,
     sign_refusals: u64,
     /// Why the guard refused, since the host last asked (at most
-    /// [`MAX_REFUSALS_KEPT`]; the count above is exact).
+    /// [`signing::MAX_REFUSALS_KEPT`]; the count above is exact).
     refused: Vec<SignGuardError>,
     own_proposal: Option<SignedProposalWire>,
 }
@@ -371,11 +444,14 @@ pub struct ConsensusDriver {
     chain: ChainState,
     started: bool,
     pending_decision: Option<(Block, mc::CommitCertificate<Ctx>)>,
-    mempool: BTreeMap<(PartyId, u64), SignedBatch>,
+    mempool: mempool::Mempool,
     evidence_pool: BTreeMap<(PartyId, Height, i64, MsgStep), Equivocation>,
     vote_log: HashMap<(PartyId, i64, bool), SignedVoteWire>,
     recent: VecDeque<DecidedBlock>,
-    future_proposals: Vec<SignedProposalWire>,
+    /// Proposals for a later height (or held while the host applies a
+    /// block), with our clock when each arrived: their time is checked
+    /// against that, as if they were handled on arrival.
+    future_proposals: Vec<(SignedProposalWire, u64)>,
     recovered_proposals: BTreeMap<(Height, i64), Block>,
     catch_up: CatchUp,
     halted: Option<String>,
@@ -424,6 +500,7 @@ impl ConsensusDriver {
                 cfg,
                 ctx,
                 now: now_ms,
+                clock: now_ms,
                 step: Step::default(),
                 guard: restored.sign_guard,
                 cache: VerifyCache::default(),
@@ -444,7 +521,7 @@ impl ConsensusDriver {
             chain: restored.chain,
             started: false,
             pending_decision: None,
-            mempool: BTreeMap::new(),
+            mempool: mempool::Mempool::default(),
             evidence_pool: BTreeMap::new(),
             vote_log: HashMap::new(),
             recent: restored.recent.into_iter().collect(),
@@ -462,13 +539,18 @@ impl ConsensusDriver {
         }
         d.io.schedule(TimerKind::Tip, d.io.cfg.tip_interval_ms);
         if !restored.wal.is_empty() {
-            d.replay_wal(&restored.wal)?;
+            match d.replay_wal(&restored.wal) {
+                Ok(()) => {}
+                Err(Refusal::Local(e)) => return Err(e),
+                // Replay feeds only our own records to the core.
+                Err(Refusal::Peer(f)) => d.io.step.faults.push(f),
+            }
         }
         let step = std::mem::take(&mut d.io.step);
         Ok((d, step))
     }
 
-    fn replay_wal(&mut self, wal: &[WalRecord]) -> Result<(), DriverError> {
+    fn replay_wal(&mut self, wal: &[WalRecord]) -> Result<(), Refusal> {
         let me = self.io.cfg.me;
         // Our own signatures recorded after the messages they belong to.
         for r in wal {
@@ -616,9 +698,19 @@ impl ConsensusDriver {
         self.io.step_errors
     }
 
-    /// Number of batches waiting to be decided.
+    /// Number of batches ready to be decided (their predecessors are).
     pub fn pending_batches(&self) -> usize {
-        self.mempool.len()
+        self.mempool.ready(&self.chain)
+    }
+
+    /// Number of batches parked: their author's previous batch is missing.
+    pub fn parked_batches(&self) -> usize {
+        self.mempool.len().saturating_sub(self.pending_batches())
+    }
+
+    /// Bytes of undecided batches held, ready or parked.
+    pub fn pool_bytes(&self) -> usize {
+        self.mempool.bytes()
     }
 
     /// Handles one input at time `now_ms` (milliseconds since the Unix epoch).
@@ -627,15 +719,20 @@ impl ConsensusDriver {
             return Err(DriverError::Halted(h.clone()));
         }
         self.io.now = self.io.now.max(now_ms);
+        self.io.clock = now_ms;
         let r = self.handle_inner(input);
-        let step = std::mem::take(&mut self.io.step);
+        let mut step = std::mem::take(&mut self.io.step);
         match r {
             Ok(()) => Ok(step),
-            Err(e @ DriverError::Halted(_)) => {
+            Err(Refusal::Peer(f)) => {
+                step.faults.push(f);
+                Ok(step)
+            }
+            Err(Refusal::Local(e @ DriverError::Halted(_))) => {
                 self.halted = Some(e.to_string());
                 Err(e)
             }
-            Err(e) => {
+            Err(Refusal::Local(e)) => {
                 if step.persist.is_empty() && step.actions.is_empty() {
                     Err(e)
                 } else {
@@ -664,15 +761,20 @@ impl ConsensusDriver {
             return Err(DriverError::Halted(h.clone()));
         }
         self.io.now = self.io.now.max(now_ms);
+        self.io.clock = now_ms;
         self.log_head = head;
         self.log_pending = pending;
         self.awaiting_app = false;
         let r = self.after_input();
-        let step = std::mem::take(&mut self.io.step);
+        let mut step = std::mem::take(&mut self.io.step);
         match r {
-            Err(e @ DriverError::Halted(_)) => {
+            Err(Refusal::Local(e @ DriverError::Halted(_))) => {
                 self.halted = Some(e.to_string());
                 Err(e)
+            }
+            Err(Refusal::Peer(f)) => {
+                step.faults.push(f);
+                Ok(step)
             }
             _ => Ok(step),
         }
@@ -693,7 +795,7 @@ impl ConsensusDriver {
         self.log_head
     }
 
-    fn handle_inner(&mut self, input: Input) -> Result<(), DriverError> {
+    fn handle_inner(&mut self, input: Input) -> Result<(), Refusal> {
         match input {
             Input::Tick => {}
             Input::Peer { from, bytes } => self.on_peer(from, &bytes)?,
@@ -709,7 +811,9 @@ impl ConsensusDriver {
                 self.on_signature(request, signature)?
             }
             Input::SubmitBatch(b) => {
-                self.add_batch(b.clone())?;
+                let from = self.io.cfg.me;
+                self.add_batch(b.clone())
+                    .map_err(|reason| PeerFault::BadBatch { from, reason })?;
                 self.io.broadcast(&PeerMessage::Batch(b));
             }
         }
@@ -718,7 +822,7 @@ impl ConsensusDriver {
 
     /// Work common to every input: start a height when there is work, propose
     /// when asked and able.
-    fn after_input(&mut self) -> Result<(), DriverError> {
+    fn after_input(&mut self) -> Result<(), Refusal> {
         // Far behind (a peer decided two or more heights past ours): fetch
         // the next block at once rather than at the next tip, so catch-up
         // runs at network speed. (One height behind usually resolves by
@@ -734,17 +838,20 @@ impl ConsensusDriver {
         Ok(())
     }
 
+    /// Whether there is something to decide: a ready batch (a parked one,
+    /// whose predecessor is missing, is not work), evidence, audit entries
+    /// awaiting a carrier block, or an application deadline our clock has
+    /// reached ([`ConsensusDriver::set_wake_at`]).
     fn has_work(&self) -> bool {
         self.log_pending
-            || self.wake_at.is_some_and(|t| self.io.now >= t)
+            // The clock block time is built from: a block we build then
+            // reaches the deadline, as validators require of an empty one.
+            || self.wake_at.is_some_and(|t| self.io.clock >= t)
             || !self.evidence_pool.is_empty()
-            || self
-                .mempool
-                .keys()
-                .any(|(a, s)| *s > self.chain.last_seq.get(a).copied().unwrap_or(0))
+            || self.mempool.has_ready(&self.chain)
     }
 
-    fn maybe_start_height(&mut self) -> Result<(), DriverError> {
+    fn maybe_start_height(&mut self) -> Result<(), Refusal> {
         if self.started || self.pending_decision.is_some() || self.awaiting_app {
             return Ok(());
         }
@@ -756,12 +863,16 @@ impl ConsensusDriver {
             self.drain_queue()?;
             // Proposals for this height that arrived early.
             let h = self.io.height_in_progress;
-            let early: Vec<SignedProposalWire> = std::mem::take(&mut self.future_proposals);
-            for p in early {
+            let early = std::mem::take(&mut self.future_proposals);
+            for (p, received_ms) in early {
                 if p.proposal.height == h {
-                    let _ = self.on_proposal(p.proposal.proposer, p);
+                    match self.on_proposal(p.proposal.proposer, p, received_ms) {
+                        Ok(()) => {}
+                        Err(Refusal::Peer(f)) => self.io.step.faults.push(f),
+                        Err(e) => return Err(e),
+                    }
                 } else if p.proposal.height > h {
-                    self.future_proposals.push(p);
+                    self.future_proposals.push((p, received_ms));
                 }
             }
         }
@@ -780,12 +891,12 @@ impl ConsensusDriver {
         ));
     }
 
-    fn run_core(&mut self, input: mcc::Input<Ctx>) -> Result<(), DriverError> {
+    fn run_core(&mut self, input: mcc::Input<Ctx>) -> Result<(), Refusal> {
         self.io.queue.push_back(input);
         self.drain_queue()
     }
 
-    fn drain_queue(&mut self) -> Result<(), DriverError> {
+    fn drain_queue(&mut self) -> Result<(), Refusal> {
         while let Some(input) = self.io.queue.pop_front() {
             let io = &mut self.io;
             let core = &mut self.core;
@@ -798,7 +909,7 @@ impl ConsensusDriver {
             match r {
                 Ok(()) => {}
                 Err(e @ mcc::Error::ReplayDivergence(..)) => {
-                    return Err(DriverError::Halted(format!("{e}")));
+                    return Err(DriverError::Halted(format!("{e}")).into());
                 }
                 Err(e) => {
                     // The core refused this input (e.g. out of order); it
@@ -811,7 +922,7 @@ impl ConsensusDriver {
                 let block = self.core.decided_value().map(|(_, b)| b);
                 match block {
                     Some(b) => self.pending_decision = Some((b, cert)),
-                    None => return Err(DriverError::Halted("decided value missing".into())),
+                    None => return Err(DriverError::Halted("decided value missing".into()).into()),
                 }
                 self.try_complete_decision()?;
                 // Inputs queued for the finished height are moot.
@@ -822,7 +933,7 @@ impl ConsensusDriver {
         Ok(())
     }
 
-    fn try_complete_decision(&mut self) -> Result<(), DriverError> {
+    fn try_complete_decision(&mut self) -> Result<(), Refusal> {
         let Some((block, mcert)) = self.pending_decision.take() else {
             return Ok(());
         };
@@ -865,19 +976,8 @@ impl ConsensusDriver {
 
     fn apply_decided(&mut self, decided: DecidedBlock) {
         let header = decided.block.header().clone();
-        let mut chain = self.chain.clone();
-        chain.height = header.height;
-        chain.hash = decided.block.hash();
-        chain.time_ms = header.time_ms;
-        for b in decided.block.batches() {
-            let e = chain.last_seq.entry(b.body.author).or_insert(0);
-            *e = (*e).max(b.body.seq);
-        }
-        for ev in decided.block.evidence() {
-            chain.evidence.insert(ev.key());
-        }
-        self.mempool
-            .retain(|(a, s), _| *s > chain.last_seq.get(a).copied().unwrap_or(0));
+        let chain = self.chain.after(&decided.block);
+        self.mempool.prune_decided(&chain, &decided.block);
         self.evidence_pool
             .retain(|k, _| !chain.evidence.contains(k));
         self.vote_log.clear();
@@ -911,56 +1011,17 @@ impl ConsensusDriver {
         self.awaiting_app = self.io.cfg.app_state;
     }
 
-    fn on_signature(&mut self, request: SignRequestId, sig: Signature) -> Result<(), DriverError> {
-        let key = self
-            .io
-            .cfg
-            .parties
-            .key_of(self.io.cfg.me)
-            .copied()
-            .ok_or_else(|| DriverError::BadLocalSignature("we are not a member".into()))?;
-        let Some(m) = self.io.own.get_mut(&request.0) else {
-            // A late answer for a height already decided: harmless.
-            return Ok(());
-        };
-        if m.signature.is_some() {
-            return Ok(());
-        }
-        if !self.io.cache.verify(&key, &m.bytes, &sig) {
-            return Err(DriverError::BadLocalSignature(
-                "does not verify under our vote key".into(),
-            ));
-        }
-        m.signature = Some(sig);
-        let h = m.height;
-        self.io.step.persist.push(Persist::WalAppend {
-            height: h,
-            record: WalRecord::OwnSignature {
-                digest: request.0,
-                signature: sig,
-            },
-        });
-        let held = std::mem::take(&mut self.io.held);
-        for (d, msg) in held {
-            if d == request.0 {
-                if let Some(msg) = self.io.patch(msg) {
-                    self.io.broadcast(&msg);
-                }
-            } else {
-                self.io.held.push((d, msg));
-            }
-        }
-        self.try_complete_decision()
-    }
-
-    fn on_peer(&mut self, from: PartyId, bytes: &[u8]) -> Result<(), DriverError> {
+    fn on_peer(&mut self, from: PartyId, bytes: &[u8]) -> Result<(), Refusal> {
         if from == self.io.cfg.me || !self.io.cfg.parties.contains(from) {
-            return Err(DriverError::UnknownPeer(from));
+            return Err(PeerFault::UnknownPeer(from).into());
         }
-        let msg = PeerMessage::decode(bytes, self.io.cfg.max_message_bytes())?;
+        let msg = PeerMessage::decode(bytes, self.io.cfg.max_message_bytes())
+            .map_err(|error| PeerFault::Decode { from, error })?;
         let h = self.io.height_in_progress;
         match msg {
-            PeerMessage::Batch(b) => self.add_batch(b),
+            PeerMessage::Batch(b) => self
+                .add_batch(b)
+                .map_err(|reason| PeerFault::BadBatch { from, reason }.into()),
             PeerMessage::Tip { height } => {
                 self.catch_up.note_tip(from, height);
                 if height >= h {
@@ -1014,18 +1075,18 @@ impl ConsensusDriver {
                     self.catch_up
                         .note_tip(from, Height(p.proposal.height.0 - 1));
                     if self.future_proposals.len() < 64 {
-                        self.future_proposals.push(p);
+                        self.future_proposals.push((p, self.io.clock));
                     }
                     return Ok(());
                 }
                 if self.awaiting_app {
                     // Validated once the host has applied the parent.
                     if self.future_proposals.len() < 64 {
-                        self.future_proposals.push(p);
+                        self.future_proposals.push((p, self.io.clock));
                     }
                     return Ok(());
                 }
-                self.on_proposal(from, p)
+                self.on_proposal(from, p, self.io.clock)
             }
             PeerMessage::Polka(c) => {
                 if c.height != h || !self.started {
@@ -1042,15 +1103,27 @@ impl ConsensusDriver {
         }
     }
 
-    fn on_proposal(&mut self, from: PartyId, p: SignedProposalWire) -> Result<(), DriverError> {
+    /// A proposal for the height in progress that arrived when our clock
+    /// read `received_ms`.
+    fn on_proposal(
+        &mut self,
+        from: PartyId,
+        p: SignedProposalWire,
+        received_ms: u64,
+    ) -> Result<(), Refusal> {
         let bytes = p.proposal.signed_bytes(&self.io.ctx).encode();
         self.io
             .check_peer_signature(from, p.proposal.proposer, &bytes, &p.signature)?;
         self.catch_up.note_active(from, p.proposal.height);
         self.maybe_start_height()?;
-        if let Err(reason) = self.validate_block(&p.proposal.block, Some(p.proposal.proposer), true)
-        {
-            return Err(DriverError::InvalidBlock { from, reason });
+        // Only a fresh proposal is checked against our clock. A re-proposal
+        // (proof-of-lock round set) carries a block built rounds ago, whose
+        // time the core accepts only with a polka of that round: a quorum
+        // checked it then, when it was fresh. Refusing it now for its age
+        // could leave the parties locked on it unable to decide anything.
+        let clock = (!p.proposal.pol_round.is_defined()).then_some(received_ms);
+        if let Err(reason) = self.validate_block(&p.proposal.block, clock) {
+            return Err(PeerFault::InvalidBlock { from, reason }.into());
         }
         if !self.started {
             return Ok(());
@@ -1063,7 +1136,7 @@ impl ConsensusDriver {
         from: PartyId,
         block: Block,
         cert: CommitCertificate,
-    ) -> Result<(), DriverError> {
+    ) -> Result<(), Refusal> {
         let h = self.io.height_in_progress;
         if block.header().height != h || self.pending_decision.is_some() || self.awaiting_app {
             return Ok(());
@@ -1078,12 +1151,14 @@ impl ConsensusDriver {
             &cert,
             &mut self.io.cache,
         )
-        .map_err(|e| DriverError::InvalidBlock {
+        .map_err(|e| PeerFault::InvalidBlock {
             from,
-            reason: format!("certificate: {e}"),
+            reason: InvalidBlock::Uncertified(e),
         })?;
-        if let Err(reason) = self.validate_block(&block, None, false) {
-            return Err(DriverError::InvalidBlock { from, reason });
+        // A decided block (it came with its commit certificate) is not
+        // checked against our clock: a quorum checked it when it was fresh.
+        if let Err(reason) = self.validate_block(&block, None) {
+            return Err(PeerFault::InvalidBlock { from, reason }.into());
         }
         if !self.started {
             self.start_height_now();
@@ -1109,23 +1184,18 @@ impl ConsensusDriver {
         }
     }
 
-    fn on_tip_timer(&mut self) -> Result<(), DriverError> {
+    fn on_tip_timer(&mut self) -> Result<(), Refusal> {
         self.io
             .schedule(TimerKind::Tip, self.io.cfg.tip_interval_ms);
         self.io.broadcast(&PeerMessage::Tip {
             height: self.chain.height,
         });
         // Re-gossip our own undecided batches: the first broadcast may have been lost.
-        let me = self.io.cfg.me;
-        let mine: Vec<SignedBatch> = self
-            .mempool
-            .iter()
-            .filter(|((a, _), _)| *a == me)
-            .map(|(_, b)| b.clone())
-            .collect();
+        let mine: Vec<SignedBatch> = self.mempool.of(self.io.cfg.me);
         for b in mine {
             self.io.broadcast(&PeerMessage::Batch(b));
         }
+        self.evict_parked();
         // Ask a peer that is ahead for the block we are missing.
         if let Some(p) = self.catch_up.a_peer_ahead_of(self.chain.height) {
             self.request_block(p);
@@ -1143,57 +1213,6 @@ impl ConsensusDriver {
                 self.io.own_proposal = None;
             }
         }
-        Ok(())
-    }
-
-    fn add_batch(&mut self, b: SignedBatch) -> Result<(), DriverError> {
-        if b.body.cluster != self.io.cfg.cluster {
-            return Err(DriverError::BadBatch("batch for another cluster".into()));
-        }
-        let key = self
-            .io
-            .cfg
-            .parties
-            .key_of(b.body.author)
-            .copied()
-            .ok_or_else(|| {
-                DriverError::BadBatch(format!("author {} is not a member", b.body.author))
-            })?;
-        let last = self
-            .chain
-            .last_seq
-            .get(&b.body.author)
-            .copied()
-            .unwrap_or(0);
-        if b.body.seq <= last {
-            return Ok(()); // already decided: a replay or a late gossip
-        }
-        if b.encoded_len() + 256 > self.io.cfg.max_block_bytes {
-            return Err(DriverError::BadBatch("batch larger than a block".into()));
-        }
-        if self.mempool.contains_key(&(b.body.author, b.body.seq)) {
-            return Ok(());
-        }
-        let pending_of_author = self
-            .mempool
-            .range((b.body.author, 0)..=(b.body.author, u64::MAX))
-            .count();
-        if pending_of_author >= MAX_PENDING_PER_AUTHOR {
-            return Err(DriverError::BadBatch(format!(
-                "{} already has {MAX_PENDING_PER_AUTHOR} undecided batches",
-                b.body.author
-            )));
-        }
-        if !self
-            .io
-            .cache
-            .verify(&key, &b.body.signing_bytes(), &b.signature)
-        {
-            return Err(DriverError::BadBatch(
-                "batch signature does not verify".into(),
-            ));
-        }
-        self.mempool.insert((b.body.author, b.body.seq), b);
         Ok(())
     }
 
@@ -1221,120 +1240,7 @@ impl ConsensusDriver {
         }
     }
 
-    /// Checks a block against the chain: header, batches, evidence, size.
-    fn validate_block(
-        &mut self,
-        block: &Block,
-        proposer: Option<PartyId>,
-        check_clock: bool,
-    ) -> Result<(), String> {
-        let h = block.header();
-        if h.height != self.io.height_in_progress {
-            return Err(format!(
-                "height {} is not {}",
-                h.height, self.io.height_in_progress
-            ));
-        }
-        if h.parent != self.chain.hash {
-            return Err("parent is not our last decided block".into());
-        }
-        // The header names the party that built the block; a later round
-        // may re-propose it (proof-of-lock), so it need not be the proposer
-        // of the proposal that carries it.
-        let _ = proposer;
-        if !self.io.cfg.parties.contains(h.proposer) {
-            return Err("proposer is not a member".into());
-        }
-        if h.time_ms <= self.chain.time_ms {
-            return Err("time does not advance".into());
-        }
-        if check_clock && h.time_ms > self.io.now.saturating_add(self.io.cfg.max_clock_skew_ms) {
-            return Err("time too far in the future".into());
-        }
-        if block.encoded_len() > self.io.cfg.max_block_bytes {
-            return Err("block too large".into());
-        }
-        self.validate_last_commit(block)?;
-        if h.log != self.log_head {
-            return Err(format!(
-                "audit log head is size {} root {}, ours is size {} root {}",
-                h.log.size, h.log.root, self.log_head.size, self.log_head.root
-            ));
-        }
-        // An empty block is valid only when it does something: it carries
-        // the last block's audit certificate, or its time passes a deadline
-        // this party's application waits on (see `set_wake_at`).
-        let wakes = self.wake_at.is_some_and(|t| h.time_ms >= t);
-        if block.batches().is_empty() && block.evidence().is_empty() && !self.log_pending && !wakes
-        {
-            return Err("empty block".into());
-        }
-        let mut seqs: BTreeMap<PartyId, u64> = BTreeMap::new();
-        for b in block.batches() {
-            if b.body.cluster != self.io.cfg.cluster {
-                return Err("batch for another cluster".into());
-            }
-            let key = self
-                .io
-                .cfg
-                .parties
-                .key_of(b.body.author)
-                .copied()
-                .ok_or("batch author is not a member")?;
-            let last = seqs
-                .get(&b.body.author)
-                .copied()
-                .or_else(|| self.chain.last_seq.get(&b.body.author).copied())
-                .unwrap_or(0);
-            if b.body.seq <= last {
-                return Err(format!(
-                    "batch {}#{} replays or reorders",
-                    b.body.author, b.body.seq
-                ));
-            }
-            seqs.insert(b.body.author, b.body.seq);
-            if !self
-                .io
-                .cache
-                .verify(&key, &b.body.signing_bytes(), &b.signature)
-            {
-                return Err("batch signature does not verify".into());
-            }
-        }
-        let mut keys = BTreeSet::new();
-        for ev in block.evidence() {
-            verify_equivocation(&self.io.ctx, &self.io.cfg.parties, ev, &mut self.io.cache)
-                .map_err(|e| e.to_string())?;
-            let k = ev.key();
-            if self.chain.evidence.contains(&k) || !keys.insert(k) {
-                return Err("evidence already recorded".into());
-            }
-        }
-        Ok(())
-    }
-
-    /// Block h must carry a valid commit certificate of our block h-1.
-    fn validate_last_commit(&mut self, block: &Block) -> Result<(), String> {
-        let h = block.header().height;
-        match (&block.header().last_commit, h.0) {
-            (None, 1) => Ok(()),
-            (Some(_), 1) => Err("block 1 carries a parent certificate".into()),
-            (None, _) => Err("missing the parent's commit certificate".into()),
-            (Some(cert), _) => verify_commit_certificate_cached(
-                &self.io.cfg.parties,
-                self.io.cfg.fault_model,
-                self.io.cfg.cluster,
-                self.io.cfg.epoch,
-                self.chain.height,
-                self.chain.hash,
-                cert,
-                &mut self.io.cache,
-            )
-            .map_err(|e| format!("parent's commit certificate: {e}")),
-        }
-    }
-
-    fn try_propose(&mut self) -> Result<(), DriverError> {
+    fn try_propose(&mut self) -> Result<(), Refusal> {
         let Some((h, r)) = self.io.want_value else {
             return Ok(());
         };
@@ -1359,60 +1265,6 @@ impl ConsensusDriver {
             h, r, block,
         )))
     }
-
-    fn build_block(&self, h: Height) -> Option<Block> {
-        let last_commit = if h.0 <= 1 {
-            None
-        } else {
-            let d = self.recent.back()?;
-            if d.block.header().height != self.chain.height {
-                return None;
-            }
-            Some(d.certificate.clone())
-        };
-        let budget = self.io.cfg.max_block_bytes.saturating_sub(256);
-        let mut used = 0usize;
-        let mut evidence = Vec::new();
-        for ev in self.evidence_pool.values() {
-            let len = postcard::experimental::serialized_size(ev).unwrap_or(usize::MAX);
-            if used.saturating_add(len) <= budget {
-                used += len;
-                evidence.push(ev.clone());
-            }
-        }
-        let mut batches = Vec::new();
-        let mut next_seq: BTreeMap<PartyId, u64> = BTreeMap::new();
-        for ((author, seq), b) in &self.mempool {
-            let expect = next_seq
-                .get(author)
-                .copied()
-                .unwrap_or_else(|| self.chain.last_seq.get(author).copied().unwrap_or(0) + 1);
-            // Honest proposers include consecutive runs only, so that a
-            // batch delayed in gossip is never overtaken by its successor.
-            if *seq != expect {
-                continue;
-            }
-            let len = b.encoded_len();
-            if used.saturating_add(len) > budget {
-                break;
-            }
-            used += len;
-            next_seq.insert(*author, seq + 1);
-            batches.push(b.clone());
-        }
-        Some(Block::new(BlockContents {
-            header: BlockHeader {
-                height: h,
-                time_ms: self.io.now.max(self.chain.time_ms + 1),
-                parent: self.chain.hash,
-                proposer: self.io.cfg.me,
-                last_commit,
-                log: self.log_head,
-            },
-            batches,
-            evidence,
-        }))
-    }
 }
 
 fn unreachable_restore() -> (ConsensusDriver, Step) {
@@ -1431,15 +1283,15 @@ impl Io {
         signer: PartyId,
         bytes: &[u8],
         sig: &Signature,
-    ) -> Result<(), DriverError> {
+    ) -> Result<(), PeerFault> {
         let key = self
             .cfg
             .parties
             .key_of(signer)
             .copied()
-            .ok_or(DriverError::UnknownPeer(signer))?;
+            .ok_or(PeerFault::UnknownPeer(signer))?;
         if *sig == PLACEHOLDER || !self.cache.verify(&key, bytes, sig) {
-            return Err(DriverError::BadSignature(from));
+            return Err(PeerFault::BadSignature(from));
         }
         Ok(())
     }
@@ -1480,383 +1332,6 @@ impl Io {
             .actions
             .push(Action::Broadcast { bytes: m.encode() });
     }
-
-    /// Replaces our placeholder signatures in an outgoing message by the real
-    /// ones; `None` if one is not available yet (or was refused).
-    fn patch(&self, msg: PeerMessage) -> Option<PeerMessage> {
-        let me = self.cfg.me;
-        let real = |sb: SignedBytes| -> Option<Signature> {
-            self.own
-                .get(&Sha256Digest::of(&sb.encode()))
-                .and_then(|m| m.signature)
-        };
-        let base = |h: Height, round: i64, step: MsgStep, value: Option<BlockHash>| SignedBytes {
-            domain: CONSENSUS_DOMAIN.to_string(),
-            cluster: self.cfg.cluster,
-            epoch: self.cfg.epoch,
-            height: h,
-            round,
-            step,
-            value,
-            pol_round: -1,
-            signer: me,
-        };
-        match msg {
-            PeerMessage::Vote(mut v) => {
-                if v.signature == PLACEHOLDER {
-                    v.signature = real(v.vote.signed_bytes(&self.ctx))?;
-                }
-                Some(PeerMessage::Vote(v))
-            }
-            PeerMessage::Proposal(mut p) => {
-                if p.signature == PLACEHOLDER {
-                    p.signature = real(p.proposal.signed_bytes(&self.ctx))?;
-                }
-                Some(PeerMessage::Proposal(p))
-            }
-            PeerMessage::Polka(mut c) => {
-                for (party, sig) in c.signatures.iter_mut() {
-                    if *party == me && *sig == PLACEHOLDER {
-                        *sig = real(base(c.height, c.round, MsgStep::Prevote, Some(c.value)))?;
-                    }
-                }
-                Some(PeerMessage::Polka(c))
-            }
-            PeerMessage::RoundCert(mut c) => {
-                for s in c.signatures.iter_mut() {
-                    if s.party == me && s.signature == PLACEHOLDER {
-                        let step = if s.precommit {
-                            MsgStep::Precommit
-                        } else {
-                            MsgStep::Prevote
-                        };
-                        s.signature = real(base(c.height, c.round, step, s.value))?;
-                    }
-                }
-                Some(PeerMessage::RoundCert(c))
-            }
-            other => Some(other),
-        }
-    }
-
-    /// Sends a message of ours now, or holds it until its signature is back.
-    fn publish(&mut self, msg: PeerMessage) {
-        let pending_digest = match &msg {
-            PeerMessage::Vote(v) if v.signature == PLACEHOLDER => {
-                Some(Sha256Digest::of(&v.vote.signed_bytes(&self.ctx).encode()))
-            }
-            PeerMessage::Proposal(p) if p.signature == PLACEHOLDER => Some(Sha256Digest::of(
-                &p.proposal.signed_bytes(&self.ctx).encode(),
-            )),
-            _ => None,
-        };
-        match self.patch(msg.clone()) {
-            Some(m) => self.broadcast(&m),
-            None => {
-                if let Some(d) = pending_digest {
-                    self.held.push((d, msg));
-                }
-                // Certificates carrying a pending signature of ours are
-                // dropped: the core republishes them.
-            }
-        }
-    }
-
-    /// Registers one of our messages for signing: the guard first, then the
-    /// request. Returns the signature the core should see.
-    fn sign(&mut self, sb: SignedBytes) -> Signature {
-        let bytes = sb.encode();
-        let digest = Sha256Digest::of(&bytes);
-        if let Some(m) = self.own.get(&digest) {
-            return m.signature.unwrap_or(PLACEHOLDER);
-        }
-        match self
-            .guard
-            .check_and_record(sb.step, sb.height, sb.round, sb.value)
-        {
-            Ok(decision) => {
-                if decision == GuardDecision::Advanced {
-                    self.step
-                        .persist
-                        .push(Persist::SignGuard(self.guard.clone()));
-                }
-                self.signatures_requested += 1;
-                self.step.actions.push(Action::Sign {
-                    request: SignRequestId(digest),
-                    bytes: bytes.clone(),
-                });
-                self.own.insert(
-                    digest,
-                    OwnMessage {
-                        bytes,
-                        height: sb.height,
-                        signature: None,
-                    },
-                );
-            }
-            Err(e) => {
-                // Refused: the core sees a placeholder that is never
-                // released, so the message never leaves this party.
-                self.sign_refusals += 1;
-                if self.refused.len() < MAX_REFUSALS_KEPT {
-                    self.refused.push(e);
-                }
-            }
-        }
-        PLACEHOLDER
-    }
-
-    fn verify_consensus_sig(&mut self, sb: SignedBytes, sig: &Signature) -> bool {
-        let bytes = sb.encode();
-        if *sig == PLACEHOLDER {
-            return sb.signer == self.cfg.me && self.own.contains_key(&Sha256Digest::of(&bytes));
-        }
-        match self.cfg.parties.key_of(sb.signer).copied() {
-            Some(k) => self.cache.verify(&k, &bytes, sig),
-            None => false,
-        }
-    }
-
-    fn sb(
-        &self,
-        h: Height,
-        round: Round,
-        step: MsgStep,
-        value: NilOrVal<BlockHash>,
-        signer: PartyId,
-    ) -> SignedBytes {
-        SignedBytes {
-            domain: CONSENSUS_DOMAIN.to_string(),
-            cluster: self.cfg.cluster,
-            epoch: self.cfg.epoch,
-            height: h,
-            round: round_i64(round),
-            step,
-            value: match value {
-                NilOrVal::Nil => None,
-                NilOrVal::Val(v) => Some(v),
-            },
-            pol_round: -1,
-            signer,
-        }
-    }
-
-    fn count_cert(
-        &mut self,
-        entries: Vec<(SignedBytes, Signature)>,
-        threshold: mc::ThresholdParam,
-    ) -> Result<(), mc::CertificateError<Ctx>> {
-        let mut seen = BTreeSet::new();
-        for (sb, sig) in entries {
-            let signer = sb.signer;
-            if !self.cfg.parties.contains(signer) {
-                return Err(mc::CertificateError::UnknownValidator(signer));
-            }
-            if !seen.insert(signer) {
-                return Err(mc::CertificateError::DuplicateVote(signer));
-            }
-            if !self.verify_consensus_sig(sb, &sig) {
-                return Err(mc::CertificateError::VerificationError(None));
-            }
-        }
-        let total = self.cfg.parties.len() as u64;
-        let signed = seen.len() as u64;
-        if !threshold.is_met(signed, total) {
-            return Err(mc::CertificateError::NotEnoughVotingPower {
-                signed,
-                total,
-                expected: threshold.min_expected(total),
-            });
-        }
-        Ok(())
-    }
-
-    fn commit_entries(
-        &self,
-        h: Height,
-        round: Round,
-        value: BlockHash,
-        sigs: impl Iterator<Item = (PartyId, Signature)>,
-    ) -> Vec<(SignedBytes, Signature)> {
-        sigs.map(|(p, s)| {
-            (
-                self.sb(h, round, MsgStep::Precommit, NilOrVal::Val(value), p),
-                s,
-            )
-        })
-        .collect()
-    }
-
-    fn on_effect(&mut self, effect: Effect<Ctx>) -> Resume<Ctx> {
-        match effect {
-            Effect::CancelAllTimeouts(r) => {
-                self.cancel_core_timers();
-                r.resume_with(())
-            }
-            Effect::CancelTimeout(t, r) => {
-                self.cancel_where(|k| *k == TimerKind::Core(t));
-                r.resume_with(())
-            }
-            Effect::ScheduleTimeout(t, r) => {
-                self.cancel_where(|k| *k == TimerKind::Core(t));
-                let ms = u64::try_from(self.cfg.timeouts.duration_for(t).as_millis())
-                    .unwrap_or(u64::MAX);
-                self.schedule(TimerKind::Core(t), ms);
-                r.resume_with(())
-            }
-            Effect::StartRound(_, _, _, _, r) => {
-                self.want_value = None;
-                r.resume_with(())
-            }
-            Effect::PublishConsensusMsg(m, r) => {
-                let msg = match m {
-                    mcc::SignedConsensusMsg::Vote(v) => PeerMessage::Vote(vote_from_mc(&v)),
-                    mcc::SignedConsensusMsg::Proposal(p) => {
-                        PeerMessage::Proposal(proposal_from_mc(&p))
-                    }
-                };
-                self.publish(msg);
-                r.resume_with(())
-            }
-            Effect::PublishLivenessMsg(m, r) => {
-                let msg = match m {
-                    mcc::LivenessMsg::Vote(v) => PeerMessage::Vote(vote_from_mc(&v)),
-                    mcc::LivenessMsg::PolkaCertificate(c) => PeerMessage::Polka(polka_from_mc(&c)),
-                    mcc::LivenessMsg::SkipRoundCertificate(c) => {
-                        PeerMessage::RoundCert(round_cert_from_mc(&c))
-                    }
-                };
-                self.publish(msg);
-                r.resume_with(())
-            }
-            Effect::RepublishVote(v, r) => {
-                self.publish(PeerMessage::Vote(vote_from_mc(&v)));
-                r.resume_with(())
-            }
-            Effect::RepublishRoundCertificate(c, r) => {
-                self.publish(PeerMessage::RoundCert(round_cert_from_mc(&c)));
-                r.resume_with(())
-            }
-            Effect::GetValue(h, round, _, r) => {
-                self.want_value = Some((h, round));
-                r.resume_with(())
-            }
-            Effect::RestreamProposal(.., r) => r.resume_with(()),
-            Effect::CertVerifiedSyncValue(resp, proposer, r) => {
-                if let Ok(block) = Block::from_bytes(&resp.value_bytes) {
-                    self.queue.push_back(mcc::Input::ProposedValue(
-                        mcc::ProposedValue {
-                            height: resp.certificate.height,
-                            round: resp.certificate.round,
-                            valid_round: Round::Nil,
-                            proposer,
-                            value: block,
-                            validity: Validity::Valid,
-                        },
-                        ValueOrigin::Sync,
-                    ));
-                }
-                r.resume_with(())
-            }
-            Effect::CertRejectedSyncValue(.., r) => r.resume_with(()),
-            Effect::Decide(_, _, r) => r.resume_with(()),
-            Effect::Finalize(cert, _, _, r) => {
-                self.finalized = Some(cert);
-                r.resume_with(())
-            }
-            Effect::SignVote(vote, r) => {
-                let sb = vote.signed_bytes(&self.ctx);
-                let sig = self.sign(sb);
-                r.resume_with(mc::SignedMessage::new(vote, sig))
-            }
-            Effect::SignProposal(p, r) => {
-                let sb = p.signed_bytes(&self.ctx);
-                let sig = self.sign(sb);
-                r.resume_with(mc::SignedMessage::new(p, sig))
-            }
-            Effect::VerifySignature(m, _pk, r) => {
-                let sb = match &m.message {
-                    mcc::ConsensusMsg::Vote(v) => v.signed_bytes(&self.ctx),
-                    mcc::ConsensusMsg::Proposal(p) => p.signed_bytes(&self.ctx),
-                };
-                let ok = self.verify_consensus_sig(sb, &m.signature);
-                r.resume_with(ok)
-            }
-            Effect::VerifyCommitCertificate(c, _, tp, r) => {
-                let e = self.commit_entries(
-                    c.height,
-                    c.round,
-                    c.value_id,
-                    c.commit_signatures.iter().map(|s| (s.address, s.signature)),
-                );
-                let res = self.count_cert(e, tp.quorum);
-                r.resume_with(res)
-            }
-            Effect::VerifyExtendedCommitCertificate(c, _, tp, _, r) => {
-                let e = self.commit_entries(
-                    c.height,
-                    c.round,
-                    c.value_id,
-                    c.commit_signatures.iter().map(|s| (s.address, s.signature)),
-                );
-                let res = self.count_cert(e, tp.quorum);
-                r.resume_with(res)
-            }
-            Effect::VerifyPolkaCertificate(c, _, tp, r) => {
-                let e = c
-                    .polka_signatures
-                    .iter()
-                    .map(|s| {
-                        (
-                            self.sb(
-                                c.height,
-                                c.round,
-                                MsgStep::Prevote,
-                                NilOrVal::Val(c.value_id),
-                                s.address,
-                            ),
-                            s.signature,
-                        )
-                    })
-                    .collect();
-                let res = self.count_cert(e, tp.quorum);
-                r.resume_with(res)
-            }
-            Effect::VerifyRoundCertificate(c, _, tp, r) => {
-                let e = c
-                    .round_signatures
-                    .iter()
-                    .map(|s| {
-                        let step = if s.vote_type == mc::VoteType::Precommit {
-                            MsgStep::Precommit
-                        } else {
-                            MsgStep::Prevote
-                        };
-                        (
-                            self.sb(c.height, c.round, step, s.value_id, s.address),
-                            s.signature,
-                        )
-                    })
-                    .collect();
-                let th = match c.cert_type {
-                    mc::RoundCertificateType::Skip => tp.honest,
-                    mc::RoundCertificateType::Precommit => tp.quorum,
-                };
-                let res = self.count_cert(e, th);
-                r.resume_with(res)
-            }
-            Effect::WalAppend(h, input, r) => {
-                if let Some(record) = wal_record_of(&input) {
-                    self.step
-                        .persist
-                        .push(Persist::WalAppend { height: h, record });
-                }
-                r.resume_with(())
-            }
-            Effect::ExtendVote(.., r) => r.resume_with(None),
-            Effect::VerifyVoteExtension(.., r) => r.resume_with(Ok(())),
-        }
-    }
 }
 
 /// Unused import guard for `round_from_i64` in some cfgs.
@@ -1870,6 +1345,7 @@ mod tests {
     use super::*;
     use crate::batch::BatchBody;
     use crate::consensus::context::Party;
+    use crate::consensus::context::{BlockContents, SignedBytes};
     use crate::crypto::PublicKey;
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -1918,7 +1394,7 @@ mod tests {
             cluster,
             author: me,
             seq: 1,
-            ops: vec![b"op".to_vec()],
+            ops: vec![testkit::op(1, 1, 8)],
         };
         let batch = SignedBatch {
             signature: sign(&k, &body.signing_bytes()),
@@ -1989,6 +1465,16 @@ mod tests {
     /// Feeds `first` and then every signature the driver asks for, until
     /// it is quiet; returns the decided blocks and whether it signed.
     fn pump(d: &mut ConsensusDriver, k: &EcdsaKeyPair, first: Step) -> (Vec<DecidedBlock>, bool) {
+        pump_at(d, k, first, 2_000)
+    }
+
+    /// [`pump`] with the clock at `now`.
+    fn pump_at(
+        d: &mut ConsensusDriver,
+        k: &EcdsaKeyPair,
+        first: Step,
+        now: u64,
+    ) -> (Vec<DecidedBlock>, bool) {
         let mut decided = Vec::new();
         let mut signed = false;
         let mut steps = vec![first];
@@ -2002,7 +1488,7 @@ mod tests {
                         signed = true;
                         let signature = sign(k, &bytes);
                         steps.push(
-                            d.handle(2_000, Input::SignatureReady { request, signature })
+                            d.handle(now, Input::SignatureReady { request, signature })
                                 .unwrap(),
                         );
                     }
@@ -2012,6 +1498,95 @@ mod tests {
             }
         }
         (decided, signed)
+    }
+
+    /// Block time at height 2, with a real parent: never at or before the
+    /// parent's time (fresh or decided); a fresh proposal within the window
+    /// around our clock (60 s behind or ahead is refused, 4 s is not); a
+    /// decided block (catch-up) not held to our clock. The proposer takes
+    /// its last clock reading, even one stepped back, and never less than
+    /// the parent's time plus 1 ms. Before, a proposal 60 s in the past was
+    /// valid, and the proposer's time was its highest reading ever.
+    #[test]
+    fn block_time_advances_past_the_parent_and_stays_near_our_clock() {
+        const T0: u64 = 1_700_000_000_000;
+        const T1: u64 = T0 + 120_000;
+        let (k, pk) = key();
+        let me = PartyId(1);
+        let parties = PartySet::new(vec![Party {
+            id: me,
+            vote_key: pk,
+        }])
+        .unwrap();
+        let cluster = ClusterId(Sha256Digest::of(b"t"));
+        let cfg = DriverConfig::new(cluster, Epoch(0), me, parties, FaultModel::Byzantine);
+        let (mut d, _) = ConsensusDriver::new(cfg, T0);
+        let body = BatchBody {
+            cluster,
+            author: me,
+            seq: 1,
+            ops: vec![testkit::op(1, 1, 8)],
+        };
+        let batch = SignedBatch {
+            signature: sign(&k, &body.signing_bytes()),
+            body,
+        };
+        let first = d.handle(T0, Input::SubmitBatch(batch)).unwrap();
+        let (decided, _) = pump_at(&mut d, &k, first, T0);
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].block.header().time_ms, T0);
+
+        // The clock runs an hour ahead, then is stepped back: the proposer
+        // believes the step (timers keep the highest reading).
+        d.handle(T1 + 3_600_000, Input::Tick).unwrap();
+        d.handle(T1, Input::Tick).unwrap();
+        assert_eq!((d.io.clock, d.io.now), (T1, T1 + 3_600_000));
+        // Block 2, a carrier of block 1's certificate.
+        d.log_pending = true;
+        let good = d.build_block(Height(2)).unwrap();
+        assert_eq!(good.header().time_ms, T1);
+        assert_eq!(d.validate_block(&good, Some(T1)), Ok(()));
+        let at = |time_ms: u64| {
+            let mut c: BlockContents = good.clone().into();
+            c.header.time_ms = time_ms;
+            Block::new(c)
+        };
+        for clock in [Some(T1), None] {
+            assert_eq!(
+                d.validate_block(&at(T0), clock),
+                Err(InvalidBlock::TimeNotAdvancing {
+                    time_ms: T0,
+                    parent_ms: T0
+                }),
+                "at the parent's time"
+            );
+        }
+        let behind = T1 - 60_000;
+        assert_eq!(
+            d.validate_block(&at(behind), Some(T1)),
+            Err(InvalidBlock::TimeTooFarBehind {
+                time_ms: behind,
+                bound_ms: T1 - BLOCK_TIME_BEHIND_MS
+            })
+        );
+        let ahead = T1 + 60_000;
+        assert_eq!(
+            d.validate_block(&at(ahead), Some(T1)),
+            Err(InvalidBlock::TimeTooFarAhead {
+                time_ms: ahead,
+                bound_ms: T1 + BLOCK_TIME_AHEAD_MS
+            })
+        );
+        for t in [behind, ahead] {
+            assert_eq!(d.validate_block(&at(t), None), Ok(()), "decided: no clock");
+        }
+        for t in [T1 - 4_000, T1 + 4_000] {
+            assert_eq!(d.validate_block(&at(t), Some(T1)), Ok(()));
+        }
+        // Our clock behind the parent's time: the next block is 1 ms after it.
+        d.handle(T0 - 1_000, Input::Tick).unwrap();
+        let next = d.build_block(Height(2)).unwrap();
+        assert_eq!(next.header().time_ms, T0 + 1);
     }
 
     #[test]
@@ -2031,7 +1606,7 @@ mod tests {
             cluster,
             author: me,
             seq: 1,
-            ops: vec![b"op".to_vec()],
+            ops: vec![testkit::op(1, 1, 8)],
         };
         let batch = SignedBatch {
             signature: sign(&k, &body.signing_bytes()),
@@ -2058,35 +1633,35 @@ mod tests {
         d.log_pending = true;
         d.awaiting_app = false;
         let good = d.build_block(Height(2)).unwrap();
-        assert_eq!(d.validate_block(&good, None, false), Ok(()));
+        assert_eq!(d.validate_block(&good, None), Ok(()));
         let variant = |f: &dyn Fn(&mut BlockContents)| {
             let mut c: BlockContents = good.clone().into();
             f(&mut c);
             Block::new(c)
         };
         let other_log = variant(&|c| c.header.log = LogHead::empty());
-        assert!(d
-            .validate_block(&other_log, None, false)
-            .unwrap_err()
-            .contains("audit log head"));
+        assert!(matches!(
+            d.validate_block(&other_log, None),
+            Err(InvalidBlock::LogHeadMismatch { expected, .. }) if expected == head
+        ));
         let no_cert = variant(&|c| c.header.last_commit = None);
-        assert!(d
-            .validate_block(&no_cert, None, false)
-            .unwrap_err()
-            .contains("missing the parent's commit certificate"));
+        assert_eq!(
+            d.validate_block(&no_cert, None),
+            Err(InvalidBlock::MissingParentCertificate(Height(2)))
+        );
         let forged = variant(&|c| {
             if let Some(cert) = c.header.last_commit.as_mut() {
                 cert.signatures[0].1 = Signature([9; 64]);
             }
         });
-        assert!(d
-            .validate_block(&forged, None, false)
-            .unwrap_err()
-            .contains("parent's commit certificate"));
+        assert!(matches!(
+            d.validate_block(&forged, None),
+            Err(InvalidBlock::ParentCertificate { .. })
+        ));
         d.log_pending = false;
         assert_eq!(
-            d.validate_block(&good, None, false),
-            Err("empty block".to_string()),
+            d.validate_block(&good, None),
+            Err(InvalidBlock::Empty),
             "an empty block is valid only as a carrier"
         );
         let step = d.set_app_state(3_000, head, true).unwrap();
