@@ -45,8 +45,14 @@ use std::time::{Duration, Instant};
 
 /// File name of the cluster description in the dev dir.
 pub const CLUSTER_FILE: &str = "cluster.json";
-/// The schemes the last party of a dev cluster runs key generations for.
-pub const DEV_ALLOWED_SCHEMES: [&str; 3] = ["frost-secp256k1", "frost-ed25519", "frost-p256"];
+/// The schemes the last party of a dev cluster runs key generations for:
+/// the built-in engine's two and the FROST labels external engines use.
+pub const DEV_ALLOWED_SCHEMES: [&str; 4] = [
+    "frost-ed25519",
+    "frost-secp256k1-tr",
+    "frost-secp256k1",
+    "frost-p256",
+];
 
 /// Options of `quorate dev`.
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@
 
 use quorate_host::client::Client;
 use quorate_tests::cluster::TestCluster;
+use quorate_tests::mpc::{bundle_messages, is_plain_round2};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -134,6 +135,14 @@ async fn a_3_of_4_frost_dkg_agrees_on_the_group_key_for_both_schemes_and_shows_n
     // package in the clear.
     let bundle = c.export_audit(1).unwrap();
     let bytes = std::fs::read(&bundle).unwrap();
+    for m in bundle_messages(&bytes).unwrap() {
+        assert!(!(m.round == 2 && m.broadcast), "a round-2 broadcast: {m:?}");
+        for (_, p) in &m.direct {
+            for scheme in ["frost-ed25519", "frost-secp256k1-tr"] {
+                assert!(!is_plain_round2(scheme, p), "a plaintext share: {m:?}");
+            }
+        }
+    }
     for (scheme, sid) in &sids {
         for id in 1..=N {
             let s = c.client(id).unwrap().session(sid).await.unwrap();
@@ -144,13 +153,6 @@ async fn a_3_of_4_frost_dkg_agrees_on_the_group_key_for_both_schemes_and_shows_n
                 );
             }
         }
-    }
-}
-
-fn is_plain_round2(scheme: &str, bytes: &[u8]) -> bool {
-    match scheme {
-        "frost-ed25519" => frost_ed25519::keys::dkg::round2::Package::deserialize(bytes).is_ok(),
-        _ => frost_secp256k1_tr::keys::dkg::round2::Package::deserialize(bytes).is_ok(),
     }
 }
 

@@ -13,6 +13,7 @@
 
 use quorate_host::client::Client;
 use quorate_tests::cluster::TestCluster;
+use quorate_tests::mpc::verify_independently;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -128,30 +129,6 @@ async fn sign(c: &TestCluster, session: Value, within: Duration) -> (String, Vec
     (sid, views)
 }
 
-/// Checks a signature with a library other than frost.
-fn verify_independently(scheme: &str, key_hex: &str, msg: &[u8], sig_hex: &str) {
-    let key = hex::decode(key_hex).unwrap();
-    let sig = hex::decode(sig_hex).unwrap();
-    assert_eq!(sig.len(), 64, "{sig_hex}");
-    assert_eq!(sig_hex, sig_hex.to_lowercase());
-    match scheme {
-        "frost-ed25519" => {
-            let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.try_into().unwrap()).unwrap();
-            vk.verify_strict(msg, &ed25519_dalek::Signature::from_slice(&sig).unwrap())
-                .expect("ed25519-dalek verifies the signature");
-        }
-        _ => {
-            use k256::schnorr::signature::hazmat::PrehashVerifier;
-            let vk = k256::schnorr::VerifyingKey::from_bytes(&key).unwrap();
-            vk.verify_prehash(
-                msg,
-                &k256::schnorr::Signature::try_from(sig.as_slice()).unwrap(),
-            )
-            .expect("k256 verifies the BIP-340 signature");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
     let c = started(TestCluster::provision_attested(N, "byzantine").unwrap()).await;
@@ -167,7 +144,7 @@ async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
         let v = &views[0];
         println!("{scheme}: signed at all 4 parties in {:?}", t0.elapsed());
         assert_eq!(v["verifying_key"], gpk.as_str(), "untweaked: the group key");
-        verify_independently(scheme, &gpk, &msg, v["signature"].as_str().unwrap());
+        verify_independently(scheme, &gpk, &msg, v["signature"].as_str().unwrap()).unwrap();
         // The session's agreed result is the signature.
         let attempts = v["attempts"].as_array().unwrap();
         assert_eq!(attempts.last().unwrap()["outcome"], "signed", "{v}");
@@ -197,7 +174,8 @@ async fn both_schemes_sign_once_for_all_and_an_independent_library_verifies() {
         vk,
         &digest,
         views[0]["signature"].as_str().unwrap(),
-    );
+    )
+    .unwrap();
 
     // Bad input is refused before it is accepted (422), naming the rule
     // consensus would refuse it by.
@@ -261,7 +239,8 @@ async fn roast_signs_despite_a_cheating_and_a_stalling_candidate() {
             &gpk,
             &msg,
             v["signature"].as_str().unwrap(),
-        );
+        )
+        .unwrap();
         let attempts = v["attempts"].as_array().unwrap();
         let mut timeouts = 0;
         for a in attempts {
@@ -344,7 +323,7 @@ async fn a_refresh_keeps_the_group_key_rotates_every_share_and_erases_the_old() 
         let (key, gpk) = keygen(&c, scheme, 3).await;
         let msg = [0x42u8; 32];
         let (_, before) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
-        verify_independently(scheme, &gpk, &msg, before[0]["signature"].as_str().unwrap());
+        verify_independently(scheme, &gpk, &msg, before[0]["signature"].as_str().unwrap()).unwrap();
 
         let t0 = Instant::now();
         let rid = create(
@@ -367,7 +346,7 @@ async fn a_refresh_keeps_the_group_key_rotates_every_share_and_erases_the_old() 
         let msg = [0x43u8; 32];
         let (_, after) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
         let sig = after[0]["signature"].as_str().unwrap();
-        verify_independently(scheme, &gpk, &msg, sig);
+        verify_independently(scheme, &gpk, &msg, sig).unwrap();
         let attempts = after[0]["attempts"].as_array().unwrap();
         assert_eq!(attempts.len(), 1, "no one was blamed: {attempts:?}");
         current.push(rid);
@@ -441,7 +420,7 @@ async fn a_signer_killed_after_its_commitments_never_signs_again_even_from_a_bac
     for v in &views {
         assert_eq!(v["signature"].as_str(), Some(sig));
     }
-    verify_independently("frost-secp256k1-tr", &gpk, &digest, sig);
+    verify_independently("frost-secp256k1-tr", &gpk, &digest, sig).unwrap();
     // The restored P4 observed the rest of the session without posting a
     // single new commitment or share: its nonces died with the process.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,8 +1,8 @@
 //! `make bench`: measures each area and prints one table.
 //!
 //! Each area registers its `run(&mut Vec<Row>)` here. Arguments name the
-//! areas to run (`tpm`, `attestation`, `consensus`, `mpc`, `audit`,
-//! `network`); none runs all.
+//! areas to run (`tpm`, `attestation`, `consensus`, `mpc`, `signing`,
+//! `audit`, `network`); none runs all.
 
 fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +20,9 @@ fn main() -> anyhow::Result<()> {
     }
     if want("mpc") {
         quorate_tests::bench_mpc::run(&mut rows)?;
+    }
+    if want("signing") {
+        quorate_tests::bench_signing::run(&mut rows)?;
     }
     if want("audit") {
         quorate_tests::bench_audit::run(&mut rows)?;

@@ -1,17 +1,44 @@
 //! `make demo`: starts a local dev cluster (`quorate dev`) and walks
 //! through the mission in a few screens, through the party API only (the
-//! Rust client). Exits 0 only when every step did what it says.
+//! Rust client): real FROST keys made and used by the daemons' built-in
+//! engines, each signature checked here by a library other than frost.
+//! Prints how long each step took; exits 0 only when every step did what
+//! it says.
+// serde_json::Value indexing returns Null on a missing key; it never panics.
 #![allow(clippy::indexing_slicing)]
 
 use anyhow::{anyhow, bail, Context as _};
 use quorate_host::client::Client;
 use quorate_host::dev::DevCluster;
+use quorate_tests::mpc::{
+    is_plain_round2, session_end, taproot_output_key, verifier_name, verify_independently,
+};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PARTIES: u32 = 4;
+/// The schemes of the daemons' built-in FROST engine.
+const SCHEMES: [&str; 2] = ["frost-ed25519", "frost-secp256k1-tr"];
+/// The per-round deadline of the demo's signing sessions, in seconds: how
+/// long ROAST waits for a selected signer's share before trying others.
+const ROUND_SECS: u64 = 3;
+
+/// How long `quorate dev` waits before restarting a party that died, in
+/// seconds.
+const RESTART_SECS: u64 = 8;
+
+/// A key the cluster generated.
+#[derive(Debug, Clone)]
+struct Key {
+    scheme: &'static str,
+    /// The key id a signing names (the key generation's session id), hex.
+    id: String,
+    /// The group public key every participant computed, hex.
+    group_key: String,
+}
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +78,7 @@ async fn settled(c: &Client, id: &str, timeout: Duration) -> anyhow::Result<Valu
         if Instant::now() > deadline {
             bail!("operation {id} still pending after {timeout:?}: {v}");
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -67,13 +94,23 @@ async fn decided(c: &Client, id: &str, timeout: Duration) -> anyhow::Result<Valu
         if Instant::now() > deadline {
             bail!("operation {id} not decided after {timeout:?}: {v}");
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn keygen(participants: &[u32], scheme: &str) -> Value {
     json!({"type": "create_session", "session": {"kind": "keygen", "participants": participants,
-        "threshold": 3, "scheme": scheme, "deadline_secs": 600}})
+        "threshold": 3, "scheme": scheme, "deadline_secs": 600, "round_secs": 60}})
+}
+
+/// A signing by all four parties as candidates (ROAST picks 3 of them).
+fn signing(key: &Key, msg: &[u8], taproot: Option<Value>) -> Value {
+    let mut s = json!({"kind": "signing", "key": key.id, "message_digest": hex::encode(msg),
+        "signers": [1, 2, 3, 4], "deadline_secs": 600, "round_secs": ROUND_SECS});
+    if let Some(t) = taproot {
+        s["taproot"] = t;
+    }
+    json!({"type": "create_session", "session": s})
 }
 
 fn print_verdicts(v: &Value) {
@@ -150,7 +187,9 @@ async fn start(dir: &Path) -> anyhow::Result<Demo> {
     let dev = Command::new(&bin)
         .args(["dev", "--parties", &PARTIES.to_string(), "--dir"])
         .arg(dir)
-        .args(["--restart-after-secs", "3"])
+        // Longer than a signing attempt's deadline: a signer killed
+        // mid-signing comes back only after ROAST has moved on without it.
+        .args(["--restart-after-secs", &RESTART_SECS.to_string()])
         .stdin(Stdio::null())
         .spawn()
         .context("starting quorate dev")?;
@@ -262,51 +301,111 @@ async fn step_attestation(d: &Demo) -> anyhow::Result<Outcome> {
     })
 }
 
-async fn step_keygen(d: &Demo) -> anyhow::Result<(Outcome, Option<String>)> {
+async fn step_keygen(d: &Demo) -> anyhow::Result<(Outcome, Vec<Key>)> {
     screen(
         2,
-        "All parties approve a key generation",
-        "P1's MPC engine asks for a 3-of-4 FROST key generation (POST /v1/operations).\nConsensus orders the request; each party's daemon judges it by its local policy\nand posts a verdict; when every participant approves, the session starts.",
+        "All parties approve a key generation, and a real key is made",
+        "P1's MPC engine asks for a 3-of-4 FROST key generation for each built-in scheme\n(POST /v1/operations). Consensus orders the request; each party's daemon judges it\nby its local policy and posts a verdict; when every participant approves, the\nsession starts: every daemon's built-in engine runs the two DKG rounds through the\nlog, seals its key share in its TPM and posts the group key it computed.",
     );
     let p1 = d.client(1)?;
-    let req = keygen(&[1, 2, 3, 4], "frost-secp256k1");
-    println!("    POST /v1/operations {req}");
-    let r = p1.submit_json(&req).await?;
-    println!("    → 202 {{\"id\": \"{}\"}}", r.id);
-    let v = settled(&p1, &r.id, Duration::from_secs(60)).await?;
-    println!("    GET /v1/operations/{} → status {}", r.id, v["status"]);
-    print_verdicts(&v);
-    let approvals = v["verdicts"]
-        .as_array()
-        .map(|a| a.iter().filter(|x| x["approve"] == true).count())
-        .unwrap_or(0);
-    let session = v["record"]["session"].as_str().map(str::to_string);
-    Ok(
-        if v["status"] == "executed" && approvals == PARTIES as usize {
-            (
-                verdict(
-                    Outcome::Pass,
-                    &format!("all {PARTIES} parties approved; session opened"),
+    let mut keys = Vec::new();
+    let mut failures = Vec::new();
+    for scheme in SCHEMES {
+        let req = keygen(&[1, 2, 3, 4], scheme);
+        println!("    POST /v1/operations {req}");
+        let t0 = Instant::now();
+        let r = p1.submit_json(&req).await?;
+        println!("    → 202 {{\"id\": \"{}\"}}", r.id);
+        let v = settled(&p1, &r.id, Duration::from_secs(60)).await?;
+        println!("    GET /v1/operations/{} → status {}", r.id, v["status"]);
+        print_verdicts(&v);
+        let approvals = v["verdicts"]
+            .as_array()
+            .map(|a| a.iter().filter(|x| x["approve"] == true).count())
+            .unwrap_or(0);
+        let sid = v["record"]["session"].as_str().unwrap_or_default();
+        if v["status"] != "executed" || approvals != PARTIES as usize || sid.is_empty() {
+            failures.push(format!(
+                "{scheme}: expected executed with {PARTIES} approvals"
+            ));
+            continue;
+        }
+        let mut views = Vec::new();
+        for id in 1..=PARTIES {
+            views.push(session_end(&d.client(id)?, sid, Duration::from_secs(120)).await?);
+        }
+        let took = t0.elapsed();
+        for (i, s) in views.iter().enumerate() {
+            println!(
+                "    P{}: {} — group key {}",
+                i + 1,
+                s["phase_label"].as_str().unwrap_or("?"),
+                s["group_public_key"].as_str().unwrap_or("none")
+            );
+        }
+        let gpk = views[0]["group_public_key"].as_str().unwrap_or_default();
+        let key = views[0]["key"].as_str().unwrap_or_default();
+        let agreed = views.iter().all(|s| {
+            s["phase_label"] == "completed"
+                && s["group_public_key"] == gpk
+                && s["key"] == key
+                && gpk.len() == 64
+        });
+        if !agreed || key != sid {
+            failures.push(format!(
+                "{scheme}: the parties did not all complete with one key"
+            ));
+            continue;
+        }
+        println!(
+            "    {scheme}: key {}… made in {:.1} s; the same group key at all {PARTIES} parties",
+            short(key),
+            took.as_secs_f64()
+        );
+        println!();
+        keys.push(Key {
+            scheme,
+            id: key.to_string(),
+            group_key: gpk.to_string(),
+        });
+    }
+    Ok(if failures.is_empty() {
+        (
+            verdict(
+                Outcome::Pass,
+                &format!(
+                    "all {PARTIES} parties approved; a 3-of-4 key for each of {} made and agreed",
+                    SCHEMES.join(", ")
                 ),
-                session,
-            )
-        } else {
-            (
-                verdict(
-                    Outcome::Fail,
-                    &format!("expected executed with {PARTIES} approvals: {v}"),
-                ),
-                session,
-            )
-        },
-    )
+            ),
+            keys,
+        )
+    } else {
+        (verdict(Outcome::Fail, &failures.join("; ")), keys)
+    })
 }
 
-async fn step_rejected(d: &Demo) -> anyhow::Result<Outcome> {
+/// Submits `req` at `c` and shows that it is answered 422 naming `rule`
+/// (the API's session-rule check), never accepted.
+async fn refused_at_once(c: &Client, req: &Value, what: &str, rule: &str) -> anyhow::Result<bool> {
+    match c.submit_json(req).await {
+        Err(quorate_host::client::ClientError::Status { status, body }) => {
+            println!("    {what} → {status} {body}");
+            Ok(status.as_u16() == 422 && body.contains(rule))
+        }
+        Ok(r) => {
+            println!("    {what} → accepted as {} (expected 422)", r.id);
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn step_rejected(d: &Demo, keys: &[Key]) -> anyhow::Result<Outcome> {
     screen(
         3,
         "A conflicting request is rejected, with its reason",
-        "P4's operator runs only FROST schemes ([party.local_policy] allowed_schemes).\nP1 asks for a key generation with another scheme; and P2 asks to sign with a key\nthat no key generation ever produced.",
+        "P4's operator runs only FROST schemes ([party.local_policy] allowed_schemes).\nP1 asks for a key generation with another scheme: consensus orders it and P4's\nverdict refuses it, on record. P2 asks to sign with a key that no key generation\never produced, and P3 asks the secp256k1-tr key to sign 31 bytes (BIP-340 signs a\n32-byte digest): the session rules refuse both, so the daemon answers 422 naming\nthe rule before accepting (consensus would refuse them the same way).",
     );
     let p1 = d.client(1)?;
     let r = p1
@@ -323,80 +422,327 @@ async fn step_rejected(d: &Demo) -> anyhow::Result<Outcome> {
                     && x["reason"]["code"] == "scheme_not_allowed"
             })
         });
-    let p2 = d.client(2)?;
     let sign = json!({"type": "create_session", "session": {"kind": "signing", "key": "ee".repeat(32),
         "message_digest": "11".repeat(32), "signers": [1, 2, 3], "deadline_secs": 60}});
     // The daemon checks the session rules against its decided state before
     // it accepts: a request consensus would refuse is answered 422 at once.
-    let unknown_ok = match p2.submit_json(&sign).await {
-        Err(quorate_host::client::ClientError::Status { status, body }) => {
-            println!("    signing with an unknown key → {status} {body}");
-            status.as_u16() == 422 && body.contains("unknown_key")
+    let unknown_ok = refused_at_once(
+        &d.client(2)?,
+        &sign,
+        "signing with an unknown key",
+        "unknown_key",
+    )
+    .await?;
+    let short_ok = match keys.iter().find(|k| k.scheme == "frost-secp256k1-tr") {
+        Some(k) => {
+            refused_at_once(
+                &d.client(3)?,
+                &signing(k, &[0x11; 31], None),
+                "secp256k1-tr signing of 31 bytes",
+                "digest_length_for_scheme",
+            )
+            .await?
         }
-        Ok(r) => {
-            println!(
-                "    signing with an unknown key → accepted as {} (expected 422)",
-                r.id
-            );
-            false
-        }
-        Err(e) => return Err(e.into()),
+        None => false,
     };
-    Ok(if policy_ok && unknown_ok {
+    Ok(if policy_ok && unknown_ok && short_ok {
         verdict(
             Outcome::Pass,
-            "the scheme refused by P4's policy, on record; the unknown key refused before acceptance",
+            "the scheme refused by P4's policy, on record; the unknown key and the short digest refused before acceptance, naming the rule",
         )
     } else {
         verdict(Outcome::Fail, "a request that should be refused was not")
     })
 }
 
-async fn step_messages(d: &Demo, session: &str) -> anyhow::Result<Outcome> {
+/// The point-to-point parts of session `sid` that party `id` is shown:
+/// (sender, recipient, payload).
+async fn direct_parts(d: &Demo, id: u32, sid: &str) -> anyhow::Result<Vec<(u64, u64, Vec<u8>)>> {
+    let m = d.client(id)?.messages(sid, None).await?;
+    let mut out = Vec::new();
+    for msg in m["messages"].as_array().cloned().unwrap_or_default() {
+        for part in msg["direct"].as_array().cloned().unwrap_or_default() {
+            out.push((
+                msg["from"].as_u64().unwrap_or(0),
+                part["to"].as_u64().unwrap_or(0),
+                hex::decode(part["payload"].as_str().unwrap_or_default())?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn view_digest(v: &Value) -> String {
+    quorate_firmware::types::Sha256Digest::of(v.to_string().as_bytes()).to_string()
+}
+
+async fn step_messages(d: &Demo, keys: &[Key]) -> anyhow::Result<Outcome> {
     screen(
         4,
         "Round messages are broadcast and seen identically by all",
-        "Each party's MPC engine posts its round-1 message to all (session_message).\nEvery party then reads the round back (GET /v1/sessions/{id}/messages?round=1).",
+        "In round 1 each engine posted its FROST package to all (commitments, proof of\nknowledge); in round 2 one secret share per other participant, each sealed with\nHPKE to its recipient. Every party reads the rounds back (GET /v1/sessions/{id}/\nmessages?round=N): round 1 is the same at every party; of round 2 every party sees\nthe same operations in the same order, and only the sealed shares addressed to it.",
     );
-    let mut receipts = Vec::new();
-    for id in 1..=PARTIES {
-        let c = d.client(id)?;
-        let payload = format!("{id:02x}{}", "c0ffee".repeat(8));
-        let r = c
-            .submit_json(
-                &json!({"type": "session_message", "session": session, "round": 1,
-                "broadcast": payload}),
-            )
-            .await?;
-        receipts.push((c, r.id));
+    if keys.len() != SCHEMES.len() {
+        return Ok(verdict(Outcome::Fail, "no key generation to read back"));
     }
-    for (c, r) in &receipts {
-        settled(c, r, Duration::from_secs(60)).await?;
+    let mut ok = true;
+    for key in keys {
+        println!("    {} key generation {}…", key.scheme, short(&key.id));
+        let mut round1 = Vec::new();
+        let mut order2 = Vec::new();
+        for id in 1..=PARTIES {
+            let c = d.client(id)?;
+            let m1 = c.messages(&key.id, Some(1)).await?["messages"].clone();
+            let m2 = c.messages(&key.id, Some(2)).await?["messages"].clone();
+            let ops2: Vec<Value> = m2
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| json!([m["op"], m["height"], m["from"]]))
+                .collect();
+            let parts = direct_parts(d, id, &key.id).await?;
+            let to_me = parts
+                .iter()
+                .filter(|(f, t, _)| *f != u64::from(id) && *t == u64::from(id))
+                .count();
+            let own = parts.iter().filter(|(f, _, _)| *f == u64::from(id)).count();
+            let stray = parts
+                .iter()
+                .filter(|(f, t, _)| *f != u64::from(id) && *t != u64::from(id))
+                .count();
+            let clear = parts
+                .iter()
+                .filter(|(_, _, p)| p.len() <= 32 + 16 || is_plain_round2(key.scheme, p))
+                .count();
+            println!(
+                "      P{id}: round 1 {} broadcasts, view {}…; round 2 {} operations, order {}…; {to_me} sealed shares to it, {own} of its own, {stray} for others, {clear} in the clear",
+                m1.as_array().map(Vec::len).unwrap_or(0),
+                short(&view_digest(&m1)),
+                ops2.len(),
+                short(&view_digest(&Value::Array(ops2.clone()))),
+            );
+            ok &= m1.as_array().map(Vec::len) == Some(PARTIES as usize)
+                && ops2.len() == PARTIES as usize
+                && to_me == PARTIES as usize - 1
+                && own == PARTIES as usize - 1
+                && stray == 0
+                && clear == 0;
+            round1.push(m1);
+            order2.push(ops2);
+        }
+        ok &= round1.windows(2).all(|w| w[0] == w[1]) && order2.windows(2).all(|w| w[0] == w[1]);
     }
-    let mut views = Vec::new();
-    for id in 1..=PARTIES {
-        let m = d.client(id)?.messages(session, Some(1)).await?;
-        let msgs = m["messages"].clone();
-        let digest = quorate_firmware::types::Sha256Digest::of(msgs.to_string().as_bytes());
-        println!(
-            "    P{id} sees {} round-1 messages, view digest {}",
-            msgs.as_array().map(Vec::len).unwrap_or(0),
-            &digest.to_string()[..16]
-        );
-        views.push(msgs);
-    }
-    let same = views.windows(2).all(|w| w[0] == w[1]);
-    let full = views
-        .first()
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.len() == PARTIES as usize);
-    Ok(if same && full {
+    Ok(if ok {
         verdict(
             Outcome::Pass,
-            "every party holds the same messages in the same order",
+            "every party holds the same messages in the same order; each share is ciphertext, shown only to its recipient",
         )
     } else {
-        verdict(Outcome::Fail, "the parties' views differ")
+        verdict(
+            Outcome::Fail,
+            "the parties' views differ, or a share is misaddressed or in the clear",
+        )
+    })
+}
+
+/// Creates a signing at P1 and returns its session id once decided.
+async fn create_signing(d: &Demo, req: &Value) -> anyhow::Result<String> {
+    let p1 = d.client(1)?;
+    let r = p1.submit_json(req).await?;
+    let v = settled(&p1, &r.id, Duration::from_secs(60)).await?;
+    v["record"]["session"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the signing {} opened no session: {v}", r.id))
+}
+
+/// Each of `ids`' view of session `sid` once it has ended.
+async fn ended_at(d: &Demo, ids: &[u32], sid: &str) -> anyhow::Result<Vec<Value>> {
+    let mut views = Vec::new();
+    for id in ids {
+        views.push(session_end(&d.client(*id)?, sid, Duration::from_secs(90)).await?);
+    }
+    Ok(views)
+}
+
+/// Whether every view shows the same completed signature, key, attempts,
+/// ROAST record and messages.
+fn identical(views: &[Value]) -> bool {
+    let Some(first) = views.first() else {
+        return false;
+    };
+    views.iter().all(|v| {
+        v["phase_label"] == "completed"
+            && v["signature"].is_string()
+            && [
+                "signature",
+                "verifying_key",
+                "attempts",
+                "roast",
+                "messages",
+            ]
+            .iter()
+            .all(|f| v[*f] == first[*f])
+    })
+}
+
+fn party_list(v: &Value) -> String {
+    let ids: Vec<String> = v
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| format!("P{p}"))
+        .collect();
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids.join(",")
+    }
+}
+
+fn print_attempts(v: &Value) {
+    for a in v["attempts"].as_array().cloned().unwrap_or_default() {
+        let mut why = String::new();
+        if a["suspects"].as_array().is_some_and(|s| !s.is_empty()) {
+            why.push_str(&format!(
+                "; dropped: {} (no share by the round deadline, {ROUND_SECS} s of block time)",
+                party_list(&a["suspects"])
+            ));
+        }
+        for c in a["culprits"].as_array().cloned().unwrap_or_default() {
+            why.push_str(&format!("; culprit P{}: {}", c["party"], c["kind"]));
+        }
+        println!(
+            "      attempt {} (round {}, from height {}): signers {} → {}{why}",
+            a["attempt"],
+            a["round"],
+            a["started_height"],
+            party_list(&a["signers"]),
+            a["outcome"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+/// One signing of `msg` with `key`: checked to be identical at every party
+/// and verified independently under the key it must verify under. Returns
+/// whether all held.
+async fn sign_and_verify(
+    d: &Demo,
+    key: &Key,
+    what: &str,
+    msg: &[u8],
+    taproot: Option<Value>,
+) -> anyhow::Result<bool> {
+    println!("    {}: sign {what}", key.scheme);
+    let t0 = Instant::now();
+    let tweaked = taproot.is_some();
+    let sid = create_signing(d, &signing(key, msg, taproot)).await?;
+    let views = ended_at(d, &[1, 2, 3, 4], &sid).await?;
+    let took = t0.elapsed();
+    let v = &views[0];
+    print_attempts(v);
+    let same = identical(&views);
+    let sig = v["signature"].as_str().unwrap_or_default();
+    let vk = v["verifying_key"].as_str().unwrap_or_default();
+    let expected_vk = if tweaked {
+        taproot_output_key(&key.group_key, None)?
+    } else {
+        key.group_key.clone()
+    };
+    println!(
+        "      session {}…: {} at P1..P4 in {:.1} s; signature {}… ({} bytes), {}",
+        short(&sid),
+        v["phase_label"].as_str().unwrap_or("?"),
+        took.as_secs_f64(),
+        short(sig),
+        sig.len() / 2,
+        if same {
+            "identical at all 4 parties"
+        } else {
+            "NOT the same at every party"
+        }
+    );
+    if tweaked {
+        println!(
+            "      verifying key {}… = group key {}… + H_TapTweak(group key)·G (computed here with k256: {})",
+            short(vk),
+            short(&key.group_key),
+            if vk == expected_vk { "equal" } else { "DIFFERENT" }
+        );
+    }
+    let checked = verify_independently(key.scheme, &expected_vk, msg, sig);
+    println!(
+        "      {} under {}: {}",
+        verifier_name(key.scheme),
+        if tweaked {
+            "the tweaked key"
+        } else {
+            "the group key"
+        },
+        match &checked {
+            Ok(()) => "valid".to_string(),
+            Err(e) => format!("INVALID: {e:#}"),
+        }
+    );
+    Ok(same && vk == expected_vk && checked.is_ok())
+}
+
+async fn step_signing(d: &Demo, keys: &[Key]) -> anyhow::Result<Outcome> {
+    screen(
+        5,
+        "Each key signs, and another library verifies the signature",
+        "P1 asks each key to sign, all four parties as candidates. Every daemon runs the\nROAST coordinator from the decided log (so all compute the same attempts); the\nfirst 3 candidates to commit sign. The signature is checked here with a library\nother than frost: ed25519-dalek for Ed25519 (over the message's bytes), k256's\nBIP-340 verifier for secp256k1-tr (over a 32-byte digest), once under the group\nkey and once under its Taproot key-path tweak.",
+    );
+    let (Some(ed), Some(tr)) = (
+        keys.iter().find(|k| k.scheme == "frost-ed25519"),
+        keys.iter().find(|k| k.scheme == "frost-secp256k1-tr"),
+    ) else {
+        return Ok(verdict(Outcome::Fail, "no keys to sign with"));
+    };
+    let text = b"Quorate demo: pay 1 BTC to bc1q-demo at height 900000";
+    let digest = quorate_firmware::types::Sha256Digest::of(b"a Bitcoin transaction's sighash").0;
+    let mut ok = sign_and_verify(
+        d,
+        ed,
+        &format!(
+            "the {} bytes \"{}\"",
+            text.len(),
+            String::from_utf8_lossy(text)
+        ),
+        text,
+        None,
+    )
+    .await?;
+    println!();
+    ok &= sign_and_verify(
+        d,
+        tr,
+        &format!("the 32-byte digest {}…", short(&hex::encode(digest))),
+        &digest,
+        None,
+    )
+    .await?;
+    println!();
+    ok &= sign_and_verify(
+        d,
+        tr,
+        "the same digest under the BIP-341 key-path tweak (taproot, no script tree)",
+        &digest,
+        Some(json!({"merkle_root": null})),
+    )
+    .await?;
+    Ok(if ok {
+        verdict(
+            Outcome::Pass,
+            "three signatures, each the same at every party and valid under an independent verifier",
+        )
+    } else {
+        verdict(
+            Outcome::Fail,
+            "a signature differed between parties or did not verify",
+        )
     })
 }
 
@@ -412,71 +758,342 @@ async fn heights(d: &Demo, ids: &[u32]) -> Vec<Option<(u64, String)>> {
     out
 }
 
-async fn step_crash(d: &mut Demo) -> anyhow::Result<Outcome> {
-    screen(
-        5,
-        "One party is killed and restarted, and catches up",
-        "P3's daemon is killed with SIGKILL. A byzantine quorum of 3 of 4 keeps deciding.\n`quorate dev` restarts P3 from its data dir; it replays its store and fetches\nthe blocks it missed from its peers.",
-    );
-    let victim = 3u32;
-    let pid = d.pid(victim);
-    let before = d.client(victim)?.status().await?.height;
-    println!("    kill -9 {pid}   (P3 at height {before})");
-    let ok = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()?;
-    if !ok.success() {
-        bail!("could not kill P3 (pid {pid})");
-    }
+/// What the mid-signing kill left for the catch-up step.
+struct Killed {
+    party: u32,
+    /// Its pid before the kill.
+    pid: u32,
+    /// P1's height when it was killed.
+    height: u64,
+    /// The signing it was killed in.
+    session: String,
+}
+
+/// One signing by all four candidates in which the first candidate other
+/// than P1 whose commitments are decided is killed at once. Returns who
+/// was killed and every surviving party's view of the ended session.
+async fn sign_killing_a_signer(
+    d: &Demo,
+    key: &Key,
+    msg: &[u8],
+) -> anyhow::Result<(Killed, Vec<u32>, Vec<Value>)> {
     let p1 = d.client(1)?;
-    let mut receipts = Vec::new();
-    for _ in 0..3 {
-        receipts.push(
-            p1.submit_json(&keygen(&[1, 2, 4], "frost-ed25519"))
-                .await?
-                .id,
-        );
-    }
-    for r in &receipts {
-        let v = settled(&p1, r, Duration::from_secs(60)).await?;
-        println!("    while P3 is down: {r} → {}", v["status"]);
-    }
-    let others = heights(d, &[1, 2, 4]).await;
-    println!(
-        "    heights of P1, P2, P4: {:?}",
-        others
+    let t0 = Instant::now();
+    let r = p1.submit_json(&signing(key, msg, None)).await?;
+    let sid = quorate_tests::mpc::created_session(&p1, &r.id, Duration::from_secs(60)).await?;
+    // Poll tightly: the kill must land before the victim's share leaves it
+    // (the share is computed and queued as soon as an attempt selects it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (victim, committed) = loop {
+        let m = p1.messages(&sid, Some(1)).await?;
+        let committed: Vec<u64> = m["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
             .iter()
-            .map(|h| h.as_ref().map(|x| x.0))
+            .filter_map(|m| m["from"].as_u64())
+            .collect();
+        if let Some(v) = committed.iter().copied().find(|p| *p != 1) {
+            break (u32::try_from(v)?, committed);
+        }
+        if Instant::now() > deadline {
+            bail!("no candidate committed within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let pid = d.pid(victim);
+    signal(pid, "KILL")?;
+    let at_kill = t0.elapsed();
+    let height = p1.status().await?.height;
+    println!(
+        "    session {}…: commitments of {} decided; kill -9 {pid} (P{victim}) {:.2} s after the request",
+        short(&sid),
+        committed
+            .iter()
+            .map(|p| format!("P{p}"))
             .collect::<Vec<_>>()
+            .join(","),
+        at_kill.as_secs_f64()
     );
-    // Wait for the restart and the catch-up.
+    let survivors: Vec<u32> = (1..=PARTIES).filter(|p| *p != victim).collect();
+    let views = ended_at(d, &survivors, &sid).await?;
+    println!(
+        "    GET /v1/sessions/{}…: {} after {:.1} s; attempts (the same at {}):",
+        short(&sid),
+        views[0]["phase_label"].as_str().unwrap_or("?"),
+        t0.elapsed().as_secs_f64(),
+        survivors
+            .iter()
+            .map(|p| format!("P{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    print_attempts(&views[0]);
+    Ok((
+        Killed {
+            party: victim,
+            pid,
+            height,
+            session: sid,
+        },
+        survivors,
+        views,
+    ))
+}
+
+async fn step_kill_signer(d: &mut Demo, keys: &[Key]) -> anyhow::Result<(Outcome, Option<Killed>)> {
+    screen(
+        6,
+        "A signer is killed mid-signing; ROAST finishes with the others",
+        &format!("P1 asks the Ed25519 key to sign, all four parties as candidates. The first one\nother than P1 whose commitments are decided is killed with SIGKILL at once: ROAST\nselects the first 3 candidates that committed, so it is selected, and dead, it\nposts no share. At the attempt's deadline ({ROUND_SECS} s of block time) every party's ROAST\ncoordinator drops it as a suspect and opens a new attempt with responsive\ncandidates, which signs."),
+    );
+    let Some(key) = keys.iter().find(|k| k.scheme == "frost-ed25519") else {
+        return Ok((verdict(Outcome::Fail, "no Ed25519 key"), None));
+    };
+    const TRIES: u32 = 3;
+    for try_no in 1..=TRIES {
+        let msg = format!("Quorate demo: signed although a signer died (try {try_no})");
+        let (killed, survivors, views) = sign_killing_a_signer(d, key, msg.as_bytes()).await?;
+        let victim = killed.party;
+        let v = &views[0];
+        let attempts = v["attempts"].as_array().cloned().unwrap_or_default();
+        let dropped = attempts.iter().find(|a| {
+            a["outcome"] == "timed_out"
+                && a["suspects"]
+                    .as_array()
+                    .is_some_and(|s| s.contains(&json!(victim)))
+        });
+        let signed = attempts.iter().find(|a| a["outcome"] == "signed");
+        let with_victim = signed.is_some_and(|a| {
+            a["signers"]
+                .as_array()
+                .is_some_and(|s| s.contains(&json!(victim)))
+        });
+        if with_victim && try_no < TRIES {
+            // Its share was on its way before the kill (the attempt opened
+            // in the block that carried its commitments).
+            println!(
+                "    P{victim}'s share was out before the kill, and signed: try again once P{victim} is back."
+            );
+            if wait_caught_up(d, &killed).await?.is_none() {
+                return Ok((
+                    verdict(
+                        Outcome::Fail,
+                        &format!("P{victim} did not come back within 90 s"),
+                    ),
+                    Some(killed),
+                ));
+            }
+            println!();
+            continue;
+        }
+        let sig = v["signature"].as_str().unwrap_or_default();
+        let checked = verify_independently(key.scheme, &key.group_key, msg.as_bytes(), sig);
+        let same = identical(&views);
+        println!(
+            "    signature {}…, {} at the {} running parties; {}: {}",
+            short(sig),
+            if same { "identical" } else { "NOT the same" },
+            survivors.len(),
+            verifier_name(key.scheme),
+            if checked.is_ok() { "valid" } else { "INVALID" }
+        );
+        let o = if !same || checked.is_err() || signed.is_none() {
+            verdict(
+                Outcome::Fail,
+                "ROAST did not finish with one valid signature at every running party",
+            )
+        } else if with_victim {
+            verdict(
+                Outcome::Fail,
+                &format!(
+                    "in {TRIES} tries, the killed signer's share was always out before the kill"
+                ),
+            )
+        } else if let Some(a) = dropped {
+            verdict(
+                Outcome::Pass,
+                &format!(
+                    "P{victim} was dropped as a suspect at attempt {}'s deadline; {} signed without it",
+                    a["attempt"],
+                    party_list(&signed.map(|a| a["signers"].clone()).unwrap_or_default())
+                ),
+            )
+        } else {
+            verdict(
+                Outcome::Pass,
+                &format!(
+                    "P{victim} was never selected; {} signed without it",
+                    party_list(&signed.map(|a| a["signers"].clone()).unwrap_or_default())
+                ),
+            )
+        };
+        return Ok((o, Some(killed)));
+    }
+    Ok((verdict(Outcome::Fail, "no try"), None))
+}
+
+/// Waits until the killed party runs again (a new pid) and every party is
+/// at the same height and state root; returns those, or `None` after 90 s.
+async fn wait_caught_up(d: &mut Demo, k: &Killed) -> anyhow::Result<Option<(u32, u64, String)>> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         d.reload()?;
-        let new_pid = d.pid(victim);
+        let new_pid = d.pid(k.party);
         let all = heights(d, &[1, 2, 3, 4]).await;
         let agree = all.iter().all(|h| h.is_some()) && all.windows(2).all(|w| w[0] == w[1]);
-        if new_pid != 0 && new_pid != pid && agree {
+        if new_pid != 0 && new_pid != k.pid && agree {
             let (h, root) = all[0].clone().unwrap_or_default();
-            println!("    P3 restarted (pid {new_pid}) and is at height {h}, state root {}… like every party", &root[..16.min(root.len())]);
-            return Ok(if h > before {
-                verdict(
-                    Outcome::Pass,
-                    "P3 caught up on the blocks decided without it",
-                )
-            } else {
-                verdict(Outcome::Fail, "nothing was decided while P3 was down")
-            });
+            return Ok(Some((new_pid, h, root)));
         }
         if Instant::now() > deadline {
             println!("    statuses: {all:?}");
-            return Ok(verdict(Outcome::Fail, "P3 did not catch up within 90 s"));
+            return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-/// Sends `sig` to `pid` with kill(1).
+async fn step_catch_up(d: &mut Demo, killed: Option<Killed>) -> anyhow::Result<Outcome> {
+    screen(
+        7,
+        "The killed party restarts and catches up",
+        &format!("`quorate dev` restarts the killed daemon from its data dir (its swtpm too) {RESTART_SECS} s\nafter it died; it replays its store and fetches the blocks it missed from its peers.\nReplaying the log, it computes the signing it died in exactly as the others did.\n(It never signs in that session again: its nonces died with it.)"),
+    );
+    let Some(k) = killed else {
+        return Ok(verdict(Outcome::Fail, "no party was killed"));
+    };
+    let victim = k.party;
+    let Some((new_pid, h, root)) = wait_caught_up(d, &k).await? else {
+        return Ok(verdict(
+            Outcome::Fail,
+            &format!("P{victim} did not catch up within 90 s"),
+        ));
+    };
+    println!(
+        "    P{victim} restarted (pid {new_pid}): at height {h} (P1 was at {} when it was killed), state root {}… like every party",
+        k.height,
+        short(&root)
+    );
+    let mine = d.client(victim)?.session(&k.session).await?;
+    let theirs = d.client(1)?.session(&k.session).await?;
+    let same = identical(&[theirs, mine.clone()]);
+    println!(
+        "    P{victim}'s view of the signing it was killed in: {}, signature {}…, {}",
+        mine["phase_label"].as_str().unwrap_or("?"),
+        short(mine["signature"].as_str().unwrap_or("")),
+        if same {
+            "attempts and signature the same as P1's"
+        } else {
+            "NOT the same as P1's"
+        }
+    );
+    Ok(if h > k.height && same {
+        verdict(
+            Outcome::Pass,
+            &format!("P{victim} caught up on the blocks decided without it, the signing included"),
+        )
+    } else if !same {
+        verdict(
+            Outcome::Fail,
+            "the restarted party's view of the signing differs",
+        )
+    } else {
+        verdict(
+            Outcome::Fail,
+            "nothing was decided while the party was down",
+        )
+    })
+}
+
+/// Returns the refresh sessions (their round 2 carries sealed shares).
+async fn step_refresh(
+    d: &Demo,
+    keys: &[Key],
+) -> anyhow::Result<(Outcome, Vec<(&'static str, String)>)> {
+    screen(
+        8,
+        "The shares are refreshed; the group key stays, and signs",
+        "P1 asks for a share refresh of each key (proactive security): every holder deals\na sharing of zero in the same two rounds as a key generation, and adds what it\nreceives to its share. Every share changes and is sealed again in the TPM; the\ngroup key does not. Then each key signs again, and the signature is checked under\nthe unchanged group key.",
+    );
+    let mut sessions = Vec::new();
+    if keys.len() != SCHEMES.len() {
+        return Ok((verdict(Outcome::Fail, "no keys to refresh"), sessions));
+    }
+    let p1 = d.client(1)?;
+    let mut ok = true;
+    for key in keys {
+        let req = json!({"type": "create_session", "session": {"kind": "refresh",
+            "key": key.id, "deadline_secs": 600, "round_secs": 60}});
+        println!("    POST /v1/operations {req}");
+        let t0 = Instant::now();
+        let r = match p1.submit_json(&req).await {
+            Ok(r) => r,
+            Err(e) => {
+                println!("    → refused: {e}");
+                ok = false;
+                continue;
+            }
+        };
+        let v = settled(&p1, &r.id, Duration::from_secs(60)).await?;
+        println!("    → {} {}", r.id, v["status"]);
+        print_verdicts(&v);
+        let Some(sid) = v["record"]["session"].as_str() else {
+            println!("      {}", v["record"]["status"]);
+            ok = false;
+            continue;
+        };
+        sessions.push((key.scheme, sid.to_string()));
+        let views = ended_at(d, &[1, 2, 3, 4], sid).await?;
+        let took = t0.elapsed();
+        for (i, s) in views.iter().enumerate() {
+            println!(
+                "      P{}: refresh {}…: {}, result {}",
+                i + 1,
+                short(sid),
+                s["phase_label"].as_str().unwrap_or("?"),
+                s["phase"]["completed"]["result"].as_str().unwrap_or("none")
+            );
+        }
+        let same_key = views.iter().all(|s| {
+            s["phase_label"] == "completed"
+                && s["phase"]["completed"]["result"] == key.group_key.as_str()
+                && s["group_public_key"] == key.group_key.as_str()
+                && s["key"] == key.id.as_str()
+        });
+        println!(
+            "      {} in {:.1} s: the result {} the group key {}…",
+            key.scheme,
+            took.as_secs_f64(),
+            if same_key { "equals" } else { "DIFFERS FROM" },
+            short(&key.group_key)
+        );
+        ok &= same_key;
+        if same_key {
+            let msg: Vec<u8> = match key.scheme {
+                "frost-ed25519" => b"Quorate demo: signed with refreshed shares".to_vec(),
+                _ => quorate_firmware::types::Sha256Digest::of(b"signed with refreshed shares")
+                    .0
+                    .to_vec(),
+            };
+            ok &= sign_and_verify(d, key, "after the refresh", &msg, None).await?;
+        }
+        println!();
+    }
+    let o = if ok {
+        verdict(
+            Outcome::Pass,
+            "each refresh ended with the unchanged group key, and the refreshed shares sign under it",
+        )
+    } else {
+        verdict(
+            Outcome::Fail,
+            "a refresh did not keep the group key, or its signing failed",
+        )
+    };
+    Ok((o, sessions))
+}
+
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -544,7 +1161,7 @@ fn short(hex: &str) -> &str {
 
 async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
     screen(
-        6,
+        9,
         "A party running a modified executable is refused",
         "P2 is restarted, same TPM and data dir, under a copy of quorate with one byte\nchanged. Its measured launch extends that copy's digest into its PCR; its quote\nshows it, and the peers refuse it (the reference values approve one executable).\nThe other three still decide. Then P2 runs the real binary again (its TPM\nrebooted: PCRs only reset then), is re-admitted, catches up and casts the\nverdict it missed.",
     );
@@ -621,9 +1238,7 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
     // stays pending until P2's verdict comes in.
     let p1 = d.client(1)?;
     let before = d.client(victim)?.status().await?.height;
-    let r = p1
-        .submit_json(&keygen(&[1, 3, 4], "frost-secp256k1"))
-        .await?;
+    let r = p1.submit_json(&keygen(&[1, 3, 4], "frost-ed25519")).await?;
     let v = decided(&p1, &r.id, Duration::from_secs(60)).await?;
     let hs = heights(d, &[1, 2, 3, 4]).await;
     let h: Vec<Option<u64>> = hs.iter().map(|x| x.as_ref().map(|y| y.0)).collect();
@@ -697,19 +1312,42 @@ async fn step_modified(d: &mut Demo) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Every decided block party `c` holds, page by page.
+async fn all_blocks(c: &Client) -> anyhow::Result<Vec<Value>> {
+    let mut out: Vec<Value> = Vec::new();
+    loop {
+        let from = out.len() as u64 + 1;
+        let page = c.blocks(from, quorate_host::api::MAX_BLOCKS).await?;
+        let blocks = page["blocks"].as_array().cloned().unwrap_or_default();
+        let n = blocks.len();
+        out.extend(blocks);
+        if n < quorate_host::api::MAX_BLOCKS {
+            return Ok(out);
+        }
+    }
+}
+
+/// Whether `b` is certified by a quorum for itself.
+fn certified(b: &Value) -> bool {
+    b["certificate"]["signers"]
+        .as_array()
+        .is_some_and(|s| s.len() >= 3)
+        && b["certificate"]["block"] == b["hash"]
+}
+
 async fn step_history(d: &Demo) -> anyhow::Result<Outcome> {
     screen(
-        7,
+        10,
         "The decided history, with its certificates",
-        "Every decided block links to its parent and carries a commit certificate: the\nTPM-signed precommits of a quorum (GET /v1/blocks).",
+        "Every decided block links to its parent and carries a commit certificate: the\nTPM-signed precommits of a quorum (GET /v1/blocks). Shown: the first and the last\nblocks; every block is checked, at every party.",
     );
     let p1 = d.client(1)?;
-    let b1 = p1.blocks(1, 256).await?;
-    let blocks = b1["blocks"].as_array().cloned().unwrap_or_default();
+    let blocks = all_blocks(&p1).await?;
     println!("    height  proposer  batches  ops  signers       hash");
     let mut ok = !blocks.is_empty();
     let mut parent: Option<String> = None;
-    for b in &blocks {
+    const SHOWN: usize = 6;
+    for (i, b) in blocks.iter().enumerate() {
         let ops: u64 = b["batches"]
             .as_array()
             .map(|a| a.iter().filter_map(|x| x["operations"].as_u64()).sum())
@@ -719,20 +1357,27 @@ async fn step_history(d: &Demo) -> anyhow::Result<Outcome> {
             .cloned()
             .unwrap_or_default();
         let hash = b["hash"].as_str().unwrap_or("");
-        println!(
-            "    {:>6}  P{:<7}  {:>7}  {:>3}  {:<12}  {}…",
-            b["height"].as_u64().unwrap_or(0),
-            b["proposer"].as_u64().unwrap_or(0),
-            b["batches"].as_array().map(Vec::len).unwrap_or(0),
-            ops,
-            signers
-                .iter()
-                .map(|s| format!("P{s}"))
-                .collect::<Vec<_>>()
-                .join(","),
-            &hash[..16.min(hash.len())]
-        );
-        ok &= signers.len() >= 3 && b["certificate"]["block"] == b["hash"];
+        if i < SHOWN || i + SHOWN >= blocks.len() {
+            println!(
+                "    {:>6}  P{:<7}  {:>7}  {:>3}  {:<12}  {}…",
+                b["height"].as_u64().unwrap_or(0),
+                b["proposer"].as_u64().unwrap_or(0),
+                b["batches"].as_array().map(Vec::len).unwrap_or(0),
+                ops,
+                signers
+                    .iter()
+                    .map(|s| format!("P{s}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                short(hash)
+            );
+        } else if i == SHOWN {
+            println!(
+                "       ...  ({} more blocks, each checked)",
+                blocks.len().saturating_sub(2 * SHOWN)
+            );
+        }
+        ok &= certified(b);
         if let Some(p) = &parent {
             ok &= b["parent"].as_str() == Some(p.as_str());
         }
@@ -741,28 +1386,17 @@ async fn step_history(d: &Demo) -> anyhow::Result<Outcome> {
     // Every party holds the same chain. Each assembled its own certificate
     // from the precommits that reached it first, so the signer sets may
     // differ; each must still be a quorum for the same block.
-    let chain = |v: &Value| -> Vec<(Value, Value, Value)> {
-        v["blocks"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
+    let chain = |v: &[Value]| -> Vec<(Value, Value, Value)> {
+        v.iter()
             .map(|b| (b["height"].clone(), b["hash"].clone(), b["parent"].clone()))
             .collect()
     };
     let mut same = true;
     for id in 2..=PARTIES {
-        let other = d.client(id)?.blocks(1, 256).await?;
-        let n = chain(&b1).len().min(chain(&other).len());
-        same &= chain(&b1).get(..n) == chain(&other).get(..n) && n > 0;
-        same &= other["blocks"].as_array().is_some_and(|a| {
-            a.iter().all(|b| {
-                b["certificate"]["signers"]
-                    .as_array()
-                    .is_some_and(|s| s.len() >= 3)
-                    && b["certificate"]["block"] == b["hash"]
-            })
-        });
+        let other = all_blocks(&d.client(id)?).await?;
+        let n = blocks.len().min(other.len());
+        same &= n > 0 && chain(&blocks).get(..n) == chain(&other).get(..n);
+        same &= other.iter().all(certified);
     }
     Ok(if ok && same {
         verdict(
@@ -777,11 +1411,80 @@ async fn step_history(d: &Demo) -> anyhow::Result<Outcome> {
     })
 }
 
-async fn step_audit(d: &Demo) -> anyhow::Result<Outcome> {
+/// Reads every session message out of the exported bundle and shows that
+/// no point-to-point part is in the clear: the key generations' and
+/// refreshes' round 2 has no broadcast part, and its sealed parts are
+/// exactly those the parties were shown; no part anywhere in the export
+/// decodes as a frost round-2 package (a secret share).
+async fn no_plaintext_in(
+    d: &Demo,
+    bundle: &[u8],
+    sealed: &[(&'static str, String)],
+) -> anyhow::Result<bool> {
+    let logged = quorate_tests::mpc::bundle_messages(bundle)?;
+    let all_parts: Vec<&Vec<u8>> = logged
+        .iter()
+        .flat_map(|m| m.direct.iter().map(|(_, p)| p))
+        .collect();
+    let clear = all_parts
+        .iter()
+        .filter(|p| SCHEMES.iter().any(|s| is_plain_round2(s, p)))
+        .count();
+    let mut exported = BTreeSet::new();
+    let mut round2_broadcasts = 0;
+    for m in logged
+        .iter()
+        .filter(|m| sealed.iter().any(|(_, s)| *s == m.session))
+    {
+        round2_broadcasts += usize::from(m.round == 2 && m.broadcast);
+        for (to, p) in &m.direct {
+            exported.insert((
+                m.session.clone(),
+                u64::from(m.from),
+                u64::from(*to),
+                p.clone(),
+            ));
+        }
+    }
+    let mut shown = BTreeSet::new();
+    for (_, sid) in sealed {
+        for id in 1..=PARTIES {
+            for (from, to, p) in direct_parts(d, id, sid).await? {
+                shown.insert((sid.clone(), from, to, p));
+            }
+        }
+    }
+    let expected = sealed.len() * (PARTIES as usize) * (PARTIES as usize - 1);
+    println!(
+        "    No point-to-point plaintext in the export ({} bytes, {} session messages read from it):",
+        bundle.len(),
+        logged.len()
+    );
+    println!(
+        "      {} key generations and refreshes: {} sealed shares in round 2, {} broadcast parts; {}",
+        sealed.len(),
+        exported.len(),
+        round2_broadcasts,
+        if exported == shown {
+            "the same ciphertexts the parties were shown"
+        } else {
+            "NOT the ciphertexts the parties were shown"
+        }
+    );
+    println!(
+        "      point-to-point parts in the whole export: {}; decoding as a FROST share package (plaintext): {clear}",
+        all_parts.len()
+    );
+    Ok(exported.len() == expected && exported == shown && round2_broadcasts == 0 && clear == 0)
+}
+
+async fn step_audit(d: &Demo, sealed: &[(&'static str, String)]) -> anyhow::Result<Outcome> {
     screen(
-        8,
-        "The audit log, verified offline",
-        "Every decided operation is an entry of a Merkle log identical at every party;\ncheckpoints are TPM-quoted and cosigned by a quorum. An auditor exports a\nparty's log (quorate audit export, beside the running daemon) and checks it\nwith no TPM and no network (quorate audit verify --policy policy.toml).",
+        11,
+        "The audit log, verified offline, with no share in the clear",
+        "Every decided operation is an entry of a Merkle log identical at every party;\ncheckpoints are TPM-quoted and cosigned by a quorum. An auditor exports a\nparty's log (quorate audit export, beside the running daemon) and checks it\nwith no TPM and no network (quorate audit verify --policy policy.toml). The export
+holds every decided operation, the sealed DKG shares included: it is searched for
+any share in the clear.",
     );
     // Wait for a certified checkpoint at P1 (the policy checkpoints every
     // 10 s of block time or 64 entries).
@@ -836,6 +1539,7 @@ async fn step_audit(d: &Demo) -> anyhow::Result<Outcome> {
         println!("      {l}");
     }
     let good = out.status.success();
+    let no_plaintext = no_plaintext_in(d, &std::fs::read(&bundle)?, sealed).await?;
     // One flipped byte in the bundle is found.
     let mut bytes = std::fs::read(&bundle)?;
     let at = bytes.len() * 2 / 3;
@@ -854,10 +1558,15 @@ async fn step_audit(d: &Demo) -> anyhow::Result<Outcome> {
     println!("    The same bundle with one byte flipped (offset {at}):");
     println!("      {first_problem}");
     let caught = out.status.code() == Some(1);
-    Ok(if good && caught {
+    Ok(if good && caught && no_plaintext {
         verdict(
             Outcome::Pass,
-            "the exported log verifies offline; a one-byte change is caught",
+            "the exported log verifies offline; a one-byte change is caught; it holds the shares sealed only",
+        )
+    } else if !no_plaintext {
+        verdict(
+            Outcome::Fail,
+            "the export lacks a sealed share, or holds a share in the clear",
         )
     } else {
         verdict(
@@ -934,26 +1643,82 @@ fn stop(d: &mut Demo) -> bool {
     exited && stray.is_empty()
 }
 
-async fn demo(d: &mut Demo) -> anyhow::Result<Vec<(&'static str, Outcome)>> {
-    let mut results = vec![("parties attest each other", step_attestation(d).await?)];
-    let (o, session) = step_keygen(d).await?;
-    results.push(("all approve a key generation", o));
-    results.push(("a conflicting request is rejected", step_rejected(d).await?));
-    match session {
-        Some(s) => results.push((
-            "round messages seen identically",
-            step_messages(d, &s).await?,
-        )),
-        None => results.push(("round messages seen identically", Outcome::Fail)),
-    }
-    results.push((
-        "a killed party restarts and catches up",
-        step_crash(d).await?,
-    ));
-    results.push(("a modified executable is refused", step_modified(d).await?));
-    results.push(("decided history with certificates", step_history(d).await?));
-    results.push(("the audit log verifies offline", step_audit(d).await?));
-    Ok(results)
+/// A finished step: its summary line, outcome and wall time.
+struct StepResult {
+    name: &'static str,
+    outcome: Outcome,
+    took: Duration,
+}
+
+/// Records a step that started at `t0` and prints its wall time.
+fn timed(results: &mut Vec<StepResult>, name: &'static str, outcome: Outcome, t0: Instant) {
+    let took = t0.elapsed();
+    println!("  ⏱ {:.1} s", took.as_secs_f64());
+    results.push(StepResult {
+        name,
+        outcome,
+        took,
+    });
+}
+
+async fn demo(d: &mut Demo, results: &mut Vec<StepResult>) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let o = step_attestation(d).await?;
+    timed(results, "parties attest each other", o, t);
+
+    let t = Instant::now();
+    let (o, keys) = step_keygen(d).await?;
+    timed(
+        results,
+        "all approve; a 3-of-4 key per scheme is made",
+        o,
+        t,
+    );
+
+    let t = Instant::now();
+    let o = step_rejected(d, &keys).await?;
+    timed(results, "a conflicting request is rejected", o, t);
+
+    let t = Instant::now();
+    let o = step_messages(d, &keys).await?;
+    timed(results, "round messages seen identically", o, t);
+
+    let t = Instant::now();
+    let o = step_signing(d, &keys).await?;
+    timed(results, "each key signs; verified independently", o, t);
+
+    let t = Instant::now();
+    let (o, killed) = step_kill_signer(d, &keys).await?;
+    timed(results, "a signer killed mid-signing; ROAST finishes", o, t);
+
+    let t = Instant::now();
+    let o = step_catch_up(d, killed).await?;
+    timed(results, "the killed party restarts and catches up", o, t);
+
+    let t = Instant::now();
+    let (o, refreshes) = step_refresh(d, &keys).await?;
+    timed(results, "a refresh keeps the group key, which signs", o, t);
+
+    let t = Instant::now();
+    let o = step_modified(d).await?;
+    timed(results, "a modified executable is refused", o, t);
+
+    let t = Instant::now();
+    let o = step_history(d).await?;
+    timed(results, "decided history with certificates", o, t);
+
+    let t = Instant::now();
+    let mut sealed: Vec<(&'static str, String)> =
+        keys.iter().map(|k| (k.scheme, k.id.clone())).collect();
+    sealed.extend(refreshes);
+    let o = step_audit(d, &sealed).await?;
+    timed(
+        results,
+        "the audit log verifies offline; no plaintext share",
+        o,
+        t,
+    );
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -974,29 +1739,52 @@ async fn real_main() -> anyhow::Result<bool> {
         Some(d) => PathBuf::from(d),
         None => tmp.path().to_path_buf(),
     };
+    let started = Instant::now();
     let mut d = start(&dir).await?;
-    let results = demo(&mut d).await;
+    let up = started.elapsed();
+    let mut results = Vec::new();
+    let run = demo(&mut d, &mut results).await;
     if let Err(e) = print_metrics(&d).await {
         println!("  (metrics unavailable: {e:#})");
     }
+    let t = Instant::now();
     let clean = stop(&mut d);
-    let results = results.map_err(|e| anyhow!("{e:#}"))?;
+    let down = t.elapsed();
     println!();
     println!("━━━ Summary {}", "━".repeat(60));
+    println!(
+        "  {:<9} {:>7}  cluster provisioned and started",
+        "",
+        format!("{:.1} s", up.as_secs_f64())
+    );
     let mut ok = true;
-    for (name, o) in &results {
-        let tag = match o {
-            Outcome::Pass => "✔ PASS   ",
-            Outcome::Fail => "✘ FAIL   ",
+    for r in &results {
+        let tag = match r.outcome {
+            Outcome::Pass => "✔ PASS",
+            Outcome::Fail => "✘ FAIL",
         };
-        println!("  {tag} {name}");
-        ok &= *o != Outcome::Fail;
+        println!(
+            "  {tag:<9} {:>7}  {}",
+            format!("{:.1} s", r.took.as_secs_f64()),
+            r.name
+        );
+        ok &= r.outcome != Outcome::Fail;
+    }
+    if let Err(e) = &run {
+        println!("  ✘ FAIL    the demo stopped: {e:#}");
+        ok = false;
     }
     println!(
-        "  {} clean shutdown (every daemon sent TPM2_Shutdown and stopped its swtpm; no stray process)",
-        if clean { "✔ PASS   " } else { "✘ FAIL   " }
+        "  {:<9} {:>7}  clean shutdown (every daemon sent TPM2_Shutdown and stopped its swtpm; no stray process)",
+        if clean { "✔ PASS" } else { "✘ FAIL" },
+        format!("{:.1} s", down.as_secs_f64())
     );
     ok &= clean;
+    println!(
+        "  {:<9} {:>7}  in all",
+        "",
+        format!("{:.1} s", started.elapsed().as_secs_f64())
+    );
     println!();
     println!(
         "{}",
