@@ -30,7 +30,6 @@ pub enum Priority {
 }
 
 /// The submitting ends, one per lane.
-#[derive(Debug)]
 pub(super) struct Senders<J> {
     consensus: mpsc::Sender<J>,
     background: mpsc::Sender<J>,
@@ -46,8 +45,16 @@ impl<J> Senders<J> {
     }
 }
 
+impl<J> std::fmt::Debug for Senders<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Senders")
+            .field("consensus_free", &self.consensus.capacity())
+            .field("background_free", &self.background.capacity())
+            .finish()
+    }
+}
+
 /// The owner's end: both lanes, taken in priority order.
-#[derive(Debug)]
 pub(super) struct Lanes<J> {
     consensus: mpsc::Receiver<J>,
     background: mpsc::Receiver<J>,
