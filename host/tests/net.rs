@@ -299,7 +299,13 @@ async fn a_port_scan_holds_at_most_the_pending_caps_and_a_real_peer_still_gets_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_not_admitted_in_time_is_disconnected_and_an_admitted_one_stays() {
-    let mut c = cluster_with(2, |cfg| cfg.admission_timeout = Duration::from_secs(1)).await;
+    // Party 1 gives its peer a second to be admitted (party 2 the default).
+    let mut c = cluster_with(2, |cfg| {
+        if cfg.me == PartyId(1) {
+            cfg.admission_timeout = Duration::from_secs(1);
+        }
+    })
+    .await;
     // Nobody admits: party 1 closes its connection after a second.
     let why = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
