@@ -521,12 +521,30 @@ impl Config {
             .map_err(|e| invalid("party.tpm", format!("is not understood: {e}")))?;
         let net = &file.party.net;
         for (key, v) in [
-            ("party.net.max_pending_connections", net.max_pending_connections as u64),
-            ("party.net.max_pending_per_ip", net.max_pending_per_ip as u64),
-            ("party.net.handshake_timeout_secs", net.handshake_timeout_secs),
-            ("party.net.admission_timeout_secs", net.admission_timeout_secs),
-            ("party.net.block_requests_per_sec", u64::from(net.block_requests_per_sec)),
-            ("party.net.block_requests_burst", u64::from(net.block_requests_burst)),
+            (
+                "party.net.max_pending_connections",
+                net.max_pending_connections as u64,
+            ),
+            (
+                "party.net.max_pending_per_ip",
+                net.max_pending_per_ip as u64,
+            ),
+            (
+                "party.net.handshake_timeout_secs",
+                net.handshake_timeout_secs,
+            ),
+            (
+                "party.net.admission_timeout_secs",
+                net.admission_timeout_secs,
+            ),
+            (
+                "party.net.block_requests_per_sec",
+                u64::from(net.block_requests_per_sec),
+            ),
+            (
+                "party.net.block_requests_burst",
+                u64::from(net.block_requests_burst),
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
@@ -950,13 +968,19 @@ enrollment = "e3.json"
         let path = dir.path().join("party.toml");
         let d = Config::parse(&sample(dir.path(), "", ""), &path).unwrap();
         let n = &d.file.party.net;
+        assert_eq!((n.max_pending_connections, n.max_pending_per_ip), (16, 4));
         assert_eq!(
-            (n.max_pending_connections, n.max_pending_per_ip),
-            (16, 4)
+            (n.handshake_timeout_secs, n.admission_timeout_secs),
+            (10, 30)
         );
-        assert_eq!((n.handshake_timeout_secs, n.admission_timeout_secs), (10, 30));
-        assert_eq!((n.send_queue_bytes, n.recv_queue_bytes), (32 << 20, 32 << 20));
-        assert_eq!((n.block_requests_per_sec, n.block_requests_burst), (32, 128));
+        assert_eq!(
+            (n.send_queue_bytes, n.recv_queue_bytes),
+            (32 << 20, 32 << 20)
+        );
+        assert_eq!(
+            (n.block_requests_per_sec, n.block_requests_burst),
+            (32, 128)
+        );
         let c = Config::parse(
             &sample(
                 dir.path(),
@@ -973,7 +997,10 @@ enrollment = "e3.json"
         for (extra, key) in [
             ("max_pending_per_ip = 0", "party.net.max_pending_per_ip"),
             ("max_pending_per_ip = 17", "party.net.max_pending_per_ip"),
-            ("admission_timeout_secs = 0", "party.net.admission_timeout_secs"),
+            (
+                "admission_timeout_secs = 0",
+                "party.net.admission_timeout_secs",
+            ),
             ("send_queue_bytes = 65536", "party.net.send_queue_bytes"),
             ("block_requests_burst = 0", "party.net.block_requests_burst"),
             ("max_pending = 3", "max_pending"),

@@ -8,12 +8,12 @@
 
 use quorate_firmware::types::PartyId;
 use quorate_host::net::tls::TlsIdentity;
+use quorate_host::net::ConnId;
 use quorate_host::net::{NetConfig, NetEvent, PeerNet, PeerSpec};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use quorate_host::net::ConnId;
 use tokio::sync::mpsc::Receiver;
 
 fn free_addr() -> SocketAddr {
@@ -395,7 +395,10 @@ async fn a_full_receive_queue_stops_reading_until_frames_are_handled() {
     }
     assert_eq!(held.len(), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(c.events[1].try_recv().is_err(), "read past the receive bound");
+    assert!(
+        c.events[1].try_recv().is_err(),
+        "read past the receive bound"
+    );
     assert_eq!(held[0][0], 0);
     // Handling them frees the room: the rest arrive, in order.
     drop(held);

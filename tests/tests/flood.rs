@@ -25,7 +25,10 @@ async fn submit(c: &TestCluster, id: u32, participants: &[u32], n: usize) -> Vec
     let mut out = Vec::new();
     for k in 0..n {
         let r = c.client(id).unwrap().submit_json(&op).await;
-        out.push(r.unwrap_or_else(|e| panic!("submit {k} to party {id}: {e}")).id);
+        out.push(
+            r.unwrap_or_else(|e| panic!("submit {k} to party {id}: {e}"))
+                .id,
+        );
     }
     out
 }
@@ -76,11 +79,15 @@ async fn a_member_flooding_challenges_neither_stalls_consensus_nor_slows_its_vot
     for id in 1..=4 {
         c.wait_api(id, Duration::from_secs(60)).await.unwrap();
     }
-    wait_for("every party attested", Duration::from_secs(90), async || {
-        c.statuses(&[1, 2, 3, 4])
-            .await
-            .is_ok_and(|s| s.iter().all(|s| s.peers_attested == 3))
-    })
+    wait_for(
+        "every party attested",
+        Duration::from_secs(90),
+        async || {
+            c.statuses(&[1, 2, 3, 4])
+                .await
+                .is_ok_and(|s| s.iter().all(|s| s.peers_attested == 3))
+        },
+    )
     .await;
 
     // Baseline: work with every party honest.
@@ -229,10 +236,14 @@ async fn a_port_scan_leaves_the_cluster_deciding_and_a_restarted_peer_gets_in() 
         }
     });
     for id in [2, 3] {
-        wait_for("the scan to fill the caps", Duration::from_secs(60), async || {
-            let text = c.client(id).unwrap().metrics().await.unwrap();
-            sample(&text, "quorate_peer_handshakes_evicted_total").is_some_and(|n| n >= 50.0)
-        })
+        wait_for(
+            "the scan to fill the caps",
+            Duration::from_secs(60),
+            async || {
+                let text = c.client(id).unwrap().metrics().await.unwrap();
+                sample(&text, "quorate_peer_handshakes_evicted_total").is_some_and(|n| n >= 50.0)
+            },
+        )
         .await;
     }
 
@@ -240,13 +251,17 @@ async fn a_port_scan_leaves_the_cluster_deciding_and_a_restarted_peer_gets_in() 
     c.stop(1).unwrap();
     c.start(1).unwrap();
     c.wait_api(1, Duration::from_secs(30)).await.unwrap();
-    wait_for("party 1 to reconnect", Duration::from_secs(90), async || {
-        c.client(1)
-            .unwrap()
-            .status()
-            .await
-            .is_ok_and(|s| s.peers_connected == 2)
-    })
+    wait_for(
+        "party 1 to reconnect",
+        Duration::from_secs(90),
+        async || {
+            c.client(1)
+                .unwrap()
+                .status()
+                .await
+                .is_ok_and(|s| s.peers_connected == 2)
+        },
+    )
     .await;
     let second = submit(&c, 1, &[1, 2, 3], 2).await;
     let third = submit(&c, 3, &[1, 2, 3], 2).await;
@@ -255,7 +270,10 @@ async fn a_port_scan_leaves_the_cluster_deciding_and_a_restarted_peer_gets_in() 
         .unwrap();
     for id in [2, 3] {
         let pending = metric(&c, id, "quorate_peer_handshakes_pending").await;
-        assert!(pending <= 16.0, "party {id} holds {pending} pending connections");
+        assert!(
+            pending <= 16.0,
+            "party {id} holds {pending} pending connections"
+        );
     }
     scan.abort();
     for (id, rs) in [(1, &first), (1, &second), (3, &third)] {

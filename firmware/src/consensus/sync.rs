@@ -135,7 +135,9 @@ impl ServeBudget {
         let cap = u64::from(self.burst) * 1000;
         let (tokens, at) = self.buckets.entry(p).or_insert((cap, now));
         // per_sec answers per 1000 ms: per_sec thousandths per ms.
-        let refill = now.saturating_sub(*at).saturating_mul(u64::from(self.per_sec));
+        let refill = now
+            .saturating_sub(*at)
+            .saturating_mul(u64::from(self.per_sec));
         *tokens = tokens.saturating_add(refill).min(cap);
         *at = now.max(*at);
         if *tokens >= 1000 {

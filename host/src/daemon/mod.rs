@@ -953,8 +953,10 @@ impl Runtime {
             let _ = tx.send((
                 peer,
                 conn,
-                Err("this party was provisioned without an attestation key (quorate init --config)"
-                    .into()),
+                Err(
+                    "this party was provisioned without an attestation key (quorate init --config)"
+                        .into(),
+                ),
             ));
             return;
         }

@@ -53,10 +53,7 @@ pub async fn read_len<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<usi
 }
 
 /// Reads the `len` bytes of a frame body (a length [`read_len`] accepted).
-pub async fn read_body<R: AsyncRead + Unpin>(
-    r: &mut R,
-    len: usize,
-) -> Result<Vec<u8>, FrameError> {
+pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
     Ok(buf)

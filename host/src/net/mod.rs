@@ -5,8 +5,8 @@
 //! frames and bytes, time to admission).
 
 pub mod frame;
-mod pending;
 pub mod peers;
+mod pending;
 pub mod tls;
 
 pub use peers::{ConnId, Inbound, NetConfig, NetEvent, NetStats, PeerNet, PeerSpec};

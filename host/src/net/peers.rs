@@ -398,8 +398,10 @@ impl PeerNet {
             close(&self.inner, p, None, "shutting down");
         }
         // Ends every handshake in progress.
-        *lock(&self.inner.pending) =
-            PendingSlots::new(self.inner.cfg.max_pending, self.inner.cfg.max_pending_per_ip);
+        *lock(&self.inner.pending) = PendingSlots::new(
+            self.inner.cfg.max_pending,
+            self.inner.cfg.max_pending_per_ip,
+        );
     }
 }
 
@@ -499,7 +501,8 @@ where
     let reader = {
         let inner = inner.clone();
         tokio::spawn(async move {
-            if registered.await.is_err() || inner.events.send(NetEvent::Up(peer, conn)).await.is_err()
+            if registered.await.is_err()
+                || inner.events.send(NetEvent::Up(peer, conn)).await.is_err()
             {
                 return;
             }
@@ -517,7 +520,10 @@ where
                 // Room for the frame before reading it: a full queue stops
                 // reading (never fails: the budget is never closed, and it
                 // holds a largest frame).
-                let Ok(permit) = recv_budget.clone().acquire_many_owned(frame_cost(len)).await
+                let Ok(permit) = recv_budget
+                    .clone()
+                    .acquire_many_owned(frame_cost(len))
+                    .await
                 else {
                     return;
                 };

@@ -111,9 +111,7 @@ impl<H> PendingSlots<H> {
         }
         counts
             .into_iter()
-            .max_by(|(_, (n1, first1)), (_, (n2, first2))| {
-                n1.cmp(n2).then(first2.cmp(first1))
-            })
+            .max_by(|(_, (n1, first1)), (_, (n2, first2))| n1.cmp(n2).then(first2.cmp(first1)))
             .map(|(ip, _)| ip)
     }
 }

@@ -492,11 +492,7 @@ fn sha256(message: &[u8]) -> [u8; 32] {
     out
 }
 
-fn owner_main(
-    tcti: Tcti,
-    mut rx: lanes::Lanes<Job>,
-    ready: oneshot::Sender<Result<(), TpmError>>,
-) {
+fn owner_main(tcti: Tcti, mut rx: lanes::Lanes<Job>, ready: oneshot::Sender<Result<(), TpmError>>) {
     // A runtime without I/O or timers, only to wait on both lanes at once;
     // jobs run outside it, on this thread.
     let waiter = match tokio::runtime::Builder::new_current_thread().build() {
