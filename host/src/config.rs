@@ -121,6 +121,102 @@ pub struct PartySection {
     /// that cannot decide without this party).
     #[serde(default = "default_double_sign_idle")]
     pub double_sign_check_idle_secs: u64,
+    /// Bounds on what strangers and peers can make this party hold.
+    #[serde(default)]
+    pub net: NetSection,
+}
+
+/// `[party.net]`: resource bounds of the peer transport (docs/PROTOCOL.md,
+/// Part III, "Resource bounds"). Local settings: parties may differ.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSection {
+    /// Inbound peer connections not yet authenticated (TCP accepted, TLS
+    /// handshake or welcome not done), at most; a newcomer beyond it
+    /// closes an older one.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_connections: usize,
+    /// ...of which at most this many from one source address.
+    #[serde(default = "default_max_pending_per_ip")]
+    pub max_pending_per_ip: usize,
+    /// Seconds the TLS handshake and welcome of one connection may take
+    /// (how long a pending connection can hold its slot).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Seconds an authenticated peer has to pass attestation before its
+    /// connection is closed (it may reconnect). Must exceed what answering
+    /// a challenge takes on the slowest TPM of the cluster, times the
+    /// number of peers (each TPM answers one challenge per peer at a time).
+    #[serde(default = "default_admission_timeout")]
+    pub admission_timeout_secs: u64,
+    /// Bytes queued for sending to one peer before further frames are
+    /// dropped; at least one largest frame (2 × `max_block_bytes` + 64 KiB).
+    #[serde(default = "default_queue_bytes")]
+    pub send_queue_bytes: u64,
+    /// Bytes received from one peer and not yet handled before reading
+    /// from it pauses; at least one largest frame.
+    #[serde(default = "default_queue_bytes")]
+    pub recv_queue_bytes: u64,
+    /// Block requests (catch-up) of one peer answered per second once its
+    /// burst is spent; the rest are dropped and counted.
+    #[serde(default = "default_block_requests_per_sec")]
+    pub block_requests_per_sec: u32,
+    /// Block requests of one peer answered back to back.
+    #[serde(default = "default_block_requests_burst")]
+    pub block_requests_burst: u32,
+}
+
+impl Default for NetSection {
+    fn default() -> Self {
+        NetSection {
+            max_pending_connections: default_max_pending(),
+            max_pending_per_ip: default_max_pending_per_ip(),
+            handshake_timeout_secs: default_handshake_timeout(),
+            admission_timeout_secs: default_admission_timeout(),
+            send_queue_bytes: default_queue_bytes(),
+            recv_queue_bytes: default_queue_bytes(),
+            block_requests_per_sec: default_block_requests_per_sec(),
+            block_requests_burst: default_block_requests_burst(),
+        }
+    }
+}
+
+fn default_max_pending() -> usize {
+    crate::net::peers::DEFAULT_MAX_PENDING
+}
+
+fn default_max_pending_per_ip() -> usize {
+    crate::net::peers::DEFAULT_MAX_PENDING_PER_IP
+}
+
+fn default_handshake_timeout() -> u64 {
+    10
+}
+
+fn default_admission_timeout() -> u64 {
+    crate::net::peers::DEFAULT_ADMISSION_TIMEOUT.as_secs()
+}
+
+fn default_queue_bytes() -> u64 {
+    crate::net::peers::DEFAULT_QUEUE_BYTES as u64
+}
+
+fn default_block_requests_per_sec() -> u32 {
+    quorate_firmware::consensus::sync::BLOCK_SERVE_PER_SEC
+}
+
+fn default_block_requests_burst() -> u32 {
+    quorate_firmware::consensus::sync::BLOCK_SERVE_BURST
+}
+
+impl ClusterSection {
+    /// The largest frame a peer may send: two blocks (a proposal with its
+    /// block, or a block response with its certificate) and 64 KiB.
+    pub fn max_frame_bytes(&self) -> usize {
+        (self.max_block_bytes as usize)
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
+    }
 }
 
 /// Off by default (as CometBFT's `double_sign_check_height`): on swtpm
@@ -423,6 +519,58 @@ impl Config {
             .tpm
             .parse()
             .map_err(|e| invalid("party.tpm", format!("is not understood: {e}")))?;
+        let net = &file.party.net;
+        for (key, v) in [
+            (
+                "party.net.max_pending_connections",
+                net.max_pending_connections as u64,
+            ),
+            (
+                "party.net.max_pending_per_ip",
+                net.max_pending_per_ip as u64,
+            ),
+            (
+                "party.net.handshake_timeout_secs",
+                net.handshake_timeout_secs,
+            ),
+            (
+                "party.net.admission_timeout_secs",
+                net.admission_timeout_secs,
+            ),
+            (
+                "party.net.block_requests_per_sec",
+                u64::from(net.block_requests_per_sec),
+            ),
+            (
+                "party.net.block_requests_burst",
+                u64::from(net.block_requests_burst),
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if net.max_pending_per_ip > net.max_pending_connections {
+            return Err(invalid(
+                "party.net.max_pending_per_ip",
+                format!(
+                    "({}) must not exceed party.net.max_pending_connections ({})",
+                    net.max_pending_per_ip, net.max_pending_connections
+                ),
+            ));
+        }
+        let frame = file.cluster.max_frame_bytes() as u64;
+        for (key, v) in [
+            ("party.net.send_queue_bytes", net.send_queue_bytes),
+            ("party.net.recv_queue_bytes", net.recv_queue_bytes),
+        ] {
+            if v < frame {
+                return Err(invalid(
+                    key,
+                    format!("({v}) must hold at least one largest frame: {frame} bytes (2 × cluster.max_block_bytes + 64 KiB)"),
+                ));
+            }
+        }
         if file.cluster.name.trim().is_empty() {
             return Err(invalid("cluster.name", "must not be empty".into()));
         }
@@ -809,6 +957,55 @@ enrollment = "e3.json"
             ),
         ];
         for (text, key) in cases {
+            let err = Config::parse(&text, &path).unwrap_err().to_string();
+            assert!(err.contains(key), "error `{err}` does not name `{key}`");
+        }
+    }
+
+    #[test]
+    fn net_bounds_have_defaults_parse_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let d = Config::parse(&sample(dir.path(), "", ""), &path).unwrap();
+        let n = &d.file.party.net;
+        assert_eq!((n.max_pending_connections, n.max_pending_per_ip), (16, 4));
+        assert_eq!(
+            (n.handshake_timeout_secs, n.admission_timeout_secs),
+            (10, 30)
+        );
+        assert_eq!(
+            (n.send_queue_bytes, n.recv_queue_bytes),
+            (32 << 20, 32 << 20)
+        );
+        assert_eq!(
+            (n.block_requests_per_sec, n.block_requests_burst),
+            (32, 128)
+        );
+        let c = Config::parse(
+            &sample(
+                dir.path(),
+                "[party.net]\nmax_pending_connections = 8\nmax_pending_per_ip = 2\nadmission_timeout_secs = 60",
+                "",
+            ),
+            &path,
+        )
+        .unwrap();
+        assert_eq!(c.file.party.net.max_pending_per_ip, 2);
+        assert_eq!(c.file.party.net.admission_timeout_secs, 60);
+        // Local settings: not part of the cluster's identity.
+        assert_eq!(c.cluster_id, d.cluster_id);
+        for (extra, key) in [
+            ("max_pending_per_ip = 0", "party.net.max_pending_per_ip"),
+            ("max_pending_per_ip = 17", "party.net.max_pending_per_ip"),
+            (
+                "admission_timeout_secs = 0",
+                "party.net.admission_timeout_secs",
+            ),
+            ("send_queue_bytes = 65536", "party.net.send_queue_bytes"),
+            ("block_requests_burst = 0", "party.net.block_requests_burst"),
+            ("max_pending = 3", "max_pending"),
+        ] {
+            let text = sample(dir.path(), &format!("[party.net]\n{extra}"), "");
             let err = Config::parse(&text, &path).unwrap_err().to_string();
             assert!(err.contains(key), "error `{err}` does not name `{key}`");
         }

@@ -327,8 +327,19 @@ pub async fn provision(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         } else {
             ""
         };
+        // Every peer dials from loopback: the per-address cap on pending
+        // handshakes must hold all of them at once, or starts churn.
+        let peers = (opts.parties as usize).saturating_sub(1);
+        let net = if peers > crate::net::peers::DEFAULT_MAX_PENDING_PER_IP {
+            format!(
+                "\n# All peers connect from loopback: room for every one of them at once.\n[party.net]\nmax_pending_per_ip = {peers}\nmax_pending_connections = {}\n",
+                peers.max(crate::net::peers::DEFAULT_MAX_PENDING)
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
-            "# Written by `quorate dev`: a development party (PCR 23 measurement).\n[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\n{tls}dev = true\n{policy}\n[cluster]\nname = \"dev\"\nfault_model = \"{}\"\nreference_policy = \"policy.toml\"\n{members}",
+            "# Written by `quorate dev`: a development party (PCR 23 measurement).\n[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\n{tls}dev = true\n{policy}{net}\n[cluster]\nname = \"dev\"\nfault_model = \"{}\"\nreference_policy = \"policy.toml\"\n{members}",
             p.id, p.id, p.api_addr, opts.fault_model
         );
         // Check it parses as the daemon will read it.

@@ -8,6 +8,7 @@
 
 use quorate_firmware::types::PartyId;
 use quorate_host::net::tls::TlsIdentity;
+use quorate_host::net::ConnId;
 use quorate_host::net::{NetConfig, NetEvent, PeerNet, PeerSpec};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ struct Cluster {
 }
 
 async fn cluster(n: u32) -> Cluster {
+    cluster_with(n, |_| {}).await
+}
+
+async fn cluster_with(n: u32, tweak: impl Fn(&mut NetConfig)) -> Cluster {
     let ids: Vec<TlsIdentity> = (1..=n)
         .map(|i| TlsIdentity::generate(PartyId(i)).unwrap())
         .collect();
@@ -47,6 +52,7 @@ async fn cluster(n: u32) -> Cluster {
         let mut cfg = NetConfig::new(PartyId(i as u32 + 1), addrs[i], peers);
         cfg.max_frame = 1024;
         cfg.backoff_max = Duration::from_millis(200);
+        tweak(&mut cfg);
         let (net, rx) = PeerNet::start(cfg, id).await.unwrap();
         nets.push(net);
         events.push(rx);
@@ -73,7 +79,7 @@ async fn next_frame(rx: &mut Receiver<NetEvent>) -> (PartyId, Vec<u8>) {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match rx.recv().await.expect("event stream ended") {
-                NetEvent::Frame(p, f) => return (p, f),
+                NetEvent::Frame(p, _, f) => return (p, f.to_vec()),
                 _ => continue,
             }
         }
@@ -166,7 +172,7 @@ async fn an_oversized_frame_closes_only_that_connection_and_it_recovers() {
     assert!(c.nets[0].send(PartyId(2), Arc::from(vec![0u8; 4096])));
     let down = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Some(NetEvent::Down(p, why)) = c.events[1].recv().await {
+            if let Some(NetEvent::Down(p, _, why)) = c.events[1].recv().await {
                 return (p, why);
             }
         }
@@ -221,6 +227,186 @@ async fn an_excluded_peer_is_disconnected_and_kept_out() {
     assert!(c.nets[1].connected().is_empty());
     c.nets[1].readmit(PartyId(1));
     wait_connected(&c.nets[1], 1).await;
+    for n in &c.nets {
+        n.shutdown();
+    }
+}
+
+/// Whether the server closed this client socket (EOF or reset), without
+/// waiting.
+fn closed_by_server(s: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    match s.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_scan_holds_at_most_the_pending_caps_and_a_real_peer_still_gets_in() {
+    let mut c = cluster(2).await;
+    wait_connected(&c.nets[1], 1).await;
+    // A scanner on the peers' own address (loopback) opens a hundred
+    // connections and never starts a handshake.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(c.addrs[1]).await.unwrap());
+    }
+    // Party 2 keeps at most four of them (one source address), closing the
+    // older ones as newer ones arrive, long before the handshake timeout.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while idle.iter().filter(|s| closed_by_server(s)).count() < 96 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the pending connections were not capped");
+    let stats = c.nets[1].stats();
+    assert!(stats.pending <= 4, "{stats:?}");
+    assert!(stats.handshakes_evicted >= 96, "{stats:?}");
+    assert!(idle.iter().skip(96).all(|s| !closed_by_server(s)));
+    // The scan goes on, a new idle connection every 20 ms, while party 1
+    // has to reconnect: it still gets in.
+    let addr = c.addrs[1];
+    let scan = tokio::spawn(async move {
+        let mut held = std::collections::VecDeque::new();
+        loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                held.push_back(s);
+            }
+            if held.len() > 8 {
+                held.pop_front();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    c.nets[1].disconnect(PartyId(1), "test: reconnect under a port scan");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_connected(&c.nets[1], 1).await;
+    wait_connected(&c.nets[0], 1).await;
+    assert!(c.nets[0].send(PartyId(2), Arc::from(&b"through the scan"[..])));
+    assert_eq!(
+        next_frame(&mut c.events[1]).await,
+        (PartyId(1), b"through the scan".to_vec())
+    );
+    assert!(c.nets[1].stats().pending <= 4);
+    scan.abort();
+    for n in &c.nets {
+        n.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_not_admitted_in_time_is_disconnected_and_an_admitted_one_stays() {
+    // Party 1 gives its peer a second to be admitted (party 2 the default).
+    let mut c = cluster_with(2, |cfg| {
+        if cfg.me == PartyId(1) {
+            cfg.admission_timeout = Duration::from_secs(1);
+        }
+    })
+    .await;
+    // Nobody admits: party 1 closes its connection after a second.
+    let why = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(NetEvent::Down(_, _, why)) = c.events[0].recv().await {
+                return why;
+            }
+        }
+    })
+    .await
+    .expect("an unadmitted connection stayed open");
+    assert!(why.contains("not admitted within 1 s"), "{why}");
+    assert!(c.nets[0].stats().admission_timeouts >= 1);
+    // Both sides now admit every connection that comes up: it stays.
+    let mut ups = Vec::new();
+    for (i, mut rx) in std::mem::take(&mut c.events).into_iter().enumerate() {
+        let net = c.nets[i].clone();
+        let (tx, up) = tokio::sync::mpsc::unbounded_channel::<(PartyId, ConnId)>();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let NetEvent::Up(p, conn) = ev {
+                    net.admit(p, conn);
+                    let _ = tx.send((p, conn));
+                }
+            }
+        });
+        ups.push(up);
+    }
+    let (peer, conn) = tokio::time::timeout(Duration::from_secs(10), ups[0].recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peer, PartyId(2));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        c.nets[0].send_on(peer, conn, Arc::from(&b"still up"[..])),
+        "the admitted connection {conn} was closed"
+    );
+    for n in &c.nets {
+        n.shutdown();
+    }
+}
+
+/// Current-thread runtime: the writer cannot drain between the sends, so
+/// what the queue takes is exactly what its byte bound allows.
+#[tokio::test]
+async fn the_send_queue_is_bounded_in_bytes_and_drops_are_counted() {
+    let mut c = cluster_with(2, |cfg| cfg.send_queue_bytes = 3000).await;
+    wait_connected(&c.nets[0], 1).await;
+    wait_connected(&c.nets[1], 1).await;
+    let frame: Arc<[u8]> = Arc::from(vec![5u8; 1000]);
+    let taken = (0..10)
+        .filter(|_| c.nets[0].send(PartyId(2), frame.clone()))
+        .count();
+    // 1000 bytes and a 64-byte overhead each: two fit in 3000 bytes.
+    assert_eq!(taken, 2);
+    assert_eq!(c.nets[0].stats().send_dropped.get(&PartyId(2)), Some(&8));
+    for _ in 0..2 {
+        assert_eq!(next_frame(&mut c.events[1]).await.1.len(), 1000);
+    }
+    // Drained: the queue takes frames again.
+    assert!(c.nets[0].send(PartyId(2), Arc::from(&b"again"[..])));
+    assert_eq!(next_frame(&mut c.events[1]).await.1, b"again");
+    for n in &c.nets {
+        n.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_receive_queue_stops_reading_until_frames_are_handled() {
+    let mut c = cluster_with(2, |cfg| cfg.recv_queue_bytes = 3000).await;
+    wait_connected(&c.nets[0], 1).await;
+    wait_connected(&c.nets[1], 1).await;
+    for i in 0..10u8 {
+        // Retried: the sender's own queue may be momentarily full.
+        while !c.nets[0].send(PartyId(2), Arc::from(vec![i; 1000])) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Party 2's daemon has not handled anything: two frames are queued, the
+    // rest wait in the socket.
+    let mut held = Vec::new();
+    while let Ok(ev) = c.events[1].try_recv() {
+        if let NetEvent::Frame(_, _, f) = ev {
+            held.push(f);
+        }
+    }
+    assert_eq!(held.len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        c.events[1].try_recv().is_err(),
+        "read past the receive bound"
+    );
+    assert_eq!(held[0][0], 0);
+    // Handling them frees the room: the rest arrive, in order.
+    drop(held);
+    for i in 2..10u8 {
+        let (_, f) = next_frame(&mut c.events[1]).await;
+        assert_eq!(f[0], i);
+        // next_frame copies and drops the frame: room for the next.
+    }
     for n in &c.nets {
         n.shutdown();
     }

@@ -103,3 +103,79 @@ async fn one_flipped_bit_fails() {
         assert!(p.verify(&msg, &signed.signature).is_err());
     }
 }
+
+/// A challenge flood queues attestation work (PCR reads, as evidence
+/// production does) in the owner's background lane; a vote signature
+/// queued after all of it runs before any of it.
+#[tokio::test]
+async fn a_consensus_signature_overtakes_queued_attestation_work() {
+    use quorate_host::tpm::Priority;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let party = common::Party::new().await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    // Hold the owner thread until everything is queued.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let tpm = party.tpm.clone();
+    let gate = tokio::spawn(async move {
+        tpm.run(move |_| {
+            let _ = started_tx.send(());
+            let _ = held.recv();
+            Ok(())
+        })
+        .await
+    });
+    started.await.unwrap();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (tpm, ran) = (party.tpm.clone(), ran.clone());
+        flood.spawn(async move {
+            tpm.run(move |o| {
+                let v = o.pcr_read(23)?;
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(v)
+            })
+            .await
+        });
+    }
+    // This runtime has one thread: yielding lets every flood task queue
+    // its job (the owner is held by the gate).
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    let msg = b"height 9 round 0 precommit".to_vec();
+    let tpm = party.tpm.clone();
+    let m = msg.clone();
+    let sign = tokio::spawn(async move { tpm.sign_consensus(m).await });
+    // A marker right behind the signature in the consensus lane: how many
+    // background jobs ran before it.
+    let (tpm, r) = (party.tpm.clone(), ran.clone());
+    let marker = tokio::spawn(async move {
+        tpm.run_at(Priority::Consensus, move |_| Ok(r.load(Ordering::SeqCst)))
+            .await
+    });
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    release.send(()).unwrap();
+    gate.await.unwrap().unwrap();
+    let signature = sign.await.unwrap().unwrap();
+    party
+        .tpm
+        .vote_public_key()
+        .await
+        .unwrap()
+        .verify(&msg, &signature)
+        .unwrap();
+    assert_eq!(
+        marker.await.unwrap().unwrap(),
+        0,
+        "attestation work ran before the queued consensus signature"
+    );
+    while let Some(r) = flood.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 64);
+}

@@ -7,6 +7,11 @@
 //! its height in progress; the answer (block + commit certificate) is
 //! verified — certificate against the party set and quorum, block against
 //! the chain — before it is fed to the core as a sync value.
+//!
+//! Answering costs the answerer a block copy and up to a block's bytes on
+//! the wire, so answers are rationed per peer ([`ServeBudget`]): a member
+//! that floods block requests gets a bounded rate of answers, and the rest
+//! of its requests are dropped and counted.
 
 use crate::types::{Height, PartyId};
 use malachitebft_core_consensus::PeerId;
@@ -91,9 +96,99 @@ impl CatchUp {
     }
 }
 
+/// Default burst of block responses per peer: enough to serve a whole
+/// catch-up window of a short outage at network speed.
+pub const BLOCK_SERVE_BURST: u32 = 128;
+/// Default sustained block responses per peer per second, once its burst
+/// is spent.
+pub const BLOCK_SERVE_PER_SEC: u32 = 32;
+
+/// A token bucket per peer for block responses: a peer holds at most
+/// `burst` answers, one more every `1/per_sec` seconds; a request that
+/// finds its peer's bucket empty is not answered.
+#[derive(Debug, Clone)]
+pub struct ServeBudget {
+    per_sec: u32,
+    burst: u32,
+    /// Per peer: its tokens in thousandths, and when they were counted (ms).
+    buckets: BTreeMap<PartyId, (u64, u64)>,
+    /// Requests not answered, per peer, since start.
+    dropped: BTreeMap<PartyId, u64>,
+}
+
+impl ServeBudget {
+    /// A budget of `burst` answers per peer refilled at `per_sec` answers
+    /// per second. A zero `burst` or `per_sec` is taken as 1: a peer must
+    /// always be able to catch up, however slowly.
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        ServeBudget {
+            per_sec: per_sec.max(1),
+            burst: burst.max(1),
+            buckets: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+        }
+    }
+
+    /// Whether to answer a block request from `p` at `now` (ms, never
+    /// decreasing): takes a token if there is one, else counts a drop.
+    pub fn take(&mut self, p: PartyId, now: u64) -> bool {
+        let cap = u64::from(self.burst) * 1000;
+        let (tokens, at) = self.buckets.entry(p).or_insert((cap, now));
+        // per_sec answers per 1000 ms: per_sec thousandths per ms.
+        let refill = now
+            .saturating_sub(*at)
+            .saturating_mul(u64::from(self.per_sec));
+        *tokens = tokens.saturating_add(refill).min(cap);
+        *at = now.max(*at);
+        if *tokens >= 1000 {
+            *tokens -= 1000;
+            true
+        } else {
+            let d = self.dropped.entry(p).or_insert(0);
+            *d = d.saturating_add(1);
+            false
+        }
+    }
+
+    /// Block requests not answered since start, per peer.
+    pub fn dropped(&self) -> &BTreeMap<PartyId, u64> {
+        &self.dropped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_answers_are_rationed_per_peer() {
+        let mut b = ServeBudget::new(10, 3);
+        let (p, q) = (PartyId(2), PartyId(3));
+        // A burst of three, then nothing more at the same instant.
+        assert!((0..3).all(|_| b.take(p, 1_000)));
+        assert!(!b.take(p, 1_000));
+        assert!(!b.take(p, 1_050));
+        // Another peer has its own bucket.
+        assert!(b.take(q, 1_050));
+        // Ten per second: one more after 100 ms, not before.
+        assert!(b.take(p, 1_100));
+        assert!(!b.take(p, 1_150));
+        // A long pause refills to the burst, not beyond.
+        assert!((0..3).all(|_| b.take(p, 60_000)));
+        assert!(!b.take(p, 60_000));
+        assert_eq!(b.dropped().get(&p), Some(&4));
+        assert_eq!(b.dropped().get(&q), None);
+        // A flood of a thousand requests in one second gets burst + rate.
+        let mut f = ServeBudget::new(10, 3);
+        let served = (0..1000u64).filter(|i| f.take(p, 5_000 + i)).count();
+        assert_eq!(served, 3 + 9, "served {served}");
+        assert_eq!(f.dropped().get(&p), Some(&(1000 - 12)));
+        // Zero is taken as one.
+        let mut z = ServeBudget::new(0, 0);
+        assert!(z.take(p, 0));
+        assert!(!z.take(p, 999));
+        assert!(z.take(p, 1_000));
+    }
 
     #[test]
     fn tracks_peers_ahead_and_rate_limits() {

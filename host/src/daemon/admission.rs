@@ -56,6 +56,78 @@ impl PeerFrame {
     }
 }
 
+/// Which peers' challenges are being answered. Evidence costs this party's
+/// TPM a certify, a quote and a PCR read per quoted PCR, so:
+///
+/// - one challenge is answered per connection: an honest verifier sends
+///   exactly one, when the connection comes up, and a later one on the same
+///   connection (whether or not the first is still being answered) is
+///   dropped and counted. It is not answered from a cache: the quote binds
+///   the nonce, so an answer to one nonce answers no other;
+/// - at most one answer is produced per peer at a time: a challenge on a
+///   newer connection while one for an older connection is in production
+///   waits for it (only the newest such challenge is kept).
+///
+/// Generic over the connection id so the rules are tested without sockets.
+#[derive(Debug)]
+pub struct Answers<C> {
+    /// Per peer: the connection whose challenge was taken last.
+    taken: BTreeMap<PartyId, C>,
+    /// Per peer with an answer in production: the newer connection's
+    /// challenge waiting for it, if any.
+    busy: BTreeMap<PartyId, Option<(C, Vec<u8>)>>,
+}
+
+impl<C> Default for Answers<C> {
+    fn default() -> Self {
+        Answers {
+            taken: BTreeMap::new(),
+            busy: BTreeMap::new(),
+        }
+    }
+}
+
+/// What to do with a challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeAction {
+    /// Produce evidence for this nonce now, for the connection that asked.
+    Answer(Vec<u8>),
+    /// Kept: produced once the peer's answer in production is done.
+    Held,
+    /// Dropped: this connection's challenge was already taken.
+    Dropped,
+}
+
+impl<C: Copy + PartialEq> Answers<C> {
+    /// A challenge from `peer` on its current connection `conn`.
+    pub fn challenge(&mut self, peer: PartyId, conn: C, nonce: Vec<u8>) -> ChallengeAction {
+        if self.taken.get(&peer) == Some(&conn) {
+            return ChallengeAction::Dropped;
+        }
+        self.taken.insert(peer, conn);
+        match self.busy.get_mut(&peer) {
+            Some(waiting) => {
+                *waiting = Some((conn, nonce));
+                ChallengeAction::Held
+            }
+            None => {
+                self.busy.insert(peer, None);
+                ChallengeAction::Answer(nonce)
+            }
+        }
+    }
+
+    /// `peer`'s answer in production is done: the held challenge to answer
+    /// next (it stays in production), if any.
+    pub fn answered(&mut self, peer: PartyId) -> Option<(C, Vec<u8>)> {
+        let next = self.busy.remove(&peer).flatten();
+        if next.is_some() {
+            self.busy.insert(peer, None);
+        }
+        next
+    }
+}
+
 /// A peer's admission state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Standing {
@@ -350,6 +422,35 @@ mod tests {
         fn decoding_arbitrary_bytes_never_panics(b in proptest::collection::vec(0u8.., 0..200)) {
             let _ = PeerFrame::decode(&b);
         }
+    }
+
+    #[test]
+    fn one_challenge_per_connection_and_one_answer_in_production_per_peer() {
+        use ChallengeAction::*;
+        let mut a = Answers::<u64>::default();
+        let (p, q) = (PartyId(2), PartyId(3));
+        assert_eq!(a.challenge(p, 1, vec![1]), Answer(vec![1]));
+        // A flood on the same connection: dropped while being answered...
+        for _ in 0..100 {
+            assert_eq!(a.challenge(p, 1, vec![9]), Dropped);
+        }
+        // ...another peer is answered independently...
+        assert_eq!(a.challenge(q, 7, vec![7]), Answer(vec![7]));
+        assert_eq!(a.answered(p), None);
+        // ...and after the answer too.
+        assert_eq!(a.challenge(p, 1, vec![9]), Dropped);
+        // A new connection's challenge is answered.
+        assert_eq!(a.challenge(p, 2, vec![2]), Answer(vec![2]));
+        // Reconnecting while that is in production: only the newest waits.
+        assert_eq!(a.challenge(p, 3, vec![3]), Held);
+        assert_eq!(a.challenge(p, 4, vec![4]), Held);
+        assert_eq!(a.challenge(p, 4, vec![5]), Dropped);
+        assert_eq!(a.answered(p), Some((4, vec![4])));
+        // That one is now in production: the next new connection waits.
+        assert_eq!(a.challenge(p, 5, vec![6]), Held);
+        assert_eq!(a.answered(p), Some((5, vec![6])));
+        assert_eq!(a.answered(p), None);
+        assert_eq!(a.challenge(p, 6, vec![8]), Answer(vec![8]));
     }
 
     #[test]

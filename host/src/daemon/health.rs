@@ -136,6 +136,19 @@ impl super::Runtime {
         m.pending_batches.store(pending_batches, Ordering::Relaxed);
         m.core_errors
             .store(self.driver.core_errors(), Ordering::Relaxed);
+        for (p, n) in self.driver.block_requests_dropped() {
+            m.block_requests_dropped.set(p.0, *n);
+        }
+        let net = self.net.stats();
+        m.peer_handshakes_pending
+            .store(net.pending as u64, Ordering::Relaxed);
+        m.peer_handshakes_evicted
+            .store(net.handshakes_evicted, Ordering::Relaxed);
+        m.peer_admission_timeouts
+            .store(net.admission_timeouts, Ordering::Relaxed);
+        for (p, n) in &net.send_dropped {
+            m.peer_frames_dropped.set(p.0, *n);
+        }
         let refusals = self.driver.sign_refusals();
         let before = m.sign_refusals.swap(refusals, Ordering::Relaxed);
         if refusals > before {

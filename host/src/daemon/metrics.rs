@@ -74,6 +74,12 @@ impl PerParty {
         *c = c.saturating_add(n);
     }
 
+    /// Sets `party`'s count (for counts kept elsewhere, copied here).
+    pub fn set(&self, party: u32, n: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(party, n);
+    }
+
     /// `party`'s count.
     pub fn get(&self, party: u32) -> u64 {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,6 +144,22 @@ pub struct Metrics {
     pub equivocations: PerParty,
     /// Attestation refusals since start, by peer.
     pub peer_refusals: PerParty,
+    /// Challenge frames not answered since start, by peer: a second
+    /// challenge on one connection (docs/PROTOCOL.md, Part III).
+    pub challenges_dropped: PerParty,
+    /// Block requests not answered since start because the peer had spent
+    /// its answer budget, by peer (copied from the driver).
+    pub block_requests_dropped: PerParty,
+    /// Frames to a peer dropped because its send queue was full (frames or
+    /// bytes), by peer (copied from the transport).
+    pub peer_frames_dropped: PerParty,
+    /// Inbound connections not yet authenticated, now.
+    pub peer_handshakes_pending: AtomicU64,
+    /// Unauthenticated connections closed to make room for newer ones.
+    pub peer_handshakes_evicted: AtomicU64,
+    /// Authenticated connections closed because the peer was not admitted
+    /// in time.
+    pub peer_admission_timeouts: AtomicU64,
     /// TPM signing operations that failed (and were retried).
     pub tpm_errors: AtomicU64,
     /// Peer checkpoint notes signing another root for a size we hold
@@ -180,6 +202,12 @@ impl Default for Metrics {
             pending_batches: AtomicU64::new(0),
             equivocations: PerParty::default(),
             peer_refusals: PerParty::default(),
+            challenges_dropped: PerParty::default(),
+            block_requests_dropped: PerParty::default(),
+            peer_frames_dropped: PerParty::default(),
+            peer_handshakes_pending: AtomicU64::new(0),
+            peer_handshakes_evicted: AtomicU64::new(0),
+            peer_admission_timeouts: AtomicU64::new(0),
             tpm_errors: AtomicU64::new(0),
             checkpoint_forks: AtomicU64::new(0),
             log_size: AtomicU64::new(0),
@@ -396,6 +424,48 @@ impl Metrics {
             "peer",
             &peers,
             &mut out,
+        );
+        self.challenges_dropped.render(
+            "quorate_challenges_dropped_total",
+            "Attestation challenges of a peer not answered since start (a second challenge on one connection).",
+            "peer",
+            &peers,
+            &mut out,
+        );
+        self.block_requests_dropped.render(
+            "quorate_block_requests_dropped_total",
+            "Block requests of a peer not answered since start (its answer budget was spent).",
+            "peer",
+            &peers,
+            &mut out,
+        );
+        self.peer_frames_dropped.render(
+            "quorate_peer_frames_dropped_total",
+            "Frames to a peer dropped since start because its send queue was full (frames or bytes).",
+            "peer",
+            &peers,
+            &mut out,
+        );
+        gauge(
+            &mut out,
+            "quorate_peer_handshakes_pending",
+            "Inbound peer connections not yet authenticated.",
+            "gauge",
+            load(&self.peer_handshakes_pending),
+        );
+        gauge(
+            &mut out,
+            "quorate_peer_handshakes_evicted_total",
+            "Unauthenticated inbound connections closed to make room for newer ones (the pending caps).",
+            "counter",
+            load(&self.peer_handshakes_evicted),
+        );
+        gauge(
+            &mut out,
+            "quorate_peer_admission_timeouts_total",
+            "Authenticated peer connections closed because the peer was not admitted in time.",
+            "counter",
+            load(&self.peer_admission_timeouts),
         );
         let mut members = peers.clone();
         members.push(s.party);

@@ -33,7 +33,7 @@ pub mod status;
 use crate::config::Config;
 use crate::init::Enrollment;
 use crate::net::tls::TlsIdentity;
-use crate::net::{NetConfig, NetEvent, PeerNet, PeerSpec};
+use crate::net::{ConnId, NetConfig, NetEvent, PeerNet, PeerSpec};
 use crate::store::Store;
 use crate::tpm::{Swtpm, TpmHandle, TpmTarget};
 use anyhow::{anyhow, bail, Context as _};
@@ -411,7 +411,14 @@ pub async fn run(
         });
     }
     let mut net_cfg = NetConfig::new(me, cfg.listen, peers);
-    net_cfg.max_frame = (cfg.file.cluster.max_block_bytes as usize).saturating_mul(2) + 64 * 1024;
+    net_cfg.max_frame = cfg.file.cluster.max_frame_bytes();
+    let bounds = &cfg.file.party.net;
+    net_cfg.max_pending = bounds.max_pending_connections;
+    net_cfg.max_pending_per_ip = bounds.max_pending_per_ip;
+    net_cfg.handshake_timeout = Duration::from_secs(bounds.handshake_timeout_secs);
+    net_cfg.admission_timeout = Duration::from_secs(bounds.admission_timeout_secs);
+    net_cfg.send_queue_bytes = usize::try_from(bounds.send_queue_bytes).unwrap_or(usize::MAX);
+    net_cfg.recv_queue_bytes = usize::try_from(bounds.recv_queue_bytes).unwrap_or(usize::MAX);
     let (net, net_rx) = PeerNet::start(net_cfg, identity).await?;
     info!(listen = %net.local_addr(), "listening for peers");
 
@@ -423,6 +430,8 @@ pub async fn run(
         cfg.file.cluster.fault_model,
     );
     dcfg.max_block_bytes = cfg.file.cluster.max_block_bytes as usize;
+    dcfg.block_serve_per_sec = cfg.file.party.net.block_requests_per_sec;
+    dcfg.block_serve_burst = cfg.file.party.net.block_requests_burst;
     // The daemon keeps the audit log: the driver waits for its head.
     dcfg.app_state = true;
     let quote_pcrs = attests.then(|| {
@@ -519,8 +528,10 @@ struct Runtime {
     records: BTreeMap<OpId, Operation>,
     record_tx: mpsc::UnboundedSender<(Height, Result<Vec<u8>, String>)>,
     record_rx: mpsc::UnboundedReceiver<(Height, Result<Vec<u8>, String>)>,
-    evidence_tx: mpsc::UnboundedSender<(PartyId, Result<Vec<u8>, String>)>,
-    evidence_rx: mpsc::UnboundedReceiver<(PartyId, Result<Vec<u8>, String>)>,
+    evidence_tx: mpsc::UnboundedSender<(PartyId, ConnId, Result<Vec<u8>, String>)>,
+    evidence_rx: mpsc::UnboundedReceiver<(PartyId, ConnId, Result<Vec<u8>, String>)>,
+    /// Challenges being answered (one per connection, one per peer at a time).
+    answers: admission::Answers<ConnId>,
     readmit: BTreeMap<PartyId, Instant>,
     cfg: Config,
     me: PartyId,
@@ -541,7 +552,9 @@ struct Runtime {
     signing_batch: bool,
     /// Verdict targets already queued in the outbox or in flight.
     verdicts_queued: HashSet<OpId>,
-    peers_up: BTreeSet<PartyId>,
+    /// Connected peers and their current connection: events of any other
+    /// connection (a replaced one) are ignored.
+    peers_up: BTreeMap<PartyId, ConnId>,
     last: Option<status::LastDecision>,
     status_dirty: bool,
     events: Arc<events::EventLog>,
@@ -692,6 +705,7 @@ impl Runtime {
             record_rx,
             evidence_tx,
             evidence_rx,
+            answers: admission::Answers::default(),
             readmit: BTreeMap::new(),
             cfg,
             me,
@@ -709,7 +723,7 @@ impl Runtime {
             in_flight_signed: None,
             signing_batch: false,
             verdicts_queued: HashSet::new(),
-            peers_up: BTreeSet::new(),
+            peers_up: BTreeMap::new(),
             last: None,
             status_dirty: true,
             events: Arc::default(),
@@ -806,27 +820,40 @@ impl Runtime {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(ev) = net_rx.recv() => match ev {
-                    NetEvent::Frame(from, bytes) => self.peer_frame(from, &bytes)?,
-                    NetEvent::Up(p) => {
+                    NetEvent::Frame(from, conn, bytes) => {
+                        // A replaced connection's last frames are stale.
+                        if self.peers_up.get(&from) == Some(&conn) {
+                            self.peer_frame(from, conn, &bytes)?;
+                        }
+                    }
+                    NetEvent::Up(p, conn) => {
                         self.checkpoint_peer_up(p)?;
-                        self.peers_up.insert(p);
+                        self.peers_up.insert(p, conn);
                         self.status_dirty = true;
                         let mut nonce = vec![0u8; 32];
                         if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
                             bail!("no randomness for attestation nonces");
                         }
-                        if let Some(ch) = self.attest.admission.connected(p, nonce) {
-                            self.net.send(p, Arc::from(ch.encode()));
+                        match self.attest.admission.connected(p, nonce) {
+                            Some(ch) => {
+                                self.net.send_on(p, conn, Arc::from(ch.encode()));
+                            }
+                            // Dev mode: admitted on TLS alone.
+                            None => {
+                                self.net.admit(p, conn);
+                            }
                         }
                     }
-                    NetEvent::Down(p, why) => {
-                        debug!(peer = %p, reason = %why, "peer down");
-                        self.peers_up.remove(&p);
-                        self.attest.admission.disconnected(p);
-                        self.status_dirty = true;
+                    NetEvent::Down(p, conn, why) => {
+                        if self.peers_up.get(&p) == Some(&conn) {
+                            debug!(peer = %p, reason = %why, "peer down");
+                            self.peers_up.remove(&p);
+                            self.attest.admission.disconnected(p);
+                            self.status_dirty = true;
+                        }
                     }
                 },
-                Some((peer, res)) = self.evidence_rx.recv() => {
+                Some((peer, conn, res)) = self.evidence_rx.recv() => {
                     let frame = match res {
                         Ok(bytes) => admission::PeerFrame::Evidence(bytes),
                         Err(e) => {
@@ -834,7 +861,11 @@ impl Runtime {
                             admission::PeerFrame::CannotAttest(e)
                         }
                     };
-                    self.net.send(peer, Arc::from(frame.encode()));
+                    // Only to the connection that asked: its nonce is bound in.
+                    self.net.send_on(peer, conn, Arc::from(frame.encode()));
+                    if let Some((next, nonce)) = self.answers.answered(peer) {
+                        self.answer_challenge(peer, next, nonce);
+                    }
                 }
                 Some((req, bytes, res)) = self.sign_rx.recv() => match res {
                     Ok(signature) => self.input(Input::SignatureReady { request: req, signature })?,
@@ -929,13 +960,14 @@ impl Runtime {
         }
     }
 
-    /// Handles one frame from an authenticated peer.
-    fn peer_frame(&mut self, from: PartyId, bytes: &[u8]) -> anyhow::Result<()> {
+    /// Handles one frame from an authenticated peer on its connection `conn`.
+    fn peer_frame(&mut self, from: PartyId, conn: ConnId, bytes: &[u8]) -> anyhow::Result<()> {
         let frame = match admission::PeerFrame::decode(bytes) {
             Ok(f) => f,
             Err(e) => {
                 warn!(peer = %from, error = %e, "malformed frame; closing the connection");
-                self.net.disconnect(from, &format!("malformed frame: {e}"));
+                self.net
+                    .disconnect_conn(from, conn, &format!("malformed frame: {e}"));
                 return Ok(());
             }
         };
@@ -947,27 +979,26 @@ impl Runtime {
             }
             admission::PeerFrame::Challenge(nonce) => {
                 if nonce.len() > admission::MAX_NONCE {
-                    self.net.disconnect(from, "oversized attestation nonce");
+                    self.net
+                        .disconnect_conn(from, conn, "oversized attestation nonce");
                     return Ok(());
                 }
-                if !self.attest.attests {
-                    let f = admission::PeerFrame::CannotAttest(
-                        "this party was provisioned without an attestation key (quorate init --config)".into(),
-                    );
-                    self.net.send(from, Arc::from(f.encode()));
-                    return Ok(());
+                match self.answers.challenge(from, conn, nonce) {
+                    admission::ChallengeAction::Answer(nonce) => {
+                        self.answer_challenge(from, conn, nonce)
+                    }
+                    admission::ChallengeAction::Held => {}
+                    admission::ChallengeAction::Dropped => {
+                        self.metrics.challenges_dropped.add(from.0, 1);
+                        debug!(peer = %from, "a second attestation challenge on one connection; dropped");
+                    }
                 }
-                let evidence =
-                    self.evidence(quorate_attestation::evidence::Freshness::Nonce(nonce));
-                let tx = self.evidence_tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send((from, evidence.await));
-                });
             }
             admission::PeerFrame::Evidence(b) => {
                 match self.attest.admission.check_evidence(from, &b) {
                     Ok(r) => {
                         info!(peer = %from, executable = %r.executable, measurement = %r.measurement, "peer attested and admitted");
+                        self.net.admit(from, conn);
                         self.status_dirty = true;
                     }
                     Err(reason) => self.refuse(from, &reason),
@@ -987,6 +1018,28 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Produces evidence for `nonce` off the event loop (the TPM work waits
+    /// in the owner's background lane) and answers connection `conn` with
+    /// it; [`admission::Answers`] decides which challenges get here.
+    fn answer_challenge(&mut self, peer: PartyId, conn: ConnId, nonce: Vec<u8>) {
+        let tx = self.evidence_tx.clone();
+        if !self.attest.attests {
+            let _ = tx.send((
+                peer,
+                conn,
+                Err(
+                    "this party was provisioned without an attestation key (quorate init --config)"
+                        .into(),
+                ),
+            ));
+            return;
+        }
+        let evidence = self.evidence(quorate_attestation::evidence::Freshness::Nonce(nonce));
+        tokio::spawn(async move {
+            let _ = tx.send((peer, conn, evidence.await));
+        });
     }
 
     fn refuse(&mut self, peer: PartyId, reason: &str) {
@@ -1088,7 +1141,10 @@ impl Runtime {
                 tokio::time::sleep(delay).await;
             }
             let t0 = Instant::now();
-            let res = tpm.sign(bytes.clone()).await.map_err(|e| e.to_string());
+            let res = tpm
+                .sign_consensus(bytes.clone())
+                .await
+                .map_err(|e| e.to_string());
             metrics.tpm_sign_latency.observe(t0.elapsed());
             let _ = tx.send((request, bytes, res));
         });
@@ -1770,7 +1826,7 @@ impl Runtime {
         tokio::spawn(async move {
             let t0 = Instant::now();
             let res = tpm
-                .sign(body.signing_bytes())
+                .sign_consensus(body.signing_bytes())
                 .await
                 .map(|signature| SignedBatch { body, signature })
                 .map_err(|e| e.to_string());
@@ -2002,7 +2058,7 @@ impl Runtime {
                 PeerStatus {
                     party: p.id,
                     address: p.address.clone(),
-                    connected: self.peers_up.contains(&PartyId(p.id)),
+                    connected: self.peers_up.contains_key(&PartyId(p.id)),
                     attested,
                     attestation,
                 }

@@ -32,6 +32,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Vec<u8>, FrameError> {
+    let len = read_len(r, max).await?;
+    read_body(r, len).await
+}
+
+/// Reads a frame's length prefix, refusing one over `max`; the caller then
+/// reads the body with [`read_body`] (and may first reserve room for it).
+pub async fn read_len<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<usize, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -42,6 +49,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
+    Ok(len)
+}
+
+/// Reads the `len` bytes of a frame body (a length [`read_len`] accepted).
+pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
     Ok(buf)

@@ -6,8 +6,10 @@
 //! - [`keys`]: key templates, blobs on disk, create/load under the SRK.
 //! - [`owner`]: the owner thread and [`TpmHandle`] (sign, provision, load).
 //!
-//! Data flow for a signature: an async task calls [`TpmHandle::sign`]; the
-//! request crosses a channel to the owner thread, which hashes nothing
+//! Data flow for a signature: an async task calls [`TpmHandle::sign`] (or
+//! [`TpmHandle::sign_consensus`] for votes, proposals and batches); the
+//! request crosses one of two lanes to the owner thread (consensus
+//! signatures ahead of attestation evidence and all else), which hashes nothing
 //! itself (the digest is computed on the caller's side), runs TPM2_Sign with
 //! the loaded vote key, and replies through a oneshot. If the TPM was
 //! restarted or the connection broke, the owner reconnects, re-creates the
@@ -19,7 +21,7 @@ pub mod swtpm;
 pub mod tcti;
 
 pub use keys::{EkTemplate, KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
-pub use owner::{SealedBlob, TpmHandle, TpmSigned, MAX_SEALED_BYTES};
+pub use owner::{Priority, SealedBlob, TpmHandle, TpmSigned, MAX_SEALED_BYTES};
 pub use swtpm::{EkCa, Swtpm, SwtpmError};
 pub use tcti::{Tcti, TctiParseError, TpmTarget};
 

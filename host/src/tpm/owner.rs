@@ -3,8 +3,10 @@
 //!
 //! Every TPM command is blocking I/O (0.1–6 ms on swtpm, ~200 ms on a
 //! hardware TPM) and the Context takes `&mut self`, so it lives on a
-//! dedicated OS thread. Callers send a job over a bounded channel (which
-//! applies back-pressure) and await a oneshot reply. While running, only
+//! dedicated OS thread. Callers send a job into one of two bounded lanes
+//! (which apply back-pressure) and await a oneshot reply: consensus
+//! signatures in the consensus lane, which the owner always empties first,
+//! everything else in the background lane ([`lanes`]). While running, only
 //! the vote key is loaded (one of swtpm's three transient slots); the SRK is
 //! re-created from its template and flushed whenever a key is loaded.
 
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tss_esapi::{
     attributes::SessionAttributesBuilder,
     constants::{
@@ -37,7 +39,9 @@ use tss_esapi::{
 
 use quorate_firmware::crypto::{PublicKey, Signature};
 
+mod lanes;
 mod seal;
+pub use lanes::Priority;
 pub use seal::{SealedBlob, MAX_SEALED_BYTES};
 
 use super::keys::{self, EkTemplate, KeyAuth, KeyBlob, KeyRole, KeySpec, KeyStore};
@@ -49,7 +53,7 @@ use super::TpmError;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP connect timeout of the reachability probe of a swtpm TCTI.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Queued requests before callers wait.
+/// Queued requests per lane before callers wait.
 const QUEUE: usize = 1024;
 
 type Job = Box<dyn FnOnce(&mut Owner) + Send>;
@@ -119,7 +123,7 @@ pub struct TpmHandle {
 
 #[derive(Debug)]
 struct Inner {
-    tx: mpsc::Sender<Job>,
+    tx: lanes::Senders<Job>,
     tcti: Tcti,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -154,7 +158,7 @@ impl TpmHandle {
 
     /// As [`TpmHandle::open`], with another connect deadline.
     pub async fn open_with_timeout(tcti: &Tcti, timeout: Duration) -> Result<TpmHandle, TpmError> {
-        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        let (tx, rx) = lanes::lanes::<Job>(QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread_tcti = tcti.clone();
         let thread = std::thread::Builder::new()
@@ -219,9 +223,19 @@ impl TpmHandle {
         &self.inner.tcti
     }
 
-    /// Runs `f` on the owner thread and returns its result. The building
-    /// block of every TPM operation; `f` must flush what it loads.
+    /// Runs `f` on the owner thread in the background lane and returns its
+    /// result. The building block of every TPM operation; `f` must flush
+    /// what it loads.
     pub async fn run<T, F>(&self, f: F) -> Result<T, TpmError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Owner) -> Result<T, TpmError> + Send + 'static,
+    {
+        self.run_at(Priority::Background, f).await
+    }
+
+    /// As [`TpmHandle::run`], in the lane of `priority`.
+    pub async fn run_at<T, F>(&self, priority: Priority, f: F) -> Result<T, TpmError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Owner) -> Result<T, TpmError> + Send + 'static,
@@ -232,6 +246,7 @@ impl TpmHandle {
         });
         self.inner
             .tx
+            .lane(priority)
             .send(job)
             .await
             .map_err(|_| TpmError::OwnerGone)?;
@@ -428,8 +443,18 @@ impl TpmHandle {
 
     /// As [`TpmHandle::sign`], also returning the TPMT_SIGNATURE bytes.
     pub async fn sign_tpmt(&self, message: Vec<u8>) -> Result<TpmSigned, TpmError> {
+        self.sign_at(Priority::Background, message).await
+    }
+
+    /// As [`TpmHandle::sign`] in the consensus lane: for votes, proposals
+    /// and batches only, which then never wait behind attestation work.
+    pub async fn sign_consensus(&self, message: Vec<u8>) -> Result<Signature, TpmError> {
+        Ok(self.sign_at(Priority::Consensus, message).await?.signature)
+    }
+
+    async fn sign_at(&self, priority: Priority, message: Vec<u8>) -> Result<TpmSigned, TpmError> {
         let digest: [u8; 32] = sha256(&message);
-        self.run(move |o| o.sign_digest(&digest)).await
+        self.run_at(priority, move |o| o.sign_digest(&digest)).await
     }
 
     /// Flushes what is loaded, closes the TPM connection and joins the
@@ -467,11 +492,19 @@ fn sha256(message: &[u8]) -> [u8; 32] {
     out
 }
 
-fn owner_main(
-    tcti: Tcti,
-    mut rx: mpsc::Receiver<Job>,
-    ready: oneshot::Sender<Result<(), TpmError>>,
-) {
+fn owner_main(tcti: Tcti, mut rx: lanes::Lanes<Job>, ready: oneshot::Sender<Result<(), TpmError>>) {
+    // A runtime without I/O or timers, only to wait on both lanes at once;
+    // jobs run outside it, on this thread.
+    let waiter = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(TpmError::Connect {
+                tcti: tcti.to_string(),
+                reason: format!("cannot start the TPM owner's job queue: {e}"),
+            }));
+            return;
+        }
+    };
     let mut owner = Owner {
         tcti,
         ctx: None,
@@ -489,7 +522,7 @@ fn owner_main(
         owner.release();
         return;
     }
-    while let Some(job) = rx.blocking_recv() {
+    while let Some(job) = waiter.block_on(rx.next()) {
         job(&mut owner);
         if owner.closing {
             break;

@@ -38,7 +38,7 @@ use crate::consensus::context::{
     QuorateContext, SignedVoteWire, Step as MsgStep,
 };
 use crate::consensus::sign_guard::{SignGuard, SignGuardError};
-use crate::consensus::sync::{peer_id_of, CatchUp};
+use crate::consensus::sync::{peer_id_of, CatchUp, ServeBudget};
 use crate::consensus::wire::{
     input_of_wal_record, polka_to_mc, proposal_to_mc, round_cert_to_mc, vote_to_mc, DecodeError,
     PeerMessage, SignedProposalWire, WalRecord,
@@ -99,6 +99,13 @@ pub struct DriverConfig {
     pub block_time_behind_ms: u64,
     /// How many recent decided blocks to keep in memory to serve catch-up.
     pub recent_blocks: usize,
+    /// Block requests answered per peer per second once its burst is
+    /// spent; default [`crate::consensus::sync::BLOCK_SERVE_PER_SEC`].
+    /// Requests beyond it are dropped (a peer re-asks).
+    pub block_serve_per_sec: u32,
+    /// Block requests a peer may have answered back to back; default
+    /// [`crate::consensus::sync::BLOCK_SERVE_BURST`].
+    pub block_serve_burst: u32,
     /// The host keeps the audit log: after every [`Action::Decided`] the
     /// driver waits for [`ConsensusDriver::set_app_state`] before it starts
     /// the next height (proposals and blocks for it are held until then).
@@ -147,6 +154,8 @@ impl DriverConfig {
             block_time_ahead_ms: BLOCK_TIME_AHEAD_MS,
             block_time_behind_ms: BLOCK_TIME_BEHIND_MS,
             recent_blocks: 1024,
+            block_serve_per_sec: crate::consensus::sync::BLOCK_SERVE_PER_SEC,
+            block_serve_burst: crate::consensus::sync::BLOCK_SERVE_BURST,
             app_state: false,
             max_pool_bytes_per_author: MAX_POOL_BYTES_PER_AUTHOR,
             max_pool_bytes: MAX_POOL_BYTES,
@@ -454,6 +463,8 @@ pub struct ConsensusDriver {
     future_proposals: Vec<(SignedProposalWire, u64)>,
     recovered_proposals: BTreeMap<(Height, i64), Block>,
     catch_up: CatchUp,
+    /// Block responses still allowed per peer.
+    serve: ServeBudget,
     halted: Option<String>,
     /// Audit log head after the last decided block (carried by the next).
     log_head: LogHead,
@@ -494,6 +505,7 @@ impl ConsensusDriver {
         };
         let core = mcc::State::new(ctx.clone(), next, cfg.parties.clone(), params, 4096, 1024);
         let recent_cap = cfg.recent_blocks;
+        let serve = ServeBudget::new(cfg.block_serve_per_sec, cfg.block_serve_burst);
         let mut d = ConsensusDriver {
             core,
             io: Io {
@@ -528,6 +540,7 @@ impl ConsensusDriver {
             future_proposals: Vec::new(),
             recovered_proposals: BTreeMap::new(),
             catch_up: CatchUp::default(),
+            serve,
             halted: None,
             log_head: restored.log_head,
             log_pending: restored.log_pending,
@@ -696,6 +709,13 @@ impl ConsensusDriver {
     /// How many inputs the malachite core refused with an error (dropped).
     pub fn core_errors(&self) -> u64 {
         self.io.step_errors
+    }
+
+    /// Block requests left unanswered because their peer had spent its
+    /// answer budget ([`DriverConfig::block_serve_per_sec`]), per peer,
+    /// since start.
+    pub fn block_requests_dropped(&self) -> &BTreeMap<PartyId, u64> {
+        self.serve.dropped()
     }
 
     /// Number of batches ready to be decided (their predecessors are).
@@ -1030,6 +1050,10 @@ impl ConsensusDriver {
                 Ok(())
             }
             PeerMessage::BlockRequest { height } => {
+                // Rationed before the lookup: a flood costs a map update each.
+                if !self.serve.take(from, self.io.now) {
+                    return Ok(());
+                }
                 if let Some(d) = self
                     .recent
                     .iter()
@@ -1677,5 +1701,70 @@ mod tests {
         let (none, signed) = pump(&mut d, &k, step);
         assert!(none.is_empty() && !signed);
         assert_eq!(d.log_head(), head);
+    }
+
+    /// A member flooding block requests gets its burst, then the refill
+    /// rate; the rest are dropped and counted, and another member's
+    /// requests are answered from its own budget.
+    #[test]
+    fn block_requests_beyond_a_peers_budget_are_dropped_and_counted() {
+        let net = testkit::Net::new(4);
+        let mut cfg = net.cfg(1);
+        cfg.block_serve_burst = 5;
+        cfg.block_serve_per_sec = 2;
+        let block = testkit::block_1(2, Vec::new());
+        let decided = DecidedBlock {
+            certificate: CommitCertificate {
+                height: Height(1),
+                round: 0,
+                block: block.hash(),
+                signatures: Vec::new(),
+            },
+            block,
+        };
+        let restored = Restored {
+            chain: ChainState {
+                height: Height(1),
+                ..Default::default()
+            },
+            recent: vec![decided],
+            ..Default::default()
+        };
+        let (mut d, _) = ConsensusDriver::restore(cfg, restored, 1_000).unwrap();
+        let request = PeerMessage::BlockRequest { height: Height(1) }.encode();
+        let ask = |d: &mut ConsensusDriver, now: u64, from: u32| {
+            let step = d
+                .handle(
+                    now,
+                    Input::Peer {
+                        from: PartyId(from),
+                        bytes: request.clone(),
+                    },
+                )
+                .unwrap();
+            step.actions
+                .iter()
+                .filter(|a| match a {
+                    Action::Send { to, bytes } => {
+                        *to == PartyId(from)
+                            && matches!(
+                                PeerMessage::decode(bytes, usize::MAX),
+                                Ok(PeerMessage::BlockResponse { .. })
+                            )
+                    }
+                    _ => false,
+                })
+                .count()
+        };
+        let served: usize = (0..100).map(|i| ask(&mut d, 2_000 + i, 3)).sum();
+        assert_eq!(served, 5);
+        assert_eq!(d.block_requests_dropped().get(&PartyId(3)), Some(&95));
+        assert_eq!(ask(&mut d, 2_100, 4), 1);
+        // Two per second: a second later two more, then none.
+        assert_eq!(ask(&mut d, 3_100, 3), 1);
+        assert_eq!(ask(&mut d, 3_100, 3), 1);
+        assert_eq!(ask(&mut d, 3_100, 3), 0);
+        assert_eq!(d.block_requests_dropped().get(&PartyId(3)), Some(&96));
+        assert_eq!(d.block_requests_dropped().get(&PartyId(4)), None);
     }
 }
