@@ -765,7 +765,9 @@ impl super::Runtime {
                 }
                 if let Some(size) = r.answer_stored {
                     if let Some(stored) = self.store.checkpoint(size)? {
-                        self.send_note(from, &stored);
+                        if stored_helps(note.as_bytes(), &stored) {
+                            self.send_note(from, &stored);
+                        }
                     }
                 }
             }
@@ -804,6 +806,25 @@ impl super::Runtime {
         for note in self.audit.book.resend() {
             self.broadcast_note(&note);
         }
+    }
+}
+
+/// True when `stored`, this party's certified note for a size the sender's
+/// `note` is about, holds a signature line the note lacks: the sender is
+/// behind and gets ours. Two parties that hold the same certified note do
+/// not answer each other, so the exchange ends; before, each answered the
+/// other's stored note with its own, forever (found under load: four idle
+/// daemons at ≈ 50 % CPU each, parsing checkpoint notes).
+fn stored_helps(note: &[u8], stored: &str) -> bool {
+    match (
+        SignedCheckpoint::parse(note),
+        SignedCheckpoint::parse(stored.as_bytes()),
+    ) {
+        (Ok(theirs), Ok(ours)) => ours
+            .signatures
+            .iter()
+            .any(|l| !theirs.signatures.contains(l)),
+        _ => false,
     }
 }
 
@@ -1220,6 +1241,26 @@ mod tests {
         assert!(r.store.is_some());
         assert!(b.open.keys().all(|s| *s >= size));
         assert_eq!(b.resend().len(), 1);
+    }
+
+    #[test]
+    fn a_stored_note_answers_only_a_sender_that_lacks_its_lines() {
+        let ps = parties(4);
+        let mut b = book(&ps, 1);
+        let cp = b
+            .after_block(TreeSize(4), Sha256Digest::of(b"r"), 0)
+            .unwrap();
+        let lines: Vec<NoteSignature> = ps.iter().take(3).map(|p| cosign(p, &cp)).collect();
+        let stored = String::from_utf8(note(&cp, lines.clone())).unwrap();
+        // A sender holding one line is behind: it gets the certified note.
+        assert!(stored_helps(&note(&cp, lines[..1].to_vec()), &stored));
+        // A sender holding the same certified note is not answered, so two
+        // such parties do not echo it to each other for ever.
+        assert!(!stored_helps(stored.as_bytes(), &stored));
+        let mut more = lines.clone();
+        more.push(cosign(&ps[3], &cp));
+        assert!(!stored_helps(&note(&cp, more), &stored));
+        assert!(!stored_helps(b"not a note", &stored));
     }
 
     #[test]
