@@ -160,7 +160,15 @@ pub fn verifier_name(scheme: &str) -> &'static str {
 pub async fn session_end(c: &Client, sid: &str, within: Duration) -> anyhow::Result<Value> {
     let deadline = Instant::now() + within;
     loop {
-        let s = c.session(sid).await?;
+        // A party still catching up does not know the session yet.
+        let s = match c.session(sid).await {
+            Ok(s) => s,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let phase = s["phase_label"].as_str().unwrap_or_default();
         if phase != "active" && phase != "awaiting_approval" {
             return Ok(s);
@@ -169,6 +177,22 @@ pub async fn session_end(c: &Client, sid: &str, within: Duration) -> anyhow::Res
             bail!("session {sid} still {phase} after {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls operation `receipt` at `c` until it is decided (accepted, then
+/// decided in a block) and returns its view; an error after `within`.
+pub async fn decided(c: &Client, receipt: &str, within: Duration) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = c.operation(receipt).await?;
+        if v["status"] != "pending" && v["status"] != "accepted" && !v["record"].is_null() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("{receipt} not decided after {within:?}: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -26,32 +26,16 @@ fn keygen(scheme: &str) -> Value {
 
 /// Waits until an operation is decided and returns its record.
 async fn decided(c: &Client, receipt: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = c.operation(receipt).await.unwrap();
-        if v["status"] != "pending" && v["status"] != "accepted" && !v["record"].is_null() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{receipt} never decided: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    quorate_tests::mpc::decided(c, receipt, Duration::from_secs(60))
+        .await
+        .unwrap()
 }
 
 /// Waits until session `sid` has left the active phases at party `c`.
 async fn finished(c: &Client, sid: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = c.session(sid).await.unwrap();
-        let phase = s["phase_label"].as_str().unwrap_or_default().to_string();
-        if phase != "active" && phase != "awaiting_approval" {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "session {sid} still {phase}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    quorate_tests::mpc::session_end(c, sid, within)
+        .await
+        .unwrap()
 }
 
 async fn cluster() -> TestCluster {

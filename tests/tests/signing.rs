@@ -23,40 +23,16 @@ const ROUND_SECS: u64 = 3;
 
 /// Waits until an operation is decided and returns its record.
 async fn decided(c: &Client, receipt: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = c.operation(receipt).await.unwrap();
-        if v["status"] != "pending" && v["status"] != "accepted" && !v["record"].is_null() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{receipt} never decided: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    quorate_tests::mpc::decided(c, receipt, Duration::from_secs(60))
+        .await
+        .unwrap()
 }
 
 /// Waits until session `sid` has left the active phases at party `c`.
 async fn finished(c: &Client, sid: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        // A party still catching up does not know the session yet.
-        let s = match c.session(sid).await {
-            Ok(s) => s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => panic!("session {sid}: {e}"),
-        };
-        let phase = s["phase_label"].as_str().unwrap_or_default().to_string();
-        if phase != "active" && phase != "awaiting_approval" {
-            return s;
-        }
-        if Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    quorate_tests::mpc::session_end(c, sid, within)
+        .await
+        .unwrap()
 }
 
 async fn started(c: TestCluster) -> TestCluster {
@@ -113,7 +89,10 @@ async fn sign(c: &TestCluster, session: Value, within: Duration) -> (String, Vec
     let sid = create(c, session).await;
     let mut views = Vec::new();
     for id in 1..=N {
-        let v = finished(&c.client(id).unwrap(), &sid, within).await;
+        let v = match quorate_tests::mpc::session_end(&c.client(id).unwrap(), &sid, within).await {
+            Ok(v) => v,
+            Err(e) => panic!("P{id}: {e}; its log:\n{}", c.log(id)),
+        };
         if v["phase_label"] != "completed" {
             println!("P{id}'s log:\n{}", c.log(id));
         }
