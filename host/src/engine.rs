@@ -272,15 +272,20 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Cluster party ids as the engine's (16-bit) ids; `None` if one is out
+/// of range.
+pub(crate) fn mpc_parties(parties: &[PartyId]) -> Option<Vec<mpc::PartyId>> {
+    parties
+        .iter()
+        .map(|p| u16::try_from(p.0).ok().map(mpc::PartyId))
+        .collect()
+}
+
 /// The engine's view of a session's parameters, when it is one the
 /// built-in engine knows.
 pub fn session_ctx(cluster: &ClusterId, s: &Session) -> Option<mpc::SessionCtx> {
     let scheme = mpc::Scheme::from_label(&s.scheme)?;
-    let participants = s
-        .participants
-        .iter()
-        .map(|p| u16::try_from(p.0).ok().map(mpc::PartyId))
-        .collect::<Option<Vec<_>>>()?;
+    let participants = mpc_parties(&s.participants)?;
     Some(mpc::SessionCtx {
         cluster_id: *cluster.0.as_bytes(),
         session_id: *s.id.0.as_bytes(),

@@ -174,7 +174,6 @@ pub struct SignEngine {
     fault: SignFault,
     runs: BTreeMap<SessionId, Run>,
     views: BTreeMap<SessionId, SignView>,
-    catching_up: bool,
     rng: rand_core::OsRng,
 }
 
@@ -213,11 +212,7 @@ pub fn signing_ctx(
     public_key_package: Vec<u8>,
 ) -> Option<mpc::SigningCtx> {
     let scheme = mpc::Scheme::from_label(&s.scheme)?;
-    let candidates = s
-        .participants
-        .iter()
-        .map(|p| u16::try_from(p.0).ok().map(mpc::PartyId))
-        .collect::<Option<Vec<_>>>()?;
+    let candidates = crate::engine::mpc_parties(&s.participants)?;
     let taproot = match &spec.taproot {
         None => None,
         Some(t) => Some(mpc::TaprootTweak {
@@ -266,7 +261,6 @@ impl SignEngine {
             fault,
             runs: BTreeMap::new(),
             views: BTreeMap::new(),
-            catching_up: false,
             rng: rand_core::OsRng,
         }
     }
@@ -294,6 +288,8 @@ impl SignEngine {
     /// After a decided block (`live`), or while replaying the log at start
     /// (`!live`: the observers catch up, nothing is posted and no signer is
     /// started). `stored` finds this party's stored share of a key.
+    /// `catching_up`: the block is history this party is catching up on;
+    /// a session that starts in it is only observed.
     pub fn on_block(
         &mut self,
         machine: &SessionMachine,
@@ -301,6 +297,7 @@ impl SignEngine {
         events: &[Event],
         stored: &dyn Fn(&KeyId) -> Option<StoredShare>,
         live: bool,
+        catching_up: bool,
     ) -> Vec<SignAction> {
         let mut out = Vec::new();
         let height = machine.height().0;
@@ -327,7 +324,7 @@ impl SignEngine {
         for ev in events {
             match ev {
                 Event::SessionStarted { session } => {
-                    self.start(machine, *session, stored, live, &mut out)
+                    self.start(machine, *session, stored, live, catching_up, &mut out)
                 }
                 Event::Message { session, op, .. } => {
                     if !self.runs.contains_key(session) {
@@ -360,6 +357,7 @@ impl SignEngine {
         sid: SessionId,
         stored: &dyn Fn(&KeyId) -> Option<StoredShare>,
         live: bool,
+        catching_up: bool,
         out: &mut Vec<SignAction>,
     ) {
         let Some(s) = machine.session(&sid) else {
@@ -415,10 +413,10 @@ impl SignEngine {
         let Some(ctx) = ctx else {
             return;
         };
-        if live && candidate && self.catching_up {
+        if live && candidate && catching_up {
             warn!(session = %short(&sid), "a signing session started while this party catches up: it observes without signing (an earlier run may have committed in it)");
         }
-        let signer = if live && candidate && !self.catching_up {
+        let signer = if live && candidate && !catching_up {
             info!(session = %short(&sid), "signing session started: unsealing the key share");
             out.push(SignAction::Unseal { session: sid });
             SignerState::Pending(Vec::new())
@@ -504,13 +502,6 @@ impl SignEngine {
                 emit(sid, self.fault, outputs, &mut run.posted, out);
             }
         }
-    }
-
-    /// Tells the engine whether the blocks it is about to see are history
-    /// this party is catching up on; a session that starts in one is only
-    /// observed.
-    pub fn set_catching_up(&mut self, yes: bool) {
-        self.catching_up = yes;
     }
 
     /// The share of a candidate is unsealed: start its signer, post its

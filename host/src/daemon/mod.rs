@@ -1468,10 +1468,10 @@ impl Runtime {
         // A party far behind applies history: a signing that started there
         // may hold commitments of an earlier run of this daemon (a store
         // restored from a backup) further on, so it only observes.
-        self.signing.set_catching_up(self.driver.far_behind());
-        let actions = self
-            .signing
-            .on_block(&self.machine, time_ms, events, &stored, live);
+        let catching_up = self.driver.far_behind();
+        let actions =
+            self.signing
+                .on_block(&self.machine, time_ms, events, &stored, live, catching_up);
         if live {
             self.signing_actions(actions)?;
         }
