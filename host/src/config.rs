@@ -219,10 +219,11 @@ impl ClusterSection {
     }
 }
 
-/// Off by default (as CometBFT's `double_sign_check_height`): on swtpm
-/// system runs a watching party did not resume (see `crate::sign_watch`).
+/// On by default (CometBFT's `double_sign_check_height` is off by
+/// default; a party here only watches when its guard state is lost or
+/// behind its own chain, which a correct restart never is).
 fn default_double_sign_heights() -> u64 {
-    0
+    3
 }
 
 fn default_double_sign_idle() -> u64 {

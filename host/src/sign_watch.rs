@@ -27,15 +27,15 @@
 //! the sign requests the watch refuses (counted and logged) and signs them
 //! when the watch ends: the consensus core counts its own votes, so a vote
 //! dropped for good could leave this party's own decision waiting forever.
-//! For the same reason a party whose own precommit completes its local
-//! quorum cannot observe heights decided without it while it waits; it then
-//! ends the watch after the idle time (the full ADR-051 observation needs
-//! the consensus driver to leave its own votes out while watching).
 //!
-//! Known issue: in a three-party `majority` system run (guard record reset
-//! while stopped) the party started watching and held its votes back, but
-//! did not log the idle end or resume; the check is therefore off by
-//! default (`double_sign_check_heights = 0`) until that is understood.
+//! A watching party's core still counts its own (unsigned, placeholder)
+//! precommit, so with `majority` (2 of 3) its local quorum is complete as
+//! soon as one other precommit arrives. The consensus driver then completes
+//! the commit certificate from the others' precommits alone when they are a
+//! quorum (`ConsensusDriver`'s `certificate_without_us`), so the watching
+//! party follows the chain and sees heights decided without it. Before, it
+//! waited at that height for its own signature, saw nothing decided, and
+//! stayed watching: the reason the check was once off by default.
 
 use quorate_firmware::types::Height;
 

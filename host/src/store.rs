@@ -435,6 +435,17 @@ impl Store {
         })
     }
 
+    /// Forgets the sign guard's state, as a data dir restored from a
+    /// backup taken before the guard was written would have it. For
+    /// recovery drills and tests: a daemon started on such a store watches
+    /// the chain before it signs ([`crate::sign_watch`]).
+    pub fn clear_guard(&self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(GUARD)?.remove("state")?;
+            Ok(())
+        })
+    }
+
     /// The sign guard's state, if any was stored.
     pub fn guard(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|tx| {

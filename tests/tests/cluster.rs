@@ -102,6 +102,120 @@ async fn four_parties_lose_nothing_when_one_is_killed_mid_load() {
     );
 }
 
+/// Forgets party `id`'s sign-guard state in its (stopped) daemon's store.
+fn clear_guard(c: &TestCluster, id: u32) {
+    let dir = &c.parties[id as usize - 1].data_dir;
+    let identity = quorate_host::store::Store::open_read_only(dir)
+        .unwrap()
+        .meta("identity")
+        .unwrap()
+        .unwrap();
+    let store =
+        quorate_host::store::Store::open(dir, std::str::from_utf8(&identity).unwrap()).unwrap();
+    store.clear_guard().unwrap();
+    assert!(store.guard().unwrap().is_none());
+}
+
+/// Waits until party `id`'s log holds `needle` at least `count` times.
+async fn wait_log(c: &TestCluster, id: u32, needle: &str, count: usize, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while c.log(id).matches(needle).count() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "party {id} did not log {needle:?} {count} times: {}",
+            c.log(id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The start-up double-sign check (ADR-051), on by default: a party whose
+/// sign-guard state was lost signs nothing after its start until the
+/// others decide heights without it (or, when nothing is decided, until
+/// its idle time passes), then takes part again; nothing accepted is lost.
+async fn lost_sign_guard(n: u32, fault_model: &str) {
+    let mut c = TestCluster::provision(n, fault_model).unwrap();
+    c.start_all().unwrap();
+    let all: Vec<u32> = (1..=n).collect();
+    let others: Vec<u32> = (1..n).collect();
+    for id in 1..=n {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let mut receipts = submit_many(&c, &all, 2).await;
+    c.wait_quiescent(&all, Duration::from_secs(120))
+        .await
+        .unwrap();
+    const WATCHING: &str = "double-sign check: signing nothing";
+
+    // Under load: the others decide heights without the last party, which watches
+    // them and then signs again.
+    c.stop(n).unwrap();
+    clear_guard(&c, n);
+    c.start(n).unwrap();
+    c.wait_api(n, Duration::from_secs(30)).await.unwrap();
+    wait_log(&c, n, WATCHING, 1, Duration::from_secs(10)).await;
+    receipts.extend(submit_many(&c, &others, 2).await);
+    wait_log(
+        &c,
+        n,
+        "double-sign check passed: signing resumes",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(c.log(n).contains("signature withheld"), "{}", c.log(n));
+    let metrics = c.client(n).unwrap().metrics().await.unwrap();
+    let withheld: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quorate_signatures_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no withheld-signature count: {metrics}"));
+    assert!(withheld > 0, "{metrics}");
+    receipts.extend(submit_many(&c, &[n], 2).await);
+    c.wait_quiescent(&all, Duration::from_secs(120))
+        .await
+        .unwrap();
+
+    // Idle: nothing is decided, so no copy of the last party signs either; the
+    // watch ends after its idle time (10 s by default).
+    c.stop(n).unwrap();
+    clear_guard(&c, n);
+    c.start(n).unwrap();
+    c.wait_api(n, Duration::from_secs(30)).await.unwrap();
+    wait_log(&c, n, WATCHING, 2, Duration::from_secs(10)).await;
+    wait_log(
+        &c,
+        n,
+        "double-sign check passed (nothing decided while watching)",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    receipts.extend(submit_many(&c, &[n, 1], 2).await);
+    c.wait_quiescent(&all, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_all_executed(&c, &receipts).await;
+    assert!(!c.log(n).contains("consensus halted"), "{}", c.log(n));
+    assert!(
+        !c.log(n).contains("double signing detected"),
+        "{}",
+        c.log(n)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_that_lost_its_sign_guard_watches_before_it_signs_again() {
+    lost_sign_guard(4, "byzantine").await;
+}
+
+/// The same with `majority` (a quorum of 2 of 3), where the watching
+/// party's own placeholder precommit completes its local quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_party_that_lost_its_sign_guard_watches_before_it_signs_again() {
+    lost_sign_guard(3, "majority").await;
+}
+
 fn peer_specs(c: &TestCluster, except: u32) -> Vec<quorate_host::net::PeerSpec> {
     c.parties
         .iter()

@@ -982,9 +982,19 @@ impl ConsensusDriver {
             }
         }
         if waiting {
-            // Our own precommit is still at the TPM: finish when it is back.
-            self.pending_decision = Some((block, mcert));
-            return Ok(());
+            match self.certificate_without_us(&cert) {
+                // The others' precommits are a quorum without ours: decide
+                // now (and a party whose signatures are withheld, as by the
+                // host's start-up double-sign watch, still follows the
+                // chain).
+                Some(c) => cert = c,
+                None => {
+                    // Our own precommit is still at the TPM: finish when it
+                    // is back, or when enough of the others' arrive.
+                    self.pending_decision = Some((block, mcert));
+                    return Ok(());
+                }
+            }
         }
         let decided = DecidedBlock {
             block,
@@ -992,6 +1002,47 @@ impl ConsensusDriver {
         };
         self.apply_decided(decided);
         Ok(())
+    }
+
+    /// A commit certificate for `cert`'s decision made of the other
+    /// parties' precommits only (those in `cert` and those in the vote
+    /// log), if they are a quorum by themselves.
+    fn certificate_without_us(&mut self, cert: &CommitCertificate) -> Option<CommitCertificate> {
+        let me = self.io.cfg.me;
+        let mut sigs: BTreeMap<PartyId, Signature> = cert
+            .signatures
+            .iter()
+            .filter(|(p, _)| *p != me)
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        for ((voter, round, precommit), v) in &self.vote_log {
+            if *voter != me
+                && *precommit
+                && *round == cert.round
+                && v.vote.height == cert.height
+                && v.vote.value == mc::NilOrVal::Val(cert.block)
+            {
+                sigs.entry(*voter).or_insert(v.signature);
+            }
+        }
+        let candidate = CommitCertificate {
+            height: cert.height,
+            round: cert.round,
+            block: cert.block,
+            signatures: sigs.into_iter().collect(),
+        };
+        verify_commit_certificate_cached(
+            &self.io.cfg.parties,
+            self.io.cfg.fault_model,
+            self.io.cfg.cluster,
+            self.io.cfg.epoch,
+            cert.height,
+            cert.block,
+            &candidate,
+            &mut self.io.cache,
+        )
+        .ok()
+        .map(|()| candidate)
     }
 
     fn apply_decided(&mut self, decided: DecidedBlock) {
@@ -1088,6 +1139,11 @@ impl ConsensusDriver {
                 }
                 self.record_vote(&v);
                 self.catch_up.note_active(from, h);
+                if self.pending_decision.is_some() {
+                    // Decided, waiting for our own precommit's signature:
+                    // the others' may complete the certificate first.
+                    return self.try_complete_decision();
+                }
                 self.maybe_start_height()?;
                 self.run_core(mcc::Input::Vote(vote_to_mc(&v)))
             }
@@ -1766,5 +1822,99 @@ mod tests {
         assert_eq!(ask(&mut d, 3_100, 3), 0);
         assert_eq!(d.block_requests_dropped().get(&PartyId(3)), Some(&96));
         assert_eq!(d.block_requests_dropped().get(&PartyId(4)), None);
+    }
+
+    /// A party whose signatures are withheld (the host's start-up
+    /// double-sign watch holds every sign request back) still decides what
+    /// the others decide: its core counts its own placeholder precommit,
+    /// but the certificate is completed from the others' precommits, and
+    /// carries no signature of it. Before, it waited for its own signature
+    /// and never left the height.
+    #[test]
+    fn a_party_that_signs_nothing_follows_the_decisions_of_the_others() {
+        let net = testkit::Net::new(4);
+        let mut drivers: Vec<ConsensusDriver> = (1..=4).map(|i| net.driver(net.cfg(i)).0).collect();
+        let silent = 3usize; // P4 signs nothing.
+        let mut now = 2_000u64;
+        // (to index, from, bytes) in flight; (due, party index, timer) armed.
+        let mut wire: VecDeque<(usize, PartyId, Vec<u8>)> = VecDeque::new();
+        let mut timers: Vec<(u64, usize, TimerId)> = Vec::new();
+        let mut decided: Vec<Vec<DecidedBlock>> = vec![Vec::new(); 4];
+        let mut withheld = 0usize;
+        let batch = net.batch(1, 1, 2, 16);
+        let mut inputs: VecDeque<(usize, Input)> = (0..4)
+            .map(|i| (i, Input::SubmitBatch(batch.clone())))
+            .take(1)
+            .collect();
+        let mut steps = 0;
+        while decided.iter().any(Vec::is_empty) {
+            steps += 1;
+            assert!(
+                steps < 20_000,
+                "no decision at every party: {:?}",
+                decided.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            let (i, input) = if let Some(x) = inputs.pop_front() {
+                x
+            } else if let Some((to, from, bytes)) = wire.pop_front() {
+                (to, Input::Peer { from, bytes })
+            } else {
+                timers.sort();
+                assert!(!timers.is_empty(), "stuck with no timer");
+                let (due, i, id) = timers.remove(0);
+                now = now.max(due);
+                (i, Input::TimeoutFired(id))
+            };
+            let step = drivers[i].handle(now, input).unwrap();
+            let me = PartyId(i as u32 + 1);
+            for a in step.actions {
+                match a {
+                    Action::Sign { request, bytes } => {
+                        if i == silent {
+                            withheld += 1;
+                        } else {
+                            let signature = net.c.sign(me.0, &bytes);
+                            inputs.push_back((i, Input::SignatureReady { request, signature }));
+                        }
+                    }
+                    Action::Broadcast { bytes } => {
+                        for j in (0..4).filter(|j| *j != i) {
+                            wire.push_back((j, me, bytes.clone()));
+                        }
+                    }
+                    Action::Send { to, bytes } => {
+                        wire.push_back((to.0 as usize - 1, me, bytes));
+                    }
+                    Action::ScheduleTimeout { id, after_ms } => {
+                        timers.push((now + after_ms, i, id))
+                    }
+                    Action::CancelTimeout { id } => {
+                        timers.retain(|(_, j, t)| !(*j == i && *t == id))
+                    }
+                    Action::Decided(b) => decided[i].push(*b),
+                }
+            }
+        }
+        assert!(withheld > 0, "the silent party was never asked to sign");
+        let first = &decided[0][0];
+        for d in &decided {
+            assert_eq!(d[0].block.hash(), first.block.hash());
+        }
+        let cert = &decided[silent][0].certificate;
+        assert!(
+            cert.signatures.iter().all(|(p, _)| *p != PartyId(4)),
+            "{cert:?}"
+        );
+        crate::consensus::verify_commit_certificate(
+            &net.parties,
+            FaultModel::Byzantine,
+            net.c.id,
+            Epoch(0),
+            Height(1),
+            first.block.hash(),
+            cert,
+        )
+        .unwrap();
+        assert_eq!(drivers[silent].chain().height, Height(1));
     }
 }
