@@ -250,3 +250,19 @@ fn seeds_part_models() {
     }
     assert!(failures.is_empty(), "failing (model, seed): {failures:?}");
 }
+
+/// A party down for many more heights than the others keep in memory
+/// rejoins: its block requests are answered from the others' stores, and
+/// it agrees with them on every height (odd seeds keep 2 blocks in memory).
+#[test]
+fn a_party_down_longer_than_the_kept_blocks_catches_up_from_the_store() {
+    use quorate_firmware::sim::run;
+    use quorate_firmware::types::FaultModel;
+    for seed in [1u64, 3] {
+        let mut cfg = SimConfig::clean(seed, 4, FaultModel::Byzantine, 30, 1);
+        cfg.crash = Some((3, 50, 60_000));
+        let r = run(cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(r.heights >= 30, "seed {seed}: {r:?}");
+        assert!(r.served_from_store > 0, "seed {seed}: {r:?}");
+    }
+}

@@ -164,6 +164,10 @@ pub struct NetSection {
     /// Block requests of one peer answered back to back.
     #[serde(default = "default_block_requests_burst")]
     pub block_requests_burst: u32,
+    /// Decided blocks kept in memory to answer catch-up requests (and for
+    /// the start-up double-sign watch); older ones are read from the store.
+    #[serde(default = "default_recent_blocks")]
+    pub recent_blocks: usize,
 }
 
 impl Default for NetSection {
@@ -177,6 +181,7 @@ impl Default for NetSection {
             recv_queue_bytes: default_queue_bytes(),
             block_requests_per_sec: default_block_requests_per_sec(),
             block_requests_burst: default_block_requests_burst(),
+            recent_blocks: default_recent_blocks(),
         }
     }
 }
@@ -203,6 +208,10 @@ fn default_queue_bytes() -> u64 {
 
 fn default_block_requests_per_sec() -> u32 {
     quorate_firmware::consensus::sync::BLOCK_SERVE_PER_SEC
+}
+
+fn default_recent_blocks() -> usize {
+    1024
 }
 
 fn default_block_requests_burst() -> u32 {

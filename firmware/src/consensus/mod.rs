@@ -25,6 +25,7 @@ pub use certificate::{verify_commit_certificate, CertificateError, CommitCertifi
 pub use context::{Block, BlockHash, BlockHeader, Equivocation, LogHead, Party, PartySet};
 pub use driver::validate;
 pub use driver::{
-    Action, BadBatch, ChainState, ConsensusDriver, DecidedBlock, DriverConfig, DriverError, Input,
-    InvalidBlock, PeerFault, Persist, Restored, SignRequestId, Step, TimerId,
+    block_response_frame, Action, BadBatch, ChainState, ConsensusDriver, DecidedBlock,
+    DriverConfig, DriverError, Input, InvalidBlock, PeerFault, Persist, Restored, SignRequestId,
+    Step, TimerId,
 };

@@ -362,6 +362,9 @@ pub struct SimReport {
     /// Most heights a correct author's batch waited (see
     /// [`FAIRNESS_BOUND_HEIGHTS`]).
     pub max_wait_heights: u64,
+    /// Block requests answered from the store (older than the blocks a
+    /// driver keeps in memory) by honest parties.
+    pub served_from_store: u64,
 }
 
 /// The one-line command that reproduces `seed`.
@@ -404,6 +407,9 @@ enum Ev {
 struct Store {
     chain: ChainState,
     recent: Vec<DecidedBlock>,
+    /// Every decided block, by height − 1 (the host's store holds them all
+    /// and serves [`Action::ServeStored`] from them).
+    blocks: Vec<DecidedBlock>,
     guard: SignGuard,
     wal: Vec<(Height, WalRecord)>,
     own_batches: Vec<SignedBatch>,
@@ -821,6 +827,7 @@ impl Sim {
                 Persist::SignGuard(g) => s.guard = g,
                 Persist::Decided { decided, chain } => {
                     s.chain = chain;
+                    s.blocks.push(decided.clone());
                     s.recent.push(decided);
                     if s.recent.len() > 64 {
                         s.recent.remove(0);
@@ -855,6 +862,20 @@ impl Sim {
                     );
                 }
                 Action::Decided(d) => self.on_decided(i, *d)?,
+                Action::ServeStored { to, height } => {
+                    let d = usize::try_from(height.0)
+                        .ok()
+                        .and_then(|h| h.checked_sub(1))
+                        .and_then(|h| self.nodes[i].store.blocks.get(h))
+                        .cloned()
+                        .ok_or_else(|| {
+                            format!("P{} asked to serve height {height}, not stored", i + 1)
+                        })?;
+                    self.report.served_from_store += 1;
+                    let bytes =
+                        crate::consensus::driver::block_response_frame(d.block, d.certificate);
+                    self.byz_send(i, (to.0 - 1) as usize, bytes);
+                }
             }
         }
         Ok(())
@@ -1143,6 +1164,11 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
             );
             c.max_block_bytes = 256 * 1024;
             c.app_state = true;
+            // Every other seed keeps only 2 blocks in memory, so catch-up
+            // after a crash or partition is served from the store.
+            if cfg.seed % 2 == 1 {
+                c.recent_blocks = 2;
+            }
             c
         })
         .collect();

@@ -39,8 +39,9 @@ use crate::tpm::{Swtpm, TpmHandle, TpmTarget};
 use anyhow::{anyhow, bail, Context as _};
 use quorate_firmware::batch::SignedBatch;
 use quorate_firmware::consensus::{
-    Action, Block, ChainState, CommitCertificate, ConsensusDriver, DecidedBlock, DriverConfig,
-    DriverError, Input, Party, PartySet, Persist, Restored, SignRequestId, Step, TimerId,
+    block_response_frame, Action, Block, ChainState, CommitCertificate, ConsensusDriver,
+    DecidedBlock, DriverConfig, DriverError, Input, Party, PartySet, Persist, Restored,
+    SignRequestId, Step, TimerId,
 };
 use quorate_firmware::crypto::Signature;
 use quorate_firmware::sessions::machine::{BlockOutcome, MachineConfig};
@@ -57,8 +58,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-/// How many decided blocks the driver keeps in memory to serve catch-up.
-const RECENT_BLOCKS: u64 = 1024;
 /// Largest batch of own operations, in encoded bytes.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Resubmit an undecided own batch after this long.
@@ -432,6 +431,7 @@ pub async fn run(
     dcfg.max_block_bytes = cfg.file.cluster.max_block_bytes as usize;
     dcfg.block_serve_per_sec = cfg.file.party.net.block_requests_per_sec;
     dcfg.block_serve_burst = cfg.file.party.net.block_requests_burst;
+    dcfg.recent_blocks = cfg.file.party.net.recent_blocks.max(1);
     // The daemon keeps the audit log: the driver waits for its head.
     dcfg.app_state = true;
     let quote_pcrs = attests.then(|| {
@@ -643,9 +643,10 @@ impl Runtime {
                 chain.height.0
             );
         }
-        let from = tip.saturating_sub(RECENT_BLOCKS - 1).max(1);
+        let keep = dcfg.recent_blocks.max(1) as u64;
+        let from = tip.saturating_sub(keep - 1).max(1);
         let mut recent = Vec::new();
-        for sb in store.decided_range(from, RECENT_BLOCKS as usize)? {
+        for sb in store.decided_range(from, keep as usize)? {
             recent.push(DecidedBlock {
                 block: Block::from_bytes(&sb.block)
                     .map_err(|e| anyhow!("stored block {} is corrupt: {e}", sb.height))?,
@@ -1112,6 +1113,7 @@ impl Runtime {
                 Action::Decided(d) => {
                     self.decided(&d.block, &d.certificate)?;
                 }
+                Action::ServeStored { to, height } => self.serve_stored(to, height)?,
             }
         }
         // The decided block's audit step is stored: the driver may start
@@ -1122,6 +1124,24 @@ impl Runtime {
                 Err(e) => bail!("consensus halted: {e}"),
             }
         }
+        Ok(())
+    }
+
+    /// Answers a peer's block request for a decided block older than the
+    /// ones the driver keeps, from the store (the driver rationed it).
+    fn serve_stored(&mut self, to: PartyId, height: Height) -> anyhow::Result<()> {
+        let Some(sb) = self.store.decided(height.0)? else {
+            // The driver asks only for heights it decided, all of them
+            // stored before it moved on: a gap is a corrupt store.
+            bail!("decided block {height} is missing from the store");
+        };
+        let block = Block::from_bytes(&sb.block)
+            .map_err(|e| anyhow!("stored block {height} is corrupt: {e}"))?;
+        let frame = block_response_frame(block, dec("certificate", &sb.cert)?);
+        self.net.send(
+            to,
+            Arc::from(admission::PeerFrame::Consensus(frame).encode()),
+        );
         Ok(())
     }
 

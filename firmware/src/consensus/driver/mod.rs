@@ -290,6 +290,23 @@ pub enum Action {
     },
     /// A block was decided: apply it (height, time, batches) in order.
     Decided(Box<DecidedBlock>),
+    /// A peer asked for decided block `height`, older than the blocks kept
+    /// in memory ([`DriverConfig::recent_blocks`]): read it and its commit
+    /// certificate from the store and send `to` the
+    /// [`block_response_frame`]. The request was rationed like any other
+    /// (one store read per answer the peer's budget allows).
+    ServeStored {
+        /// The peer.
+        to: PartyId,
+        /// The decided height (at least 1, at most our chain's height).
+        height: Height,
+    },
+}
+
+/// The frame that answers a block request with a decided block and its
+/// commit certificate (what [`Action::ServeStored`] sends).
+pub fn block_response_frame(block: Block, certificate: CommitCertificate) -> Vec<u8> {
+    PeerMessage::BlockResponse { block, certificate }.encode()
 }
 
 /// The outputs of one input. Contract: make every `persist` entry durable
@@ -1105,19 +1122,15 @@ impl ConsensusDriver {
                 if !self.serve.take(from, self.io.now) {
                     return Ok(());
                 }
-                if let Some(d) = self
-                    .recent
-                    .iter()
-                    .find(|d| d.block.header().height == height)
-                {
-                    let m = PeerMessage::BlockResponse {
-                        block: d.block.clone(),
-                        certificate: d.certificate.clone(),
-                    };
-                    self.io.step.actions.push(Action::Send {
-                        to: from,
-                        bytes: m.encode(),
-                    });
+                if let Some(d) = self.recent_block(height) {
+                    let bytes = block_response_frame(d.block.clone(), d.certificate.clone());
+                    self.io.step.actions.push(Action::Send { to: from, bytes });
+                } else if height.0 >= 1 && height <= self.chain.height {
+                    // Decided, but no longer in memory: the host reads it.
+                    self.io
+                        .step
+                        .actions
+                        .push(Action::ServeStored { to: from, height });
                 }
                 Ok(())
             }
@@ -1249,6 +1262,16 @@ impl ConsensusDriver {
             to_malachite_extended(&cert),
         );
         self.run_core(mcc::Input::SyncValueResponse(resp))
+    }
+
+    /// Decided block `height` among the recent ones kept in memory (they
+    /// are consecutive, so this is an index, not a search).
+    fn recent_block(&self, height: Height) -> Option<&DecidedBlock> {
+        let first = self.recent.front()?.block.header().height;
+        let i = usize::try_from(height.0.checked_sub(first.0)?).ok()?;
+        self.recent
+            .get(i)
+            .filter(|d| d.block.header().height == height)
     }
 
     fn request_block(&mut self, to: PartyId) {
@@ -1892,6 +1915,7 @@ mod tests {
                         timers.retain(|(_, j, t)| !(*j == i && *t == id))
                     }
                     Action::Decided(b) => decided[i].push(*b),
+                    Action::ServeStored { .. } => {}
                 }
             }
         }
@@ -1916,5 +1940,75 @@ mod tests {
         )
         .unwrap();
         assert_eq!(drivers[silent].chain().height, Height(1));
+    }
+
+    /// A request for a decided block older than the kept ones asks the host
+    /// to serve it from the store; a kept one is answered from memory; a
+    /// height not decided (or 0) is not answered at all. Before, a block
+    /// older than `recent_blocks` was never served, so a party down longer
+    /// than that could not rejoin.
+    #[test]
+    fn block_requests_below_the_kept_blocks_are_served_from_the_store() {
+        let net = testkit::Net::new(4);
+        let mut cfg = net.cfg(1);
+        cfg.recent_blocks = 1;
+        let block = testkit::block_1(2, Vec::new());
+        let kept = DecidedBlock {
+            certificate: CommitCertificate {
+                height: Height(1),
+                round: 0,
+                block: block.hash(),
+                signatures: Vec::new(),
+            },
+            block,
+        };
+        // Restored at height 5 with only block 1 given: a gap is fine for
+        // the lookup (it checks the height it finds).
+        let restored = Restored {
+            chain: ChainState {
+                height: Height(5),
+                ..Default::default()
+            },
+            recent: vec![kept],
+            ..Default::default()
+        };
+        let (mut d, _) = ConsensusDriver::restore(cfg, restored, 1_000).unwrap();
+        let mut ask = |height: u64| {
+            d.handle(
+                2_000,
+                Input::Peer {
+                    from: PartyId(3),
+                    bytes: PeerMessage::BlockRequest {
+                        height: Height(height),
+                    }
+                    .encode(),
+                },
+            )
+            .unwrap()
+            .actions
+        };
+        let a = ask(1);
+        assert!(
+            matches!(a.as_slice(), [Action::Send { to: PartyId(3), bytes }]
+                if matches!(PeerMessage::decode(bytes, usize::MAX), Ok(PeerMessage::BlockResponse { .. }))),
+            "{a:?}"
+        );
+        for h in [2, 5] {
+            assert_eq!(
+                ask(h),
+                vec![Action::ServeStored {
+                    to: PartyId(3),
+                    height: Height(h)
+                }]
+            );
+        }
+        for h in [0, 6, 1_000] {
+            assert!(
+                !ask(h)
+                    .iter()
+                    .any(|a| matches!(a, Action::ServeStored { .. } | Action::Send { .. })),
+                "height {h}"
+            );
+        }
     }
 }
