@@ -47,6 +47,10 @@ pub enum WatchReason {
         /// The stored tip.
         tip: Height,
     },
+    /// The party's store was lost (deleted or replaced by an empty one):
+    /// the chain is replayed from height 1, so neither the guard nor the
+    /// tip tells what this party signed before.
+    StoreLost,
     /// The guard's last precommit is older than the chain's last height
     /// signed by this party.
     GuardBehindChain {
@@ -64,6 +68,10 @@ impl std::fmt::Display for WatchReason {
                 f,
                 "the sign-guard state is missing but the chain is at height {}",
                 tip.0
+            ),
+            WatchReason::StoreLost => write!(
+                f,
+                "the store was lost: this party may have signed heights it has not replayed yet"
             ),
             WatchReason::GuardBehindChain { guard, chain } => write!(
                 f,
@@ -98,6 +106,10 @@ struct Watching {
     /// When the last block was decided (or the watch started), ms.
     last_progress_ms: u64,
     idle_ms: u64,
+    /// After a lost store: blocks with a time up to this (the start plus
+    /// the most a proposer's clock may be ahead) may have been decided
+    /// before this start, so may carry our precommit, and are not counted.
+    before_start_until_ms: Option<u64>,
 }
 
 /// What a decided block did to the watch.
@@ -144,6 +156,29 @@ impl DoubleSignWatch {
                 remaining: heights,
                 last_progress_ms: now_ms,
                 idle_ms,
+                before_start_until_ms: None,
+            }),
+        }
+    }
+
+    /// The check at a start whose store was lost: nothing stored says what
+    /// this party signed, so it watches while it replays. Blocks whose time
+    /// is at most `now_ms` + `ahead_ms` (the block-time bound a proposer's
+    /// clock may run ahead) were possibly decided before this start: they
+    /// may carry our precommit and are not counted. `heights` blocks after
+    /// that must be decided without us. `heights` = 0 disables the check.
+    pub fn after_store_loss(heights: u64, idle_ms: u64, ahead_ms: u64, now_ms: u64) -> Self {
+        if heights == 0 {
+            return DoubleSignWatch::off();
+        }
+        DoubleSignWatch {
+            watching: Some(Watching {
+                reason: WatchReason::StoreLost,
+                tip: Height(0),
+                remaining: heights,
+                last_progress_ms: now_ms,
+                idle_ms,
+                before_start_until_ms: Some(now_ms.saturating_add(ahead_ms)),
             }),
         }
     }
@@ -177,12 +212,20 @@ impl DoubleSignWatch {
     pub fn on_decided(
         &mut self,
         height: Height,
+        block_time_ms: u64,
         ours: bool,
         now_ms: u64,
     ) -> Result<WatchEvent, DoubleSignDetected> {
         let Some(w) = &mut self.watching else {
             return Ok(WatchEvent::Nothing);
         };
+        if w.before_start_until_ms.is_some_and(|t| block_time_ms <= t) {
+            // Replayed history (after a lost store): the next block may
+            // still carry what we signed before.
+            w.tip = w.tip.max(height);
+            w.last_progress_ms = now_ms;
+            return Ok(WatchEvent::Nothing);
+        }
         if height.0 <= w.tip.0.saturating_add(1) {
             // May carry what we signed before this start.
             w.last_progress_ms = now_ms;
@@ -248,14 +291,23 @@ mod tests {
             assert_eq!(w.reason(), Some(reason));
             assert!(!w.may_sign());
             // Height 11 may carry our pre-restart precommit: not counted.
-            assert_eq!(w.on_decided(Height(11), true, 2), Ok(WatchEvent::Nothing));
+            assert_eq!(
+                w.on_decided(Height(11), 0, true, 2),
+                Ok(WatchEvent::Nothing)
+            );
             assert!(!w.may_sign());
-            assert_eq!(w.on_decided(Height(12), false, 4), Ok(WatchEvent::Nothing));
+            assert_eq!(
+                w.on_decided(Height(12), 0, false, 4),
+                Ok(WatchEvent::Nothing)
+            );
             assert!(!w.may_sign());
-            assert_eq!(w.on_decided(Height(13), false, 6), Ok(WatchEvent::Ended));
+            assert_eq!(w.on_decided(Height(13), 0, false, 6), Ok(WatchEvent::Ended));
             assert!(w.may_sign());
             // Over: our signature is ours again.
-            assert_eq!(w.on_decided(Height(14), true, 8), Ok(WatchEvent::Nothing));
+            assert_eq!(
+                w.on_decided(Height(14), 0, true, 8),
+                Ok(WatchEvent::Nothing)
+            );
         }
     }
 
@@ -263,7 +315,7 @@ mod tests {
     fn our_precommit_in_a_block_decided_while_watching_halts() {
         let mut w = DoubleSignWatch::at_start(None, Height(10), Some(Height(10)), 3, IDLE, 0);
         assert_eq!(
-            w.on_decided(Height(12), true, 1),
+            w.on_decided(Height(12), 0, true, 1),
             Err(DoubleSignDetected { height: Height(12) })
         );
     }
@@ -279,10 +331,60 @@ mod tests {
         // A decided block restarts the idle clock.
         let mut w = DoubleSignWatch::at_start(None, Height(10), Some(Height(10)), 3, IDLE, 0);
         assert_eq!(
-            w.on_decided(Height(12), false, IDLE - 1),
+            w.on_decided(Height(12), 0, false, IDLE - 1),
             Ok(WatchEvent::Nothing)
         );
         assert_eq!(w.tick(IDLE), WatchEvent::Nothing);
         assert_eq!(w.tick(2 * IDLE - 1), WatchEvent::Ended);
+    }
+
+    #[test]
+    fn after_a_lost_store_blocks_from_before_the_start_may_carry_ours() {
+        const AHEAD: u64 = 5_000;
+        let start = 100_000;
+        let mut w = DoubleSignWatch::after_store_loss(2, IDLE, AHEAD, start);
+        assert_eq!(w.reason(), Some(WatchReason::StoreLost));
+        assert!(!w.may_sign());
+        // Replayed from height 1: our old precommits are everywhere.
+        for h in 1..=50 {
+            let t = start - 60_000 + h * 1_000;
+            assert_eq!(
+                w.on_decided(Height(h), t, true, start + h),
+                Ok(WatchEvent::Nothing)
+            );
+        }
+        // Up to the start plus the proposer's lead: still possibly before.
+        assert_eq!(
+            w.on_decided(Height(51), start + AHEAD, true, start + 60),
+            Ok(WatchEvent::Nothing)
+        );
+        // The next block may carry what we signed before we stopped.
+        assert_eq!(
+            w.on_decided(Height(52), start + AHEAD + 1, true, start + 70),
+            Ok(WatchEvent::Nothing)
+        );
+        assert!(!w.may_sign());
+        assert_eq!(
+            w.on_decided(Height(53), start + AHEAD + 2, false, start + 80),
+            Ok(WatchEvent::Nothing)
+        );
+        assert_eq!(
+            w.on_decided(Height(54), start + AHEAD + 3, false, start + 90),
+            Ok(WatchEvent::Ended)
+        );
+        assert!(w.may_sign());
+        // A block proposed after the start that carries ours: another
+        // instance signs with our key.
+        let mut w = DoubleSignWatch::after_store_loss(3, IDLE, AHEAD, start);
+        assert_eq!(
+            w.on_decided(Height(9), start, true, start),
+            Ok(WatchEvent::Nothing)
+        );
+        assert_eq!(
+            w.on_decided(Height(11), start + AHEAD + 1, true, start + 1),
+            Err(DoubleSignDetected { height: Height(11) })
+        );
+        // Disabled.
+        assert!(DoubleSignWatch::after_store_loss(0, IDLE, AHEAD, start).may_sign());
     }
 }

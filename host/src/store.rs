@@ -446,6 +446,20 @@ impl Store {
         })
     }
 
+    /// Starts the outbox sequence (and so the receipt ids made from it) at
+    /// `next`, unless one was already taken. For a store that replaces a
+    /// lost one: receipts the lost store gave out must never name another
+    /// operation.
+    pub fn start_outbox_seq_at(&self, next: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut meta = tx.open_table(META)?;
+            if meta.get("outbox_next")?.is_none() {
+                meta.insert("outbox_next", next.to_be_bytes().as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     /// The sign guard's state, if any was stored.
     pub fn guard(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|tx| {

@@ -421,3 +421,100 @@ async fn epoch_attestation_records_are_committed_and_verified_by_every_peer() {
         );
     }
 }
+
+/// Catch-up reads any decided height from the store. Every party keeps only
+/// 4 blocks in memory, so a party down for more heights than that rejoins
+/// only through blocks read from the others' stores; then a party whose
+/// store was deleted (keys, TLS identity and enrollment kept) replays from
+/// height 1, verifying every certificate, reaches the same state root, and
+/// takes part again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_down_longer_than_the_kept_blocks_or_with_a_wiped_store_rejoins() {
+    let mut c = TestCluster::provision(4, "byzantine").unwrap();
+    for id in 1..=4 {
+        c.append_config(id, "[party.net]\nrecent_blocks = 4\n")
+            .unwrap();
+    }
+    c.start_all().unwrap();
+    let all = [1, 2, 3, 4];
+    for id in all {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let mut receipts = submit_many(&c, &all, 1).await;
+    let start = c
+        .wait_quiescent(&all, Duration::from_secs(120))
+        .await
+        .unwrap();
+
+    // Down while the others decide many more heights than they keep.
+    c.stop(4).unwrap();
+    for _ in 0..6 {
+        receipts.extend(submit_many(&c, &[1, 2, 3], 1).await);
+        c.wait_quiescent(&[1, 2, 3], Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    let ahead = c.statuses(&[1]).await.unwrap()[0].height;
+    assert!(
+        ahead > start[0].height + 4,
+        "{ahead} vs {}",
+        start[0].height
+    );
+    c.start(4).unwrap();
+    c.wait_api(4, Duration::from_secs(30)).await.unwrap();
+    let s = c
+        .wait_quiescent(&all, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(s[3].height >= ahead);
+
+    assert_all_executed(&c, &receipts).await;
+    let ours = receipts.iter().find(|(id, _)| *id == 4).unwrap().1.clone();
+    let op_id = c.client(4).unwrap().operation(&ours).await.unwrap()["op_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A wiped store: the party starts from nothing and replays from height 1.
+    c.stop(4).unwrap();
+    std::fs::remove_file(c.parties[3].data_dir.join("quorate.redb")).unwrap();
+    c.start(4).unwrap();
+    c.wait_api(4, Duration::from_secs(30)).await.unwrap();
+    wait_log(&c, 4, "the store was lost", 1, Duration::from_secs(10)).await;
+    wait_log(
+        &c,
+        4,
+        "double-sign check: signing nothing",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let s = c
+        .wait_quiescent(&all, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(s[3].height >= ahead);
+    // Its old receipts are gone with the store, and never name another
+    // operation; the operation itself is found by its id.
+    let gone = c.client(4).unwrap().operation(&ours).await;
+    assert!(gone.is_err(), "{gone:?}");
+    let by_id = c.client(4).unwrap().operation(&op_id).await.unwrap();
+    assert_eq!(by_id["status"], "executed", "{by_id}");
+    let mut receipts: Vec<(u32, String)> = Vec::new();
+    // It takes part: its own submissions are decided and executed, and the
+    // others cannot decide without it once one of them is stopped.
+    c.stop(1).unwrap();
+    receipts.extend(submit_many(&c, &[2, 3, 4], 1).await);
+    c.wait_quiescent(&[2, 3, 4], Duration::from_secs(120))
+        .await
+        .unwrap();
+    c.start(1).unwrap();
+    c.wait_api(1, Duration::from_secs(30)).await.unwrap();
+    c.wait_quiescent(&all, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_all_executed(&c, &receipts).await;
+    for id in all {
+        assert!(!c.log(id).contains("consensus halted"), "{}", c.log(id));
+    }
+}

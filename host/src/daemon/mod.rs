@@ -314,7 +314,21 @@ pub async fn run(
     let own = enrollments
         .get(&me)
         .ok_or_else(|| anyhow!("party.id: {me} has no enrollment"))?;
+    let store_lost = store_lost(&data_dir);
+    let fresh = !data_dir.join(crate::store::DB_FILE).exists();
     let store = Store::open(&data_dir, &format!("{me} of cluster {}", cfg.cluster_id.0))?;
+    if store_lost {
+        warn!(
+            "the store was lost ({} is new, but this data dir had one): replaying the chain from height 1; receipts given out before are gone (look operations up by op id), and key shares sealed in the lost store cannot be recovered",
+            crate::store::DB_FILE
+        );
+        // Receipt ids of this store start far above any the lost one gave
+        // out (it would have needed a million receipts per millisecond).
+        store.start_outbox_seq_at(now_ms().saturating_mul(1_000_000).max(1))?;
+    }
+    if fresh || !data_dir.join(STORE_CREATED_FILE).exists() {
+        mark_store_created(&data_dir)?;
+    }
     // What `quorate audit export --data-dir` needs to name the cluster.
     crate::audit::export::ExportParams::from_config(&cfg)?
         .save(&data_dir)
@@ -465,7 +479,7 @@ pub async fn run(
     };
     let mut rt = Runtime::start(
         cfg,
-        store,
+        (store, store_lost),
         tpm.clone(),
         net.clone(),
         dcfg,
@@ -581,6 +595,30 @@ struct Runtime {
 
 /// The start-up double-sign watch of this party, from its guard and the
 /// stored certificates of the `recent` blocks.
+/// The file in the data dir that records when this party's store was
+/// created; a data dir that has it but no store lost its store.
+const STORE_CREATED_FILE: &str = "store-created";
+
+/// Whether the data dir had a store that is gone (its record is there, the
+/// database file is not).
+fn store_lost(data_dir: &std::path::Path) -> bool {
+    data_dir.join(STORE_CREATED_FILE).exists() && !data_dir.join(crate::store::DB_FILE).exists()
+}
+
+/// Records that the store was created now (one line per creation).
+fn mark_store_created(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let path = data_dir.join(STORE_CREATED_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "created {} ms", now_ms())?;
+    f.sync_all()?;
+    Ok(())
+}
+
 fn start_watch(
     cfg: &Config,
     guard: &quorate_firmware::consensus::sign_guard::SignGuard,
@@ -622,7 +660,7 @@ impl Runtime {
     #[allow(clippy::too_many_arguments)]
     fn start(
         cfg: Config,
-        store: Store,
+        (store, store_lost): (Store, bool),
         tpm: TpmHandle,
         net: PeerNet,
         dcfg: DriverConfig,
@@ -657,7 +695,24 @@ impl Runtime {
             Some(b) => dec("sign guard", &b)?,
             None => Default::default(),
         };
-        let sign_watch = start_watch(&cfg, &sign_guard, Height(tip), &recent);
+        let sign_watch = if store_lost {
+            let w = crate::sign_watch::DoubleSignWatch::after_store_loss(
+                cfg.file.party.double_sign_check_heights,
+                cfg.file
+                    .party
+                    .double_sign_check_idle_secs
+                    .saturating_mul(1000),
+                quorate_firmware::consensus::validate::BLOCK_TIME_AHEAD_MS,
+                now_ms(),
+            );
+            if let Some(r) = w.reason() {
+                warn!(reason = %r, heights = cfg.file.party.double_sign_check_heights,
+                    "double-sign check: signing nothing until the cluster decides without this party");
+            }
+            w
+        } else {
+            start_watch(&cfg, &sign_guard, Height(tip), &recent)
+        };
         let mut wal = Vec::new();
         for e in store.wal_entries(tip + 1)? {
             wal.push(dec("WAL record", &e)?);
@@ -1174,7 +1229,9 @@ impl Runtime {
         let outcome = self.apply(block, false)?;
         let h = block.header();
         let ours = cert.signatures.iter().any(|(p, _)| *p == self.me);
-        if self.sign_watch.on_decided(h.height, ours, now_ms())?
+        if self
+            .sign_watch
+            .on_decided(h.height, h.time_ms, ours, now_ms())?
             == crate::sign_watch::WatchEvent::Ended
         {
             info!(
