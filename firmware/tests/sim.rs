@@ -266,3 +266,17 @@ fn a_party_down_longer_than_the_kept_blocks_catches_up_from_the_store() {
         assert!(r.served_from_store > 0, "seed {seed}: {r:?}");
     }
 }
+
+/// A party down for 5,000 heights rejoins from the others' stores (the
+/// issue's figure), in one seed.
+#[test]
+fn a_party_down_for_5000_heights_rejoins() {
+    use quorate_firmware::sim::run;
+    use quorate_firmware::types::FaultModel;
+    let mut cfg = SimConfig::clean(1, 4, FaultModel::Byzantine, 5_000, 1);
+    cfg.crash = Some((3, 50, u64::MAX / 4));
+    let r = run(cfg).unwrap();
+    println!("{r:?}");
+    assert!(r.heights >= 5_000, "{r:?}");
+    assert!(r.served_from_store >= 4_900, "{r:?}");
+}
