@@ -124,10 +124,12 @@ fuzz:
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
 	done
 ## soak: the consensus simulation over 100,000 seeds (release build), and
-## each named adversary model over 1/500 of them, one line per model. A failing
+## each named adversary model over 1/500 of them, one line per model, then a
+## party down for 5,000 heights rejoining from the others' stores. A failing
 ## seed prints the one-line command that reproduces it.
 soak:
 	QUORATE_SIM_SEEDS=$${QUORATE_SIM_SEEDS:-100000} $(CARGO) test --release --locked -p quorate-firmware --features sim --test sim -- seeds_part --nocapture
+	QUORATE_SIM_OUTAGE_HEIGHTS=5000 $(CARGO) test --release --locked -p quorate-firmware --features sim --test sim -- thousands_of_heights --nocapture
 ## demo: build, start a 4-party dev cluster (each party with its own swtpm)
 ## and walk through the mission; exits non-zero if a step fails.
 demo: deps
