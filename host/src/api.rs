@@ -259,7 +259,7 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "operations"]) => post_operation(req, st).await,
         (&Method::POST, ["v1", "operations", "bulk"]) => post_bulk(req, st).await,
-        (&Method::GET, ["v1", "operations", id]) => {
+        (&Method::GET, ["v1", "operations", id]) if *id != "bulk" => {
             if !is_hex_id(id) && !is_receipt_id(id) {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -474,11 +474,18 @@ pub fn template_matches(template: &str, segments: &[&str]) -> bool {
             .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
 }
 
-/// The methods [`ROUTES`] serves on the path `segments` (empty: no such path).
+/// The methods [`ROUTES`] serves on the path `segments` (empty: no such
+/// path). A route without parameters wins over templates that also match
+/// (OpenAPI's rule): `/v1/operations/bulk` is not `/v1/operations/{id}`.
 fn allowed_methods(segments: &[&str]) -> Vec<&'static str> {
-    let mut m: Vec<&'static str> = ROUTES
+    let matching: Vec<&(&str, &str)> = ROUTES
         .iter()
         .filter(|(_, tmpl)| template_matches(tmpl, segments))
+        .collect();
+    let concrete = matching.iter().any(|(_, t)| !t.contains('{'));
+    let mut m: Vec<&'static str> = matching
+        .into_iter()
+        .filter(|(_, t)| !concrete || !t.contains('{'))
         .map(|(method, _)| *method)
         .collect();
     m.sort_unstable();
@@ -1034,6 +1041,8 @@ mod tests {
         ));
         assert!(!template_matches("/v1/status", &["v1", "status", "x"]));
         assert_eq!(allowed_methods(&["v1", "operations"]), ["POST"]);
+        assert_eq!(allowed_methods(&["v1", "operations", "bulk"]), ["POST"]);
+        assert_eq!(allowed_methods(&["v1", "operations", "r1-1"]), ["GET"]);
         assert_eq!(allowed_methods(&["v1", "sessions", "ab"]), ["GET"]);
         assert!(allowed_methods(&["v1", "nothing"]).is_empty());
     }
