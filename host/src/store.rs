@@ -251,6 +251,31 @@ impl Store {
         run().map_err(|e| db_err(&self.path, e))
     }
 
+    /// [`Store::write`] for a transaction that may decide to write nothing:
+    /// `f` returns whether to commit; otherwise the transaction is aborted
+    /// (no commit, no fsync).
+    fn write_if<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(T, bool), redb::Error>,
+    ) -> Result<T, StoreError> {
+        let Handle::Writer(db) = &self.db else {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        };
+        let run = || -> Result<T, redb::Error> {
+            let tx = db.begin_write()?;
+            let (out, commit) = f(&tx)?;
+            if commit {
+                tx.commit()?;
+            } else {
+                tx.abort()?;
+            }
+            Ok(out)
+        };
+        run().map_err(|e| db_err(&self.path, e))
+    }
+
     fn read<T>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
@@ -476,13 +501,14 @@ impl Store {
         limit: Option<u64>,
         guards: impl FnOnce(&[u64]) -> Vec<(String, Vec<u8>)>,
     ) -> Result<OutboxPush, StoreError> {
-        self.write(|tx| {
+        self.write_if(|tx| {
             let mut outbox = tx.open_table(OUTBOX)?;
             // O(1): redb keeps each table's length in its root.
             let queued = outbox.len()?;
             if let Some(limit) = limit {
                 if queued.saturating_add(ops.len() as u64) > limit {
-                    return Ok(OutboxPush::Full { queued });
+                    // Refused: nothing to commit (and no fsync per refusal).
+                    return Ok((OutboxPush::Full { queued }, false));
                 }
             }
             let mut meta = tx.open_table(META)?;
@@ -495,7 +521,7 @@ impl Store {
             for (key, value) in guards(&seqs) {
                 meta.insert(key.as_str(), value.as_slice())?;
             }
-            Ok(OutboxPush::Pushed(seqs))
+            Ok((OutboxPush::Pushed(seqs), true))
         })
     }
 
