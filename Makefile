@@ -115,7 +115,7 @@ bench: deps
 ## fuzz: run each cargo-fuzz target briefly (FUZZ_SECONDS each, default 30).
 ## Installs cargo-fuzz when missing; the stable toolchain accepts the
 ## nightly flags it passes with RUSTC_BOOTSTRAP=1.
-FUZZ_TARGETS := tpms_attest tpmt_public event_log evidence audit_bundle witness_request mpc_messages
+FUZZ_TARGETS := tpms_attest tpmt_public event_log evidence audit_bundle witness_request mpc_messages api_bodies
 FUZZ_SECONDS ?= 30
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -8,7 +8,11 @@
 //! Bad requests get a 4xx with a JSON body `{"status", "field", "reason"}`
 //! naming what is wrong; unknown ids 404; bodies over [`MAX_BODY`] 413; a
 //! missing or wrong token 401. An operation is answered `202` only once it
-//! is durable in the outbox.
+//! is durable in the outbox, and only while the outbox holds fewer than
+//! `party.max_outbox_ops`: beyond, `429` with `Retry-After` and nothing is
+//! accepted (backpressure, never 202 and later loss).
+//! `POST /v1/operations/bulk` takes up to [`MAX_BULK_OPS`] operations,
+//! all or none, in one durable transaction.
 //!
 //! Plain HTTP by default; HTTPS when `[party]` sets `api_tls` or
 //! `api_tls_cert`/`api_tls_key` ([`crate::api_tls`]).
@@ -19,7 +23,7 @@
 use crate::daemon::audit::LogQuery;
 use crate::daemon::events::{ApiEvent, EventId};
 use crate::daemon::status::StatusView;
-use crate::daemon::{DaemonHandle, Query, SubmitError};
+use crate::daemon::{DaemonHandle, Query, SubmitError, SubmitRefused};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -55,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("POST", "/v1/operations"),
+    ("POST", "/v1/operations/bulk"),
     ("GET", "/v1/operations/{id}"),
     ("GET", "/v1/sessions/{id}"),
     ("GET", "/v1/sessions/{id}/messages"),
@@ -253,7 +258,8 @@ async fn handle(req: Request<Incoming>, st: &ApiState) -> Resp {
     let params = query_params(&req);
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "operations"]) => post_operation(req, st).await,
-        (&Method::GET, ["v1", "operations", id]) => {
+        (&Method::POST, ["v1", "operations", "bulk"]) => post_bulk(req, st).await,
+        (&Method::GET, ["v1", "operations", id]) if *id != "bulk" => {
             if !is_hex_id(id) && !is_receipt_id(id) {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -468,11 +474,18 @@ pub fn template_matches(template: &str, segments: &[&str]) -> bool {
             .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
 }
 
-/// The methods [`ROUTES`] serves on the path `segments` (empty: no such path).
+/// The methods [`ROUTES`] serves on the path `segments` (empty: no such
+/// path). A route without parameters wins over templates that also match
+/// (OpenAPI's rule): `/v1/operations/bulk` is not `/v1/operations/{id}`.
 fn allowed_methods(segments: &[&str]) -> Vec<&'static str> {
-    let mut m: Vec<&'static str> = ROUTES
+    let matching: Vec<&(&str, &str)> = ROUTES
         .iter()
         .filter(|(_, tmpl)| template_matches(tmpl, segments))
+        .collect();
+    let concrete = matching.iter().any(|(_, t)| !t.contains('{'));
+    let mut m: Vec<&'static str> = matching
+        .into_iter()
+        .filter(|(_, t)| !concrete || !t.contains('{'))
         .map(|(method, _)| *method)
         .collect();
     m.sort_unstable();
@@ -510,11 +523,8 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, String> {
     Ok(Some(k.to_string()))
 }
 
-async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
-    let idempotency_key = match idempotency_key(&req) {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, Some("Idempotency-Key"), &e),
-    };
+/// The request body, at most [`MAX_BODY`] bytes, or the 400/413 answer.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -534,49 +544,128 @@ async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
                 }
             }
         }
-        return too_large();
+        return Err(too_large());
     }
-    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return if e
-                .downcast_ref::<http_body_util::LengthLimitError>()
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
                 too_large()
             } else {
                 error(StatusCode::BAD_REQUEST, None, "could not read the body")
-            };
-        }
-    };
-    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                Some("body"),
-                &format!("not JSON: {e}"),
-            )
-        }
-    };
-    let op = match parse_operation(value) {
-        Ok(op) => op,
-        Err((field, reason)) => return error(StatusCode::BAD_REQUEST, Some(&field), &reason),
-    };
-    if let Err((field, reason)) = check_operation(&op, st).await {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, Some(&field), &reason);
+            },
+        ),
     }
-    match st.daemon.submit(op, idempotency_key).await {
-        Ok(r) => json(StatusCode::ACCEPTED, &serde_json::json!({"id": r.id})),
-        Err(e @ SubmitError::SlotTaken { .. }) => {
-            error(StatusCode::CONFLICT, Some("body"), &e.to_string())
+}
+
+/// The cluster's members, for the checks of `create_session` requests
+/// (`None` when the daemon does not answer: the checks are then skipped,
+/// consensus still applies them).
+async fn members(st: &ApiState, ops: &[OpBody]) -> Option<Vec<u32>> {
+    if !ops.iter().any(|op| matches!(op, OpBody::CreateSession(_))) {
+        return None;
+    }
+    let s = status(st).await?;
+    Some(
+        std::iter::once(s.party)
+            .chain(s.peers.iter().map(|p| p.party))
+            .collect(),
+    )
+}
+
+async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
+    let idempotency_key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, Some("Idempotency-Key"), &e),
+    };
+    let bytes = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let op = match parse_operation_body(&bytes) {
+        Ok(op) => op,
+        Err(e) => return error(StatusCode::BAD_REQUEST, Some(&e.field), &e.reason),
+    };
+    let members = members(st, std::slice::from_ref(&op)).await;
+    if let Err(e) = check_operation(&op, members.as_deref(), st).await {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, Some(&e.field), &e.reason);
+    }
+    match st.daemon.submit_all(vec![op], idempotency_key).await {
+        Ok(r) => match r.first() {
+            Some(r) => json(StatusCode::ACCEPTED, &serde_json::json!({"id": r.id})),
+            None => unavailable(),
+        },
+        Err(refused) => submit_refused(&refused, false),
+    }
+}
+
+/// `POST /v1/operations/bulk`: several operations, all or none, durable in
+/// one transaction; `202 {"ids": [...]}` in request order.
+async fn post_bulk(req: Request<Incoming>, st: &ApiState) -> Resp {
+    let idempotency_key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, Some("Idempotency-Key"), &e),
+    };
+    let bytes = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ops = match parse_bulk(&bytes) {
+        Ok(ops) => ops,
+        Err(e) => return error(StatusCode::BAD_REQUEST, Some(&e.field), &e.reason),
+    };
+    let members = members(st, &ops).await;
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = check_operation(op, members.as_deref(), st).await {
+            let e = e.at(i);
+            return error(StatusCode::UNPROCESSABLE_ENTITY, Some(&e.field), &e.reason);
         }
-        Err(e @ SubmitError::KeyReused { .. }) => error(
+    }
+    match st.daemon.submit_all(ops, idempotency_key).await {
+        Ok(r) => json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({"ids": r.into_iter().map(|r| r.id).collect::<Vec<_>>()}),
+        ),
+        Err(refused) => submit_refused(&refused, true),
+    }
+}
+
+/// Seconds a client refused for backpressure is asked to wait
+/// (`Retry-After`): about ten heights at the 100 ms batching tick, long
+/// enough for a full batch to be decided and leave the outbox.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// The answer to a refused submission; `bulk`: fields are named in the
+/// bulk body (`operations[i]`).
+fn submit_refused(r: &SubmitRefused, bulk: bool) -> Resp {
+    let field = |whole: &str| match (r.index, bulk) {
+        (Some(i), true) => format!("operations[{i}]"),
+        _ => whole.to_string(),
+    };
+    let reason = r.error.to_string();
+    match &r.error {
+        SubmitError::SlotTaken { .. } => error(StatusCode::CONFLICT, Some(&field("body")), &reason),
+        SubmitError::KeyReused { .. } => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("Idempotency-Key"),
-            &e.to_string(),
+            &reason,
         ),
-        Err(SubmitError::Unavailable(e)) => error(StatusCode::SERVICE_UNAVAILABLE, None, &e),
+        SubmitError::NeverFits { .. } => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(if bulk { "operations" } else { "body" }),
+            &reason,
+        ),
+        SubmitError::OutboxFull { .. } => {
+            let mut resp = error(StatusCode::TOO_MANY_REQUESTS, None, &reason);
+            resp.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+            resp
+        }
+        SubmitError::Unavailable(e) => error(StatusCode::SERVICE_UNAVAILABLE, None, e),
     }
 }
 
@@ -591,15 +680,108 @@ fn too_large() -> Resp {
     )
 }
 
+/// Why a request body is not an operation (or not a list of them): the
+/// field at fault and what is wrong with it, answered as a 400 (or, from
+/// the checks against the cluster, a 422).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+#[non_exhaustive]
+pub struct BodyError {
+    /// The field, as a path into the body: `session.threshold`,
+    /// `operations[3].type`, or `body` for the body as a whole.
+    pub field: String,
+    /// What is wrong, for the person who wrote the request.
+    pub reason: String,
+}
+
+impl BodyError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        BodyError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error about operation `index` of a bulk body.
+    pub fn at(self, index: usize) -> Self {
+        let field = match self.field.as_str() {
+            "body" => format!("operations[{index}]"),
+            f => format!("operations[{index}].{f}"),
+        };
+        BodyError { field, ..self }
+    }
+}
+
+/// Most operations one `POST /v1/operations/bulk` carries (the body stays
+/// within [`MAX_BODY`] too).
+pub const MAX_BULK_OPS: usize = 1024;
+
+/// Parses the body of `POST /v1/operations`: one operation object.
+pub fn parse_operation_body(bytes: &[u8]) -> Result<OpBody, BodyError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| BodyError::new("body", format!("not JSON: {e}")))?;
+    parse_operation(value)
+}
+
+/// Parses the body of `POST /v1/operations/bulk`:
+/// `{"operations": [op, ...]}` with 1..=[`MAX_BULK_OPS`] operations, each
+/// as `POST /v1/operations` takes it. All or nothing: the first bad one is
+/// named by its index (`operations[i].field`).
+pub fn parse_bulk(bytes: &[u8]) -> Result<Vec<OpBody>, BodyError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| BodyError::new("body", format!("not JSON: {e}")))?;
+    let serde_json::Value::Object(mut obj) = value else {
+        return Err(BodyError::new(
+            "body",
+            "expected a JSON object {\"operations\": [...]}",
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "operations") {
+        return Err(BodyError::new(
+            k.as_str(),
+            "unknown field (the body has only `operations`)",
+        ));
+    }
+    let ops = match obj.remove("operations") {
+        Some(serde_json::Value::Array(a)) => a,
+        Some(_) => {
+            return Err(BodyError::new(
+                "operations",
+                "expected an array of operations",
+            ))
+        }
+        None => return Err(BodyError::new("operations", "missing")),
+    };
+    if ops.is_empty() {
+        return Err(BodyError::new(
+            "operations",
+            "must hold at least one operation",
+        ));
+    }
+    if ops.len() > MAX_BULK_OPS {
+        return Err(BodyError::new(
+            "operations",
+            format!(
+                "{} operations: at most {MAX_BULK_OPS} in one request",
+                ops.len()
+            ),
+        ));
+    }
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, v)| parse_operation(v).map_err(|e| e.at(i)))
+        .collect()
+}
+
 /// Parses an operation body, naming the offending field on failure.
-pub fn parse_operation(value: serde_json::Value) -> Result<OpBody, (String, String)> {
+pub fn parse_operation(value: serde_json::Value) -> Result<OpBody, BodyError> {
     let Some(obj) = value.as_object() else {
-        return Err(("body".into(), "expected a JSON object".into()));
+        return Err(BodyError::new("body", "expected a JSON object"));
     };
     let kind = match obj.get("type") {
         Some(serde_json::Value::String(t)) => t.clone(),
-        Some(_) => return Err(("type".into(), "expected a string".into())),
-        None => return Err(("type".into(), "missing".into())),
+        Some(_) => return Err(BodyError::new("type", "expected a string")),
+        None => return Err(BodyError::new("type", "missing")),
     };
     const API_TYPES: [&str; 7] = [
         "create_session",
@@ -611,8 +793,8 @@ pub fn parse_operation(value: serde_json::Value) -> Result<OpBody, (String, Stri
         "blame",
     ];
     if !API_TYPES.contains(&kind.as_str()) {
-        return Err((
-            "type".into(),
+        return Err(BodyError::new(
+            "type",
             format!(
                 "{kind:?} is not an operation the API takes (one of: {})",
                 API_TYPES.join(", ")
@@ -629,27 +811,29 @@ pub fn parse_operation(value: serde_json::Value) -> Result<OpBody, (String, Stri
             .filter(|_| msg.contains("field"))
             .map(str::to_string)
             .unwrap_or_else(|| "body".into());
-        (field, msg)
+        BodyError::new(field, msg)
     })
 }
 
 /// Checks what the API can check before accepting an operation, so an
 /// operator learns at once of a request consensus would reject.
-async fn check_operation(op: &OpBody, st: &ApiState) -> Result<(), (String, String)> {
+/// `members` are the cluster's (see [`members`]).
+async fn check_operation(
+    op: &OpBody,
+    members: Option<&[u32]>,
+    st: &ApiState,
+) -> Result<(), BodyError> {
     let OpBody::CreateSession(c) = op else {
         return Ok(());
     };
-    let members: Vec<u32> = match status(st).await {
-        Some(s) => std::iter::once(s.party)
-            .chain(s.peers.iter().map(|p| p.party))
-            .collect(),
-        None => return Ok(()),
+    let Some(members) = members else {
+        return Ok(());
     };
     let (field, parties, deadline) = match &c.session {
         SessionSpec::Keygen(k) => {
             if k.threshold == 0 || usize::from(k.threshold) > k.participants.len() {
-                return Err((
-                    "session.threshold".into(),
+                return Err(BodyError::new(
+                    "session.threshold",
                     format!(
                         "must be 1..={} (the number of participants)",
                         k.participants.len()
@@ -662,18 +846,21 @@ async fn check_operation(op: &OpBody, st: &ApiState) -> Result<(), (String, Stri
         _ => return session_rules(c, st).await,
     };
     if parties.is_empty() {
-        return Err((field.into(), "must not be empty".into()));
+        return Err(BodyError::new(field, "must not be empty"));
     }
     if let Some(p) = parties.iter().find(|p| !members.contains(&p.0)) {
-        return Err((field.into(), format!("{p} is not a member of the cluster")));
+        return Err(BodyError::new(
+            field,
+            format!("{p} is not a member of the cluster"),
+        ));
     }
     let mut sorted: Vec<u32> = parties.iter().map(|p| p.0).collect();
     sorted.sort_unstable();
     if sorted.windows(2).any(|w| matches!(w, [a, b] if a == b)) {
-        return Err((field.into(), "lists a party twice".into()));
+        return Err(BodyError::new(field, "lists a party twice"));
     }
     if deadline == 0 {
-        return Err(("session.deadline_secs".into(), "must be positive".into()));
+        return Err(BodyError::new("session.deadline_secs", "must be positive"));
     }
     session_rules(c, st).await
 }
@@ -682,7 +869,7 @@ async fn check_operation(op: &OpBody, st: &ApiState) -> Result<(), (String, Stri
 /// or busy key, a signer without a share, an excluded party, a digest the
 /// scheme cannot sign...): what consensus would refuse now, answered before
 /// the request is accepted.
-async fn session_rules(c: &CreateSession, st: &ApiState) -> Result<(), (String, String)> {
+async fn session_rules(c: &CreateSession, st: &ApiState) -> Result<(), BodyError> {
     let Some(v) = st
         .daemon
         .query(Query::CheckSession(Box::new(c.session.clone())))
@@ -692,8 +879,8 @@ async fn session_rules(c: &CreateSession, st: &ApiState) -> Result<(), (String, 
     };
     let text = |k: &str| v.get(k).and_then(|x| x.as_str());
     match text("reason") {
-        Some(reason) => Err((
-            "session".into(),
+        Some(reason) => Err(BodyError::new(
+            "session",
             format!("refused by rule {}: {reason}", text("rule").unwrap_or("?")),
         )),
         None => Ok(()),
@@ -854,6 +1041,8 @@ mod tests {
         ));
         assert!(!template_matches("/v1/status", &["v1", "status", "x"]));
         assert_eq!(allowed_methods(&["v1", "operations"]), ["POST"]);
+        assert_eq!(allowed_methods(&["v1", "operations", "bulk"]), ["POST"]);
+        assert_eq!(allowed_methods(&["v1", "operations", "r1-1"]), ["GET"]);
         assert_eq!(allowed_methods(&["v1", "sessions", "ab"]), ["GET"]);
         assert!(allowed_methods(&["v1", "nothing"]).is_empty());
     }
@@ -928,17 +1117,147 @@ mod tests {
     #[test]
     fn operation_errors_name_the_field() {
         let e = parse_operation(serde_json::json!([1])).unwrap_err();
-        assert_eq!(e.0, "body");
+        assert_eq!(e.field, "body");
         let e = parse_operation(serde_json::json!({"session": {}})).unwrap_err();
-        assert_eq!(e.0, "type");
+        assert_eq!(e.field, "type");
         let e = parse_operation(serde_json::json!({"type": "attestation_record"})).unwrap_err();
-        assert_eq!(e.0, "type");
+        assert_eq!(e.field, "type");
         let e = parse_operation(serde_json::json!({"type": "create_session"})).unwrap_err();
-        assert_eq!(e.0, "session", "{e:?}");
+        assert_eq!(e.field, "session", "{e:?}");
         let ok = parse_operation(serde_json::json!({"type": "create_session", "session": {
             "kind": "keygen", "participants": [1, 2, 3], "threshold": 2,
             "scheme": "frost-secp256k1", "deadline_secs": 120}}));
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    fn keygen_json() -> serde_json::Value {
+        serde_json::json!({"type": "create_session", "session": {
+            "kind": "keygen", "participants": [1, 2, 3], "threshold": 2,
+            "scheme": "frost-secp256k1", "deadline_secs": 120}})
+    }
+
+    #[test]
+    fn a_bulk_body_is_parsed_whole_or_its_first_bad_operation_named() {
+        let bulk = |ops: Vec<serde_json::Value>| {
+            serde_json::to_vec(&serde_json::json!({ "operations": ops })).unwrap()
+        };
+        let ok = parse_bulk(&bulk(vec![keygen_json(), keygen_json()])).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(matches!(ok[1], OpBody::CreateSession(_)));
+        // The first bad operation, by index and field.
+        let mut bad = keygen_json();
+        bad["session"].as_object_mut().unwrap().remove("scheme");
+        let e = parse_bulk(&bulk(vec![keygen_json(), bad, serde_json::json!(1)])).unwrap_err();
+        assert_eq!(e.field, "operations[1].scheme", "{e}");
+        let e = parse_bulk(&bulk(vec![keygen_json(), serde_json::json!("x")])).unwrap_err();
+        assert_eq!(e.field, "operations[1]", "{e}");
+        let e = parse_bulk(&bulk(vec![
+            serde_json::json!({"type": "attestation_record"}),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.field, "operations[0].type", "{e}");
+        // The envelope.
+        for (body, field) in [
+            (&b"not json"[..], "body"),
+            (b"[]", "body"),
+            (b"{}", "operations"),
+            (b"{\"operations\": {}}", "operations"),
+            (b"{\"operations\": []}", "operations"),
+            (b"{\"operations\": [], \"extra\": 1}", "extra"),
+        ] {
+            let e = parse_bulk(body).unwrap_err();
+            assert_eq!(e.field, field, "{}: {e}", String::from_utf8_lossy(body));
+        }
+        // Bounded.
+        let many = vec![keygen_json(); MAX_BULK_OPS + 1];
+        let e = parse_bulk(&bulk(many)).unwrap_err();
+        assert_eq!(e.field, "operations");
+        assert!(e.reason.contains("at most 1024"), "{e}");
+        assert_eq!(
+            parse_bulk(&bulk(vec![keygen_json(); MAX_BULK_OPS]))
+                .unwrap()
+                .len(),
+            MAX_BULK_OPS
+        );
+    }
+
+    #[test]
+    fn body_parsers_return_errors_on_garbage_and_never_panic() {
+        // Truncations and byte flips of valid bodies, deep nesting and
+        // random bytes (a seeded generator: reproducible).
+        let good = serde_json::to_vec(&serde_json::json!({
+            "operations": [keygen_json(), {"type": "verdict", "target": "ab", "decision": "approve"}]
+        }))
+        .unwrap();
+        let mut inputs: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let mut b = good.clone();
+            let i = (next() as usize) % b.len();
+            b[i] = next() as u8;
+            inputs.push(b);
+            inputs.push((0..(next() % 64)).map(|_| next() as u8).collect());
+        }
+        inputs.push(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes());
+        inputs.push(
+            format!(
+                "{{\"operations\": [{}]}}",
+                "{\"type\": \"verdict\"},".repeat(2000) + "1"
+            )
+            .into_bytes(),
+        );
+        for input in &inputs {
+            let _ = parse_bulk(input);
+            let _ = parse_operation_body(input);
+        }
+    }
+
+    #[tokio::test]
+    async fn backpressure_is_a_429_with_retry_after_and_the_usual_error_body() {
+        let r = submit_refused(
+            &SubmitRefused {
+                index: None,
+                error: SubmitError::OutboxFull {
+                    queued: 8,
+                    limit: 8,
+                },
+            },
+            true,
+        );
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            r.headers().get(hyper::header::RETRY_AFTER).unwrap(),
+            &RETRY_AFTER_SECS.to_string()
+        );
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 429);
+        assert!(v["field"].is_null());
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .contains("max_outbox_ops is 8"),
+            "{v}"
+        );
+        let r = submit_refused(
+            &SubmitRefused {
+                index: Some(3),
+                error: SubmitError::SlotTaken {
+                    slot: "s".into(),
+                    existing: "r1-1".into(),
+                },
+            },
+            true,
+        );
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert!(r.headers().get(hyper::header::RETRY_AFTER).is_none());
     }
 
     #[test]

@@ -90,6 +90,13 @@ pub struct Accepted {
     pub id: String,
 }
 
+/// The answer to `POST /v1/operations/bulk`.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct AcceptedBulk {
+    /// The receipt ids, in request order.
+    pub ids: Vec<String>,
+}
+
 impl Client {
     /// A client for the API at `addr` with bearer `token`.
     pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
@@ -220,6 +227,19 @@ impl Client {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (status, _, bytes) = self.raw_full(method, path, body, headers).await?;
+        Ok((status, bytes))
+    }
+
+    /// [`Client::raw_with`], with the answer's headers (`Retry-After` of a
+    /// 429, say).
+    pub async fn raw_full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
         let fut = async {
             let mut req = Request::builder()
                 .method(method)
@@ -232,13 +252,14 @@ impl Client {
                 .send(req, Bytes::from(body.unwrap_or_default()))
                 .await?;
             let status = resp.status();
+            let head = resp.headers().clone();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| self.connect_err(e))?
                 .to_bytes();
-            Ok((status, bytes))
+            Ok((status, head, bytes))
         };
         tokio::time::timeout(self.timeout, fut)
             .await
@@ -298,6 +319,19 @@ impl Client {
             &[("Idempotency-Key", key)],
         )
         .await
+    }
+
+    /// Submits several operations given as JSON in one request, all or
+    /// none (`POST /v1/operations/bulk`); their receipts, in order, once
+    /// every one is durable.
+    pub async fn submit_bulk_json(
+        &self,
+        ops: &[serde_json::Value],
+    ) -> Result<AcceptedBulk, ClientError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "operations": ops }))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.json(Method::POST, "/v1/operations/bulk", Some(body))
+            .await
     }
 
     /// An operation's status and verdicts, by receipt or operation id.

@@ -124,6 +124,18 @@ pub struct PartySection {
     /// Bounds on what strangers and peers can make this party hold.
     #[serde(default)]
     pub net: NetSection,
+    /// Backpressure: operations accepted through the API and not yet
+    /// decided (the outbox) at most; beyond, `POST /v1/operations` answers
+    /// 429 with `Retry-After` and accepts nothing. The daemon's own
+    /// operations (verdicts, MPC rounds) are queued regardless.
+    #[serde(default = "default_max_outbox_ops")]
+    pub max_outbox_ops: u64,
+}
+
+/// 50,000 operations: about a dozen full batches (4,096 operations each),
+/// a few seconds of decisions at saturation, and some 10 MB of redb.
+fn default_max_outbox_ops() -> u64 {
+    50_000
 }
 
 /// `[party.net]`: resource bounds of the peer transport (docs/PROTOCOL.md,
@@ -559,6 +571,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
             }
+        }
+        if file.party.max_outbox_ops == 0 {
+            return Err(invalid(
+                "party.max_outbox_ops",
+                "must be at least 1 (operations): 0 would refuse every submission".into(),
+            ));
         }
         if net.max_pending_per_ip > net.max_pending_connections {
             return Err(invalid(
@@ -1019,6 +1037,22 @@ enrollment = "e3.json"
             let err = Config::parse(&text, &path).unwrap_err().to_string();
             assert!(err.contains(key), "error `{err}` does not name `{key}`");
         }
+    }
+
+    #[test]
+    fn the_outbox_bound_has_a_default_parses_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let d = Config::parse(&sample(dir.path(), "", ""), &path).unwrap();
+        assert_eq!(d.file.party.max_outbox_ops, 50_000);
+        let c = Config::parse(&sample(dir.path(), "max_outbox_ops = 8", ""), &path).unwrap();
+        assert_eq!(c.file.party.max_outbox_ops, 8);
+        // A local setting: not part of the cluster's identity.
+        assert_eq!(c.cluster_id, d.cluster_id);
+        let err = Config::parse(&sample(dir.path(), "max_outbox_ops = 0", ""), &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("party.max_outbox_ops"), "{err}");
     }
 
     #[test]

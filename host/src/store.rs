@@ -164,17 +164,16 @@ fn next_outbox_seq(meta: &mut redb::Table<&str, &[u8]>) -> Result<u64, redb::Err
     Ok(next)
 }
 
-/// What [`Store::outbox_push_guarded`] did.
+/// What [`Store::outbox_push_all`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GuardedPush {
-    /// Pushed with this outbox sequence number.
-    Pushed(u64),
-    /// Not pushed: `guard` was already set, to `value`.
-    Taken {
-        /// The guard key found set.
-        guard: String,
-        /// Its value.
-        value: Vec<u8>,
+pub enum OutboxPush {
+    /// Pushed, with these outbox sequence numbers (in the order given).
+    Pushed(Vec<u64>),
+    /// Nothing written: the outbox holds `queued` operations, and the new
+    /// ones would take it past the limit.
+    Full {
+        /// Operations in the outbox now.
+        queued: u64,
     },
 }
 
@@ -247,6 +246,31 @@ impl Store {
             let tx = db.begin_write()?;
             let out = f(&tx)?;
             tx.commit()?;
+            Ok(out)
+        };
+        run().map_err(|e| db_err(&self.path, e))
+    }
+
+    /// [`Store::write`] for a transaction that may decide to write nothing:
+    /// `f` returns whether to commit; otherwise the transaction is aborted
+    /// (no commit, no fsync).
+    fn write_if<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(T, bool), redb::Error>,
+    ) -> Result<T, StoreError> {
+        let Handle::Writer(db) = &self.db else {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        };
+        let run = || -> Result<T, redb::Error> {
+            let tx = db.begin_write()?;
+            let (out, commit) = f(&tx)?;
+            if commit {
+                tx.commit()?;
+            } else {
+                tx.abort()?;
+            }
             Ok(out)
         };
         run().map_err(|e| db_err(&self.path, e))
@@ -479,35 +503,78 @@ impl Store {
         })
     }
 
-    /// Pushes `op` into the outbox unless one of the `guards` keys is
-    /// already set: in one transaction, so a crash never leaves an
-    /// operation without its guard records. On success every guard key is
-    /// set to `record(seq)`; otherwise nothing is written and the first
-    /// taken guard is returned with its value.
-    pub fn outbox_push_guarded(
+    /// Pushes `ops` into the outbox, in order, with the metadata entries
+    /// `guards` makes from their sequence numbers (slot and idempotency
+    /// guards), in one transaction: all or nothing, so a crash never leaves
+    /// an operation without its guards or half a request. With `limit`,
+    /// nothing is written when the outbox would then hold more than
+    /// `limit` operations ([`OutboxPush::Full`]).
+    pub fn outbox_push_all(
         &self,
-        op: &[u8],
-        guards: &[String],
-        record: impl Fn(u64) -> Vec<u8>,
-    ) -> Result<GuardedPush, StoreError> {
-        self.write(|tx| {
-            let mut meta = tx.open_table(META)?;
-            for g in guards {
-                if let Some(v) = meta.get(g.as_str())? {
-                    return Ok(GuardedPush::Taken {
-                        guard: g.clone(),
-                        value: v.value().to_vec(),
-                    });
+        ops: &[Vec<u8>],
+        limit: Option<u64>,
+        guards: impl FnOnce(&[u64]) -> Vec<(String, Vec<u8>)>,
+    ) -> Result<OutboxPush, StoreError> {
+        self.write_if(|tx| {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            // O(1): redb keeps each table's length in its root.
+            let queued = outbox.len()?;
+            if let Some(limit) = limit {
+                if queued.saturating_add(ops.len() as u64) > limit {
+                    // Refused: nothing to commit (and no fsync per refusal).
+                    return Ok((OutboxPush::Full { queued }, false));
                 }
             }
-            let next = next_outbox_seq(&mut meta)?;
-            let rec = record(next);
-            for g in guards {
-                meta.insert(g.as_str(), rec.as_slice())?;
+            let mut meta = tx.open_table(META)?;
+            let mut seqs = Vec::with_capacity(ops.len());
+            for op in ops {
+                let seq = next_outbox_seq(&mut meta)?;
+                outbox.insert(seq, op.as_slice())?;
+                seqs.push(seq);
             }
-            drop(meta);
-            tx.open_table(OUTBOX)?.insert(next, op)?;
-            Ok(GuardedPush::Pushed(next))
+            for (key, value) in guards(&seqs) {
+                meta.insert(key.as_str(), value.as_slice())?;
+            }
+            Ok((OutboxPush::Pushed(seqs), true))
+        })
+    }
+
+    /// How many operations the outbox holds (O(1)).
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        self.read(|tx| Ok(tx.open_table(OUTBOX)?.len()?))
+    }
+
+    /// Whether the outbox still holds operation `seq`.
+    pub fn outbox_contains(&self, seq: u64) -> Result<bool, StoreError> {
+        self.read(|tx| Ok(tx.open_table(OUTBOX)?.get(seq)?.is_some()))
+    }
+
+    /// The oldest operations of the outbox, in acceptance order: at most
+    /// `max_ops`, and no more than `max_bytes` in all (but always the first
+    /// one, whatever its size). Reads only those, so building a batch does
+    /// not cost more as the outbox grows.
+    pub fn outbox_head(
+        &self,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read(|tx| {
+            let t = tx.open_table(OUTBOX)?;
+            let mut out = Vec::new();
+            let mut size = 0usize;
+            for item in t.iter()? {
+                if out.len() >= max_ops {
+                    break;
+                }
+                let (k, v) = item?;
+                let v = v.value();
+                if size.saturating_add(v.len()) > max_bytes && !out.is_empty() {
+                    break;
+                }
+                size = size.saturating_add(v.len());
+                out.push((k.value(), v.to_vec()));
+            }
+            Ok(out)
         })
     }
 
@@ -839,29 +906,81 @@ mod tests {
     }
 
     #[test]
-    fn a_guarded_push_writes_the_operation_and_its_guards_or_nothing() {
+    fn a_push_writes_every_operation_and_its_guards_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), "party 1").unwrap();
-        let guards = vec!["guard/a".to_string(), "guard/b".to_string()];
-        let rec = |seq: u64| format!("seq {seq}").into_bytes();
+        let guards = |seqs: &[u64]| -> Vec<(String, Vec<u8>)> {
+            seqs.iter()
+                .map(|q| (format!("guard/{q}"), format!("seq {q}").into_bytes()))
+                .collect()
+        };
+        let ops = vec![b"op1".to_vec(), b"op2".to_vec()];
         assert_eq!(
-            s.outbox_push_guarded(b"op1", &guards, rec).unwrap(),
-            GuardedPush::Pushed(1)
+            s.outbox_push_all(&ops, None, guards).unwrap(),
+            OutboxPush::Pushed(vec![1, 2])
         );
-        assert_eq!(s.meta("guard/b").unwrap(), Some(b"seq 1".to_vec()));
-        // Any taken guard refuses the push and writes nothing.
-        let other = vec!["guard/c".to_string(), "guard/b".to_string()];
-        assert_eq!(
-            s.outbox_push_guarded(b"op2", &other, rec).unwrap(),
-            GuardedPush::Taken {
-                guard: "guard/b".into(),
-                value: b"seq 1".to_vec()
-            }
-        );
-        assert_eq!(s.meta("guard/c").unwrap(), None);
-        assert_eq!(s.outbox().unwrap(), vec![(1, b"op1".to_vec())]);
+        assert_eq!(s.meta("guard/2").unwrap(), Some(b"seq 2".to_vec()));
+        assert_eq!(s.outbox_len().unwrap(), 2);
+        assert!(s.outbox_contains(2).unwrap());
         // The sequence counter is shared with unguarded pushes.
-        assert_eq!(s.outbox_push(b"op3").unwrap(), 2);
+        assert_eq!(s.outbox_push(b"op3").unwrap(), 3);
+        assert!(!s.outbox_contains(4).unwrap());
+    }
+
+    #[test]
+    fn a_push_past_the_limit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "party 1").unwrap();
+        let none = |_: &[u64]| Vec::new();
+        let two = vec![b"a".to_vec(), b"b".to_vec()];
+        assert_eq!(
+            s.outbox_push_all(&two, Some(3), none).unwrap(),
+            OutboxPush::Pushed(vec![1, 2])
+        );
+        // Two more would make four: refused whole, guards included.
+        let guard = |_: &[u64]| vec![("guard/x".to_string(), b"x".to_vec())];
+        assert_eq!(
+            s.outbox_push_all(&two, Some(3), guard).unwrap(),
+            OutboxPush::Full { queued: 2 }
+        );
+        assert_eq!(s.meta("guard/x").unwrap(), None);
+        assert_eq!(s.outbox_len().unwrap(), 2);
+        // One fits, exactly up to the limit; then nothing more does.
+        let one = vec![b"c".to_vec()];
+        assert_eq!(
+            s.outbox_push_all(&one, Some(3), none).unwrap(),
+            OutboxPush::Pushed(vec![3])
+        );
+        assert_eq!(
+            s.outbox_push_all(&one, Some(3), none).unwrap(),
+            OutboxPush::Full { queued: 3 }
+        );
+        // Once decided operations leave, there is room again; the counter
+        // did not move for the refused pushes.
+        s.outbox_remove(&[1]).unwrap();
+        assert_eq!(
+            s.outbox_push_all(&one, Some(3), none).unwrap(),
+            OutboxPush::Pushed(vec![4])
+        );
+    }
+
+    #[test]
+    fn the_outbox_head_reads_one_batch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "party 1").unwrap();
+        for i in 0..10u8 {
+            s.outbox_push(&[i; 10]).unwrap();
+        }
+        let seqs = |v: Vec<(u64, Vec<u8>)>| v.into_iter().map(|(q, _)| q).collect::<Vec<_>>();
+        assert_eq!(seqs(s.outbox_head(3, 1000).unwrap()), vec![1, 2, 3]);
+        // At most 25 bytes: two of ten bytes each.
+        assert_eq!(seqs(s.outbox_head(100, 25).unwrap()), vec![1, 2]);
+        // The first operation always, whatever its size.
+        assert_eq!(seqs(s.outbox_head(100, 5).unwrap()), vec![1]);
+        s.outbox_remove(&[1, 2]).unwrap();
+        let head = s.outbox_head(2, 1000).unwrap();
+        assert_eq!(head, vec![(3, vec![2u8; 10]), (4, vec![3u8; 10])]);
+        assert_eq!(s.outbox_len().unwrap(), 8);
     }
 
     #[test]

@@ -570,8 +570,13 @@ async fn every_documented_route_succeeds(c: &Client, op_id: &str, session: &str)
             );
             continue;
         }
-        let body =
-            (method == Method::POST).then(|| keygen("frost-secp256k1").to_string().into_bytes());
+        let op = keygen("frost-secp256k1");
+        let op = if concrete == "/v1/operations/bulk" {
+            json!({ "operations": [op] })
+        } else {
+            op
+        };
+        let body = (method == Method::POST).then(|| op.to_string().into_bytes());
         let (s, b) = c.raw(method, &concrete, body).await.unwrap();
         assert!(
             s.is_success(),

@@ -106,7 +106,7 @@ async fn the_api_conforms_to_its_openapi_document() {
         cluster.log(1)
     );
     // It did test the operations (a run that selected nothing passes too).
-    assert!(text.contains("Tested: 13"), "{text}");
+    assert!(text.contains("Tested: 14"), "{text}");
     assert!(cluster.running(1), "the daemon died:\n{}", cluster.log(1));
     assert!(c.healthy().await);
     let metrics = c.metrics().await.unwrap();

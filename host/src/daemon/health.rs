@@ -164,7 +164,7 @@ impl super::Runtime {
         let waited = self.health.uncertified_for(now, self.audit.book.waiting());
         m.checkpoint_uncertified_secs
             .store(waited.as_secs(), Ordering::Relaxed);
-        let outbox = self.store.outbox().map(|o| o.len()).unwrap_or(0);
+        let outbox = self.store.outbox_len().unwrap_or(0);
         let pending = outbox > 0 || pending_batches > 0;
         match self
             .health

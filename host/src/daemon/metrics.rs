@@ -115,6 +115,11 @@ pub struct Metrics {
     pub decided_ops: AtomicU64,
     /// Operations accepted through the API since start.
     pub accepted_ops: AtomicU64,
+    /// Operations the API refused since start because the outbox was full
+    /// (`party.max_outbox_ops`; answered 429 with `Retry-After`).
+    pub backpressure_refused_ops: AtomicU64,
+    /// `party.max_outbox_ops`: the outbox size at which the API refuses.
+    pub outbox_limit: AtomicU64,
     /// From first signing an own batch to seeing it decided.
     pub commit_latency: Histogram,
     /// One TPM signature (vote or batch).
@@ -189,6 +194,8 @@ impl Default for Metrics {
             decisions: AtomicU64::new(0),
             decided_ops: AtomicU64::new(0),
             accepted_ops: AtomicU64::new(0),
+            backpressure_refused_ops: AtomicU64::new(0),
+            outbox_limit: AtomicU64::new(0),
             commit_latency: Histogram::default(),
             tpm_sign_latency: Histogram::default(),
             api_requests: Default::default(),
@@ -351,10 +358,24 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "quorate_backpressure_refused_operations_total",
+            "Operations the API refused (429) since start because the outbox was full.",
+            "counter",
+            load(&self.backpressure_refused_ops),
+        );
+        gauge(
+            &mut out,
             "quorate_outbox_operations",
             "Accepted operations not yet decided.",
             "gauge",
             s.outbox.to_string(),
+        );
+        gauge(
+            &mut out,
+            "quorate_outbox_limit",
+            "The outbox size at which the API refuses new operations (party.max_outbox_ops).",
+            "gauge",
+            load(&self.outbox_limit),
         );
         gauge(
             &mut out,
@@ -712,6 +733,20 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(sample(&text, "quorate_peers"), Some(2.0));
+        assert_eq!(sample(&text, "quorate_outbox_operations"), Some(3.0));
+    }
+
+    #[test]
+    fn backpressure_is_counted_beside_the_outbox_and_its_limit() {
+        let m = Metrics::default();
+        m.outbox_limit.store(8, Ordering::Relaxed);
+        m.backpressure_refused_ops.fetch_add(5, Ordering::Relaxed);
+        let text = m.render(&status(&[(2, true, true)]));
+        assert_eq!(
+            sample(&text, "quorate_backpressure_refused_operations_total"),
+            Some(5.0)
+        );
+        assert_eq!(sample(&text, "quorate_outbox_limit"), Some(8.0));
         assert_eq!(sample(&text, "quorate_outbox_operations"), Some(3.0));
     }
 

@@ -67,14 +67,16 @@ const BATCH_RESUBMIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Command {
-    /// Accept an operation authored by this party.
+    /// Accept operations authored by this party: all of them or none.
     Submit {
-        /// What it does.
-        body: OpBody,
-        /// The client's `Idempotency-Key`, if it sent one.
+        /// What they do, in order.
+        bodies: Vec<OpBody>,
+        /// The client's `Idempotency-Key`, if it sent one (it covers the
+        /// whole request).
         idempotency_key: Option<String>,
-        /// Answered with the receipt id once the operation is durable.
-        reply: oneshot::Sender<Result<Receipt, SubmitError>>,
+        /// Answered with one receipt per operation, in order, once they are
+        /// durable.
+        reply: oneshot::Sender<Result<Vec<Receipt>, SubmitRefused>>,
     },
     /// Read something from the decided state.
     Query {
@@ -118,6 +120,7 @@ pub enum Query {
 
 /// Why an operation of this party was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubmitError {
     /// The daemon cannot take it now (storage error, shutting down).
     #[error("{0}")]
@@ -138,14 +141,64 @@ pub enum SubmitError {
         /// The receipt of the request it was used for.
         existing: String,
     },
+    /// Backpressure: the outbox holds as many accepted, undecided
+    /// operations as `party.max_outbox_ops` allows (or the request's would
+    /// take it past that). Nothing was accepted; the same request later is.
+    #[error(
+        "the outbox holds {queued} accepted operations not yet decided, and party.max_outbox_ops is {limit}: \
+         nothing was accepted; retry later"
+    )]
+    OutboxFull {
+        /// Operations in the outbox now.
+        queued: u64,
+        /// `party.max_outbox_ops`.
+        limit: u64,
+    },
+    /// The request has more new operations than the outbox can ever hold.
+    #[error(
+        "{ops} new operations in one request can never fit: party.max_outbox_ops is {limit}; send fewer at a time"
+    )]
+    NeverFits {
+        /// New operations in the request.
+        ops: usize,
+        /// `party.max_outbox_ops`.
+        limit: u64,
+    },
 }
 
-/// What the daemon records of an accepted operation under its slot and its
-/// idempotency key: the digest of the operation's bytes and its receipt.
+/// A refused submission: why, and which operation of the request it was
+/// about (`None`: the request as a whole).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{error}", index.map(|i| format!("operations[{i}]: ")).unwrap_or_default())]
+pub struct SubmitRefused {
+    /// The operation's index in the request.
+    pub index: Option<usize>,
+    /// Why.
+    pub error: SubmitError,
+}
+
+/// What the daemon records of an accepted operation under its slot, and of
+/// an accepted request under its idempotency key: the digest of the
+/// operation's bytes (of the request's operations) and the receipt(s).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GuardRecord {
     digest: [u8; 32],
     receipt: String,
+    /// Every receipt of a request of several operations, in order
+    /// (`receipt` is the first); empty for one operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    receipts: Vec<String>,
+}
+
+impl GuardRecord {
+    /// The receipts of the request it guards, in order.
+    fn receipts(self) -> Vec<String> {
+        if self.receipts.is_empty() {
+            vec![self.receipt]
+        } else {
+            self.receipts
+        }
+    }
 }
 
 /// The store key of this party's guard for `slot`.
@@ -204,11 +257,31 @@ impl DaemonHandle {
         body: OpBody,
         idempotency_key: Option<String>,
     ) -> Result<Receipt, SubmitError> {
-        let down = || SubmitError::Unavailable("the daemon is shutting down".into());
+        let receipts = self
+            .submit_all(vec![body], idempotency_key)
+            .await
+            .map_err(|r| r.error)?;
+        receipts
+            .into_iter()
+            .next()
+            .ok_or_else(|| SubmitError::Unavailable("no receipt for the operation".into()))
+    }
+
+    /// Submits several operations, all or none; returns their receipts, in
+    /// order, once every one is durable in the outbox (one transaction).
+    pub async fn submit_all(
+        &self,
+        bodies: Vec<OpBody>,
+        idempotency_key: Option<String>,
+    ) -> Result<Vec<Receipt>, SubmitRefused> {
+        let down = || SubmitRefused {
+            index: None,
+            error: SubmitError::Unavailable("the daemon is shutting down".into()),
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Submit {
-                body,
+                bodies,
                 idempotency_key,
                 reply,
             })
@@ -487,6 +560,9 @@ pub async fn run(
         attest,
         (book, issuer),
     )?;
+    rt.metrics
+        .outbox_limit
+        .store(rt.cfg.file.party.max_outbox_ops, Ordering::Relaxed);
     let handle = DaemonHandle {
         tx: cmd_tx,
         events: rt.events.clone(),
@@ -1340,95 +1416,221 @@ impl Runtime {
         Ok(outcome)
     }
 
-    /// Queues an operation of this party's in the durable outbox.
-    fn queue(&self, body: OpBody) -> anyhow::Result<u64> {
-        match self.push_own(body, None) {
-            Ok(receipt) => Ok(receipt.1),
-            Err(SubmitError::Unavailable(e)) => Err(anyhow::anyhow!(e)),
+    /// Queues an operation of this party's in the durable outbox. Not
+    /// bounded by `party.max_outbox_ops`: the daemon's own operations
+    /// (verdicts, MPC rounds, results, attestation records) are what lets
+    /// the work already accepted finish.
+    fn queue(&self, body: OpBody) -> anyhow::Result<()> {
+        match self.push_own(vec![body], None, None) {
+            Ok(_) => Ok(()),
+            Err(SubmitRefused {
+                error: SubmitError::Unavailable(e),
+                ..
+            }) => Err(anyhow::anyhow!(e)),
             Err(e) => {
                 // A retry of something this party already signed: the one
                 // in the log (or the outbox) stands.
                 warn!(error = %e, "not queueing a second operation for a slot this party holds");
-                Ok(0)
+                Ok(())
             }
         }
     }
 
-    /// Accepts an operation of this party into the outbox, at most once per
-    /// slot and per idempotency key, durably and in one transaction with
-    /// its guard records. The same operation again gets its first receipt;
-    /// a different one for a held slot is refused
+    /// Accepts operations of this party into the outbox, all of them or
+    /// none, at most once per slot and per idempotency key, durably and in
+    /// one transaction with their guard records. The same operation again
+    /// gets its first receipt; a different one for a held slot is refused
     /// ([`SubmitError::SlotTaken`]), so this party never signs two
-    /// operations that would prove it an equivocator. Returns the receipt
-    /// and its outbox sequence number (0 when it was accepted before).
+    /// operations that would prove it an equivocator. An idempotency key
+    /// covers the whole request: the same operations in the same order get
+    /// the first receipts. With `limit`, refused
+    /// ([`SubmitError::OutboxFull`]) when the new operations would take
+    /// the outbox past it. Returns one receipt per operation, in order.
+    ///
+    /// The guards are read before the write transaction: the event loop
+    /// owns the only writer and handles one command at a time, so nothing
+    /// changes them in between.
     fn push_own(
         &self,
-        body: OpBody,
+        bodies: Vec<OpBody>,
         idempotency_key: Option<&str>,
-    ) -> Result<(Receipt, u64), SubmitError> {
-        let unavailable = |e: &dyn std::fmt::Display| SubmitError::Unavailable(e.to_string());
-        let slot = body.slot();
-        let guarded = match &slot {
-            Some(slot) => self
-                .store
-                .meta(&slot_guard(slot))
-                .map_err(|e| unavailable(&e))?
-                .is_some(),
-            None => false,
+        limit: Option<u64>,
+    ) -> Result<Vec<Receipt>, SubmitRefused> {
+        let whole = |error| SubmitRefused { index: None, error };
+        let at = |index, error| SubmitRefused {
+            index: Some(index),
+            error,
         };
-        if let (Some(slot), false) = (&slot, guarded) {
-            if let Some(existing) = self.decided_in_slot(slot, &body) {
-                return existing;
+        let unavailable =
+            |e: &dyn std::fmt::Display| whole(SubmitError::Unavailable(e.to_string()));
+        let read_guard = |key: &str| -> Result<Option<GuardRecord>, SubmitRefused> {
+            match self.store.meta(key).map_err(|e| unavailable(&e))? {
+                Some(v) => serde_json::from_slice(&v)
+                    .map(Some)
+                    .map_err(|e| unavailable(&e)),
+                None => Ok(None),
+            }
+        };
+        let me = self.me.0;
+        // Each operation encoded, with its slot guard and, when the slot is
+        // held already, the receipt holding it (or why it cannot have it).
+        struct Item {
+            bytes: Vec<u8>,
+            digest: [u8; 32],
+            guard: Option<String>,
+            words: String,
+            held: Option<Result<String, SubmitError>>,
+        }
+        let mut items = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let slot = body.slot();
+            let (guard, record, decided) = match &slot {
+                Some(slot) => {
+                    let key = slot_guard(slot);
+                    let record = read_guard(&key)?;
+                    let decided = match record {
+                        Some(_) => None,
+                        None => self
+                            .decided_in_slot(slot, &body)
+                            .map(|r| r.map(|(receipt, _)| receipt.id)),
+                    };
+                    (Some(key), record, decided)
+                }
+                None => (None, None, None),
+            };
+            let bytes = Operation {
+                author: self.me,
+                body,
+            }
+            .encode();
+            let digest = *quorate_firmware::types::Sha256Digest::of(&bytes).as_bytes();
+            let held = match (record, &slot) {
+                (Some(rec), _) if rec.digest == digest => Some(Ok(rec.receipt)),
+                (Some(rec), Some(slot)) => Some(Err(SubmitError::SlotTaken {
+                    slot: slot_words(slot),
+                    existing: rec.receipt,
+                })),
+                _ => decided,
+            };
+            items.push(Item {
+                bytes,
+                digest,
+                guard,
+                words: slot.as_ref().map(slot_words).unwrap_or_default(),
+                held,
+            });
+        }
+        // A request is named by the digest of its one operation (as before
+        // bulk requests existed), or of all of them in order.
+        let request_digest = match items.as_slice() {
+            [one] => one.digest,
+            all => {
+                let mut b = b"quorate/bulk-request/v1".to_vec();
+                all.iter().for_each(|it| b.extend_from_slice(&it.digest));
+                *quorate_firmware::types::Sha256Digest::of(&b).as_bytes()
+            }
+        };
+        if let Some(k) = idempotency_key {
+            if let Some(rec) = read_guard(&idempotency_guard(k))? {
+                if rec.digest != request_digest {
+                    return Err(whole(SubmitError::KeyReused {
+                        existing: rec.receipt,
+                    }));
+                }
+                return Ok(rec
+                    .receipts()
+                    .into_iter()
+                    .map(|id| Receipt { id })
+                    .collect());
             }
         }
-        let bytes = Operation {
-            author: self.me,
-            body,
+        let mut receipts: Vec<Option<String>> = Vec::with_capacity(items.len());
+        let mut new: Vec<(usize, Item)> = Vec::new();
+        let mut slots_here: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, mut it) in items.into_iter().enumerate() {
+            if let Some(key) = &it.guard {
+                if let Some(j) = slots_here.insert(key.clone(), i) {
+                    return Err(at(
+                        i,
+                        SubmitError::SlotTaken {
+                            slot: it.words.clone(),
+                            existing: format!("operations[{j}] of this request"),
+                        },
+                    ));
+                }
+            }
+            match it.held.take() {
+                Some(Ok(receipt)) => receipts.push(Some(receipt)),
+                Some(Err(e)) => return Err(at(i, e)),
+                None => {
+                    receipts.push(None);
+                    new.push((i, it));
+                }
+            }
         }
-        .encode();
-        let digest = *quorate_firmware::types::Sha256Digest::of(&bytes).as_bytes();
-        let mut guards = Vec::new();
-        if let Some(k) = idempotency_key {
-            guards.push(idempotency_guard(k));
+        if let Some(limit) = limit.filter(|l| new.len() as u64 > *l) {
+            return Err(whole(SubmitError::NeverFits {
+                ops: new.len(),
+                limit,
+            }));
         }
-        if let Some(slot) = &slot {
-            guards.push(slot_guard(slot));
+        let ops: Vec<Vec<u8>> = new
+            .iter_mut()
+            .map(|(_, it)| std::mem::take(&mut it.bytes))
+            .collect();
+        // Fill in the receipts of the new operations from their sequence
+        // numbers: every receipt then known.
+        let complete = |seqs: &[u64]| -> Vec<String> {
+            let mut all = receipts.clone();
+            for ((i, ..), seq) in new.iter().zip(seqs) {
+                if let Some(r) = all.get_mut(*i) {
+                    *r = Some(format!("r{me}-{seq}"));
+                }
+            }
+            all.into_iter().map(Option::unwrap_or_default).collect()
+        };
+        if new.is_empty() {
+            return Ok(complete(&[]).into_iter().map(|id| Receipt { id }).collect());
         }
-        let me = self.me.0;
-        let pushed = self
-            .store
-            .outbox_push_guarded(&bytes, &guards, |seq| {
+        let guards = |seqs: &[u64]| {
+            let mut out = Vec::new();
+            let record = |digest, receipt, receipts| {
                 serde_json::to_vec(&GuardRecord {
                     digest,
-                    receipt: format!("r{me}-{seq}"),
+                    receipt,
+                    receipts,
                 })
                 .unwrap_or_default()
-            })
-            .map_err(|e| unavailable(&e))?;
-        match pushed {
-            crate::store::GuardedPush::Pushed(seq) => Ok((
-                Receipt {
-                    id: format!("r{me}-{seq}"),
-                },
-                seq,
-            )),
-            crate::store::GuardedPush::Taken { guard, value } => {
-                let rec: GuardRecord =
-                    serde_json::from_slice(&value).map_err(|e| unavailable(&e))?;
-                if rec.digest == digest {
-                    return Ok((Receipt { id: rec.receipt }, 0));
-                }
-                match (&slot, guard.starts_with("guard/idem/")) {
-                    (_, true) => Err(SubmitError::KeyReused {
-                        existing: rec.receipt,
-                    }),
-                    (Some(slot), false) => Err(SubmitError::SlotTaken {
-                        slot: slot_words(slot),
-                        existing: rec.receipt,
-                    }),
-                    (None, false) => Err(unavailable(&"inconsistent guard record")),
+            };
+            for ((_, it), seq) in new.iter().zip(seqs) {
+                if let Some(key) = &it.guard {
+                    out.push((
+                        key.clone(),
+                        record(it.digest, format!("r{me}-{seq}"), vec![]),
+                    ));
                 }
             }
+            if let Some(k) = idempotency_key {
+                let all = complete(seqs);
+                let first = all.first().cloned().unwrap_or_default();
+                let rest = if all.len() > 1 { all } else { vec![] };
+                out.push((idempotency_guard(k), record(request_digest, first, rest)));
+            }
+            out
+        };
+        match self
+            .store
+            .outbox_push_all(&ops, limit, guards)
+            .map_err(|e| unavailable(&e))?
+        {
+            crate::store::OutboxPush::Pushed(seqs) => Ok(complete(&seqs)
+                .into_iter()
+                .map(|id| Receipt { id })
+                .collect()),
+            crate::store::OutboxPush::Full { queued } => Err(whole(SubmitError::OutboxFull {
+                queued,
+                limit: limit.unwrap_or(queued),
+            })),
         }
     }
 
@@ -1852,27 +2054,21 @@ impl Runtime {
             }
             return Ok(());
         }
-        let outbox = self.store.outbox()?;
-        if outbox.is_empty() {
+        // Split at both limits the validators enforce, so an accepted
+        // operation is never decided as `too_many_ops`; read only that much.
+        let head = self.store.outbox_head(
+            quorate_firmware::sessions::ops::MAX_OPS_PER_BATCH,
+            MAX_BATCH_BYTES,
+        )?;
+        if head.is_empty() {
             return Ok(());
         }
+        let (outbox, ops) = head.into_iter().unzip();
         let mut fl = InFlight {
             seq: 0,
-            outbox: Vec::new(),
-            ops: Vec::new(),
+            outbox,
+            ops,
         };
-        let mut size = 0;
-        for (seq, bytes) in outbox {
-            // Split at both limits the validators enforce, so an accepted
-            // operation is never decided as `too_many_ops`.
-            let full = fl.ops.len() >= quorate_firmware::sessions::ops::MAX_OPS_PER_BATCH;
-            if full || (size + bytes.len() > MAX_BATCH_BYTES && !fl.ops.is_empty()) {
-                break;
-            }
-            size += bytes.len();
-            fl.outbox.push(seq);
-            fl.ops.push(bytes);
-        }
         let last = self.machine.last_seq(self.me).unwrap_or(0);
         let used: u64 = match self.store.meta("last_batch_seq")? {
             Some(b) => u64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
@@ -1931,15 +2127,26 @@ impl Runtime {
     fn command(&mut self, cmd: Command) -> anyhow::Result<()> {
         match cmd {
             Command::Submit {
-                body,
+                bodies,
                 idempotency_key,
                 reply,
             } => {
-                let res = self
-                    .push_own(body, idempotency_key.as_deref())
-                    .map(|(receipt, _)| receipt);
-                if res.is_ok() {
-                    self.metrics.accepted_ops.fetch_add(1, Ordering::Relaxed);
+                let n = bodies.len() as u64;
+                let limit = self.cfg.file.party.max_outbox_ops;
+                let res = self.push_own(bodies, idempotency_key.as_deref(), Some(limit));
+                match &res {
+                    Ok(_) => {
+                        self.metrics.accepted_ops.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(SubmitRefused {
+                        error: SubmitError::OutboxFull { .. },
+                        ..
+                    }) => {
+                        self.metrics
+                            .backpressure_refused_ops
+                            .fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
                 }
                 let _ = reply.send(res);
             }
@@ -2066,7 +2273,7 @@ impl Runtime {
                 Some(b) => postcard::from_bytes::<ReceiptRecord>(&b).ok()?.op?,
                 None => {
                     // Accepted, not yet decided (still in the outbox).
-                    let queued = self.store.outbox().ok()?.iter().any(|(s, _)| *s == seq);
+                    let queued = self.store.outbox_contains(seq).ok()?;
                     return queued.then(|| {
                         serde_json::json!({"id": id, "status": "pending", "decided": false, "verdicts": []})
                     });
@@ -2150,7 +2357,7 @@ impl Runtime {
             peers_attested: peers.iter().filter(|p| p.attested).count(),
             peers,
             last_decision: self.last.clone(),
-            outbox: self.store.outbox().map(|o| o.len()).unwrap_or(0),
+            outbox: self.store.outbox_len().map_or(0, |n| n as usize),
             pid: std::process::id(),
             updated_ms: now_ms(),
         }
