@@ -1384,6 +1384,7 @@ impl Runtime {
             }
             // Our in-flight batch (or, after a crash, the same sequence
             // number) is decided: record where its operations went.
+            let mut receipts = Vec::with_capacity(fl.outbox.len());
             for (i, ob) in fl.outbox.iter().enumerate() {
                 let op = OpId::derive(
                     &self.cfg.cluster_id,
@@ -1397,14 +1398,9 @@ impl Runtime {
                     op: Some(op),
                     height: Some(h.height),
                 };
-                self.store.set_meta(&format!("receipt/{ob}"), &enc(&rec)?)?;
-                self.store.set_meta(
-                    &format!("op/{}", hex::encode(op.0.as_bytes())),
-                    &ob.to_be_bytes(),
-                )?;
+                receipts.push((*ob, enc(&rec)?, hex::encode(op.0.as_bytes())));
             }
-            self.store.outbox_remove(&fl.outbox)?;
-            self.store.set_meta("in_flight", &[])?;
+            self.store.own_batch_decided(&receipts)?;
             self.in_flight = None;
             self.in_flight_signed = None;
             self.metrics.batch_decided(b.body.seq);
