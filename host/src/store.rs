@@ -591,7 +591,6 @@ impl Store {
         })
     }
 
-    /// Removes outbox entries (once their operations are decided).
     /// Records where this party's decided batch went, in one durable
     /// transaction: for each outbox sequence number its receipt record
     /// (`receipt/<seq>`) and the reverse index from its op id (`op/<hex>`),
@@ -615,6 +614,7 @@ impl Store {
         })
     }
 
+    /// Removes outbox entries (once their operations are decided).
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut t = tx.open_table(OUTBOX)?;
