@@ -1063,6 +1063,13 @@ impl Runtime {
                     }
                 }
             }
+            // Adaptive batching: when no own batch is in flight, whatever
+            // waits in the outbox is signed at once (an idle party does
+            // not wait for the tick); while one is in flight, operations
+            // gather and go out together once it is decided.
+            if self.in_flight.is_none() && !self.signing_batch && self.store.outbox_len()? > 0 {
+                self.maybe_batch()?;
+            }
         }
         self.write_status();
         Ok(())
