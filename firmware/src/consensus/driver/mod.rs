@@ -2030,6 +2030,60 @@ mod tests {
         assert_eq!(drivers[silent].chain().height, Height(1));
     }
 
+    /// A peer's vote is relayed once to the peers other than its sender
+    /// and voter; a conflicting one is relayed too (and is evidence); a
+    /// third value, or a repeat, is not. Without the relay a split view
+    /// (each half of the peers shown one vote) is never seen whole.
+    #[test]
+    fn peer_votes_are_relayed_once_and_a_conflict_once_more() {
+        use crate::consensus::context::Vote;
+        let net = testkit::Net::new(4);
+        let (mut d, _) = net.driver(net.cfg(1));
+        let ctx = QuorateContext {
+            cluster: net.c.id,
+            epoch: Epoch(0),
+        };
+        let vote = |value: mc::NilOrVal<BlockHash>| {
+            let vote = Vote {
+                precommit: false,
+                height: Height(1),
+                round: Round::new(0),
+                value,
+                voter: PartyId(3),
+            };
+            let signature = net.c.sign(3, &vote.signed_bytes(&ctx).encode());
+            PeerMessage::Vote(SignedVoteWire { vote, signature }).encode()
+        };
+        let block = |tag: &[u8]| mc::NilOrVal::Val(BlockHash(Sha256Digest::of(tag)));
+        let mut deliver = |from: u32, bytes: Vec<u8>| -> Vec<PartyId> {
+            let step = d
+                .handle(
+                    2_000,
+                    Input::Peer {
+                        from: PartyId(from),
+                        bytes: bytes.clone(),
+                    },
+                )
+                .unwrap();
+            assert!(step.faults.is_empty(), "{:?}", step.faults);
+            step.actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Send { to, bytes: b } if *b == bytes => Some(*to),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(deliver(3, vote(block(b"a"))), vec![PartyId(2), PartyId(4)]);
+        assert!(deliver(3, vote(block(b"a"))).is_empty(), "a repeat");
+        assert!(deliver(4, vote(block(b"a"))).is_empty(), "relayed back");
+        // The other half's vote, relayed by P2.
+        assert_eq!(deliver(2, vote(mc::NilOrVal::Nil)), vec![PartyId(4)]);
+        assert!(deliver(3, vote(block(b"c"))).is_empty(), "a third value");
+        assert_eq!(d.votes_relayed(), 3);
+        assert_eq!(d.evidence_pool.len(), 1);
+    }
+
     /// A request for a decided block older than the kept ones asks the host
     /// to serve it from the store; a kept one is answered from memory; a
     /// height not decided (or 0) is not answered at all. Before, a block
