@@ -47,6 +47,7 @@ use quorate_firmware::crypto::Signature;
 use quorate_firmware::sessions::machine::{BlockOutcome, MachineConfig};
 use quorate_firmware::sessions::ops::{OpBody, OpId};
 use quorate_firmware::sessions::policy::{self, PolicyDecision};
+use quorate_firmware::sessions::slot::SlotCheck;
 use quorate_firmware::sessions::{Operation, SessionMachine};
 use quorate_firmware::types::{Height, PartyId};
 use serde::{Deserialize, Serialize};
@@ -1358,7 +1359,15 @@ impl Runtime {
             crate::store::GuardedPush::Taken { guard, value } => {
                 let rec: GuardRecord =
                     serde_json::from_slice(&value).map_err(|e| unavailable(&e))?;
-                if rec.digest == digest {
+                // The firmware's slot rule (`sessions::slot`), also for
+                // idempotency keys: the same bytes are a repeat, answered
+                // with the first receipt; other bytes are refused.
+                let held = quorate_firmware::types::Sha256Digest(rec.digest);
+                let check = quorate_firmware::sessions::slot::check(
+                    Some(&held),
+                    &quorate_firmware::types::Sha256Digest(digest),
+                );
+                if check == SlotCheck::Repeat {
                     return Ok((Receipt { id: rec.receipt }, 0));
                 }
                 match (&slot, guard.starts_with("guard/idem/")) {
