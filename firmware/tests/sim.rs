@@ -197,7 +197,9 @@ fn restarted_party_catches_up_many_heights() {
 
 /// The named adversary models, each over its own seeds, one line per model:
 /// seeds run and violations of agreement, validity, no double sign,
-/// liveness after heal, the fairness bound, idleness and block time. Each model runs
+/// liveness after heal, the fairness bound, idleness, block time, evidence
+/// of a split view committed everywhere, and no correct party proven to
+/// have signed two operations for one slot. Each model runs
 /// `QUORATE_SIM_SEEDS` / 500 seeds (200 each at the soak's 100,000, 4 at
 /// the default 2,100 of `make test`), or `QUORATE_SIM_MODEL_SEEDS`.
 #[test]
@@ -215,10 +217,12 @@ fn seeds_part_models() {
         ("fairness", "fairness violated"),
         ("idle", "idle violated"),
         ("block_time", "block time violated"),
+        ("evidence", "evidence violated"),
+        ("exclusion", "exclusion violated"),
     ];
     let mut failures = Vec::new();
     for (name, model) in Byzantine::MODELS {
-        let mut counts = [0u64; 8];
+        let mut counts = [0u64; 10];
         let mut max_wait = 0;
         for seed in 0..per_model {
             let cfg = SimConfig::model(seed, model);
@@ -243,7 +247,7 @@ fn seeds_part_models() {
             .map(|((c, _), k)| format!("{c} {k}"))
             .collect();
         println!(
-            "model {name:<22} seeds {per_model:>5}  {}  other {}  (max wait {max_wait} heights)",
+            "model {name:<24} seeds {per_model:>5}  {}  other {}  (max wait {max_wait} heights)",
             cols.join("  "),
             counts[columns.len()]
         );
@@ -287,4 +291,46 @@ fn a_party_down_for_thousands_of_heights_rejoins() {
     assert!(r.heights >= heights as u64, "{r:?}");
     // Every block it missed came from a store (2 are kept in memory).
     assert!(r.served_from_store + 2 >= heights as u64, "{r:?}");
+}
+
+/// A split view: the equivocator shows each half of its peers a different
+/// vote, so no correct party receives both from it. Relayed votes meet at
+/// the correct parties, and every one of them commits the evidence (the
+/// model fails the run otherwise); agreement holds.
+#[test]
+fn split_view_equivocation_is_committed_at_every_correct_party() {
+    use quorate_firmware::sim::{run, Byzantine};
+    for seed in 0..6 {
+        let cfg = SimConfig::model(seed, Byzantine::SplitView);
+        assert!(cfg.require_evidence);
+        let r = run(cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(r.evidence_blocks > 0, "seed {seed}: {r:?}");
+        assert!(r.votes_relayed > 0, "seed {seed}: {r:?}");
+    }
+}
+
+/// Correct parties retry operations for slots they hold (an engine retry
+/// with fresh randomness, a manual verdict racing the automatic one):
+/// their slot guard refuses the second, different operation, so a framer
+/// holding every batch never has proof against them. Without the guard
+/// the same runs hand it that proof.
+#[test]
+fn conflicting_retries_never_frame_a_correct_party() {
+    use quorate_firmware::sim::{run, Byzantine};
+    let mut refused = 0;
+    let mut framed = 0;
+    for seed in 0..6 {
+        let cfg = SimConfig::model(seed, Byzantine::Framer);
+        assert!(cfg.retries && cfg.slot_guard);
+        let r = run(cfg.clone()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        refused += r.retries_refused;
+        let mut unguarded = cfg;
+        unguarded.slot_guard = false;
+        if let Err(e) = run(unguarded) {
+            assert!(e.contains("exclusion violated"), "seed {seed}: {e}");
+            framed += 1;
+        }
+    }
+    assert!(refused > 0, "no retry was ever refused");
+    assert!(framed > 0, "without the guard no retry framed anyone");
 }

@@ -1,6 +1,7 @@
-//! Audit entries: one per decided operation, and one per later resolution
-//! of an operation that was left pending, each carrying the attested
-//! measurements of the parties whose votes decided its block.
+//! Audit entries: one per decided operation, one per later resolution of
+//! an operation that was left pending, and one per piece of equivocation
+//! evidence a block recorded, each carrying the attested measurements of
+//! the parties whose votes decided its block.
 //!
 //! [`EntryBuilder::build_block`] turns one applied block into its entries.
 //! It is a pure function of the decided log (the block, its outcome, the
@@ -10,6 +11,8 @@
 
 use super::merkle::{leaf_hash, LeafIndex};
 use crate::batch::SignedBatch;
+use crate::consensus::context::Step;
+use crate::consensus::Equivocation;
 use crate::sessions::machine::{BlockOutcome, Event, OpKind, OpStatus, State};
 use crate::sessions::ops::{Decision, OpBody, OpId, Operation};
 use crate::types::{Height, PartyId, Sha256Digest};
@@ -122,6 +125,44 @@ pub struct ResolutionEntry {
     pub decided_under: Vec<MeasurementRef>,
 }
 
+/// Equivocation evidence a decided block recorded: `offender` signed two
+/// conflicting votes for one (height, round, step). Both votes are kept,
+/// so the entry proves itself to anyone with the offender's vote key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EquivocationEntry {
+    /// The block that recorded it.
+    pub block: BlockRef,
+    /// Index of the evidence in the block's evidence list.
+    pub index: u32,
+    /// Who equivocated.
+    pub offender: PartyId,
+    /// The height both votes are for (at or below the recording block's).
+    pub height: Height,
+    /// The round both votes are for.
+    pub round: i64,
+    /// Prevote or precommit.
+    pub step: Step,
+    /// The two signed votes, in canonical order.
+    pub evidence: Equivocation,
+    /// The attested measurements of the parties that decided the block.
+    pub decided_under: Vec<MeasurementRef>,
+}
+
+impl EquivocationEntry {
+    /// Whether the named offender, height, round and step are those of
+    /// both votes, and the votes differ.
+    pub fn is_consistent(&self) -> bool {
+        let key = (self.offender, self.height, self.round, self.step);
+        let (a, b) = (&self.evidence.first.vote, &self.evidence.second.vote);
+        self.evidence.key() == key
+            && a.voter == b.voter
+            && a.height == b.height
+            && a.round == b.round
+            && a.precommit == b.precommit
+            && a.value != b.value
+    }
+}
+
 /// One leaf of the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -130,6 +171,8 @@ pub enum AuditEntry {
     Operation(OperationEntry),
     /// A pending operation's final outcome.
     Resolution(ResolutionEntry),
+    /// Proof that a party equivocated, as a block recorded it.
+    Equivocation(EquivocationEntry),
 }
 
 /// Bytes that are not an audit entry.
@@ -189,22 +232,25 @@ impl AuditEntry {
         match self {
             AuditEntry::Operation(e) => &e.block,
             AuditEntry::Resolution(e) => &e.block,
+            AuditEntry::Equivocation(e) => &e.block,
         }
     }
 
-    /// The operation it concerns.
-    pub fn op(&self) -> &OpId {
+    /// The operation it concerns (none for equivocation evidence).
+    pub fn op(&self) -> Option<&OpId> {
         match self {
-            AuditEntry::Operation(e) => &e.op,
-            AuditEntry::Resolution(e) => &e.op,
+            AuditEntry::Operation(e) => Some(&e.op),
+            AuditEntry::Resolution(e) => Some(&e.op),
+            AuditEntry::Equivocation(_) => None,
         }
     }
 
-    /// Its outcome.
-    pub fn status(&self) -> &OpStatus {
+    /// Its operation's outcome (none for equivocation evidence).
+    pub fn status(&self) -> Option<&OpStatus> {
         match self {
-            AuditEntry::Operation(e) => &e.status,
-            AuditEntry::Resolution(e) => &e.status,
+            AuditEntry::Operation(e) => Some(&e.status),
+            AuditEntry::Resolution(e) => Some(&e.status),
+            AuditEntry::Equivocation(_) => None,
         }
     }
 
@@ -213,6 +259,7 @@ impl AuditEntry {
         match self {
             AuditEntry::Operation(e) => &e.decided_under,
             AuditEntry::Resolution(e) => &e.decided_under,
+            AuditEntry::Equivocation(e) => &e.decided_under,
         }
     }
 }
@@ -335,23 +382,27 @@ impl EntryBuilder {
     /// Builds the entries of one decided block, in log order: first one
     /// [`OperationEntry`] per operation of `outcome` (block order), then one
     /// [`ResolutionEntry`] per `Executed`/`Rejected` event of an operation
-    /// that was pending (event order).
+    /// that was pending (event order), then one [`EquivocationEntry`] per
+    /// piece of the block's `evidence` (block order).
     ///
     /// - `signers`: the parties whose precommits decided the block, from its
     ///   canonical commit certificate (it must be the same at every party;
     ///   see `docs/AUDIT.md`).
     /// - `batches`: the block's batches, from which `outcome` was computed.
+    /// - `evidence`: the block's equivocation evidence.
     /// - `state`: the session machine's state after the block (verdicts of
     ///   resolved operations are read from it).
     /// - `source`: reads measurements out of attestation evidence.
     ///
     /// Every entry of the block refers to the measurements accepted in
     /// earlier blocks. On error the builder is unchanged.
+    #[allow(clippy::too_many_arguments)]
     pub fn build_block(
         &mut self,
         block: BlockRef,
         signers: &BTreeSet<PartyId>,
         batches: &[SignedBatch],
+        evidence: &[Equivocation],
         outcome: &BlockOutcome,
         state: &State,
         source: &dyn MeasurementSource,
@@ -363,17 +414,21 @@ impl EntryBuilder {
                 .map(|r| r.verdicts.clone())
                 .unwrap_or_default()
         };
-        self.build_block_with(block, signers, batches, outcome, &verdicts, source)
+        self.build_block_with(
+            block, signers, batches, evidence, outcome, &verdicts, source,
+        )
     }
 
     /// [`EntryBuilder::build_block`] with the verdicts of resolved
     /// operations read through `verdicts` (for a block built after later
     /// blocks were applied: see [`crate::audit::ledger`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn build_block_with(
         &mut self,
         block: BlockRef,
         signers: &BTreeSet<PartyId>,
         batches: &[SignedBatch],
+        evidence: &[Equivocation],
         outcome: &BlockOutcome,
         verdicts: &dyn Fn(&OpId) -> BTreeMap<PartyId, Decision>,
         source: &dyn MeasurementSource,
@@ -492,6 +547,20 @@ impl EntryBuilder {
             }));
             next.next = next.next.saturating_add(1);
         }
+        for (index, ev) in evidence.iter().enumerate() {
+            let (offender, height, round, step) = ev.key();
+            out.push(AuditEntry::Equivocation(EquivocationEntry {
+                block,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                offender,
+                height,
+                round,
+                step,
+                evidence: ev.clone(),
+                decided_under: refs.clone(),
+            }));
+            next.next = next.next.saturating_add(1);
+        }
         let mut table = table;
         for (author, entry, attests) in accepted_now {
             table.accept(author, entry, attests);
@@ -572,6 +641,7 @@ pub(crate) mod tests {
                     block,
                     &signers,
                     &batches,
+                    &[],
                     &outcome,
                     self.m.state(),
                     &measurement_of,
@@ -585,6 +655,7 @@ pub(crate) mod tests {
                     block,
                     &signers,
                     &batches,
+                    &[],
                     &outcome2,
                     m2.state(),
                     &measurement_of,
@@ -597,7 +668,7 @@ pub(crate) mod tests {
         }
 
         pub fn op_id(&self, e: &AuditEntry) -> OpId {
-            *e.op()
+            *e.op().unwrap()
         }
     }
 
@@ -711,6 +782,7 @@ pub(crate) mod tests {
                 block,
                 &BTreeSet::new(),
                 &[],
+                &[],
                 &outcome,
                 log.m.state(),
                 &measurement_of,
@@ -726,6 +798,7 @@ pub(crate) mod tests {
             log.b.build_block(
                 wrong,
                 &BTreeSet::new(),
+                &[],
                 &[],
                 &outcome,
                 log.m.state(),

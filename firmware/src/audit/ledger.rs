@@ -20,7 +20,7 @@
 use crate::audit::entry::{AuditEntry, BlockRef, BuildError, EntryBuilder, MeasurementSource};
 use crate::audit::merkle::{CompactTree, LeafIndex, NewNode};
 use crate::batch::SignedBatch;
-use crate::consensus::{Block, LogHead};
+use crate::consensus::{Block, Equivocation, LogHead};
 use crate::sessions::machine::{Event, State};
 use crate::sessions::ops::{Decision, OpId};
 use crate::sessions::BlockOutcome;
@@ -32,6 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 struct Prepared {
     block: BlockRef,
     batches: Vec<SignedBatch>,
+    /// Its equivocation evidence (an entry each).
+    evidence: Vec<Equivocation>,
     outcome: BlockOutcome,
     /// Verdicts of the operations the block resolved, as they stood after
     /// the block (later blocks may add verdicts; the entry records these).
@@ -174,7 +176,15 @@ impl Ledger {
             let signers: BTreeSet<PartyId> = cert.signatures.iter().map(|(p, _)| *p).collect();
             let verdicts = |op: &OpId| p.verdicts.get(op).cloned().unwrap_or_default();
             let entries = builder
-                .build_block_with(p.block, &signers, &p.batches, &p.outcome, &verdicts, source)
+                .build_block_with(
+                    p.block,
+                    &signers,
+                    &p.batches,
+                    &p.evidence,
+                    &p.outcome,
+                    &verdicts,
+                    source,
+                )
                 .map_err(|source| LedgerError::Build {
                     height: p.block.height,
                     source,
@@ -191,7 +201,8 @@ impl Ledger {
             .events
             .iter()
             .any(|e| matches!(e, Event::Executed { .. } | Event::Rejected { .. }));
-        let prepared = (!outcome.ops.is_empty() || resolves).then(|| {
+        let evidence = block.evidence();
+        let prepared = (!outcome.ops.is_empty() || resolves || !evidence.is_empty()).then(|| {
             let verdicts = outcome
                 .events
                 .iter()
@@ -215,6 +226,7 @@ impl Ledger {
                     block_hash: block.hash().0,
                 },
                 batches: block.batches().to_vec(),
+                evidence: evidence.to_vec(),
                 outcome: outcome.clone(),
                 verdicts,
             }
@@ -230,7 +242,7 @@ impl Ledger {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::audit::entry::tests::{approve, attest, measurement_of};
     use crate::audit::merkle::{leaf_hash, root_of};
@@ -258,6 +270,8 @@ mod tests {
         c: Cluster,
         m: SessionMachine,
         ledger: Ledger,
+        /// Another party's ledger, fed the same decided blocks.
+        other: Ledger,
         last: Option<Block>,
         seq: BTreeMap<u32, u64>,
         leaves: Vec<crate::types::Sha256Digest>,
@@ -277,6 +291,7 @@ mod tests {
                 c,
                 m,
                 ledger: Ledger::new(),
+                other: Ledger::new(),
                 last: None,
                 seq: BTreeMap::new(),
                 leaves: Vec::new(),
@@ -286,6 +301,16 @@ mod tests {
         /// Decides a block of `ops` (author, body), its parent certified by
         /// `signers`.
         fn decide(&mut self, ops: Vec<(u32, OpBody)>, signers: &[u32]) -> LedgerStep {
+            self.decide_with(ops, vec![], signers)
+        }
+
+        /// [`Chain::decide`] with equivocation evidence in the block.
+        fn decide_with(
+            &mut self,
+            ops: Vec<(u32, OpBody)>,
+            evidence: Vec<Equivocation>,
+            signers: &[u32],
+        ) -> LedgerStep {
             let height = Height(self.ledger.height().0 + 1);
             let batches = self.c.op_batches(&mut self.seq, ops);
             let block = Block::new(BlockContents {
@@ -298,7 +323,7 @@ mod tests {
                     log: self.ledger.head(),
                 },
                 batches,
-                evidence: vec![],
+                evidence,
             });
             let outcome = self
                 .m
@@ -308,6 +333,13 @@ mod tests {
                 .ledger
                 .on_decided(&block, &outcome, self.m.state(), &measurement_of)
                 .unwrap();
+            let theirs = self
+                .other
+                .on_decided(&block, &outcome, self.m.state(), &measurement_of)
+                .unwrap();
+            // Every party builds the same entries, byte for byte.
+            assert_eq!(theirs.encoded, step.encoded);
+            assert_eq!(theirs.head, step.head);
             for e in &step.encoded {
                 self.leaves.push(leaf_hash(e));
             }
@@ -358,6 +390,63 @@ mod tests {
     fn s1_op(ch: &mut Chain) -> &OpId {
         // The op id of block 1's single operation, as the machine recorded it.
         ch.m.state().ops.keys().next().unwrap()
+    }
+
+    /// P3's two precommits for different blocks at height 1, round 2.
+    pub(crate) fn equivocation() -> Equivocation {
+        use crate::consensus::context::{SignedVoteWire, Vote};
+        let vote = |v: &[u8], sig: u8| SignedVoteWire {
+            vote: Vote {
+                precommit: true,
+                height: Height(1),
+                round: malachitebft_core_types::Round::new(2),
+                value: malachitebft_core_types::NilOrVal::Val(BlockHash(Sha256Digest::of(v))),
+                voter: PartyId(3),
+            },
+            signature: Signature([sig; 64]),
+        };
+        crate::consensus::certificate::canonical_equivocation(vote(b"a", 1), vote(b"b", 2))
+    }
+
+    /// A block's equivocation evidence becomes an audit entry naming the
+    /// offender, height, round and step, after the block's operation
+    /// entries, once the block's certificate arrives; a block with only
+    /// evidence still awaits a carrier. Every party builds the same bytes
+    /// (`Chain::decide` checks that of every block).
+    #[test]
+    fn equivocation_evidence_is_an_audit_entry() {
+        use crate::audit::entry::EquivocationEntry;
+        use crate::consensus::context::Step;
+        let mut ch = Chain::new();
+        ch.decide(vec![(1, attest(b"p1", 0))], &[]);
+        let s2 = ch.decide_with(vec![], vec![equivocation()], &[1, 2, 3]);
+        assert!(s2.pending, "a block with evidence awaits its certificate");
+        let s3 = ch.decide(vec![], &[1, 2]);
+        assert!(!s3.pending);
+        assert_eq!(s3.head.root, root_of(&ch.leaves));
+        assert!(matches!(s2.entries[..], [AuditEntry::Operation(_)]));
+        let [AuditEntry::Equivocation(e)] = &s3.entries[..] else {
+            panic!("{:?}", s3.entries);
+        };
+        let EquivocationEntry {
+            block,
+            index,
+            offender,
+            height,
+            round,
+            step,
+            evidence,
+            ..
+        } = e;
+        assert_eq!(block.height, Height(2));
+        assert_eq!(
+            (*index, *offender, *height, *round, *step),
+            (0, PartyId(3), Height(1), 2, Step::Precommit)
+        );
+        assert_eq!(*evidence, equivocation());
+        assert!(e.is_consistent());
+        assert_eq!(s3.first, LeafIndex(1));
+        assert_eq!(AuditEntry::decode(&s3.encoded[0]).unwrap(), s3.entries[0]);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! What it checks itself: every entry decodes; blocks come in order with
 //! increasing time; each operation's digest, id and position; that every
-//! resolution follows the pending decision it resolves; the Merkle tree
+//! resolution follows the pending decision it resolves; that equivocation
+//! entries come last in their block and name the offender, height, round
+//! and step of their two conflicting votes; the Merkle tree
 //! recomputed from the entries against every checkpoint; consistency proofs
 //! between successive checkpoints (built from the recomputed tree and
 //! verified); each checkpoint's cosignature quorum; checkpoints of one size
@@ -35,8 +37,9 @@ use std::fmt;
 /// over a thread pool) and answers from its results.
 pub trait EvidenceChecker {
     /// Verifies the commit certificate of `block` (and its batches'
-    /// signatures, and that `entries`' operations are exactly those of its
-    /// batches), returning the canonical certificate's signers.
+    /// signatures, that `entries`' operations are exactly those of its
+    /// batches, and its equivocation entries exactly its evidence),
+    /// returning the canonical certificate's signers.
     fn check_block(
         &mut self,
         block: &BlockRef,
@@ -144,6 +147,14 @@ pub enum ProblemKind {
         /// Operation index.
         index: u32,
     },
+    /// An equivocation entry before an operation or resolution entry of
+    /// its block, or out of the block's evidence order.
+    #[error("equivocation entry out of order in its block")]
+    EquivocationOutOfOrder,
+    /// An equivocation entry names another offender, height, round or
+    /// step than its two votes, or the votes do not conflict.
+    #[error("the equivocation entry against {0} does not match its two votes")]
+    EquivocationInconsistent(PartyId),
     /// A settled status names another height than its block.
     #[error("outcome is recorded at height {got} in an entry of block {block}")]
     StatusHeight {
@@ -276,6 +287,8 @@ pub struct AuditReport {
     pub operations: u64,
     /// Resolution entries.
     pub resolutions: u64,
+    /// Equivocation entries.
+    pub equivocations: u64,
     /// Blocks whose certificates were checked.
     pub blocks: u64,
     /// Attestation records checked.
@@ -309,8 +322,8 @@ impl fmt::Display for AuditReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "entries            {} ({} operations, {} resolutions)",
-            self.entries, self.operations, self.resolutions
+            "entries            {} ({} operations, {} resolutions, {} equivocations)",
+            self.entries, self.operations, self.resolutions, self.equivocations
         )?;
         writeln!(
             f,
@@ -568,7 +581,7 @@ impl<'p> Verifier<'p> {
         let loc = Location::Entry(index);
         let height = entry.block().height;
         match entry.status() {
-            OpStatus::Executed { height: h } | OpStatus::Rejected { height: h, .. }
+            Some(OpStatus::Executed { height: h } | OpStatus::Rejected { height: h, .. })
                 if *h != height =>
             {
                 self.fail(
@@ -637,6 +650,10 @@ impl<'p> Verifier<'p> {
             }
             AuditEntry::Resolution(r) => {
                 self.report.resolutions += 1;
+                if matches!(self.block.last(), Some(AuditEntry::Equivocation(_))) {
+                    self.fail(loc, ProblemKind::EquivocationOutOfOrder);
+                    return false;
+                }
                 if r.status == OpStatus::Pending {
                     self.fail(loc, ProblemKind::PendingResolution(r.op));
                     return false;
@@ -663,6 +680,22 @@ impl<'p> Verifier<'p> {
                 {
                     self.block_accepts
                         .push((decision.author, decision.entry, decision.attests));
+                }
+            }
+            AuditEntry::Equivocation(e) => {
+                self.report.equivocations += 1;
+                // Last in its block, in the block's evidence order.
+                let expected = match self.block.last() {
+                    Some(AuditEntry::Equivocation(p)) => p.index.checked_add(1),
+                    _ => Some(0),
+                };
+                if expected != Some(e.index) {
+                    self.fail(loc, ProblemKind::EquivocationOutOfOrder);
+                    return false;
+                }
+                if !e.is_consistent() {
+                    self.fail(loc, ProblemKind::EquivocationInconsistent(e.offender));
+                    return false;
                 }
             }
         }
@@ -970,8 +1003,8 @@ mod tests {
         for ops in script {
             run(&mut log, ops);
         }
-        let p1 = *log.entries[0].op();
-        let p2 = *log.entries[1].op();
+        let p1 = *log.entries[0].op().unwrap();
+        let p2 = *log.entries[1].op().unwrap();
         run(
             &mut log,
             vec![(2, approve(p1)), (3, approve(p1)), (1, approve(p2))],
@@ -983,7 +1016,8 @@ mod tests {
             .rev()
             .find(|e| matches!(e, AuditEntry::Operation(o) if o.kind == OpKind::AttestationRecord))
             .unwrap()
-            .op();
+            .op()
+            .unwrap();
         run(&mut log, vec![(1, approve(p3)), (2, approve(p3))]);
         run(&mut log, vec![(1, attest(b"p1 again", 4))]);
         // The exporter checkpoints the tail: entries past the last
@@ -1255,6 +1289,54 @@ mod tests {
             "{p}"
         );
         assert_eq!(p.location, Location::Entry(LeafIndex(last as u64)));
+    }
+
+    /// Equivocation entries: one naming its votes verifies; one naming
+    /// another offender, or out of the block's evidence order, does not.
+    #[test]
+    fn equivocation_entries_must_name_their_votes_in_order() {
+        use crate::audit::entry::EquivocationEntry;
+        use crate::audit::ledger::tests::equivocation;
+        let params = fixture().params;
+        let entry = |index: u32, offender: u32| {
+            let evidence = equivocation();
+            let (_, height, round, step) = evidence.key();
+            AuditEntry::Equivocation(EquivocationEntry {
+                block: BlockRef {
+                    height: Height(2),
+                    time_ms: 2_000,
+                    block_hash: Sha256Digest::of(b"block 2"),
+                },
+                index,
+                offender: PartyId(offender),
+                height,
+                round,
+                step,
+                evidence,
+                decided_under: vec![],
+            })
+            .encode()
+        };
+        let verify = |entries: &[Vec<u8>]| {
+            let mut host = Host::default();
+            let mut v = Verifier::new(&params, &[], &mut host);
+            for e in entries {
+                v.push_entry(e, &mut host);
+            }
+            v.finish(&mut host)
+        };
+        let ok = verify(&[entry(0, 3)]);
+        assert!(ok.is_ok(), "{ok}");
+        assert_eq!(ok.equivocations, 1);
+        let kind = |r: AuditReport| r.problem.map(|p| p.kind);
+        assert_eq!(
+            kind(verify(&[entry(0, 1)])),
+            Some(ProblemKind::EquivocationInconsistent(PartyId(1)))
+        );
+        assert_eq!(
+            kind(verify(&[entry(0, 3), entry(0, 3)])),
+            Some(ProblemKind::EquivocationOutOfOrder)
+        );
     }
 
     proptest! {

@@ -2251,15 +2251,13 @@ impl SessionMachine {
                 };
                 let a = op_at(first, *first_op)?;
                 let b = op_at(second, *second_op)?;
-                // One definition of "the same slot" serves the daemon's
-                // guard and this proof.
-                let conflict = match (a.body.slot(), b.body.slot()) {
-                    (Some(x), Some(y)) if x == y && a.body != b.body => match x {
-                        Slot::Message { session, round } => Conflict::Messages { session, round },
-                        Slot::Result { session } => Conflict::Results { session },
-                        Slot::Verdict { target } => Conflict::Verdicts { target },
-                    },
-                    _ => return Err(bad("the two operations do not conflict")),
+                // One definition of a conflict serves the daemon's slot
+                // guard and this proof (`sessions::slot`).
+                let conflict = match super::slot::conflict(&a.body, &b.body) {
+                    Some(Slot::Message { session, round }) => Conflict::Messages { session, round },
+                    Some(Slot::Result { session }) => Conflict::Results { session },
+                    Some(Slot::Verdict { target }) => Conflict::Verdicts { target },
+                    None => return Err(bad("the two operations do not conflict")),
                 };
                 self.verify_signed(first)?;
                 self.verify_signed(second)?;

@@ -25,6 +25,7 @@ pub mod ops;
 pub mod policy;
 pub mod query;
 mod root;
+pub mod slot;
 
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -36,6 +36,9 @@ use crate::consensus::sign_guard::SignGuard;
 use crate::consensus::verify_commit_certificate;
 use crate::consensus::wire::{PeerMessage, WalRecord};
 use crate::crypto::{PublicKey, Signature};
+use crate::sessions::ops::{Decision, Slot};
+use crate::sessions::slot::{SlotCheck, SlotGuard};
+use crate::sessions::{OpBody, Operation};
 use crate::types::{ClusterId, Epoch, FaultModel, Height, PartyId, Sha256Digest};
 use malachitebft_core_types::NilOrVal;
 use p256::ecdsa::signature::Signer;
@@ -119,11 +122,25 @@ pub enum Byzantine {
     /// (a decided block time more than the window past a correct clock is a
     /// *block time* violation), and it refuses theirs.
     SkewedClock,
+    /// Shows each half of its peers a different vote, signed, for every
+    /// vote it casts (the other half never gets the first one): a split
+    /// view, which no single correct party sees both sides of unless
+    /// votes are relayed. Every correct party must end with the evidence
+    /// committed (an *evidence* violation otherwise).
+    SplitView,
+    /// Honest on the wire, it keeps every batch it receives, to frame a
+    /// correct author with two of its different signed operations for one
+    /// slot (`ConflictingOps`, which excludes the author). Meanwhile the
+    /// correct parties retry operations (an MPC engine retrying a round
+    /// with fresh randomness, a manual verdict racing the automatic one)
+    /// through their slot guard ([`SimConfig::retries`]). Holding such a
+    /// pair is an *exclusion* violation.
+    Framer,
 }
 
 impl Byzantine {
     /// The named adversary models `make soak` reports on, one line each.
-    pub const MODELS: [(&'static str, Byzantine); 7] = [
+    pub const MODELS: [(&'static str, Byzantine); 9] = [
         ("equivocation", Byzantine::Equivocate),
         ("forged-signatures", Byzantine::Forge),
         ("garbage-frames", Byzantine::Garbage),
@@ -131,6 +148,8 @@ impl Byzantine {
         ("seq-gap", Byzantine::SeqGap),
         ("batch-flood", Byzantine::Flood),
         ("skewed-proposer-clock", Byzantine::SkewedClock),
+        ("split-view-equivocation", Byzantine::SplitView),
+        ("conflicting-retry", Byzantine::Framer),
     ];
 }
 
@@ -184,6 +203,16 @@ pub struct SimConfig {
     /// 0). Correct parties' offsets must stay well inside the drivers'
     /// block time window.
     pub clock_offsets_ms: Vec<i64>,
+    /// Every correct party must decide equivocation evidence against a
+    /// Byzantine party before the run ends.
+    pub require_evidence: bool,
+    /// Correct parties retry some of their operations with a different
+    /// one for the same slot (a fresh MPC round message, a manual verdict
+    /// racing the automatic one), or the very same one, after a delay.
+    pub retries: bool,
+    /// Whether the correct parties' hosts put their operations through a
+    /// [`SlotGuard`] (off only to show what it prevents).
+    pub slot_guard: bool,
 }
 
 /// How many equivocating parties a model tolerates for safety *and* liveness.
@@ -277,6 +306,9 @@ impl SimConfig {
             fairness: false,
             idle_tail_ms: None,
             clock_offsets_ms: Vec::new(),
+            require_evidence: false,
+            retries: false,
+            slot_guard: true,
         }
     }
 
@@ -317,6 +349,8 @@ impl SimConfig {
         if model == Byzantine::SeqGap {
             cfg.idle_tail_ms = Some(40_000);
         }
+        cfg.require_evidence = model == Byzantine::SplitView;
+        cfg.retries = model == Byzantine::Framer;
         cfg
     }
 
@@ -340,6 +374,9 @@ impl SimConfig {
             fairness: false,
             idle_tail_ms: None,
             clock_offsets_ms: Vec::new(),
+            require_evidence: false,
+            retries: false,
+            slot_guard: true,
         }
     }
 }
@@ -365,6 +402,10 @@ pub struct SimReport {
     /// Block requests answered from the store (older than the blocks a
     /// driver keeps in memory) by honest parties.
     pub served_from_store: u64,
+    /// Peer votes honest drivers relayed (one per peer sent to).
+    pub votes_relayed: u64,
+    /// Retried operations the correct parties' slot guards refused (409).
+    pub retries_refused: u64,
 }
 
 /// The one-line command that reproduces `seed`.
@@ -401,6 +442,9 @@ enum Ev {
     Restart {
         node: usize,
     },
+    Retry {
+        node: usize,
+    },
 }
 
 #[derive(Default, Clone)]
@@ -413,6 +457,8 @@ struct Store {
     guard: SignGuard,
     wal: Vec<(Height, WalRecord)>,
     own_batches: Vec<SignedBatch>,
+    /// The host's slot guard (durable, with its outbox).
+    slots: SlotGuard,
 }
 
 struct Node {
@@ -498,6 +544,9 @@ struct Sim {
     to_submit: usize,
     agreed: BTreeMap<Height, crate::consensus::BlockHash>,
     signed: HashMap<(usize, Height, i64, crate::consensus::context::Step), Sha256Digest>,
+    /// What a framer holds: the first signed operation it saw of each
+    /// correct author and slot.
+    framer_seen: HashMap<(PartyId, Slot), OpBody>,
     report: SimReport,
     last_fault_end: u64,
 }
@@ -658,32 +707,29 @@ impl Sim {
                 self.byz_gossip(from, to, bytes);
             }
             Some(Byzantine::SeqGap | Byzantine::Flood) => self.byz_gossip(from, to, bytes),
-            // Misbehaves only through its clock.
-            Some(Byzantine::SkewedClock) => self.send(from, to, bytes),
+            // Misbehaves only through its clock, or not on the wire.
+            Some(Byzantine::SkewedClock | Byzantine::Framer) => self.send(from, to, bytes),
+            Some(Byzantine::SplitView) => {
+                let own_vote = match PeerMessage::decode(&bytes, usize::MAX) {
+                    Ok(PeerMessage::Vote(v)) if v.vote.voter.0 as usize == from + 1 => Some(v),
+                    _ => None,
+                };
+                match own_vote {
+                    // The even half of the peers gets the other vote, and
+                    // only that one.
+                    Some(v) if to % 2 == 0 => {
+                        let c = conflicting_vote(&v);
+                        self.send(from, to, PeerMessage::Vote(c).encode());
+                    }
+                    _ => self.send(from, to, bytes),
+                }
+            }
             Some(Byzantine::Equivocate) => {
                 if let Ok(PeerMessage::Vote(v)) = PeerMessage::decode(&bytes, usize::MAX) {
-                    if to % 2 == 0 {
-                        let mut c = v.vote.clone();
-                        c.value = match c.value {
-                            NilOrVal::Nil => NilOrVal::Val(crate::consensus::BlockHash(
-                                Sha256Digest::of(b"other block"),
-                            )),
-                            NilOrVal::Val(_) => NilOrVal::Nil,
-                        };
-                        let ctx = crate::consensus::context::QuorateContext {
-                            cluster: cluster(),
-                            epoch: Epoch(0),
-                        };
-                        let sig = sign_as(c.voter, &c.signed_bytes(&ctx).encode());
-                        self.send(
-                            from,
-                            to,
-                            PeerMessage::Vote(SignedVoteWire {
-                                vote: c,
-                                signature: sig,
-                            })
-                            .encode(),
-                        );
+                    // Its own votes only (it relays the others' as they are).
+                    if to % 2 == 0 && v.vote.voter.0 as usize == from + 1 {
+                        let c = conflicting_vote(&v);
+                        self.send(from, to, PeerMessage::Vote(c).encode());
                         // Some peers see both votes: that is what evidence needs.
                         if to % 4 != 0 {
                             return;
@@ -693,6 +739,49 @@ impl Sim {
                 self.send(from, to, bytes);
             }
         }
+    }
+
+    /// A framer's view of a frame it received: it keeps the first signed
+    /// operation of each correct author per slot, and fails the run if
+    /// another one conflicts with it (the proof that would exclude it).
+    fn framer_receives(&mut self, framer: usize, bytes: &[u8]) -> Result<(), Fail> {
+        let batches: Vec<SignedBatch> = match PeerMessage::decode(bytes, usize::MAX) {
+            Ok(PeerMessage::Batch(b)) => vec![b],
+            Ok(PeerMessage::Proposal(p)) => p.proposal.block.batches().to_vec(),
+            Ok(PeerMessage::BlockResponse { block, .. }) => block.batches().to_vec(),
+            _ => return Ok(()),
+        };
+        for b in batches {
+            let author = b.body.author;
+            let correct = (author.0 as usize)
+                .checked_sub(1)
+                .is_some_and(|a| a < self.cfg.n && self.honest(a));
+            if !correct || self.parties.key_of(author).map(|k| b.verify(k).is_ok()) != Some(true) {
+                continue;
+            }
+            for bytes in &b.body.ops {
+                let Ok(op) = Operation::decode(bytes) else {
+                    continue;
+                };
+                let Some(slot) = op.body.slot() else {
+                    continue;
+                };
+                match self.framer_seen.get(&(author, slot)) {
+                    None => {
+                        self.framer_seen.insert((author, slot), op.body);
+                    }
+                    Some(first) => {
+                        if crate::sessions::slot::conflict(first, &op.body).is_some() {
+                            return Err(format!(
+                                "exclusion violated: P{} holds two different signed operations of correct {author} for {slot:?}, a proof that excludes it",
+                                framer + 1
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends `bytes`, and with every tip the adversary's batches.
@@ -977,6 +1066,15 @@ impl Sim {
                 return Err(format!("validity violated: P{} decided a batch that was not submitted or is badly signed", i + 1));
             }
         }
+        for e in d.block.evidence() {
+            let offender = e.first.vote.voter;
+            if self.honest((offender.0 - 1) as usize) {
+                return Err(format!(
+                    "exclusion violated: P{} decided equivocation evidence against correct {offender}",
+                    i + 1
+                ));
+            }
+        }
         if !d.block.evidence().is_empty() {
             self.report.evidence_blocks += 1;
         }
@@ -1047,11 +1145,35 @@ impl Sim {
 
     fn submit(&mut self, i: usize) -> Result<(), Fail> {
         let author = PartyId(i as u32 + 1);
+        let seq = self.nodes[i].next_seq + 1;
+        let ops: Vec<Vec<u8>> = (0..self.cfg.ops_per_batch)
+            .map(|k| {
+                if self.cfg.retries && k % 2 == 1 {
+                    sim_verdict(author, seq, k, Decision::Approve)
+                } else {
+                    sim_op(author, seq, k, self.cfg.op_bytes)
+                }
+            })
+            .collect();
+        for op in &ops {
+            // Fresh slots: the guard records them.
+            if let Ok(op) = Operation::decode(op) {
+                self.nodes[i].store.slots.claim(&op);
+            }
+        }
+        if self.cfg.retries && self.rng.random_bool(0.6) {
+            let at = self.now + self.rng.random_range(50..3_000);
+            self.last_fault_end = self.last_fault_end.max(at);
+            self.push(at, Ev::Retry { node: i });
+        }
+        self.submit_ops(i, ops)
+    }
+
+    /// Signs `ops` as party `i`'s next batch and submits it.
+    fn submit_ops(&mut self, i: usize, ops: Vec<Vec<u8>>) -> Result<(), Fail> {
+        let author = PartyId(i as u32 + 1);
         self.nodes[i].next_seq += 1;
         let seq = self.nodes[i].next_seq;
-        let ops = (0..self.cfg.ops_per_batch)
-            .map(|k| sim_op(author, seq, k, self.cfg.op_bytes))
-            .collect();
         let body = BatchBody {
             cluster: cluster(),
             author,
@@ -1067,7 +1189,80 @@ impl Sim {
         self.handle(i, Input::SubmitBatch(b))
     }
 
+    /// Party `i`'s host is asked again for one of its earlier operations'
+    /// slots: the very same operation, or (an MPC engine retrying a round
+    /// with fresh randomness, a manual verdict racing the automatic one)
+    /// a different one. Its slot guard refuses the different one (409);
+    /// only without the guard is it signed.
+    fn retry(&mut self, i: usize) -> Result<(), Fail> {
+        if self.nodes[i].driver.is_none() {
+            self.push(self.now + 100, Ev::Retry { node: i });
+            return Ok(());
+        }
+        let earlier: Vec<Vec<u8>> = self.nodes[i]
+            .store
+            .own_batches
+            .iter()
+            .flat_map(|b| b.body.ops.iter().cloned())
+            .collect();
+        if earlier.is_empty() {
+            return Ok(());
+        }
+        let pick = earlier[self.rng.random_range(0..earlier.len())].clone();
+        let Ok(mut op) = Operation::decode(&pick) else {
+            return Ok(());
+        };
+        if self.rng.random_bool(0.75) {
+            match &mut op.body {
+                OpBody::SessionMessage(m) => {
+                    m.broadcast = Some(crate::sessions::ops::Blob(
+                        format!("retried at {}", self.now).into_bytes(),
+                    ))
+                }
+                OpBody::Verdict(v) => {
+                    v.decision = Decision::Reject(crate::sessions::ops::Reason {
+                        code: crate::sessions::ops::ReasonCode::OperatorRejected,
+                        text: "manual".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let check = if self.cfg.slot_guard {
+            self.nodes[i].store.slots.claim(&op)
+        } else {
+            SlotCheck::Free
+        };
+        match check {
+            SlotCheck::Free => self.submit_ops(i, vec![op.encode()]),
+            // The first receipt again: nothing new is signed.
+            SlotCheck::Repeat => Ok(()),
+            SlotCheck::Taken => {
+                self.report.retries_refused += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether every correct party decided equivocation evidence against
+    /// a Byzantine party (when the run requires it).
+    fn evidence_committed(&self) -> bool {
+        !self.cfg.require_evidence
+            || (0..self.cfg.n).filter(|i| self.honest(*i)).all(|i| {
+                self.nodes[i].decided.iter().any(|d| {
+                    d.block
+                        .evidence()
+                        .iter()
+                        .any(|e| !self.honest((e.first.vote.voter.0 - 1) as usize))
+                })
+            })
+    }
+
     fn all_decided(&self) -> bool {
+        self.batches_decided() && self.evidence_committed()
+    }
+
+    fn batches_decided(&self) -> bool {
         let total = self
             .submitted
             .values()
@@ -1092,12 +1287,47 @@ impl Sim {
     }
 }
 
+/// A verdict of `author` on a (simulated) operation named by the batch
+/// and the index.
+fn sim_verdict(author: PartyId, seq: u64, k: usize, decision: Decision) -> Vec<u8> {
+    Operation {
+        author,
+        body: OpBody::Verdict(crate::sessions::ops::VerdictOp {
+            target: crate::sessions::ops::OpId(Sha256Digest::of_parts(&[
+                b"quorate-sim-target",
+                &author.0.to_be_bytes(),
+                &seq.to_be_bytes(),
+                &(k as u64).to_be_bytes(),
+            ])),
+            decision,
+        }),
+    }
+    .encode()
+}
+
+/// `v` with the other value (nil for a block, a made-up block for nil),
+/// signed with its voter's key: what an equivocator sends.
+fn conflicting_vote(v: &SignedVoteWire) -> SignedVoteWire {
+    let mut c = v.vote.clone();
+    c.value = match c.value {
+        NilOrVal::Nil => NilOrVal::Val(crate::consensus::BlockHash(Sha256Digest::of(
+            b"other block",
+        ))),
+        NilOrVal::Val(_) => NilOrVal::Nil,
+    };
+    let ctx = crate::consensus::context::QuorateContext {
+        cluster: cluster(),
+        epoch: Epoch(0),
+    };
+    let signature = sign_as(c.voter, &c.signed_bytes(&ctx).encode());
+    SignedVoteWire { vote: c, signature }
+}
+
 /// A valid encoded operation of `author` (validators refuse batches whose
 /// operations do not decode): a session message whose broadcast part,
 /// `bytes` long, names the batch and the index.
 pub fn sim_op(author: PartyId, seq: u64, k: usize, bytes: usize) -> Vec<u8> {
     use crate::sessions::ops::{Blob, SessionId, SessionMessage};
-    use crate::sessions::{OpBody, Operation};
     let mut payload = vec![0u8; bytes.max(16)];
     payload[..8].copy_from_slice(&seq.to_be_bytes());
     payload[8..16].copy_from_slice(&(k as u64).to_be_bytes());
@@ -1105,7 +1335,9 @@ pub fn sim_op(author: PartyId, seq: u64, k: usize, bytes: usize) -> Vec<u8> {
         author,
         body: OpBody::SessionMessage(SessionMessage {
             session: SessionId(Sha256Digest::of(b"quorate-sim-session")),
-            round: 1,
+            // One slot per operation, as a correct party's are.
+            round: u32::try_from(seq.saturating_mul(4096).saturating_add(k as u64))
+                .unwrap_or(u32::MAX),
             broadcast: Some(Blob(payload)),
             direct: Vec::new(),
         }),
@@ -1209,6 +1441,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         to_submit: cfg.batches,
         agreed: BTreeMap::new(),
         signed: HashMap::new(),
+        framer_seen: HashMap::new(),
         report: SimReport::default(),
         last_fault_end,
     };
@@ -1249,6 +1482,9 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                         .map(|m| summarize(&m))
                         .unwrap_or_else(|_| "garbage".into());
                     eprintln!("{at:>7} P{}->P{} {m}", from + 1, to + 1);
+                }
+                if sim.nodes[to].byz == Some(Byzantine::Framer) {
+                    sim.framer_receives(to, &bytes)?;
                 }
                 if sim.nodes[to].driver.is_some() {
                     sim.handle(
@@ -1306,6 +1542,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                     sim.push(at + 100, Ev::Submit { node });
                 }
             }
+            Ev::Retry { node } => sim.retry(node)?,
             Ev::Crash { node } => {
                 if sim.rng.random_bool(0.5) {
                     sim.nodes[node].driver = None;
@@ -1348,6 +1585,23 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
             }
         }
     }
+    if sim.batches_decided() && !sim.evidence_committed() {
+        let missing: Vec<String> = (0..n)
+            .filter(|i| sim.honest(*i))
+            .filter(|i| {
+                sim.nodes[*i]
+                    .decided
+                    .iter()
+                    .all(|d| d.block.evidence().is_empty())
+            })
+            .map(|i| format!("P{}", i + 1))
+            .collect();
+        return Err(format!(
+            "evidence violated: {} decided no equivocation evidence against the equivocator within {} ms after the last fault",
+            missing.join(", "),
+            cfg.liveness_bound_ms
+        ));
+    }
     if !sim.all_decided() {
         let progress: Vec<String> = (0..n)
             .map(|i| {
@@ -1380,6 +1634,13 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
         .iter()
         .filter_map(|x| x.driver.as_ref())
         .map(|d| d.verifications())
+        .sum();
+    sim.report.votes_relayed = sim
+        .nodes
+        .iter()
+        .filter(|x| x.byz.is_none())
+        .filter_map(|x| x.driver.as_ref())
+        .map(|d| d.votes_relayed())
         .sum();
     sim.report.sim_ms = sim.now;
     for (i, node) in sim.nodes.iter().enumerate() {

@@ -49,6 +49,7 @@ use quorate_firmware::consensus::validate::{
     check_block_contents, check_block_in_chain, BlockRules, Parent,
 };
 use quorate_firmware::consensus::ChainState;
+use quorate_firmware::consensus::Equivocation;
 use quorate_firmware::sessions::machine::OpStatus;
 use quorate_firmware::sessions::ops::{OpBody, OpId, Operation};
 use quorate_firmware::types::{Height, PartyId, Sha256Digest};
@@ -97,6 +98,8 @@ pub struct HostCounts {
     pub batch_signatures: u64,
     /// Operations matched against their entries.
     pub operations_matched: u64,
+    /// Pieces of equivocation evidence matched against their entries.
+    pub equivocations_matched: u64,
     /// Checkpoint quotes verified against the policy.
     pub quotes: u64,
     /// Attestation records whose evidence verified against the policy.
@@ -185,8 +188,8 @@ impl fmt::Display for Verification {
         )?;
         writeln!(
             f,
-            "operations         {} matched to their blocks",
-            h.operations_matched
+            "operations         {} matched to their blocks, {} equivocations",
+            h.operations_matched, h.equivocations_matched
         )?;
         writeln!(
             f,
@@ -437,6 +440,12 @@ impl HostChecker {
         let done = std::mem::replace(&mut self.open, rest);
         for (h, o) in done {
             let ops: usize = o.block.batches().iter().map(|b| b.body.ops.len()).sum();
+            let evidence = o.block.evidence().len();
+            if evidence > 0 {
+                return Err(format!(
+                    "block {h} records {evidence} pieces of equivocation evidence but the bundle has no entries for it: entries were removed"
+                ));
+            }
             if ops > 0 {
                 return Err(format!(
                     "block {h} carries {ops} operations but the bundle has no entries for it: entries were removed"
@@ -521,6 +530,26 @@ impl EvidenceChecker for HostChecker {
                 self.counts.operations_matched += 1;
             }
         }
+        // Its equivocation evidence, exactly and in order, is the
+        // equivocation entries (the verifier checked their place and that
+        // each names its votes' offender; `check_block_contents` the votes'
+        // signatures).
+        let named: Vec<&Equivocation> = entries
+            .iter()
+            .filter_map(|e| match e {
+                AuditEntry::Equivocation(q) => Some(&q.evidence),
+                _ => None,
+            })
+            .collect();
+        let recorded: Vec<&Equivocation> = o.block.evidence().iter().collect();
+        if named != recorded {
+            return Err(format!(
+                "the block records {} pieces of equivocation evidence, the bundle's equivocation entries for it are {} and not the same: entries were removed, inserted or altered",
+                recorded.len(),
+                named.len()
+            ));
+        }
+        self.counts.equivocations_matched += named.len() as u64;
         // A record whose evidence failed here must not have been accepted.
         for e in entries {
             if let AuditEntry::Resolution(res) = e {

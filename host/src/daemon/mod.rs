@@ -1508,7 +1508,17 @@ impl Runtime {
             .encode();
             let digest = *quorate_firmware::types::Sha256Digest::of(&bytes).as_bytes();
             let held = match (record, &slot) {
-                (Some(rec), _) if rec.digest == digest => Some(Ok(rec.receipt)),
+                // The firmware's slot rule (`sessions::slot`): the same
+                // bytes are a repeat, answered with the first receipt;
+                // other bytes are refused.
+                (Some(rec), _)
+                    if quorate_firmware::sessions::slot::check(
+                        Some(&quorate_firmware::types::Sha256Digest(rec.digest)),
+                        &quorate_firmware::types::Sha256Digest(digest),
+                    ) == quorate_firmware::sessions::slot::SlotCheck::Repeat =>
+                {
+                    Some(Ok(rec.receipt))
+                }
                 (Some(rec), Some(slot)) => Some(Err(SubmitError::SlotTaken {
                     slot: slot_words(slot),
                     existing: rec.receipt,

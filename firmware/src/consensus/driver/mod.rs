@@ -472,7 +472,16 @@ pub struct ConsensusDriver {
     pending_decision: Option<(Block, mc::CommitCertificate<Ctx>)>,
     mempool: mempool::Mempool,
     evidence_pool: BTreeMap<(PartyId, Height, i64, MsgStep), Equivocation>,
-    vote_log: HashMap<(PartyId, i64, bool), SignedVoteWire>,
+    /// The first vote seen of each (voter, height, round, precommit), for
+    /// the height in progress and the one decided last (a conflicting vote
+    /// relayed by a peer may arrive after we decided): what equivocation
+    /// evidence and the vote relay are built from.
+    vote_log: HashMap<(PartyId, Height, i64, bool), SignedVoteWire>,
+    /// The round the last decided height was decided in (bounds the
+    /// rounds of its late votes kept in `vote_log`).
+    decided_round: i64,
+    /// Peer votes relayed to the other peers (see [`ConsensusDriver::relay_vote`]).
+    votes_relayed: u64,
     recent: VecDeque<DecidedBlock>,
     /// Proposals for a later height (or held while the host applies a
     /// block), with our clock when each arrived: their time is checked
@@ -553,6 +562,8 @@ impl ConsensusDriver {
             mempool: mempool::Mempool::default(),
             evidence_pool: BTreeMap::new(),
             vote_log: HashMap::new(),
+            decided_round: 0,
+            votes_relayed: 0,
             recent: restored.recent.into_iter().collect(),
             future_proposals: Vec::new(),
             recovered_proposals: BTreeMap::new(),
@@ -709,6 +720,11 @@ impl ConsensusDriver {
             self.io.sign_refusals,
             self.io.step_errors,
         )
+    }
+
+    /// Peer votes relayed to other peers so far (one per peer sent to).
+    pub fn votes_relayed(&self) -> u64 {
+        self.votes_relayed
     }
 
     /// How many times the sign guard refused to sign (should stay 0; alert
@@ -1032,11 +1048,11 @@ impl ConsensusDriver {
             .filter(|(p, _)| *p != me)
             .map(|(p, s)| (*p, *s))
             .collect();
-        for ((voter, round, precommit), v) in &self.vote_log {
+        for ((voter, height, round, precommit), v) in &self.vote_log {
             if *voter != me
                 && *precommit
                 && *round == cert.round
-                && v.vote.height == cert.height
+                && *height == cert.height
                 && v.vote.value == mc::NilOrVal::Val(cert.block)
             {
                 sigs.entry(*voter).or_insert(v.signature);
@@ -1068,7 +1084,10 @@ impl ConsensusDriver {
         self.mempool.prune_decided(&chain, &decided.block);
         self.evidence_pool
             .retain(|k, _| !chain.evidence.contains(k));
-        self.vote_log.clear();
+        // Votes of the height just decided stay, so that a conflicting one
+        // relayed late still makes evidence; older ones go.
+        self.vote_log.retain(|(_, h, _, _), _| *h == header.height);
+        self.decided_round = decided.certificate.round;
         self.recovered_proposals.clear();
         self.chain = chain.clone();
         let next = Height(header.height.0 + 1);
@@ -1142,6 +1161,11 @@ impl ConsensusDriver {
                 self.io
                     .check_peer_signature(from, v.vote.voter, &bytes, &v.signature)?;
                 if v.vote.height < h {
+                    // The height just decided: its late votes still count
+                    // as evidence (and are relayed), nothing else.
+                    if v.vote.height == self.chain.height {
+                        self.note_vote(from, &v);
+                    }
                     return Ok(());
                 }
                 if v.vote.height > h {
@@ -1150,7 +1174,7 @@ impl ConsensusDriver {
                     self.maybe_start_height()?;
                     return self.run_core(mcc::Input::Vote(vote_to_mc(&v)));
                 }
-                self.record_vote(&v);
+                self.note_vote(from, &v);
                 self.catch_up.note_active(from, h);
                 if self.pending_decision.is_some() {
                     // Decided, waiting for our own precommit's signature:
@@ -1319,27 +1343,72 @@ impl ConsensusDriver {
         Ok(())
     }
 
-    fn record_vote(&mut self, v: &SignedVoteWire) {
+    /// Records a verified peer vote `from` sent, and relays it if it is
+    /// the first of its (voter, height, round, step) or the first to
+    /// conflict with it.
+    fn note_vote(&mut self, from: PartyId, v: &SignedVoteWire) {
+        if self.record_vote(v).relay() && v.vote.voter != self.io.cfg.me {
+            self.relay_vote(from, v);
+        }
+    }
+
+    /// Logs `v` (of the height in progress or the one just decided) and
+    /// turns a conflict with the vote logged before into evidence.
+    fn record_vote(&mut self, v: &SignedVoteWire) -> VoteRecord {
         // Bounded like the core's own lookahead: a member cannot grow this
         // log without limit by signing votes for far-future rounds.
         let round = round_i64(v.vote.round);
-        if round > round_i64(self.core.round()).max(0) + i64::from(mcc::MAX_FUTURE_ROUND_LOOKAHEAD)
-        {
-            return;
+        let current = if v.vote.height == self.io.height_in_progress {
+            round_i64(self.core.round()).max(0)
+        } else {
+            self.decided_round
+        };
+        if round > current + i64::from(mcc::MAX_FUTURE_ROUND_LOOKAHEAD) {
+            return VoteRecord::Dropped;
         }
-        let k = (v.vote.voter, round, v.vote.precommit);
+        let k = (v.vote.voter, v.vote.height, round, v.vote.precommit);
         match self.vote_log.get(&k) {
             None => {
                 self.vote_log.insert(k, v.clone());
+                VoteRecord::First
             }
             Some(prev) if prev.vote.value != v.vote.value => {
                 let ev = canonical_equivocation(prev.clone(), v.clone());
                 let key = ev.key();
-                if !self.chain.evidence.contains(&key) {
-                    self.evidence_pool.entry(key).or_insert(ev);
+                if self.chain.evidence.contains(&key) || self.evidence_pool.contains_key(&key) {
+                    return VoteRecord::Known;
                 }
+                self.evidence_pool.insert(key, ev);
+                VoteRecord::Conflict
             }
-            Some(_) => {}
+            Some(_) => VoteRecord::Known,
+        }
+    }
+
+    /// Sends a peer's vote on, once, to every other peer but the one it
+    /// came from and its voter. A Byzantine voter that shows each half of
+    /// the cluster a different vote (a split view) so meets its other
+    /// half at every correct party, which proves the equivocation. Each
+    /// party relays at most two votes per (voter, height, round, step):
+    /// the first, and the first that conflicts with it.
+    fn relay_vote(&mut self, from: PartyId, v: &SignedVoteWire) {
+        let me = self.io.cfg.me;
+        let bytes = PeerMessage::Vote(v.clone()).encode();
+        let peers: Vec<PartyId> = self
+            .io
+            .cfg
+            .parties
+            .parties()
+            .iter()
+            .map(|p| p.id)
+            .filter(|p| *p != me && *p != from && *p != v.vote.voter)
+            .collect();
+        for to in peers {
+            self.votes_relayed += 1;
+            self.io.step.actions.push(Action::Send {
+                to,
+                bytes: bytes.clone(),
+            });
         }
     }
 
@@ -1367,6 +1436,25 @@ impl ConsensusDriver {
         self.run_core(mcc::Input::Propose(mcc::LocallyProposedValue::new(
             h, r, block,
         )))
+    }
+}
+
+/// What logging a peer vote did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VoteRecord {
+    /// The first vote of its (voter, height, round, step).
+    First,
+    /// The first to conflict with it: new evidence.
+    Conflict,
+    /// Seen before, or a conflict already proven.
+    Known,
+    /// Too far in the future to keep.
+    Dropped,
+}
+
+impl VoteRecord {
+    fn relay(self) -> bool {
+        matches!(self, VoteRecord::First | VoteRecord::Conflict)
     }
 }
 
@@ -1940,6 +2028,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(drivers[silent].chain().height, Height(1));
+    }
+
+    /// A peer's vote is relayed once to the peers other than its sender
+    /// and voter; a conflicting one is relayed too (and is evidence); a
+    /// third value, or a repeat, is not. Without the relay a split view
+    /// (each half of the peers shown one vote) is never seen whole.
+    #[test]
+    fn peer_votes_are_relayed_once_and_a_conflict_once_more() {
+        use crate::consensus::context::Vote;
+        let net = testkit::Net::new(4);
+        let (mut d, _) = net.driver(net.cfg(1));
+        let ctx = QuorateContext {
+            cluster: net.c.id,
+            epoch: Epoch(0),
+        };
+        let vote = |value: mc::NilOrVal<BlockHash>| {
+            let vote = Vote {
+                precommit: false,
+                height: Height(1),
+                round: Round::new(0),
+                value,
+                voter: PartyId(3),
+            };
+            let signature = net.c.sign(3, &vote.signed_bytes(&ctx).encode());
+            PeerMessage::Vote(SignedVoteWire { vote, signature }).encode()
+        };
+        let block = |tag: &[u8]| mc::NilOrVal::Val(BlockHash(Sha256Digest::of(tag)));
+        let mut deliver = |from: u32, bytes: Vec<u8>| -> Vec<PartyId> {
+            let step = d
+                .handle(
+                    2_000,
+                    Input::Peer {
+                        from: PartyId(from),
+                        bytes: bytes.clone(),
+                    },
+                )
+                .unwrap();
+            assert!(step.faults.is_empty(), "{:?}", step.faults);
+            step.actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Send { to, bytes: b } if *b == bytes => Some(*to),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(deliver(3, vote(block(b"a"))), vec![PartyId(2), PartyId(4)]);
+        assert!(deliver(3, vote(block(b"a"))).is_empty(), "a repeat");
+        assert!(deliver(4, vote(block(b"a"))).is_empty(), "relayed back");
+        // The other half's vote, relayed by P2.
+        assert_eq!(deliver(2, vote(mc::NilOrVal::Nil)), vec![PartyId(4)]);
+        assert!(deliver(3, vote(block(b"c"))).is_empty(), "a third value");
+        assert_eq!(d.votes_relayed(), 3);
+        assert_eq!(d.evidence_pool.len(), 1);
     }
 
     /// A request for a decided block older than the kept ones asks the host
