@@ -16,7 +16,7 @@ TOOLS_DIR := target/tools
 PROMTOOL := $(TOOLS_DIR)/promtool
 SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-venv/bin/schemathesis
 
-.PHONY: all deps tools build test fmt clippy check deps-graph bench fuzz soak demo netfault package clean
+.PHONY: all deps tools build test fmt clippy check deps-graph bench fuzz soak chaos demo netfault package clean
 
 all: build
 
@@ -130,6 +130,13 @@ fuzz:
 soak:
 	QUORATE_SIM_SEEDS=$${QUORATE_SIM_SEEDS:-100000} $(CARGO) test --release --locked -p quorate-firmware --features sim --test sim -- seeds_part --nocapture
 	QUORATE_SIM_OUTAGE_HEIGHTS=5000 $(CARGO) test --release --locked -p quorate-firmware --features sim --test sim -- thousands_of_heights --nocapture
+## chaos: the process-level fault suite: a 4-party cluster under API load,
+## a random party killed with SIGKILL and restarted, 50 cycles; then every
+## accepted operation executed exactly once, no equivocation, identical logs
+## and roots (`make test` runs 4 cycles). QUORATE_CHAOS_SEED replays one.
+chaos: deps
+	$(CARGO) build --locked -p quorate-host --bin quorate
+	QUORATE_CHAOS_CYCLES=$${QUORATE_CHAOS_CYCLES:-50} TSS2_LOG=all+none $(CARGO) test --locked -p quorate-tests --test chaos -- --nocapture
 ## demo: build, start a 4-party dev cluster (each party with its own swtpm)
 ## and walk through the mission; exits non-zero if a step fails.
 demo: deps
