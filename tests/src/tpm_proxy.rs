@@ -548,9 +548,7 @@ async fn serve_commands(
             if let Err(e) = serve_client(client, upstream, &model, &chip, &stats).await {
                 match e {
                     ClientEnd::Frame(_) => stats.frame_errors.fetch_add(1, Ordering::Relaxed),
-                    ClientEnd::Upstream(_) => {
-                        stats.upstream_errors.fetch_add(1, Ordering::Relaxed)
-                    }
+                    ClientEnd::Upstream(_) => stats.upstream_errors.fetch_add(1, Ordering::Relaxed),
                     ClientEnd::Client(_) => 0,
                 };
             }
@@ -678,7 +676,11 @@ mod tests {
     #[test]
     fn raw_command_is_parsed_once_complete() {
         for cut in 0..GET_RANDOM_8.len() {
-            assert_eq!(parse_command(&GET_RANDOM_8[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(
+                parse_command(&GET_RANDOM_8[..cut]),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
         let mut two = GET_RANDOM_8.to_vec();
         two.extend_from_slice(&GET_RANDOM_8);
@@ -873,8 +875,7 @@ mod tests {
 
         // The control port is forwarded: CMD_GET_CAPABILITY (1) answers
         // with result 0 and a capability word.
-        let mut c =
-            std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port() + 1)).unwrap();
+        let mut c = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port() + 1)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         c.write_all(&1u32.to_be_bytes()).unwrap();
         let mut cap = [0u8; 8];
