@@ -438,10 +438,19 @@ fn hardware_rows(
         .map(|p| p.stats().signs.load(Ordering::Relaxed))
         .sum::<u64>()
         - signs_before;
+    let (frame_errors, upstream_errors): (u64, u64) = proxies
+        .iter()
+        .map(|p| {
+            let st = p.stats();
+            (
+                st.frame_errors.load(Ordering::Relaxed),
+                st.upstream_errors.load(Ordering::Relaxed),
+            )
+        })
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
     let label = format!("n=4, emulated hw TPM ({} ms sign)", cfg.hw_sign.as_millis());
     let tpm = format!(
-        "swtpm behind tests/src/tpm_proxy.rs ({} TPM2_Sign through the proxies)",
-        signs
+        "swtpm behind tests/src/tpm_proxy.rs ({signs} TPM2_Sign through the proxies, {frame_errors} framing and {upstream_errors} swtpm errors)"
     );
     push_rows(rows, &label, 4, &m, cfg, &tpm);
     drop(c);

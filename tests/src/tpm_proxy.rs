@@ -487,13 +487,12 @@ impl TpmProxy {
                         return;
                     };
                     let chip = Arc::new(Mutex::new(()));
-                    let mut s1 = stopped.clone();
-                    let mut s2 = stopped;
+                    let mut stopped = stopped;
                     tokio::select! {
                         _ = serve_commands(cmd, up_cmd, model, chip, st) => {}
                         _ = serve_control(ctrl, up_ctrl) => {}
-                        _ = s1.wait_for(|s| *s) => {}
-                        _ = s2.changed() => {}
+                        // Stop asked for, or the handle dropped.
+                        _ = stopped.wait_for(|s| *s) => {}
                     }
                 });
             })
@@ -540,6 +539,8 @@ async fn serve_commands(
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors or the like: do not spin on it.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let (model, chip, stats) = (model.clone(), chip.clone(), stats.clone());
@@ -645,6 +646,7 @@ async fn exchange(
 async fn serve_control(listener: TcpListener, upstream: SocketAddr) {
     loop {
         let Ok((mut client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         tokio::spawn(async move {
