@@ -102,7 +102,36 @@ impl TestCluster {
     /// their configs with `fault_model`. Nothing is started yet. Dev mode,
     /// no attestation key, no reference policy: peers are admitted on TLS.
     pub fn provision(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
-        Self::provision_with(n, fault_model, false, None)
+        Self::provision_with(n, fault_model, false, None, None)
+    }
+
+    /// As [`TestCluster::provision`], each party on an existing TPM instead
+    /// of a spawned one: party `i` (1-based) is initialised on
+    /// `init_tpms[i - 1]` and its daemon runs on `run_tpms[i - 1]` (both
+    /// `swtpm:host=H,port=P` forms). The two may differ, e.g. a swtpm for
+    /// `quorate init` and a latency proxy in front of the same swtpm for
+    /// `quorate run` (see [`crate::tpm_proxy`]). The caller owns the TPMs
+    /// and keeps them running while the cluster is.
+    pub fn provision_on_tpms(
+        fault_model: &str,
+        init_tpms: &[String],
+        run_tpms: &[String],
+    ) -> anyhow::Result<TestCluster> {
+        if init_tpms.len() != run_tpms.len() || init_tpms.is_empty() {
+            bail!(
+                "one init and one run TPM per party (got {} and {})",
+                init_tpms.len(),
+                run_tpms.len()
+            );
+        }
+        let tpms = init_tpms.iter().cloned().zip(run_tpms.iter().cloned());
+        Self::provision_with(
+            init_tpms.len() as u32,
+            fault_model,
+            false,
+            None,
+            Some(tpms.collect()),
+        )
     }
 
     /// As [`TestCluster::provision`], with measured launch: each party gets
@@ -111,7 +140,7 @@ impl TestCluster {
     /// cluster a reference policy (`policy.toml`, from `quorate measure`)
     /// approving exactly that binary. Peers are admitted only on evidence.
     pub fn provision_attested(n: u32, fault_model: &str) -> anyhow::Result<TestCluster> {
-        Self::provision_with(n, fault_model, true, None)
+        Self::provision_with(n, fault_model, true, None, None)
     }
 
     /// As [`TestCluster::provision_attested`], each party committing an
@@ -121,7 +150,7 @@ impl TestCluster {
         fault_model: &str,
         every: u64,
     ) -> anyhow::Result<TestCluster> {
-        Self::provision_with(n, fault_model, true, Some(every))
+        Self::provision_with(n, fault_model, true, Some(every), None)
     }
 
     fn provision_with(
@@ -129,7 +158,14 @@ impl TestCluster {
         fault_model: &str,
         attested: bool,
         attest_every: Option<u64>,
+        tpms: Option<Vec<(String, String)>>,
     ) -> anyhow::Result<TestCluster> {
+        // (init, run) TPM of party `id`: spawned unless given.
+        let tpm_of = |id: u32| -> (String, String) {
+            tpms.as_ref()
+                .and_then(|t| t.get(id as usize - 1).cloned())
+                .unwrap_or_else(|| ("spawn".into(), "spawn".into()))
+        };
         let bin = quorate_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("quorate-cluster-")
@@ -165,8 +201,11 @@ impl TestCluster {
         };
         for p in &parties {
             let text = format!(
-                "[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"spawn\"\napi_listen = \"{}\"\ndev = true\n\n[cluster]\nname = \"system-test\"\nfault_model = \"{fault_model}\"\n{policy}{every}{members}",
-                p.id, p.id, p.api
+                "[party]\nid = {}\ndata_dir = \"p{}\"\ntpm = \"{}\"\napi_listen = \"{}\"\ndev = true\n\n[cluster]\nname = \"system-test\"\nfault_model = \"{fault_model}\"\n{policy}{every}{members}",
+                p.id,
+                p.id,
+                tpm_of(p.id).1,
+                p.api
             );
             std::fs::write(&p.config, text)?;
         }
@@ -177,7 +216,7 @@ impl TestCluster {
                 "--party-id",
                 &p.id.to_string(),
                 "--tpm",
-                "spawn",
+                &tpm_of(p.id).0,
                 "--data-dir",
             ])
             .arg(&p.data_dir)
@@ -330,6 +369,14 @@ impl TestCluster {
             stop_child(c);
         }
         Ok(())
+    }
+
+    /// The process id of party `id`'s daemon, while it runs.
+    pub fn pid(&self, id: u32) -> Option<u32> {
+        self.parties
+            .get(id as usize - 1)
+            .and_then(|p| p.child.as_ref())
+            .map(Child::id)
     }
 
     /// Whether party `id`'s daemon process is still running.

@@ -2,7 +2,7 @@
 //!
 //! Each area registers its `run(&mut Vec<Row>)` here. Arguments name the
 //! areas to run (`tpm`, `attestation`, `consensus`, `mpc`, `signing`,
-//! `audit`, `network`); none runs all.
+//! `audit`, `network`, `cluster`); none runs all.
 
 fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +30,9 @@ fn main() -> anyhow::Result<()> {
     }
     if want("network") {
         quorate_tests::bench_netfault::run(&mut rows)?;
+    }
+    if want("cluster") {
+        quorate_tests::bench_cluster::run(&mut rows)?;
     }
     print!("{}", quorate_tests::bench::render(&rows));
     Ok(())
