@@ -231,6 +231,17 @@ pub enum OpStatus {
     },
 }
 
+impl OpStatus {
+    /// The height at which the operation was settled (executed or
+    /// rejected); `None` while it waits for verdicts.
+    pub fn finished_at(&self) -> Option<Height> {
+        match self {
+            OpStatus::Pending => None,
+            OpStatus::Executed { height } | OpStatus::Rejected { height, .. } => Some(*height),
+        }
+    }
+}
+
 /// One reason an operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -543,6 +554,16 @@ impl Phase {
     pub fn is_open(&self) -> bool {
         matches!(self, Phase::AwaitingApproval | Phase::Active { .. })
     }
+
+    /// The height at which the session finished (completed, not approved
+    /// or failed); `None` while it is open.
+    pub fn finished_at(&self) -> Option<Height> {
+        match self {
+            Phase::AwaitingApproval | Phase::Active { .. } => None,
+            Phase::Completed { height, .. } | Phase::NotApproved { height } => Some(*height),
+            Phase::Failed(f) => Some(f.height),
+        }
+    }
 }
 
 /// Why and how a session failed. Omission (did not act in time) and proven
@@ -803,12 +824,16 @@ pub struct State {
     pub op_count: u64,
     /// Each author's last decided batch seq.
     pub last_seq: BTreeMap<PartyId, u64>,
-    /// Every decided operation.
+    /// Decided operations still in memory: every pending one, and settled
+    /// ones until they are retired ([`RETIRE_AFTER_HEIGHTS`]).
     pub ops: BTreeMap<OpId, OpRecord>,
     /// Operations awaiting verdicts.
     pub pending: BTreeSet<OpId>,
-    /// Every session.
+    /// Sessions still in memory: every open one, and finished ones until
+    /// they are retired ([`RETIRE_AFTER_HEIGHTS`]).
     pub sessions: BTreeMap<SessionId, Session>,
+    /// Sessions created so far (the next session's index).
+    pub session_count: u64,
     /// Sessions awaiting approval or active.
     pub open_sessions: BTreeSet<SessionId>,
     /// Group keys from completed key generations.
@@ -987,6 +1012,58 @@ pub struct SessionMachine {
     /// Judges `Blame` claims for the schemes it knows (none: every blame is
     /// refused as unjudgeable). Not state: a function of the binary.
     judge: Option<JudgeHandle>,
+    /// Settled operations and finished sessions still in memory, by the
+    /// height they finished at. An index over `state` (rebuilt from the
+    /// records at restore), not state of its own.
+    finished: BTreeMap<Height, Finished>,
+    /// What blocks retired since the host last took it.
+    retired: Retired,
+    /// [`RETIRE_AFTER_HEIGHTS`] (tests compare with a machine that keeps
+    /// everything).
+    retire_after: u64,
+}
+
+/// Records that finished at one height.
+#[derive(Clone, Debug, Default)]
+struct Finished {
+    ops: BTreeSet<OpId>,
+    sessions: BTreeSet<SessionId>,
+}
+
+/// Heights a settled operation or finished session stays in memory after it
+/// finished. Applying block *h* first retires every record that finished at
+/// or before *h* − this: it leaves the machine's state (its leaf stays in the
+/// state root's trees, so the root does not change) and is handed to the
+/// host, which keeps it readable from its store. What finished is final except
+/// for late verdicts and late results, which are still recorded until the
+/// record is retired, and refused as unknown after. Attestation records are
+/// never retired (an attestation standing names them).
+pub const RETIRE_AFTER_HEIGHTS: u64 = 16;
+
+/// Records that left the machine's memory when a block was applied (see
+/// [`RETIRE_AFTER_HEIGHTS`] and [`SessionMachine::take_retired`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// Settled operations, as they were last.
+    pub ops: Vec<OpRecord>,
+    /// Finished sessions, as they were last.
+    pub sessions: Vec<Session>,
+}
+
+impl Retired {
+    /// True when nothing was retired.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.sessions.is_empty()
+    }
+}
+
+/// What [`SessionMachine::encode_state`] writes: the state and the leaves of
+/// both trees (those of retired records are nowhere else).
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    state: State,
+    op_leaves: Vec<Sha256Digest>,
+    session_leaves: Vec<Sha256Digest>,
 }
 
 /// What an MPC engine found when it checked a blame claim.
@@ -1108,6 +1185,9 @@ impl SessionMachine {
             dirty_sessions: BTreeSet::new(),
             root: Sha256Digest::default(),
             judge: None,
+            finished: BTreeMap::new(),
+            retired: Retired::default(),
+            retire_after: RETIRE_AFTER_HEIGHTS,
         };
         m.rebuild_root();
         Ok(m)
@@ -1127,10 +1207,30 @@ impl SessionMachine {
     /// A machine restored from [`SessionMachine::encode_state`] bytes.
     pub fn restore(config: MachineConfig, state: &[u8]) -> Result<Self, RestoreError> {
         let mut m = SessionMachine::new(config)?;
-        m.state =
+        let snap: Snapshot =
             postcard::from_bytes(state).map_err(|e| RestoreError::Malformed(e.to_string()))?;
+        m.state = snap.state;
+        m.ops_tree = MerkleTree::from_leaves(snap.op_leaves);
+        m.sessions_tree = MerkleTree::from_leaves(snap.session_leaves);
         m.rebuild_root();
+        let ops: Vec<OpId> = m.state.ops.keys().copied().collect();
+        let sessions: Vec<SessionId> = m.state.sessions.keys().copied().collect();
+        m.index_finished(ops.iter(), sessions.iter());
         Ok(m)
+    }
+
+    /// This machine never retires anything: every record stays in memory
+    /// (to compare with one that retires).
+    #[cfg(test)]
+    pub(crate) fn keeping_everything(mut self) -> Self {
+        self.retire_after = u64::MAX;
+        self
+    }
+
+    /// The records retired since the last call. The host stores them after
+    /// each block it applies.
+    pub fn take_retired(&mut self) -> Retired {
+        std::mem::take(&mut self.retired)
     }
 
     /// The configuration.
@@ -1145,7 +1245,12 @@ impl SessionMachine {
 
     /// The canonical encoding of the state (for snapshots and comparison).
     pub fn encode_state(&self) -> Vec<u8> {
-        postcard::to_stdvec(&self.state).unwrap_or_default()
+        postcard::to_stdvec(&Snapshot {
+            state: self.state.clone(),
+            op_leaves: self.ops_tree.leaves().to_vec(),
+            session_leaves: self.sessions_tree.leaves().to_vec(),
+        })
+        .unwrap_or_default()
     }
 
     /// The state root after the last applied block: SHA-256 over a domain
@@ -1156,13 +1261,14 @@ impl SessionMachine {
         self.root
     }
 
-    /// The state root computed from scratch over the whole state, without
-    /// the incremental trees: what an auditor recomputes from a snapshot.
+    /// The state root computed from scratch: the records in memory hashed
+    /// anew, over the kept leaves of retired ones, without the incremental
+    /// trees' inner nodes: what an auditor recomputes from a snapshot.
     /// Always equal to [`SessionMachine::state_root`].
     pub fn full_state_root(&self) -> Sha256Digest {
-        let mut ops = MerkleTree::default();
+        let mut ops = MerkleTree::from_leaves(self.ops_tree.leaves().to_vec());
         ops.update(self.op_leaves(self.state.ops.values()));
-        let mut sessions = MerkleTree::default();
+        let mut sessions = MerkleTree::from_leaves(self.sessions_tree.leaves().to_vec());
         sessions.update(self.session_leaves(self.state.sessions.values()));
         self.combine(&ops, &sessions)
     }
@@ -1215,11 +1321,13 @@ impl SessionMachine {
         ])
     }
 
+    /// Rehashes every record in memory over the trees' leaves (those of
+    /// retired records are kept as they are) and recomputes the root.
     fn rebuild_root(&mut self) {
-        self.ops_tree = MerkleTree::default();
+        self.ops_tree = MerkleTree::from_leaves(self.ops_tree.leaves().to_vec());
         self.ops_tree
             .update(self.op_leaves(self.state.ops.values()));
-        self.sessions_tree = MerkleTree::default();
+        self.sessions_tree = MerkleTree::from_leaves(self.sessions_tree.leaves().to_vec());
         self.sessions_tree
             .update(self.session_leaves(self.state.sessions.values()));
         self.dirty_ops.clear();
@@ -1227,12 +1335,14 @@ impl SessionMachine {
         self.root = self.combine(&self.ops_tree, &self.sessions_tree);
     }
 
-    /// Rehashes what the block changed and recomputes the root.
+    /// Rehashes what the block changed, indexes what finished, and
+    /// recomputes the root.
     fn flush_root(&mut self) {
         let dirty_ops = std::mem::take(&mut self.dirty_ops);
+        let dirty_sessions = std::mem::take(&mut self.dirty_sessions);
+        self.index_finished(dirty_ops.iter(), dirty_sessions.iter());
         let changes = self.op_leaves(dirty_ops.iter().filter_map(|id| self.state.ops.get(id)));
         self.ops_tree.update(changes);
-        let dirty_sessions = std::mem::take(&mut self.dirty_sessions);
         let changes = self.session_leaves(
             dirty_sessions
                 .iter()
@@ -1240,6 +1350,57 @@ impl SessionMachine {
         );
         self.sessions_tree.update(changes);
         self.root = self.combine(&self.ops_tree, &self.sessions_tree);
+    }
+
+    /// Indexes, by the height they finished at, the given records that are
+    /// settled or finished (attestation records excepted).
+    fn index_finished<'a>(
+        &mut self,
+        ops: impl Iterator<Item = &'a OpId>,
+        sessions: impl Iterator<Item = &'a SessionId>,
+    ) {
+        for id in ops {
+            let Some(r) = self.state.ops.get(id) else {
+                continue;
+            };
+            if r.kind == OpKind::AttestationRecord {
+                continue;
+            }
+            if let Some(h) = r.status.finished_at() {
+                self.finished.entry(h).or_default().ops.insert(*id);
+            }
+        }
+        for id in sessions {
+            if let Some(h) = self.state.sessions.get(id).and_then(|s| s.phase.finished_at()) {
+                self.finished.entry(h).or_default().sessions.insert(*id);
+            }
+        }
+    }
+
+    /// Takes out of memory what finished at or before `height` −
+    /// [`RETIRE_AFTER_HEIGHTS`]. The trees keep their leaves.
+    fn retire(&mut self, height: Height) -> Retired {
+        let mut out = Retired::default();
+        let Some(upto) = height.0.checked_sub(self.retire_after) else {
+            return out;
+        };
+        while let Some(e) = self.finished.first_entry() {
+            if e.key().0 > upto {
+                break;
+            }
+            let f = e.remove();
+            for id in f.ops {
+                if let Some(r) = self.state.ops.remove(&id) {
+                    out.ops.push(r);
+                }
+            }
+            for id in f.sessions {
+                if let Some(s) = self.state.sessions.remove(&id) {
+                    out.sessions.push(s);
+                }
+            }
+        }
+        out
     }
 
     /// Applies one decided block. `time_ms` is the block's consensus time.
@@ -1261,6 +1422,9 @@ impl SessionMachine {
                 last: self.state.time_ms,
             });
         }
+        let retired = self.retire(height);
+        self.retired.ops.extend(retired.ops);
+        self.retired.sessions.extend(retired.sessions);
         self.state.height = height;
         self.state.time_ms = time_ms;
         let mut cx = BlockCtx {
@@ -1545,7 +1709,7 @@ impl SessionMachine {
             sid,
             Session {
                 id: sid,
-                index: u64::try_from(self.state.sessions.len()).unwrap_or(u64::MAX),
+                index: self.state.session_count,
                 create_op: id,
                 initiator: author,
                 spec: c.session,
@@ -1560,6 +1724,7 @@ impl SessionMachine {
                 results: BTreeMap::new(),
             },
         );
+        self.state.session_count = self.state.session_count.saturating_add(1);
         self.state.open_sessions.insert(sid);
         self.await_verdicts(cx, id, policy, voters, deadline_ms);
         Ok(Applied::Pending)

@@ -36,6 +36,18 @@ pub(crate) struct MerkleTree {
 }
 
 impl MerkleTree {
+    /// A tree over `leaves`, in index order.
+    pub(crate) fn from_leaves(leaves: Vec<Sha256Digest>) -> Self {
+        let mut t = MerkleTree::default();
+        t.update(leaves.into_iter().enumerate());
+        t
+    }
+
+    /// The leaves, in index order.
+    pub(crate) fn leaves(&self) -> &[Sha256Digest] {
+        self.levels.first().map_or(&[], Vec::as_slice)
+    }
+
     /// Number of leaves.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
