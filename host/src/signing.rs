@@ -271,6 +271,13 @@ impl SignEngine {
         self.views.get(session)
     }
 
+    /// Drops what is kept of a finished session (its view was stored when
+    /// the session machine retired it).
+    pub fn forget(&mut self, session: &SessionId) {
+        self.views.remove(session);
+        self.runs.remove(session);
+    }
+
     /// The earliest block time (ms) at which an open attempt's deadline
     /// is due (see [`SessionMachine::next_deadline`] for the machine's).
     pub fn next_deadline(&self) -> Option<u64> {

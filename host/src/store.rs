@@ -21,7 +21,12 @@
 //! - `checkpoints`: tree size -> certified signed checkpoint (note text);
 //!   `own_checkpoint_lines`: tree size -> this party's own signature lines
 //!   for a checkpoint not yet certified (a signed note with only them), so a
-//!   restarted party resends rather than re-quotes.
+//!   restarted party resends rather than re-quotes;
+//! - `retired_ops`, `retired_sessions`: id -> the API view (JSON) of an
+//!   operation or session the session machine retired from memory
+//!   (`RETIRE_AFTER_HEIGHTS` after it finished). The daemon writes them in
+//!   batches (at most a second late); a view lost in a crash is written
+//!   again when the replay at start retires the record again.
 
 use quorate_firmware::audit::merkle::{
     self, CompactTree, LeafIndex, NewNode, NodeId, NodeStore, ProofError, TreeSize,
@@ -43,6 +48,26 @@ const LOG_ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("log_entri
 const LOG_NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("log_nodes");
 const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("checkpoints");
 const OWN_LINES: TableDefinition<u64, &str> = TableDefinition::new("own_checkpoint_lines");
+const RETIRED_OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_ops");
+const RETIRED_SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_sessions");
+
+/// Which kind of retired record (see [`Store::put_retired`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Retired {
+    /// An operation record, by op id.
+    Op,
+    /// A session, by session id.
+    Session,
+}
+
+impl Retired {
+    fn table(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+        match self {
+            Retired::Op => RETIRED_OPS,
+            Retired::Session => RETIRED_SESSIONS,
+        }
+    }
+}
 
 /// Most entries one [`Store::entries`] call returns.
 pub const MAX_ENTRIES_PAGE: u64 = 1024;
@@ -198,6 +223,8 @@ impl Store {
             tx.open_table(LOG_NODES)?;
             tx.open_table(CHECKPOINTS)?;
             tx.open_table(OWN_LINES)?;
+            tx.open_table(RETIRED_OPS)?;
+            tx.open_table(RETIRED_SESSIONS)?;
             tx.open_table(WAL)?;
             tx.open_table(GUARD)?;
             tx.open_table(META)?;
@@ -612,6 +639,41 @@ impl Store {
             meta.insert("in_flight", [].as_slice())?;
             Ok(())
         })
+    }
+
+    /// Stores the views of retired records, `(kind, id, view)`, in one
+    /// transaction.
+    pub fn put_retired(&self, views: &[(Retired, [u8; 32], Vec<u8>)]) -> Result<(), StoreError> {
+        if views.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut ops = tx.open_table(RETIRED_OPS)?;
+            let mut sessions = tx.open_table(RETIRED_SESSIONS)?;
+            for (kind, id, view) in views {
+                let t = match kind {
+                    Retired::Op => &mut ops,
+                    Retired::Session => &mut sessions,
+                };
+                t.insert(id.as_slice(), view.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The stored view of a retired record.
+    pub fn retired(&self, kind: Retired, id: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .open_table(kind.table())?
+                .get(id.as_slice())?
+                .map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// True when a view of this retired record is stored.
+    pub fn has_retired(&self, kind: Retired, id: &[u8; 32]) -> Result<bool, StoreError> {
+        self.read(|tx| Ok(tx.open_table(kind.table())?.get(id.as_slice())?.is_some()))
     }
 
     /// Removes outbox entries (once their operations are decided).

@@ -890,3 +890,91 @@ async fn an_operator_decides_by_posting_a_verdict() {
         .unwrap();
     assert_eq!(settled(&p2, &bogus.id).await["status"], "rejected");
 }
+
+/// `quorate_machine_sessions` (or another gauge) from a metrics page.
+fn gauge(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics")) as u64
+}
+
+/// Without its height (which moves on).
+fn sans_height(mut v: Value) -> Value {
+    if let Some(m) = v.as_object_mut() {
+        m.remove("height");
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sessions_leave_memory_and_stay_readable_from_the_store() {
+    let mut c = TestCluster::provision(3, "byzantine").unwrap();
+    c.start_all().unwrap();
+    for id in 1..=3 {
+        c.wait_api(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let p1 = c.client(1).unwrap();
+    let ed = json!({"type": "create_session", "session": {"kind": "keygen", "participants": [1, 2, 3],
+        "threshold": 2, "scheme": "frost-ed25519", "deadline_secs": 600}});
+    // A key generation run for real by the three engines, to completion.
+    let first = p1.submit_json(&ed).await.unwrap();
+    let sid = quorate_tests::mpc::created_session(&p1, &first.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let done = quorate_tests::mpc::session_end(&p1, &sid, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done["phase_label"], "completed", "{done}");
+    let ended_at = p1.status().await.unwrap().height;
+    let session = sans_height(p1.session(&sid).await.unwrap());
+    let op = p1.operation(&first.id).await.unwrap();
+    let op_by_id = p1.operation(op["op_id"].as_str().unwrap()).await.unwrap();
+    let round2 = p1.messages(&sid, Some(2)).await.unwrap();
+    assert!(!round2["messages"].as_array().unwrap().is_empty());
+    // More work, until the first session finished more than
+    // RETIRE_AFTER_HEIGHTS heights ago.
+    let retire = quorate_firmware::sessions::machine::RETIRE_AFTER_HEIGHTS;
+    let mut created = 1;
+    while p1.status().await.unwrap().height <= ended_at + retire + 1 {
+        let r = p1.submit_json(&ed).await.unwrap();
+        let s = quorate_tests::mpc::created_session(&p1, &r.id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if let Err(e) = quorate_tests::mpc::session_end(&p1, &s, Duration::from_secs(60)).await {
+            panic!("{e}; party 1:\n{}", c.log(1));
+        }
+        created += 1;
+    }
+    let in_memory = gauge(&p1.metrics().await.unwrap(), "quorate_machine_sessions");
+    assert!(
+        in_memory < created,
+        "{in_memory} of {created} finished sessions still in memory"
+    );
+    // Served from the store now, exactly as from memory before.
+    let check = |p: Client| {
+        let (session, op, op_by_id, round2, sid, id) = (
+            session.clone(),
+            op.clone(),
+            op_by_id.clone(),
+            round2.clone(),
+            sid.clone(),
+            first.id.clone(),
+        );
+        async move {
+            assert_eq!(sans_height(p.session(&sid).await.unwrap()), session);
+            assert_eq!(p.operation(&id).await.unwrap(), op);
+            let hex = op["op_id"].as_str().unwrap();
+            assert_eq!(p.operation(hex).await.unwrap(), op_by_id);
+            assert_eq!(
+                sans_height(p.messages(&sid, Some(2)).await.unwrap()),
+                sans_height(round2)
+            );
+        }
+    };
+    check(c.client(1).unwrap()).await;
+    // And after a restart, which replays the chain and retires it again.
+    c.stop(1).unwrap();
+    c.start(1).unwrap();
+    c.wait_api(1, Duration::from_secs(60)).await.unwrap();
+    check(c.client(1).unwrap()).await;
+}

@@ -1371,7 +1371,12 @@ impl SessionMachine {
             }
         }
         for id in sessions {
-            if let Some(h) = self.state.sessions.get(id).and_then(|s| s.phase.finished_at()) {
+            if let Some(h) = self
+                .state
+                .sessions
+                .get(id)
+                .and_then(|s| s.phase.finished_at())
+            {
                 self.finished.entry(h).or_default().sessions.insert(*id);
             }
         }

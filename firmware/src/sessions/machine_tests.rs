@@ -1098,7 +1098,12 @@ fn a_late_verdict_is_recorded_until_its_operation_retires_and_refused_after() {
     let late = net.batch(3, vec![approve(op)]);
     let o = net.block(vec![late]);
     assert_eq!(o.ops[0].status, OpStatus::Executed { height: o.height });
-    assert!(net.m().operation(&op).unwrap().verdicts.contains_key(&PartyId(3)));
+    assert!(net
+        .m()
+        .operation(&op)
+        .unwrap()
+        .verdicts
+        .contains_key(&PartyId(3)));
     for _ in 0..RETIRE_AFTER_HEIGHTS {
         net.block(vec![]);
     }

@@ -63,39 +63,12 @@ impl SessionMachine {
         round: Option<u32>,
         party: Option<PartyId>,
     ) -> Option<Vec<StoredMessage>> {
-        let s = self.session(id)?;
-        Some(
-            s.messages
-                .iter()
-                .filter(|m| round.is_none_or(|r| m.round == r))
-                .filter_map(|m| match party {
-                    None => Some(m.clone()),
-                    Some(p) if m.from == p => Some(m.clone()),
-                    Some(p) => {
-                        let direct: Vec<_> =
-                            m.direct.iter().filter(|d| d.to == p).cloned().collect();
-                        (m.broadcast.is_some() || !direct.is_empty()).then(|| StoredMessage {
-                            direct,
-                            ..m.clone()
-                        })
-                    }
-                })
-                .collect(),
-        )
+        Some(messages_of(self.session(id)?, round, party))
     }
 
     /// A session's results. `None` if there is no such session.
     pub fn results(&self, id: &SessionId) -> Option<SessionResults> {
-        let s = self.session(id)?;
-        Some(SessionResults {
-            session: s.id,
-            phase: s.phase.label().to_string(),
-            agreed: match &s.phase {
-                Phase::Completed { result, .. } => Some(result.clone()),
-                _ => None,
-            },
-            posted: s.results.clone(),
-        })
+        Some(results_of(self.session(id)?))
     }
 
     /// A group key from a completed key generation.
@@ -170,5 +143,40 @@ impl SessionMachine {
     /// A party's attestation standing.
     pub fn attestation(&self, party: PartyId) -> Option<&AttestationStanding> {
         self.state().attestation.get(&party)
+    }
+}
+
+/// `s`'s messages in decided order, optionally only of `round`, optionally
+/// as `party` should read them: its own messages whole, and of the others'
+/// the broadcast part and the point-to-point part addressed to it (messages
+/// with neither are left out).
+pub fn messages_of(s: &Session, round: Option<u32>, party: Option<PartyId>) -> Vec<StoredMessage> {
+    s.messages
+        .iter()
+        .filter(|m| round.is_none_or(|r| m.round == r))
+        .filter_map(|m| match party {
+            None => Some(m.clone()),
+            Some(p) if m.from == p => Some(m.clone()),
+            Some(p) => {
+                let direct: Vec<_> = m.direct.iter().filter(|d| d.to == p).cloned().collect();
+                (m.broadcast.is_some() || !direct.is_empty()).then(|| StoredMessage {
+                    direct,
+                    ..m.clone()
+                })
+            }
+        })
+        .collect()
+}
+
+/// `s`'s results: the agreed one, if any, and what each participant posted.
+pub fn results_of(s: &Session) -> SessionResults {
+    SessionResults {
+        session: s.id,
+        phase: s.phase.label().to_string(),
+        agreed: match &s.phase {
+            Phase::Completed { result, .. } => Some(result.clone()),
+            _ => None,
+        },
+        posted: s.results.clone(),
     }
 }

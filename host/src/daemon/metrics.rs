@@ -120,6 +120,11 @@ pub struct Metrics {
     pub backpressure_refused_ops: AtomicU64,
     /// `party.max_outbox_ops`: the outbox size at which the API refuses.
     pub outbox_limit: AtomicU64,
+    /// Sessions the session machine holds in memory (open ones, and
+    /// finished ones not yet retired).
+    pub machine_sessions: AtomicU64,
+    /// Operation records the session machine holds in memory.
+    pub machine_ops: AtomicU64,
     /// From first signing an own batch to seeing it decided.
     pub commit_latency: Histogram,
     /// One TPM signature (vote or batch).
@@ -196,6 +201,8 @@ impl Default for Metrics {
             accepted_ops: AtomicU64::new(0),
             backpressure_refused_ops: AtomicU64::new(0),
             outbox_limit: AtomicU64::new(0),
+            machine_sessions: AtomicU64::new(0),
+            machine_ops: AtomicU64::new(0),
             commit_latency: Histogram::default(),
             tpm_sign_latency: Histogram::default(),
             api_requests: Default::default(),
@@ -376,6 +383,20 @@ impl Metrics {
             "The outbox size at which the API refuses new operations (party.max_outbox_ops).",
             "gauge",
             load(&self.outbox_limit),
+        );
+        gauge(
+            &mut out,
+            "quorate_machine_sessions",
+            "Sessions held in memory: open ones, and finished ones until they are retired to the store.",
+            "gauge",
+            load(&self.machine_sessions),
+        );
+        gauge(
+            &mut out,
+            "quorate_machine_operations",
+            "Operation records held in memory: pending ones, and settled ones until they are retired to the store.",
+            "gauge",
+            load(&self.machine_ops),
         );
         gauge(
             &mut out,

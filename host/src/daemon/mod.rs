@@ -51,7 +51,7 @@ use quorate_firmware::sessions::{Operation, SessionMachine};
 use quorate_firmware::types::{Height, PartyId};
 use serde::{Deserialize, Serialize};
 use status::{PeerStatus, StatusView};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -667,6 +667,8 @@ struct Runtime {
     sign_watch: crate::sign_watch::DoubleSignWatch,
     /// Sign requests held back while it watches, signed when it ends.
     withheld: Vec<(SignRequestId, Vec<u8>)>,
+    /// Views of retired records on their way to the store.
+    retired_views: RetiredViews,
 }
 
 /// The start-up double-sign watch of this party, from its guard and the
@@ -872,6 +874,7 @@ impl Runtime {
             unseal_rx,
             sign_watch,
             withheld: Vec::new(),
+            retired_views: RetiredViews::default(),
         };
         let mut h = 1;
         while h <= tip {
@@ -1055,6 +1058,9 @@ impl Runtime {
                         self.release_withheld();
                     }
                     self.maybe_batch()?;
+                    if self.retired_views.due() {
+                        self.retired_views.flush(&self.store)?;
+                    }
                     self.checkpoint_tick();
                     self.health_tick();
                     if self.status_dirty || last_status.elapsed() > Duration::from_secs(2) {
@@ -1071,6 +1077,7 @@ impl Runtime {
                 self.maybe_batch()?;
             }
         }
+        self.retired_views.flush(&self.store)?;
         self.write_status();
         Ok(())
     }
@@ -1359,6 +1366,7 @@ impl Runtime {
             .machine
             .apply_block(h.height, h.time_ms, block.batches())
             .map_err(|e| anyhow!("applying block {}: {e}", h.height.0))?;
+        self.store_retired(replay)?;
         self.events.push_block(&outcome);
         for (bi, b) in block.batches().iter().enumerate() {
             if b.body.author != self.me {
@@ -2175,16 +2183,7 @@ impl Runtime {
             Query::Status => serde_json::to_value(self.status()).ok(),
             Query::Operation(id) => self.operation_view(&id),
             Query::Session(id) => self.session_view(&id),
-            Query::Messages { session, round } => {
-                let id = parse_session_id(&session)?;
-                let msgs = self.machine.messages(&id, round, Some(self.me))?;
-                Some(serde_json::json!({
-                    "session": session,
-                    "round": round,
-                    "height": self.machine.height().0,
-                    "messages": serde_json::to_value(msgs).ok()?,
-                }))
-            }
+            Query::Messages { session, round } => self.messages_view(&session, round),
             Query::Blocks { from, limit } => self.blocks_view(from, limit),
             Query::CheckSession(spec) => Some(match self.machine.check_session(&spec) {
                 Ok(_) => serde_json::json!({"ok": true}),
@@ -2211,21 +2210,58 @@ impl Runtime {
         }
     }
 
+    /// A session as `GET /v1/sessions/{id}` shows it: from memory while
+    /// the session machine holds it, then from the view stored when it was
+    /// retired.
     fn session_view(&self, id: &str) -> Option<serde_json::Value> {
         let sid = parse_session_id(id)?;
-        let s = self.machine.session(&sid)?;
+        let mut v = match self.machine.session(&sid) {
+            Some(s) => self.session_value(s)?,
+            None => self.retired_view(crate::store::Retired::Session, sid.0.as_bytes())?,
+        };
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("height".into(), self.machine.height().0.into());
+        }
+        Some(v)
+    }
+
+    /// The stored view of a retired record, if any.
+    fn retired_view(
+        &self,
+        kind: crate::store::Retired,
+        id: &[u8; 32],
+    ) -> Option<serde_json::Value> {
+        if let Some(b) = self.retired_views.views.get(&(kind, *id)) {
+            return serde_json::from_slice(b).ok();
+        }
+        match self.store.retired(kind, id) {
+            Ok(Some(b)) => serde_json::from_slice(&b).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "reading a retired record failed");
+                None
+            }
+        }
+    }
+
+    /// `s` as the API shows it (without the current height).
+    fn session_value(
+        &self,
+        s: &quorate_firmware::sessions::machine::Session,
+    ) -> Option<serde_json::Value> {
+        use quorate_firmware::sessions::query::{messages_of, results_of};
         let mut v = serde_json::to_value(s).ok()?;
         if let serde_json::Value::Object(m) = &mut v {
             // As this party reads them: no one else's point-to-point parts.
             m.insert(
                 "messages".into(),
-                serde_json::to_value(self.machine.messages(&sid, None, Some(self.me))?).ok()?,
+                serde_json::to_value(messages_of(s, None, Some(self.me))).ok()?,
             );
             if let Some((gpk, key)) = crate::engine::key_view(&self.machine, s) {
                 m.insert("group_public_key".into(), gpk.into());
                 m.insert("key".into(), key.into());
             }
-            if let Some(sv) = self.signing.view(&sid) {
+            if let Some(sv) = self.signing.view(&s.id) {
                 if let Some(sig) = &sv.signature {
                     m.insert("signature".into(), sig.clone().into());
                 }
@@ -2236,13 +2272,82 @@ impl Runtime {
                 m.insert("attempts".into(), serde_json::to_value(&sv.attempts).ok()?);
             }
             m.insert("phase_label".into(), s.phase.label().into());
-            m.insert(
-                "results".into(),
-                serde_json::to_value(self.machine.results(&sid)).ok()?,
-            );
-            m.insert("height".into(), self.machine.height().0.into());
+            m.insert("results".into(), serde_json::to_value(results_of(s)).ok()?);
         }
         Some(v)
+    }
+
+    /// A session's messages (`GET /v1/sessions/{id}/messages`), from memory
+    /// or from the view stored when the session was retired.
+    fn messages_view(&self, session: &str, round: Option<u32>) -> Option<serde_json::Value> {
+        let id = parse_session_id(session)?;
+        let msgs = match self.machine.messages(&id, round, Some(self.me)) {
+            Some(msgs) => serde_json::to_value(msgs).ok()?,
+            None => {
+                let v = self.retired_view(crate::store::Retired::Session, id.0.as_bytes())?;
+                let all = v.get("messages")?.as_array()?;
+                serde_json::Value::Array(
+                    all.iter()
+                        .filter(|m| {
+                            round.is_none_or(|r| {
+                                m.get("round").and_then(|x| x.as_u64()) == Some(u64::from(r))
+                            })
+                        })
+                        .cloned()
+                        .collect(),
+                )
+            }
+        };
+        Some(serde_json::json!({
+            "session": session,
+            "round": round,
+            "height": self.machine.height().0,
+            "messages": msgs,
+        }))
+    }
+
+    /// Stores the API views of what the session machine retired (after
+    /// each applied block). In the replay at start, only those not stored
+    /// yet (a view written before a crash is kept as it was).
+    fn store_retired(&mut self, replay: bool) -> anyhow::Result<()> {
+        use crate::store::Retired as Kind;
+        let retired = self.machine.take_retired();
+        let st = self.machine.state();
+        self.metrics
+            .machine_sessions
+            .store(st.sessions.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .machine_ops
+            .store(st.ops.len() as u64, Ordering::Relaxed);
+        if retired.is_empty() {
+            return Ok(());
+        }
+        let known = |rt: &Self, kind, id: &[u8; 32]| -> anyhow::Result<bool> {
+            Ok(rt.retired_views.views.contains_key(&(kind, *id))
+                || rt.store.has_retired(kind, id)?)
+        };
+        for rec in &retired.ops {
+            let id = *rec.id.0.as_bytes();
+            if replay && known(self, Kind::Op, &id)? {
+                continue;
+            }
+            let view = serde_json::to_vec(&op_value(rec))?;
+            self.retired_views.push(Kind::Op, id, view);
+        }
+        for s in &retired.sessions {
+            let id = *s.id.0.as_bytes();
+            if !(replay && known(self, Kind::Session, &id)?) {
+                if let Some(v) = self.session_value(s) {
+                    let view = serde_json::to_vec(&v)?;
+                    self.retired_views.push(Kind::Session, id, view);
+                }
+            }
+            self.signing.forget(&s.id);
+        }
+        if self.retired_views.views.len() >= RetiredViews::FLUSH_AT {
+            self.retired_views.flush(&self.store)?;
+        }
+        Ok(())
     }
 
     fn blocks_view(&self, from: u64, limit: usize) -> Option<serde_json::Value> {
@@ -2296,35 +2401,14 @@ impl Runtime {
             let bytes: [u8; 32] = hex::decode(id).ok()?.try_into().ok()?;
             OpId(quorate_firmware::types::Sha256Digest(bytes))
         };
-        let rec = self.machine.operation(&op)?;
-        let verdicts: Vec<serde_json::Value> = rec
-            .verdicts
-            .iter()
-            .map(|(p, d)| {
-                let (approve, reason) = match d {
-                    quorate_firmware::sessions::ops::Decision::Approve => {
-                        (true, serde_json::Value::Null)
-                    }
-                    quorate_firmware::sessions::ops::Decision::Reject(r) => {
-                        (false, serde_json::to_value(r).unwrap_or_default())
-                    }
-                };
-                serde_json::json!({"party": p.0, "approve": approve, "reason": reason})
-            })
-            .collect();
-        let status = match &rec.status {
-            quorate_firmware::sessions::machine::OpStatus::Executed { .. } => "executed",
-            quorate_firmware::sessions::machine::OpStatus::Pending => "pending",
-            _ => "rejected",
+        let mut v = match self.machine.operation(&op) {
+            Some(rec) => op_value(rec),
+            None => self.retired_view(crate::store::Retired::Op, op.0.as_bytes())?,
         };
-        Some(serde_json::json!({
-            "id": id,
-            "op_id": hex::encode(op.0.as_bytes()),
-            "status": status,
-            "decided": true,
-            "record": serde_json::to_value(rec).unwrap_or_default(),
-            "verdicts": verdicts,
-        }))
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("id".into(), id.into());
+        }
+        Some(v)
     }
 
     fn status(&self) -> StatusView {
@@ -2389,4 +2473,69 @@ impl Runtime {
             Err(e) => warn!(error = %e, "cannot encode status"),
         }
     }
+}
+
+/// Views of retired records not yet written to the store: written in one
+/// transaction once [`RetiredViews::FLUSH_AT`] gather or a second passed
+/// (one fsync per block would slow every height), read before the store.
+#[derive(Debug, Default)]
+struct RetiredViews {
+    views: HashMap<(crate::store::Retired, [u8; 32]), Vec<u8>>,
+    since: Option<Instant>,
+}
+
+impl RetiredViews {
+    const FLUSH_AT: usize = 1024;
+
+    fn push(&mut self, kind: crate::store::Retired, id: [u8; 32], view: Vec<u8>) {
+        self.since.get_or_insert_with(Instant::now);
+        self.views.insert((kind, id), view);
+    }
+
+    fn due(&self) -> bool {
+        self.views.len() >= Self::FLUSH_AT
+            || self
+                .since
+                .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+    }
+
+    fn flush(&mut self, store: &Store) -> anyhow::Result<()> {
+        if self.views.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<_> = self.views.drain().map(|((k, id), v)| (k, id, v)).collect();
+        self.since = None;
+        store.put_retired(&batch)?;
+        Ok(())
+    }
+}
+
+/// An operation record as `GET /v1/operations/{id}` shows it (the caller
+/// adds the `id` it was asked by).
+fn op_value(rec: &quorate_firmware::sessions::machine::OpRecord) -> serde_json::Value {
+    use quorate_firmware::sessions::machine::OpStatus;
+    use quorate_firmware::sessions::ops::Decision;
+    let verdicts: Vec<serde_json::Value> = rec
+        .verdicts
+        .iter()
+        .map(|(p, d)| {
+            let (approve, reason) = match d {
+                Decision::Approve => (true, serde_json::Value::Null),
+                Decision::Reject(r) => (false, serde_json::to_value(r).unwrap_or_default()),
+            };
+            serde_json::json!({"party": p.0, "approve": approve, "reason": reason})
+        })
+        .collect();
+    let status = match &rec.status {
+        OpStatus::Executed { .. } => "executed",
+        OpStatus::Pending => "pending",
+        _ => "rejected",
+    };
+    serde_json::json!({
+        "op_id": hex::encode(rec.id.0.as_bytes()),
+        "status": status,
+        "decided": true,
+        "record": serde_json::to_value(rec).unwrap_or_default(),
+        "verdicts": verdicts,
+    })
 }
