@@ -1021,7 +1021,28 @@ pub struct SessionMachine {
     /// [`RETIRE_AFTER_HEIGHTS`] (tests compare with a machine that keeps
     /// everything).
     retire_after: u64,
+    /// Retired requests that needed verdicts, by decided order, for an hour
+    /// of block time (the local policy's rate limits count them).
+    requests: BTreeMap<u64, RequestMark>,
 }
+
+/// What a local rate limit needs of a retired request that needed verdicts
+/// (see `sessions::policy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMark {
+    /// Its kind.
+    pub kind: OpKind,
+    /// Its decided order.
+    pub ordinal: u64,
+    /// Its block time (ms).
+    pub time_ms: u64,
+    /// Who rejected it.
+    pub rejected_by: BTreeSet<PartyId>,
+}
+
+/// Block time (ms) a [`RequestMark`] is kept for after the oldest request
+/// still pending and the last block: a local rate limit counts over an hour.
+pub const REQUEST_MARKS_MS: u64 = 3_600_000;
 
 /// Records that finished at one height.
 #[derive(Clone, Debug, Default)]
@@ -1064,6 +1085,7 @@ struct Snapshot {
     state: State,
     op_leaves: Vec<Sha256Digest>,
     session_leaves: Vec<Sha256Digest>,
+    requests: Vec<RequestMark>,
 }
 
 /// What an MPC engine found when it checked a blame claim.
@@ -1188,6 +1210,7 @@ impl SessionMachine {
             finished: BTreeMap::new(),
             retired: Retired::default(),
             retire_after: RETIRE_AFTER_HEIGHTS,
+            requests: BTreeMap::new(),
         };
         m.rebuild_root();
         Ok(m)
@@ -1212,6 +1235,7 @@ impl SessionMachine {
         m.state = snap.state;
         m.ops_tree = MerkleTree::from_leaves(snap.op_leaves);
         m.sessions_tree = MerkleTree::from_leaves(snap.session_leaves);
+        m.requests = snap.requests.into_iter().map(|r| (r.ordinal, r)).collect();
         m.rebuild_root();
         let ops: Vec<OpId> = m.state.ops.keys().copied().collect();
         let sessions: Vec<SessionId> = m.state.sessions.keys().copied().collect();
@@ -1225,6 +1249,12 @@ impl SessionMachine {
     pub(crate) fn keeping_everything(mut self) -> Self {
         self.retire_after = u64::MAX;
         self
+    }
+
+    /// Retired requests that needed verdicts, in decided order, for an hour
+    /// of block time ([`REQUEST_MARKS_MS`]) before the oldest pending one.
+    pub fn retired_requests(&self) -> impl Iterator<Item = &RequestMark> {
+        self.requests.values()
     }
 
     /// The records retired since the last call. The host stores them after
@@ -1249,6 +1279,7 @@ impl SessionMachine {
             state: self.state.clone(),
             op_leaves: self.ops_tree.leaves().to_vec(),
             session_leaves: self.sessions_tree.leaves().to_vec(),
+            requests: self.requests.values().cloned().collect(),
         })
         .unwrap_or_default()
     }
@@ -1389,6 +1420,22 @@ impl SessionMachine {
         let Some(upto) = height.0.checked_sub(self.retire_after) else {
             return out;
         };
+        // Marks older than an hour before the oldest pending request and
+        // the last block are counted by no rate limit any more.
+        let oldest = self
+            .state
+            .pending
+            .iter()
+            .filter_map(|id| self.state.ops.get(id))
+            .map(|r| r.position.time_ms)
+            .fold(self.state.time_ms, u64::min);
+        let cutoff = oldest.saturating_sub(REQUEST_MARKS_MS);
+        while let Some(e) = self.requests.first_entry() {
+            if e.get().time_ms >= cutoff {
+                break;
+            }
+            e.remove();
+        }
         while let Some(e) = self.finished.first_entry() {
             if e.key().0 > upto {
                 break;
@@ -1396,6 +1443,23 @@ impl SessionMachine {
             let f = e.remove();
             for id in f.ops {
                 if let Some(r) = self.state.ops.remove(&id) {
+                    if r.approval.is_some() {
+                        let rejected_by = r
+                            .verdicts
+                            .iter()
+                            .filter(|(_, d)| matches!(d, Decision::Reject(_)))
+                            .map(|(p, _)| *p)
+                            .collect();
+                        self.requests.insert(
+                            r.position.ordinal,
+                            RequestMark {
+                                kind: r.kind,
+                                ordinal: r.position.ordinal,
+                                time_ms: r.position.time_ms,
+                                rejected_by,
+                            },
+                        );
+                    }
                     out.ops.push(r);
                 }
             }

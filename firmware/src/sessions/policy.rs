@@ -201,19 +201,32 @@ fn key_allowed(policy: &LocalPolicy, key: KeyId, why: String) -> Result<(), Deci
 /// last slot.
 fn approved_in_hour_before(me: PartyId, machine: &SessionMachine, rec: &OpRecord) -> u64 {
     let t = rec.position.time_ms;
-    let count = machine
+    let counts = |kind: OpKind, ordinal: u64, time_ms: u64, rejected: bool| {
+        kind == rec.kind
+            && ordinal < rec.position.ordinal
+            && t.saturating_sub(time_ms) < HOUR_MS
+            && !rejected
+    };
+    // Those still in memory, and those retired from it (each once).
+    let live = machine
         .state()
         .ops
         .values()
         .filter(|o| {
-            o.kind == rec.kind
-                && o.approval.is_some()
-                && o.position.ordinal < rec.position.ordinal
-                && t.saturating_sub(o.position.time_ms) < HOUR_MS
-                && !matches!(o.verdicts.get(&me), Some(Decision::Reject(_)))
+            o.approval.is_some()
+                && counts(
+                    o.kind,
+                    o.position.ordinal,
+                    o.position.time_ms,
+                    matches!(o.verdicts.get(&me), Some(Decision::Reject(_))),
+                )
         })
         .count();
-    u64::try_from(count).unwrap_or(u64::MAX)
+    let retired = machine
+        .retired_requests()
+        .filter(|m| counts(m.kind, m.ordinal, m.time_ms, m.rejected_by.contains(&me)))
+        .count();
+    u64::try_from(live.saturating_add(retired)).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -317,6 +330,24 @@ mod tests {
         net.block_after(100_000, vec![]);
         assert_eq!(
             code(evaluate(&p, PartyId(2), net.m(), second, None)),
+            ReasonCode::RateLimited
+        );
+        // Still counted once the first request left memory (P2 rejects the
+        // second, which then uses none of P2's quota).
+        net.one(2, reject_op(second, "rate limited"));
+        let b = net.batch(3, vec![approve(first)]);
+        net.block(vec![b]);
+        let b = net.batch(1, vec![approve(first)]);
+        net.block(vec![b]);
+        let b = net.batch(2, vec![approve(first)]);
+        net.block(vec![b]);
+        for _ in 0..=crate::sessions::machine::RETIRE_AFTER_HEIGHTS {
+            net.block(vec![]);
+        }
+        assert!(net.m().operation(&first).is_none(), "retired");
+        let (third, _) = net.one(3, keygen(&[1, 2, 3], 2));
+        assert_eq!(
+            code(evaluate(&p, PartyId(2), net.m(), third, None)),
             ReasonCode::RateLimited
         );
         // A request decided more than an hour later fits again.
