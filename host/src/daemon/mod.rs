@@ -1953,7 +1953,11 @@ impl Runtime {
                 PolicyDecision::Nothing => {}
             }
         }
-        // Keep only the records still awaiting verdicts.
+        // Keep only the records still awaiting verdicts, and the verdicts
+        // queued on operations still pending (the rest are settled: no
+        // verdict is asked for them again).
+        let pending = &self.machine.state().pending;
+        self.verdicts_queued.retain(|id| pending.contains(id));
         let machine = &self.machine;
         self.records.retain(|id, _| {
             machine
