@@ -906,17 +906,14 @@ impl Body for ChannelBody {
 
 /// One event in Server-Sent Events form.
 pub fn sse_frame(e: &ApiEvent) -> Bytes {
-    let data = serde_json::json!({
-        "id": e.id.to_string(),
-        "kind": e.kind,
-        "time_ms": e.time_ms,
-        "data": e.data,
-    });
+    // `data` is JSON text already: embedded as it is.
+    let kind = serde_json::to_string(&e.kind).unwrap_or_else(|_| "\"\"".into());
     Bytes::from(format!(
-        "id: {}\nevent: {}\ndata: {}\n\n",
-        e.id,
+        "id: {id}\nevent: {}\ndata: {{\"id\":\"{id}\",\"kind\":{kind},\"time_ms\":{},\"data\":{}}}\n\n",
         e.kind,
-        serde_json::to_string(&data).unwrap_or_default()
+        e.time_ms,
+        e.data,
+        id = e.id,
     ))
 }
 
@@ -1269,10 +1266,18 @@ mod tests {
             },
             kind: "executed".into(),
             time_ms: 1,
-            data: serde_json::json!({"executed": {"op": "ab"}}),
+            data: serde_json::json!({"executed": {"op": "ab"}})
+                .to_string()
+                .into(),
         };
         let f = String::from_utf8(sse_frame(&e).to_vec()).unwrap();
         assert!(f.starts_with("id: 5:2\nevent: executed\ndata: {"), "{f}");
         assert!(f.ends_with("\n\n"));
+        let line = f.lines().nth(2).unwrap().strip_prefix("data: ").unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["id"], "5:2");
+        assert_eq!(v["kind"], "executed");
+        assert_eq!(v["time_ms"], 1);
+        assert_eq!(v["data"]["executed"]["op"], "ab");
     }
 }

@@ -69,6 +69,12 @@ impl Retired {
     }
 }
 
+/// redb's page cache, per open database. redb's default is 1 GiB, and the
+/// cache fills with what is read and written, so a daemon's resident memory
+/// grew with the size of its store (with history); 64 MiB keeps the hot
+/// pages (the tip, the outbox, recent log nodes) and bounds the rest.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most entries one [`Store::entries`] call returns.
 pub const MAX_ENTRIES_PAGE: u64 = 1024;
 
@@ -210,6 +216,7 @@ impl Store {
         let shown = path.display().to_string();
         let db = Database::builder()
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| db_err(&shown, e))?;
         let store = Store {
@@ -252,6 +259,7 @@ impl Store {
         let shown = path.display().to_string();
         let db = Database::builder()
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .set_cache_size(CACHE_BYTES)
             .open_read_only(&path)
             .map_err(|e| db_err(&shown, e))?;
         Ok(Store {

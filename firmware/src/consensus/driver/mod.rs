@@ -195,6 +195,23 @@ pub struct DecidedBlock {
     pub certificate: CommitCertificate,
 }
 
+/// The recent decided blocks kept in memory are also bounded in bytes (of
+/// their encoded blocks): under load a block carries thousands of
+/// operations, and `recent_blocks` of them would be hundreds of MiB. Older
+/// blocks are served from the store.
+pub const RECENT_BLOCKS_BYTES: usize = 16 * 1024 * 1024;
+
+/// True when `recent` holds more than one block and more than
+/// [`RECENT_BLOCKS_BYTES`].
+fn over_bytes(recent: &VecDeque<DecidedBlock>) -> bool {
+    recent.len() > 1
+        && recent
+            .iter()
+            .map(|d| d.block.encoded_len())
+            .fold(0usize, usize::saturating_add)
+            > RECENT_BLOCKS_BYTES
+}
+
 /// An opaque timer id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimerId(pub u64);
@@ -575,7 +592,7 @@ impl ConsensusDriver {
             awaiting_app: false,
             wake_at: None,
         };
-        while d.recent.len() > recent_cap {
+        while d.recent.len() > recent_cap || over_bytes(&d.recent) {
             d.recent.pop_front();
         }
         d.io.schedule(TimerKind::Tip, d.io.cfg.tip_interval_ms);
@@ -1109,7 +1126,7 @@ impl ConsensusDriver {
             .actions
             .push(Action::Decided(Box::new(decided.clone())));
         self.recent.push_back(decided);
-        while self.recent.len() > self.io.cfg.recent_blocks {
+        while self.recent.len() > self.io.cfg.recent_blocks || over_bytes(&self.recent) {
             self.recent.pop_front();
         }
         // The same core state moves on with `StartHeight(next)` (fed when
