@@ -207,7 +207,7 @@ async fn roast_signs_despite_a_cheating_and_a_stalling_candidate() {
     let c = started(c).await;
     let (key, gpk) = keygen(&c, "frost-ed25519", 2).await;
     let (mut saw_culprit, mut saw_suspect) = (false, false);
-    for i in 0..10u8 {
+    for i in 0..20u8 {
         let msg = [b'm', i];
         let t0 = Instant::now();
         let (_, views) = sign(&c, signing(&key, &msg, None), Duration::from_secs(60)).await;
@@ -261,8 +261,8 @@ async fn roast_signs_despite_a_cheating_and_a_stalling_candidate() {
             break;
         }
     }
-    assert!(saw_culprit, "P3 was never selected in ten signings");
-    assert!(saw_suspect, "P4 was never selected in ten signings");
+    assert!(saw_culprit, "P3 was never selected in twenty signings");
+    assert!(saw_suspect, "P4 was never selected in twenty signings");
 }
 
 /// The operations party `from` posted in session `sid`, as party 1 sees
