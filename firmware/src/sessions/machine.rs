@@ -1352,13 +1352,11 @@ impl SessionMachine {
         ])
     }
 
-    /// Rehashes every record in memory over the trees' leaves (those of
-    /// retired records are kept as they are) and recomputes the root.
+    /// Rehashes every record in memory into the trees (the leaves of
+    /// retired records stay as they are) and recomputes the root.
     fn rebuild_root(&mut self) {
-        self.ops_tree = MerkleTree::from_leaves(self.ops_tree.leaves().to_vec());
         self.ops_tree
             .update(self.op_leaves(self.state.ops.values()));
-        self.sessions_tree = MerkleTree::from_leaves(self.sessions_tree.leaves().to_vec());
         self.sessions_tree
             .update(self.session_leaves(self.state.sessions.values()));
         self.dirty_ops.clear();
@@ -1421,14 +1419,18 @@ impl SessionMachine {
             return out;
         };
         // Marks older than an hour before the oldest pending request and
-        // the last block are counted by no rate limit any more.
-        let oldest = self
-            .state
-            .pending
-            .iter()
-            .filter_map(|id| self.state.ops.get(id))
-            .map(|r| r.position.time_ms)
-            .fold(self.state.time_ms, u64::min);
+        // the last block are counted by no rate limit any more (no scan of
+        // the pending requests when there is no mark to drop).
+        let oldest = if self.requests.is_empty() {
+            0
+        } else {
+            self.state
+                .pending
+                .iter()
+                .filter_map(|id| self.state.ops.get(id))
+                .map(|r| r.position.time_ms)
+                .fold(self.state.time_ms, u64::min)
+        };
         let cutoff = oldest.saturating_sub(REQUEST_MARKS_MS);
         while let Some(e) = self.requests.first_entry() {
             if e.get().time_ms >= cutoff {
