@@ -575,13 +575,17 @@ async fn members(st: &ApiState, ops: &[OpBody]) -> Option<Vec<u32>> {
     )
 }
 
+/// A POST's `Idempotency-Key` header and body, or the answer refusing
+/// either (400 naming the header; the body's own errors).
+async fn key_and_body(req: Request<Incoming>) -> Result<(Option<String>, Bytes), Resp> {
+    let key = idempotency_key(&req)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, Some("Idempotency-Key"), &e))?;
+    Ok((key, read_body(req).await?))
+}
+
 async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
-    let idempotency_key = match idempotency_key(&req) {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, Some("Idempotency-Key"), &e),
-    };
-    let bytes = match read_body(req).await {
-        Ok(b) => b,
+    let (idempotency_key, bytes) = match key_and_body(req).await {
+        Ok(kb) => kb,
         Err(r) => return r,
     };
     let op = match parse_operation_body(&bytes) {
@@ -604,12 +608,8 @@ async fn post_operation(req: Request<Incoming>, st: &ApiState) -> Resp {
 /// `POST /v1/operations/bulk`: several operations, all or none, durable in
 /// one transaction; `202 {"ids": [...]}` in request order.
 async fn post_bulk(req: Request<Incoming>, st: &ApiState) -> Resp {
-    let idempotency_key = match idempotency_key(&req) {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, Some("Idempotency-Key"), &e),
-    };
-    let bytes = match read_body(req).await {
-        Ok(b) => b,
+    let (idempotency_key, bytes) = match key_and_body(req).await {
+        Ok(kb) => kb,
         Err(r) => return r,
     };
     let ops = match parse_bulk(&bytes) {

@@ -272,18 +272,7 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let Handle::Writer(db) = &self.db else {
-            return Err(StoreError::ReadOnly {
-                path: self.path.clone(),
-            });
-        };
-        let run = || -> Result<T, redb::Error> {
-            let tx = db.begin_write()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        };
-        run().map_err(|e| db_err(&self.path, e))
+        self.write_if(|tx| f(tx).map(|out| (out, true)))
     }
 
     /// [`Store::write`] for a transaction that may decide to write nothing:

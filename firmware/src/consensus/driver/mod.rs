@@ -1887,17 +1887,11 @@ mod tests {
         assert_eq!(d.log_head(), head);
     }
 
-    /// A member flooding block requests gets its burst, then the refill
-    /// rate; the rest are dropped and counted, and another member's
-    /// requests are answered from its own budget.
-    #[test]
-    fn block_requests_beyond_a_peers_budget_are_dropped_and_counted() {
-        let net = testkit::Net::new(4);
-        let mut cfg = net.cfg(1);
-        cfg.block_serve_burst = 5;
-        cfg.block_serve_per_sec = 2;
+    /// A driver restored at chain height `height` that keeps only block 1
+    /// (with an empty certificate) in memory.
+    fn restored_with_block_1(cfg: DriverConfig, height: u64) -> ConsensusDriver {
         let block = testkit::block_1(2, Vec::new());
-        let decided = DecidedBlock {
+        let kept = DecidedBlock {
             certificate: CommitCertificate {
                 height: Height(1),
                 round: 0,
@@ -1908,13 +1902,25 @@ mod tests {
         };
         let restored = Restored {
             chain: ChainState {
-                height: Height(1),
+                height: Height(height),
                 ..Default::default()
             },
-            recent: vec![decided],
+            recent: vec![kept],
             ..Default::default()
         };
-        let (mut d, _) = ConsensusDriver::restore(cfg, restored, 1_000).unwrap();
+        ConsensusDriver::restore(cfg, restored, 1_000).unwrap().0
+    }
+
+    /// A member flooding block requests gets its burst, then the refill
+    /// rate; the rest are dropped and counted, and another member's
+    /// requests are answered from its own budget.
+    #[test]
+    fn block_requests_beyond_a_peers_budget_are_dropped_and_counted() {
+        let net = testkit::Net::new(4);
+        let mut cfg = net.cfg(1);
+        cfg.block_serve_burst = 5;
+        cfg.block_serve_per_sec = 2;
+        let mut d = restored_with_block_1(cfg, 1);
         let request = PeerMessage::BlockRequest { height: Height(1) }.encode();
         let ask = |d: &mut ConsensusDriver, now: u64, from: u32| {
             let step = d
@@ -2111,27 +2117,9 @@ mod tests {
         let net = testkit::Net::new(4);
         let mut cfg = net.cfg(1);
         cfg.recent_blocks = 1;
-        let block = testkit::block_1(2, Vec::new());
-        let kept = DecidedBlock {
-            certificate: CommitCertificate {
-                height: Height(1),
-                round: 0,
-                block: block.hash(),
-                signatures: Vec::new(),
-            },
-            block,
-        };
         // Restored at height 5 with only block 1 given: a gap is fine for
         // the lookup (it checks the height it finds).
-        let restored = Restored {
-            chain: ChainState {
-                height: Height(5),
-                ..Default::default()
-            },
-            recent: vec![kept],
-            ..Default::default()
-        };
-        let (mut d, _) = ConsensusDriver::restore(cfg, restored, 1_000).unwrap();
+        let mut d = restored_with_block_1(cfg, 5);
         let mut ask = |height: u64| {
             d.handle(
                 2_000,
